@@ -1,0 +1,123 @@
+"""ONNX export: compact, trace with the dynamo exporter, check in ONNX Runtime, write the engine directory.
+
+The graph holds everything between token ids and logits: batch padding to a multiple of N, embeddings,
+multiplexer, the per-layer encoder, demultiplexer and classifier. Inputs are int64 [batch, sequence]
+with both axes dynamic; the output is float32 logits [batch, num_labels].
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from prumux_deploy.model import PruMuxModel
+
+DEFAULT_OPSET = 18
+PARITY_TOLERANCE = 1e-4
+
+
+def input_names(uses_token_types: bool) -> list[str]:
+    return ["input_ids", "attention_mask"] + (["token_type_ids"] if uses_token_types else [])
+
+
+class _OnnxEntry(torch.nn.Module):
+    """Positional-argument wrapper so the exporter sees exactly the engine's inputs."""
+
+    def __init__(self, model: PruMuxModel, uses_token_types: bool):
+        super().__init__()
+        self.model, self.uses_token_types = model, uses_token_types
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        return self.model(input_ids, attention_mask, token_type_ids if self.uses_token_types else None)
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The dynamo exporter logs and warns a lot about things that do not concern our graph."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def export_onnx(model: PruMuxModel, path, opset: int = DEFAULT_OPSET, uses_token_types: bool = False,
+                max_seq_length: int | None = None) -> None:
+    """Write `model` (compact) to `path` as a self-contained ONNX file with dynamic batch and sequence."""
+    cfg = model.config
+    max_len = max_seq_length or cfg.max_seq_length
+    names = input_names(uses_token_types)
+    # example inputs: a batch that is not a multiple of N and a mid-length sequence, so nothing specialises
+    example_batch, example_len = 2 * cfg.num_instances + 1, max(2, min(8, max_len))
+    gen = torch.Generator().manual_seed(0)
+    example = tuple(torch.randint(0, 2 if n != "input_ids" else cfg.vocab_size,
+                                  (example_batch, example_len), generator=gen) for n in names)
+    batch = torch.export.Dim("batch", min=0, max=65536)
+    sequence = torch.export.Dim("sequence", min=1, max=cfg.max_position_embeddings)
+    dynamic = {n: {0: batch, 1: sequence} for n in names}
+    with _quiet_exporter(), torch.no_grad():
+        program = torch.onnx.export(
+            _OnnxEntry(model.eval(), uses_token_types), example, dynamo=True, input_names=names,
+            output_names=["logits"], dynamic_shapes=dynamic, opset_version=opset, optimize=True,
+            verbose=False)
+    proto = program.model_proto
+    # the exporter names the output's batch dim after its symbolic formula; users want "batch"
+    out_dims = proto.graph.output[0].type.tensor_type.shape.dim
+    out_dims[0].dim_param = "batch"
+    out_dims[1].dim_value = cfg.num_labels
+    proto.producer_name, proto.producer_version = "prumux-deploy", _version()
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.save_model(proto, str(path))
+
+
+def _version() -> str:
+    from prumux_deploy import __version__
+
+    return __version__
+
+
+def parity_inputs(cfg, uses_token_types: bool, max_len: int, seed: int = 0):
+    """Generated inputs covering batch sizes around multiples of N and lengths from 1 to max."""
+    N = cfg.num_instances
+    gen = np.random.default_rng(seed)
+    batches = sorted({1, N + 1, 2 * N, 7})
+    lengths = sorted({1, max(1, max_len // 2), max_len})
+    cases = []
+    for b in batches:
+        for s in lengths:
+            ids = gen.integers(0, cfg.vocab_size, size=(b, s), dtype=np.int64)
+            mask = np.ones((b, s), dtype=np.int64)
+            real = gen.integers(1, s + 1, size=b)  # each row's real length; the rest is padding
+            mask[np.arange(s)[None, :] >= real[:, None]] = 0
+            feeds = {"input_ids": ids, "attention_mask": mask}
+            if uses_token_types:
+                feeds["token_type_ids"] = (np.arange(s)[None, :] >= (real[:, None] // 2)).astype(np.int64)
+            cases.append(feeds)
+    return cases, batches, lengths
+
+
+def max_logit_error(run_engine, reference: PruMuxModel, cases) -> float:
+    """Largest |engine - reference| logit over all cases. run_engine: feeds dict -> numpy logits."""
+    worst = 0.0
+    for feeds in cases:
+        got = run_engine(feeds)
+        with torch.no_grad():
+            want = reference(*(torch.from_numpy(feeds[k]) for k in feeds)).numpy()
+        if got.shape != want.shape:
+            raise AssertionError(f"engine returned logits of shape {list(got.shape)}, expected "
+                                 f"{list(want.shape)}")
+        worst = max(worst, float(np.abs(got - want).max()))
+    return worst

@@ -1,0 +1,44 @@
+"""Atomic output directories: build everything in a temporary sibling, rename into place when complete.
+
+An interrupted or failed command (Ctrl-C, a parity failure, a full disk) leaves the target as it was:
+absent, or the previous complete version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .errors import PruMuxError
+
+
+def check_target(target: str | os.PathLike, force: bool) -> Path:
+    target = Path(target)
+    if target.exists() and not force:
+        raise PruMuxError(f"{target} already exists; pass --force to replace it")
+    if target.exists() and not target.is_dir():
+        raise PruMuxError(f"{target} exists and is not a directory; choose another output path")
+    return target
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | os.PathLike, force: bool = False):
+    """Yield a fresh temporary directory beside `target`; on success it replaces `target` atomically."""
+    target = check_target(target, force)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            os.replace(target, old / "x")  # move the old version aside, then swap the new one in
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

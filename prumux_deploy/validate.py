@@ -1,0 +1,156 @@
+"""`prumux-deploy validate`: prove an engine matches its PyTorch checkpoint on real GLUE data.
+
+Engine and PyTorch model see the same batches (mux groups are consecutive rows, padding to the longest
+row of each batch); we compare accuracy, prediction agreement and logit error, optionally throughput,
+and turn each threshold into an explicit pass/fail check (Polygraphy-style), so CI can gate on the exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .checkpoint import load_checkpoint
+from .data import get_task, load_examples, load_tokenizer, tokenize
+from .engine import load_engine
+from .errors import PruMuxError
+from .timing import throughput as measure
+
+
+@dataclass
+class Thresholds:
+    min_accuracy: float | None = None      # engine accuracy, fraction in [0, 1]
+    max_accuracy_drop: float = 0.01        # PyTorch accuracy - engine accuracy, fraction
+    min_agreement: float = 0.99            # fraction of identical predictions
+    max_logit_error: float = 1e-3          # max |engine - PyTorch| over all logits
+
+
+def _check(name, value, op, threshold, fmt):
+    passed = value >= threshold if op == ">=" else value <= threshold
+    return {"name": name, "value": value, "op": op, "threshold": threshold, "passed": bool(passed),
+            "fmt": fmt}
+
+
+def _torch_logits(model, feeds):
+    with torch.no_grad():
+        return model(*(torch.from_numpy(feeds[k]) for k in feeds)).numpy()
+
+
+def run_validation(engine_dir, checkpoint, task_name: str, data_dir, split: str = "dev",
+                   limit: int | None = None, thresholds: Thresholds = Thresholds(),
+                   with_throughput: bool = False, batch_size: int | None = None,
+                   throughput_seq_len: int = 128, progress: bool = True) -> dict:
+    task = get_task(task_name)
+    engine = load_engine(engine_dir)
+    model = load_checkpoint(checkpoint)
+    cfg = model.config
+    if engine.num_instances != cfg.num_instances:
+        raise PruMuxError(f"engine has N={engine.num_instances} but checkpoint has N={cfg.num_instances}; "
+                          "validate an engine against the checkpoint it was exported from")
+    if cfg.num_labels != len(task.label_names):
+        raise PruMuxError(f"checkpoint has {cfg.num_labels} labels but task {task.name} has "
+                          f"{len(task.label_names)}; pass the --task the model was trained for")
+    if cfg.task and cfg.task != task.name:
+        raise PruMuxError(f"checkpoint was made for task {cfg.task!r}, not {task.name!r}; pass --task {cfg.task}")
+    tokenizer = load_tokenizer(engine.dir)
+    examples = load_examples(task, data_dir, split, limit)
+    if len(examples) == 0:
+        raise PruMuxError(f"{examples.source}: no examples to validate on")
+    N = cfg.num_instances
+    batch = batch_size or 32 * N
+    max_len = engine.max_seq_length
+
+    eng_logits, pt_logits = [], []
+    starts = range(0, len(examples), batch)
+    for s in tqdm(starts, desc="validate", unit="batch", disable=not progress, file=sys.stderr):
+        feeds = tokenize(tokenizer, examples.text_a[s:s + batch],
+                         examples.text_b[s:s + batch] if examples.text_b else None,
+                         max_length=max_len, with_token_types=engine.uses_token_types)
+        eng_logits.append(engine.run_feeds(feeds))
+        pt_logits.append(_torch_logits(model, feeds))
+    eng, pt = np.concatenate(eng_logits), np.concatenate(pt_logits)
+    labels = examples.labels
+    err = np.abs(eng - pt)
+    metrics = {
+        "engine_accuracy": float((eng.argmax(1) == labels).mean()),
+        "pytorch_accuracy": float((pt.argmax(1) == labels).mean()),
+        "agreement": float((eng.argmax(1) == pt.argmax(1)).mean()),
+        "max_abs_logit_error": float(err.max()),
+        "mean_abs_logit_error": float(err.mean()),
+    }
+    metrics["accuracy_drop"] = metrics["pytorch_accuracy"] - metrics["engine_accuracy"]
+
+    checks = []
+    if thresholds.min_accuracy is not None:
+        checks.append(_check("engine accuracy", metrics["engine_accuracy"], ">=", thresholds.min_accuracy, "pct"))
+    checks += [
+        _check("accuracy drop vs PyTorch", metrics["accuracy_drop"], "<=", thresholds.max_accuracy_drop, "pct"),
+        _check("prediction agreement", metrics["agreement"], ">=", thresholds.min_agreement, "pct"),
+        _check("max |logit error|", metrics["max_abs_logit_error"], "<=", thresholds.max_logit_error, "sci"),
+    ]
+
+    report = {
+        "engine": str(engine_dir), "checkpoint": str(checkpoint), "task": task.name, "split": split,
+        "data": str(examples.source), "examples": len(examples), "num_instances": N, "batch_size": batch,
+        "metrics": metrics, "thresholds": asdict(thresholds), "checks": checks,
+        "passed": all(c["passed"] for c in checks),
+        "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                    "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()},
+    }
+    if with_throughput:
+        report["throughput"] = _throughput(engine, model, tokenizer, examples, batch, throughput_seq_len)
+    return report
+
+
+def _throughput(engine, model, tokenizer, examples, batch, seq_len) -> dict:
+    """Samples/s at a fixed [batch, seq_len] shape (padded as in the paper), engine vs compact eager."""
+    from prumux_deploy.export import compact
+
+    idx = np.arange(batch) % len(examples)
+    feeds = tokenize(tokenizer, [examples.text_a[i] for i in idx],
+                     [examples.text_b[i] for i in idx] if examples.text_b else None,
+                     max_length=seq_len, pad_to_max=True, with_token_types=engine.uses_token_types)
+    eager = compact(model)
+    eng = measure(lambda: engine.run_feeds(feeds), batch)
+    pt = measure(lambda: _torch_logits(eager, feeds), batch)
+    return {"batch": batch, "sequence": seq_len, "engine_samples_per_s": eng["samples_per_s"],
+            "pytorch_eager_compact_samples_per_s": pt["samples_per_s"],
+            "speedup_vs_eager": eng["samples_per_s"] / pt["samples_per_s"], "repeats": eng["repeats"]}
+
+
+def format_report(report: dict) -> str:
+    def show(value, fmt):
+        return f"{value * 100:.2f}%" if fmt == "pct" else f"{value:.2e}"
+
+    m = report["metrics"]
+    lines = [f"{report['task']} {report['split']}: {report['examples']} examples, N={report['num_instances']}",
+             f"  accuracy  engine {m['engine_accuracy'] * 100:.2f}%   PyTorch {m['pytorch_accuracy'] * 100:.2f}%",
+             f"  logit error  max {m['max_abs_logit_error']:.2e}   mean {m['mean_abs_logit_error']:.2e}", ""]
+    lines.append(f"  {'check':<26} {'value':>10}   {'threshold':>12}   result")
+    for c in report["checks"]:
+        lines.append(f"  {c['name']:<26} {show(c['value'], c['fmt']):>10}   "
+                     f"{c['op'] + ' ' + show(c['threshold'], c['fmt']):>12}   {'PASS' if c['passed'] else 'FAIL'}")
+    if "throughput" in report:
+        t = report["throughput"]
+        lines += ["", f"  throughput at batch {t['batch']} x sequence {t['sequence']} (median of "
+                      f"{t['repeats']}): engine {t['engine_samples_per_s']:.1f}/s, PyTorch eager (compact) "
+                      f"{t['pytorch_eager_compact_samples_per_s']:.1f}/s, ratio {t['speedup_vs_eager']:.2f}x"]
+    lines += ["", "PASSED" if report["passed"] else "FAILED"]
+    return "\n".join(lines)
+
+
+def write_report(report: dict, path) -> None:
+    """Atomic write: a temporary file beside the target, renamed into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(tmp, path)
