@@ -75,8 +75,11 @@ def main(ctx, debug):
 @click.option("--num-labels", type=int, default=None, help="Number of classes (default: the task's, else 2).")
 @click.option("--seed", default=0, show_default=True, help="Seed for the mux vectors and the new demux weights.")
 @click.option("--max-seq-length", default=128, show_default=True, help="Longest input the engine expects.")
+@click.option("--random-prune", type=float, default=None, metavar="S",
+              help="Attach random CoFi-like masks removing fraction S of the encoder (a demo / speed-study "
+                   "stand-in for a trained pruned model).")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
-def init(out, base, instances, task, num_labels, seed, max_seq_length, force):
+def init(out, base, instances, task, num_labels, seed, max_seq_length, random_prune, force):
     """Create an untrained PruMUX checkpoint in OUT from a BERT encoder."""
     from .atomic import check_target
     from .checkpoint import create_model
@@ -93,6 +96,13 @@ def init(out, base, instances, task, num_labels, seed, max_seq_length, force):
     base_dir = _minilm_dir() if base == MINILM_ALIAS else Path(base)
     model = create_model(base_dir, num_instances=instances, num_labels=num_labels or 2, seed=seed,
                          id2label=id2label, task=task, max_seq_length=max_seq_length)
+    if random_prune is not None:
+        from .generate import cofi_like_structure, masks_for_structure
+
+        if not 0 <= random_prune < 1:
+            raise PruMuxError(f"--random-prune must be in [0, 1), got {random_prune}")
+        heads, ffn = cofi_like_structure(model.config, random_prune, seed=seed)
+        model.set_masks(masks_for_structure(model.config, heads, ffn, seed=seed, fractional=True))
     model.save(out, force=force)
     click.echo(f"wrote {out} (N={instances}, {model.config.num_hidden_layers} layers, "
                f"H={model.config.hidden_size}, labels {list(model.config.id2label.values())})")

@@ -1,0 +1,131 @@
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from prumux_deploy.cli import main
+
+
+def run(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    return result
+
+
+def assert_one_line_error(result, code, text):
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    lines = [l for l in result.output.splitlines() if l.startswith("error:")]
+    assert len(lines) == 1 and text in lines[0], result.output
+
+
+def test_every_command_has_help():
+    for cmd in ("init", "compact", "export", "validate", "inspect", "predict"):
+        result = run(cmd, "--help")
+        assert result.exit_code == 0 and "Usage:" in result.output, cmd
+
+
+def test_init_then_inspect(tmp_path, bert_dir):
+    result = run("init", tmp_path / "m", "--base", bert_dir, "--instances", 5, "--task", "sst2")
+    assert result.exit_code == 0, result.output
+    assert "N=5" in result.output and "['negative', 'positive']" in result.output
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["num_instances"] == 5 and config["task"] == "sst2"
+    assert (tmp_path / "m" / "vocab.txt").is_file()
+    result = run("inspect", tmp_path / "m")
+    assert result.exit_code == 0
+    assert "unpruned" in result.output and "sparsity 0.0%" in result.output
+
+
+def test_init_errors(tmp_path, bert_dir):
+    (tmp_path / "m").mkdir()
+    assert_one_line_error(run("init", tmp_path / "m", "--base", bert_dir), 2, "already exists; pass --force")
+    assert_one_line_error(run("init", tmp_path / "n", "--base", tmp_path / "none"), 2, "no config.json")
+    assert_one_line_error(run("init", tmp_path / "n", "--base", bert_dir, "--task", "nope"), 2, "unknown task 'nope'")
+    assert not (tmp_path / "n").exists()
+
+
+def test_compact_command(tmp_path, masked_checkpoint):
+    result = run("compact", masked_checkpoint, tmp_path / "c", "--fp16")
+    assert result.exit_code == 0, result.output
+    assert "encoder sparsity" in result.output
+    config = json.loads((tmp_path / "c" / "config.json").read_text())
+    assert config["layer_num_heads"] == [0, 3, 4, 4] and config["layer_intermediate_size"] == [64, 64, 5, 0]
+    assert not (tmp_path / "c" / "masks.safetensors").exists()
+    result = run("inspect", tmp_path / "c")
+    assert "compact" in result.output and "0/4" in result.output
+
+
+def test_export_command_and_its_main_error(tmp_path, masked_checkpoint):
+    result = run("export", masked_checkpoint, tmp_path / "e")
+    assert result.exit_code == 0, result.output
+    assert "engine ready" in result.output and (tmp_path / "e" / "model.onnx").is_file()
+    assert_one_line_error(run("export", tmp_path / "missing", tmp_path / "e2"), 2, "not a directory")
+    assert not (tmp_path / "e2").exists()
+
+
+def test_predict(engine_dir):
+    result = run("predict", engine_dir, "a gorgeous , witty film", "dull", "--json")
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(l) for l in result.output.splitlines()]
+    assert [r["text"] for r in rows] == ["a gorgeous , witty film", "dull"]
+    for r in rows:
+        assert r["label"] in ("negative", "positive")
+        assert abs(sum(r["scores"].values()) - 1) < 1e-5 and r["score"] == max(r["scores"].values())
+    table = run("predict", engine_dir, "great")
+    assert table.output.split()[0] in ("negative", "positive")
+
+
+def test_predict_errors(tmp_path, engine_dir):
+    assert_one_line_error(run("predict", engine_dir, "fine", "--second", "x"), 2, "drop --second")
+    assert_one_line_error(run("predict", tmp_path, "fine"), 2, "manifest.json: missing")
+    copy = tmp_path / "edited"
+    shutil.copytree(engine_dir, copy)
+    with open(copy / "model.onnx", "ab") as f:
+        f.write(b"junk")
+    assert_one_line_error(run("predict", copy, "fine"), 2, "does not match manifest.json")
+
+
+def test_inspect_engine(engine_dir):
+    result = run("inspect", engine_dir)
+    assert result.exit_code == 0
+    assert "inputs ['input_ids', 'attention_mask']" in result.output and "hidden size 16/32" in result.output
+    info = json.loads(run("inspect", engine_dir, "--json").output)
+    assert [l["heads"] for l in info["layers"]] == [0, 3, 4, 4]
+
+
+def test_validate_passes_and_writes_a_report(tmp_path, engine_dir, masked_checkpoint, sst2_dir):
+    report = tmp_path / "r" / "report.json"
+    result = run("validate", engine_dir, "--checkpoint", masked_checkpoint, "--task", "sst2", "--data", sst2_dir,
+                 "--report", report, "--throughput", "--batch-size", 4)
+    assert result.exit_code == 0, result.output
+    assert "PASSED" in result.output and "prediction agreement" in result.output
+    data = json.loads(report.read_text())
+    assert data["passed"] is True and data["examples"] == 11
+    assert data["metrics"]["agreement"] == 1.0
+    assert data["metrics"]["max_abs_logit_error"] <= 1e-4
+    assert data["metrics"]["engine_accuracy"] == data["metrics"]["pytorch_accuracy"]
+    assert data["throughput"]["engine_samples_per_s"] > 0 and data["throughput"]["batch"] == 4
+
+
+def test_validate_fails_a_threshold_with_exit_1(tmp_path, engine_dir, masked_checkpoint, sst2_dir):
+    report = tmp_path / "report.json"
+    result = run("validate", engine_dir, "--checkpoint", masked_checkpoint, "--task", "sst2", "--data", sst2_dir,
+                 "--min-accuracy", "1.01", "--report", report)
+    assert result.exit_code == 1
+    assert "FAIL" in result.output and "FAILED" in result.output
+    data = json.loads(report.read_text())
+    assert data["passed"] is False
+    assert [c["name"] for c in data["checks"] if not c["passed"]] == ["engine accuracy"]
+
+
+def test_validate_input_errors(tmp_path, engine_dir, masked_checkpoint, sst2_dir):
+    args = ("validate", engine_dir, "--checkpoint", masked_checkpoint)
+    assert_one_line_error(run(*args, "--task", "qnli", "--data", sst2_dir), 2, "made for task 'sst2'")
+    assert_one_line_error(run(*args, "--task", "sst2", "--data", tmp_path / "nope"), 2, "no such directory")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "dev.tsv").write_text("text\tlabel\nfine\t1\n")
+    assert_one_line_error(run(*args, "--task", "sst2", "--data", bad), 2, "no column 'sentence'")
+    (bad / "dev.tsv").write_text("sentence\tlabel\nfine\t7\n")
+    assert_one_line_error(run(*args, "--task", "sst2", "--data", bad), 2, "dev.tsv:2: label '7' is not one of 0, 1")

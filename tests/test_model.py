@@ -1,0 +1,132 @@
+import pytest
+import torch
+
+from prumux_deploy import create_model
+from prumux_deploy.export import compact
+
+from conftest import FFN, HEADS, HIDDEN, LAYERS, MAX_POS, VOCAB, masked_model, tiny_bert_config
+
+
+def random_batch(B, S, seed=0, pad=True):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, VOCAB, (B, S), generator=g)
+    mask = torch.ones(B, S, dtype=torch.long)
+    if pad and S > 1:
+        lengths = torch.randint(1, S + 1, (B,), generator=g)
+        mask = (torch.arange(S)[None] < lengths[:, None]).long()
+    return ids, mask
+
+
+@pytest.mark.parametrize("N", [1, 2, 5])
+def test_compact_structure_follows_the_masks(N):
+    model = compact(masked_model(N))
+    cfg = model.config
+    assert cfg.heads_per_layer == [0, HEADS - 1, HEADS, HEADS]
+    assert cfg.ffn_per_layer == [FFN, FFN, 5, 0]
+    assert cfg.model_dim == HIDDEN // 2
+    assert model.layers[0].attn is None and model.layers[3].ffn is None
+    assert model.mux.vectors.shape == (N, HIDDEN // 2)
+    assert model.demux.keys.shape == (N, HIDDEN // 2)
+    assert model.demux.dense1.weight.shape == (HIDDEN, HIDDEN)  # reads [key ; h_CLS] of width 2 * H/2
+    assert model.layers[2].ffn.up.weight.shape == (5, HIDDEN // 2)
+    assert model.masks == {}
+
+
+@pytest.mark.parametrize("N", [1, 2, 5])
+@pytest.mark.parametrize("B", [1, 3, 7])
+def test_masked_and_compact_logits_agree_at_every_length(N, B):
+    masked = masked_model(N)
+    small = compact(masked)
+    for S in range(1, masked.config.max_seq_length + 1):
+        ids, mask = random_batch(B, S, seed=S)
+        with torch.no_grad():
+            want, got = masked(ids, mask), small(ids, mask)
+        assert got.shape == (B, 3)
+        assert (want - got).abs().max().item() <= 1e-4, (N, B, S)
+
+
+@pytest.mark.parametrize("N", [1, 2, 5])
+def test_padding_longer_does_not_change_logits(N):
+    model = masked_model(N)
+    ids, mask = random_batch(7, 9, seed=1)
+    extra = torch.zeros(7, 6, dtype=torch.long)
+    with torch.no_grad():
+        short = model(ids, mask)
+        long = model(torch.cat([ids, extra + 5], 1), torch.cat([mask, extra], 1))
+        compact_long = compact(model)(torch.cat([ids, extra + 7], 1), torch.cat([mask, extra], 1))
+    assert (short - long).abs().max().item() <= 1e-5
+    assert (short - compact_long).abs().max().item() <= 1e-4
+
+
+def test_batch_not_divisible_by_n_pads_with_the_last_row_and_drops_it():
+    model = masked_model(5)
+    ids, mask = random_batch(7, 8, seed=2, pad=False)
+    padded_ids = torch.cat([ids, ids[-1:].expand(3, 8)])
+    with torch.no_grad():
+        got = model(ids, mask)
+        full = model(padded_ids, torch.ones_like(padded_ids))
+    assert got.shape == (7, 3)
+    assert torch.equal(got, full[:7])
+
+
+def test_instances_in_a_group_get_different_outputs_and_groups_are_independent():
+    model = masked_model(2)
+    ids, mask = random_batch(4, 8, seed=3, pad=False)
+    with torch.no_grad():
+        out = model(ids, mask)
+        second_group_alone = model(ids[2:], mask[2:])
+    assert not torch.allclose(out[0], out[1])
+    assert torch.allclose(out[2:], second_group_alone, atol=1e-6)
+
+
+def test_empty_batch_gives_empty_logits():
+    for N in (1, 3):
+        with torch.no_grad():
+            out = masked_model(N)(torch.zeros(0, 5, dtype=torch.long))
+        assert out.shape == (0, 3)
+
+
+def test_forward_and_creation_are_deterministic():
+    a, b = masked_model(2, seed=4), masked_model(2, seed=4)
+    ids, mask = random_batch(5, 10)
+    with torch.no_grad():
+        assert torch.equal(a(ids, mask), b(ids, mask))
+        assert torch.equal(a(ids, mask), a(ids, mask))
+    assert torch.equal(a.mux.vectors, b.mux.vectors)
+    # the mux vectors are row-normalised to unit RMS
+    assert torch.allclose(a.mux.vectors.pow(2).mean(1), torch.ones(2), atol=1e-5)
+
+
+def test_fully_gated_layer_passes_the_residual_stream_through():
+    model = create_model(tiny_bert_config(), num_instances=1, num_labels=2)
+    masks = {"head_layer_z": torch.tensor([0.0, 1, 1, 1]), "mlp_z": torch.tensor([0.0, 1, 1, 1])}
+    model.set_masks(masks)
+    skipped = create_model(tiny_bert_config(), num_instances=1, num_labels=2)
+    skipped.load_state_dict(model.state_dict())
+    skipped.layers[0].attn = skipped.layers[0].ffn = None
+    ids, mask = random_batch(3, 6)
+    with torch.no_grad():
+        assert torch.allclose(model(ids, mask), skipped(ids, mask), atol=1e-6)
+
+
+def test_compact_model_refuses_masks():
+    small = compact(masked_model(2))
+    with pytest.raises(ValueError, match="compact model carries no masks"):
+        small.set_masks({"mlp_z": torch.ones(LAYERS)})
+
+
+def test_bert_weights_load_into_the_encoder(bert_dir):
+    """With unit mux vectors and N=1 our encoder's [CLS] state equals Hugging Face BertModel's."""
+    from transformers import BertModel
+
+    ours = create_model(bert_dir, num_instances=1, num_labels=2)
+    ours.mux.vectors.fill_(1.0)
+    hf = BertModel.from_pretrained(str(bert_dir), local_files_only=True).eval()
+    seen = {}
+    ours.demux.register_forward_pre_hook(lambda m, args: seen.setdefault("cls", args[0]))
+    ids, mask = random_batch(3, 10, seed=5)
+    with torch.no_grad():
+        ours(ids, mask)
+        want = hf(input_ids=ids, attention_mask=mask).last_hidden_state[:, 0]
+    assert (seen["cls"] - want).abs().max().item() < 1e-5
+    assert MAX_POS == ours.config.max_position_embeddings
