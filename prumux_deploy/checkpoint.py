@@ -20,6 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .atomic import atomic_dir
+from .engine import sha256_file
 from .errors import CheckpointError
 from .model import MASK_NAMES, PruMuxConfig, PruMuxModel
 
@@ -132,11 +133,13 @@ def save_checkpoint(model: PruMuxModel, path, tokenizer_dir=None, force: bool = 
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     with atomic_dir(path, force=force) as tmp:
-        (tmp / "config.json").write_text(json.dumps(config_dict(model), indent=2) + "\n")
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
         if model.masks:
             save_file({k: v.detach().float().contiguous() for k, v in model.masks.items()},
                       str(tmp / "masks.safetensors"))
+        # checksums let load_checkpoint refuse weights that were damaged or swapped after saving
+        files = {f.name: sha256_file(f) for f in sorted(tmp.glob("*.safetensors"))}
+        (tmp / "config.json").write_text(json.dumps({**config_dict(model), "files": files}, indent=2) + "\n")
         if tokenizer_dir is not None:
             copy_tokenizer(tokenizer_dir, tmp)
 
@@ -179,6 +182,14 @@ def read_config(path) -> PruMuxConfig:
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{cfg_file}: {e}") from None
     _check_config(cfg, cfg_file)
+    cfg_files = raw.get("files") or {}
+    for name, digest in cfg_files.items():
+        file = path / name
+        if file.is_file() and sha256_file(file) != digest:
+            raise CheckpointError(f"{file}: sha256 does not match config.json; the file was modified, "
+                                  "truncated or swapped after saving. Restore it or re-create the checkpoint")
+    if "masks.safetensors" in cfg_files and not (path / "masks.safetensors").is_file():
+        raise CheckpointError(f"{path / 'masks.safetensors'}: missing, but config.json lists it; restore it")
     return cfg
 
 

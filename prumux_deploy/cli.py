@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -63,6 +64,11 @@ def main(ctx, debug):
       prumux-deploy predict engine/ "a gorgeous, witty film"
     """
     ctx.obj = {"debug": debug}
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` cleans up like Ctrl-C: no half-written output
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 @main.command()
@@ -173,14 +179,19 @@ def export_cmd(checkpoint, out, fmt, opset, max_seq_length, tolerance, force):
               help="Fail if any logit differs by more than this.")
 @click.option("--throughput", is_flag=True, help="Also time engine vs PyTorch eager at sequence 128.")
 @click.option("--batch-size", type=int, default=None, help="Rows per batch (default 32*N).")
+@click.option("--no-truncate", is_flag=True, help="Refuse inputs longer than the engine's maximum length "
+                                                   "instead of truncating them with a warning.")
+@click.option("--skip-bad-rows", is_flag=True, help="Skip (and count) malformed TSV rows instead of failing.")
 def validate(engine_dir, checkpoint, task, data, split, limit, report, min_accuracy, max_accuracy_drop,
-             min_agreement, max_logit_error, throughput, batch_size):
+             min_agreement, max_logit_error, throughput, batch_size, no_truncate, skip_bad_rows):
     """Check ENGINE_DIR against its PyTorch checkpoint on GLUE data; exit 1 if any threshold fails."""
     from .validate import Thresholds, format_report, run_validation, write_report
 
     thresholds = Thresholds(min_accuracy, max_accuracy_drop, min_agreement, max_logit_error)
     result = run_validation(engine_dir, checkpoint, task, data, split=split, limit=limit,
-                            thresholds=thresholds, with_throughput=throughput, batch_size=batch_size)
+                            thresholds=thresholds, with_throughput=throughput, batch_size=batch_size,
+                            truncate=not no_truncate, skip_bad_rows=skip_bad_rows,
+                            warn=lambda msg: click.echo(msg, err=True))
     click.echo(format_report(result))
     if report:
         write_report(result, report)
@@ -195,7 +206,7 @@ def inspect(path, as_json):
     """Show the per-layer structure of a checkpoint or an engine directory."""
     from .structure import format_table
 
-    if (path / "manifest.json").exists():
+    if any((path / f).exists() for f in ("manifest.json", "model.onnx", "model.plan")):
         from .engine import read_manifest, verify_engine_file
 
         manifest = read_manifest(path)
@@ -224,11 +235,12 @@ def inspect(path, as_json):
 @click.argument("texts", nargs=-1, required=True)
 @click.option("--second", multiple=True, help="Second sentence for pair tasks, once per TEXT.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines instead of a table.")
-def predict(engine_dir, texts, second, as_json):
+@click.option("--no-truncate", is_flag=True, help="Refuse texts longer than the engine's maximum length.")
+def predict(engine_dir, texts, second, as_json, no_truncate):
     """Classify TEXTS with an engine and print each label with its probability."""
     import numpy as np
 
-    from .data import load_tokenizer, tokenize
+    from .data import check_lengths, load_tokenizer, tokenize
     from .engine import load_engine
 
     engine = load_engine(engine_dir)
@@ -239,7 +251,10 @@ def predict(engine_dir, texts, second, as_json):
         raise PruMuxError("this engine classifies single sentences; drop --second")
     if any(not t.strip() for t in texts):
         raise PruMuxError("empty text; every TEXT must contain some words")
-    feeds = tokenize(load_tokenizer(engine_dir), texts, second or None, max_length=engine.max_seq_length,
+    tokenizer = load_tokenizer(engine_dir)
+    check_lengths(tokenizer, texts, second or None, engine.max_seq_length, not no_truncate,
+                  lambda msg: click.echo(msg, err=True))
+    feeds = tokenize(tokenizer, texts, second or None, max_length=engine.max_seq_length,
                      with_token_types=engine.uses_token_types)
     logits = engine.run_feeds(feeds)
     probs = np.exp(logits - logits.max(1, keepdims=True))
@@ -251,7 +266,8 @@ def predict(engine_dir, texts, second, as_json):
             click.echo(json.dumps({"text": text, "label": labels[k], "score": float(p[k]),
                                    "scores": {labels[j]: float(p[j]) for j in range(len(labels))}}))
         else:
-            click.echo(f"{labels[k]:<14} {p[k]:.3f}  {text}")
+            shown = text if len(text) <= 80 else text[:77] + "..."
+            click.echo(f"{labels[k]:<14} {p[k]:.3f}  {shown}")
 
 
 if __name__ == "__main__":

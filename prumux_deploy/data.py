@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +59,7 @@ class Examples:
     text_b: list[str] | None
     labels: np.ndarray  # [n] int64 label ids
     source: Path
+    skipped: int = 0  # bad rows dropped (--skip-bad-rows)
 
     def __len__(self):
         return len(self.text_a)
@@ -77,39 +77,78 @@ def split_file(task: Task, data_dir, split: str) -> Path:
     return file
 
 
-def load_examples(task: Task, data_dir, split: str = "dev", limit: int | None = None) -> Examples:
-    """Read one split of a GLUE task; rows keep their file order (mux groups are consecutive rows)."""
+def _read_rows(file: Path, task: Task, skip_bad_rows: bool) -> tuple[dict[str, list[str]], list[int], int]:
+    """Parse a GLUE TSV line by line (tab-separated, no quoting, as GLUE writes them).
+
+    Returns the needed columns, label ids, and how many bad rows were skipped. A bad row (not UTF-8,
+    wrong number of fields, empty text, unknown label) is an error naming file and line unless
+    `skip_bad_rows`."""
+    raw = file.read_bytes()
+    if not raw.strip():
+        raise DataError(f"{file}: empty file; a GLUE TSV needs a header and at least one row")
+    lines = raw.split(b"\n")
+    if task.column_names:
+        header, first = list(task.column_names), 0
+    else:
+        try:
+            header = lines[0].decode("utf-8").rstrip("\r").split("\t")
+        except UnicodeDecodeError:
+            raise DataError(f"{file}:1: header is not valid UTF-8") from None
+        first = 1
+    text_cols = [task.text_a] + ([task.text_b] if task.text_b else [])
+    for col in text_cols + [task.label_column]:
+        if col not in header:
+            raise DataError(f"{file}: no column {col!r} (columns: {', '.join(header)}); "
+                            f"is this the {task.name} task directory?")
+    value_to_id = {v: i for i, v in enumerate(task.label_values)}
+    columns: dict[str, list[str]] = {c: [] for c in text_cols}
+    labels: list[int] = []
+    bad: list[tuple[int, str]] = []
+    for lineno, line in enumerate(lines[first:], start=first + 1):
+        if not line.strip():
+            continue  # blank lines (a trailing newline) carry no row
+        try:
+            fields = line.decode("utf-8").rstrip("\r").split("\t")
+        except UnicodeDecodeError as e:
+            bad.append((lineno, f"not valid UTF-8 (byte {e.start})"))
+            continue
+        if len(fields) != len(header):
+            bad.append((lineno, f"{len(fields)} fields, the header has {len(header)}"))
+            continue
+        row = dict(zip(header, fields))
+        empty = [c for c in text_cols if not row[c].strip()]
+        if empty:
+            bad.append((lineno, f"empty {empty[0]!r}"))
+            continue
+        label = row[task.label_column].strip()
+        if label not in value_to_id:
+            bad.append((lineno, f"label {label!r} is not one of {', '.join(task.label_values)}"))
+            continue
+        for c in text_cols:
+            columns[c].append(row[c])
+        labels.append(value_to_id[label])
+    if bad and not skip_bad_rows:
+        lineno, reason = bad[0]
+        more = f" ({len(bad)} bad rows in all)" if len(bad) > 1 else ""
+        raise DataError(f"{file}:{lineno}: {reason}{more}; fix the file or pass --skip-bad-rows")
+    return columns, labels, len(bad)
+
+
+def load_examples(task: Task, data_dir, split: str = "dev", limit: int | None = None,
+                  skip_bad_rows: bool = False) -> Examples:
+    """Read one split of a GLUE task into a `datasets.Dataset`; rows keep their file order (mux groups
+    are consecutive rows). `skipped` counts bad rows dropped with skip_bad_rows."""
     import datasets
 
     file = split_file(task, data_dir, split)
-    if file.stat().st_size == 0:
-        raise DataError(f"{file}: empty file")
-    kwargs = dict(sep="\t", quoting=csv.QUOTE_NONE, keep_default_na=False, na_filter=False)
-    if task.column_names:
-        kwargs.update(header=None, column_names=list(task.column_names))
-    datasets.disable_progress_bars()
-    try:
-        ds = datasets.load_dataset("csv", data_files={split: str(file)}, split=split, **kwargs)
-    except Exception as e:  # pandas/arrow parse errors arrive wrapped in datasets' own exceptions
-        cause = e.__cause__ or e
-        raise DataError(f"{file}: cannot be parsed as a GLUE TSV ({str(cause).splitlines()[0]})") from None
+    columns, labels, skipped = _read_rows(file, task, skip_bad_rows)
+    if not labels:
+        raise DataError(f"{file}: no usable rows" + (f" ({skipped} bad rows skipped)" if skipped else ""))
+    ds = datasets.Dataset.from_dict({**columns, "label": labels})
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
-    needed = [task.text_a, task.label_column] + ([task.text_b] if task.text_b else [])
-    for col in needed:
-        if col not in ds.column_names:
-            raise DataError(f"{file}: no column {col!r} (columns: {', '.join(ds.column_names)}); "
-                            f"is this the {task.name} task directory?")
-    value_to_id = {v: i for i, v in enumerate(task.label_values)}
-    labels = []
-    for row, value in enumerate(ds[task.label_column]):
-        key = str(value).strip()
-        if key not in value_to_id:
-            raise DataError(f"{file}:{row + 2}: label {key!r} is not one of {', '.join(task.label_values)}")
-        labels.append(value_to_id[key])
-    text_a = [str(t) for t in ds[task.text_a]]
-    text_b = [str(t) for t in ds[task.text_b]] if task.text_b else None
-    return Examples(text_a, text_b, np.asarray(labels, dtype=np.int64), file)
+    return Examples(ds[task.text_a], ds[task.text_b] if task.text_b else None,
+                    np.asarray(ds["label"], dtype=np.int64), file, skipped)
 
 
 def load_tokenizer(path):
@@ -136,3 +175,23 @@ def tokenize(tokenizer, text_a, text_b=None, max_length: int = 128, pad_to_max: 
     if with_token_types:
         out["token_type_ids"] = enc["token_type_ids"].astype(np.int64)
     return out
+
+
+def too_long_rows(tokenizer, text_a, text_b=None, max_length: int = 128) -> list[int]:
+    """Indices of rows whose tokens (special tokens included) exceed max_length."""
+    enc = tokenizer(list(text_a), list(text_b) if text_b is not None else None, truncation=False,
+                    add_special_tokens=True, return_attention_mask=False, return_token_type_ids=False,
+                    verbose=False)
+    return [i for i, ids in enumerate(enc["input_ids"]) if len(ids) > max_length]
+
+
+def check_lengths(tokenizer, text_a, text_b, max_length: int, truncate: bool, warn) -> int:
+    """Warn about (or, with truncate=False, refuse) rows longer than the engine takes; returns the count."""
+    long_rows = too_long_rows(tokenizer, text_a, text_b, max_length)
+    if long_rows and not truncate:
+        raise DataError(f"{len(long_rows)} of {len(text_a)} inputs are longer than {max_length} tokens "
+                        f"(first: row {long_rows[0] + 1}); shorten them or drop --no-truncate")
+    if long_rows:
+        warn(f"warning: {len(long_rows)} of {len(text_a)} inputs are longer than {max_length} tokens and "
+             "were truncated (--no-truncate refuses them instead)")
+    return len(long_rows)

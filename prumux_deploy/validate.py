@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from .checkpoint import load_checkpoint
-from .data import get_task, load_examples, load_tokenizer, tokenize
+from .data import check_lengths, get_task, load_examples, load_tokenizer, tokenize
 from .engine import load_engine
 from .errors import PruMuxError
 from .timing import throughput as measure
@@ -47,7 +47,8 @@ def _torch_logits(model, feeds):
 def run_validation(engine_dir, checkpoint, task_name: str, data_dir, split: str = "dev",
                    limit: int | None = None, thresholds: Thresholds = Thresholds(),
                    with_throughput: bool = False, batch_size: int | None = None,
-                   throughput_seq_len: int = 128, progress: bool = True) -> dict:
+                   throughput_seq_len: int = 128, progress: bool = True, truncate: bool = True,
+                   skip_bad_rows: bool = False, warn=lambda msg: print(msg, file=sys.stderr)) -> dict:
     task = get_task(task_name)
     engine = load_engine(engine_dir)
     model = load_checkpoint(checkpoint)
@@ -61,12 +62,15 @@ def run_validation(engine_dir, checkpoint, task_name: str, data_dir, split: str 
     if cfg.task and cfg.task != task.name:
         raise PruMuxError(f"checkpoint was made for task {cfg.task!r}, not {task.name!r}; pass --task {cfg.task}")
     tokenizer = load_tokenizer(engine.dir)
-    examples = load_examples(task, data_dir, split, limit)
-    if len(examples) == 0:
-        raise PruMuxError(f"{examples.source}: no examples to validate on")
+    examples = load_examples(task, data_dir, split, limit, skip_bad_rows=skip_bad_rows)
+    if examples.skipped:
+        warn(f"warning: skipped {examples.skipped} bad rows of {examples.source}")
     N = cfg.num_instances
+    if batch_size is not None and batch_size < 1:
+        raise PruMuxError(f"--batch-size must be at least 1, got {batch_size}")
     batch = batch_size or 32 * N
     max_len = engine.max_seq_length
+    truncated = check_lengths(tokenizer, examples.text_a, examples.text_b, max_len, truncate, warn)
 
     eng_logits, pt_logits = [], []
     starts = range(0, len(examples), batch)
@@ -99,7 +103,8 @@ def run_validation(engine_dir, checkpoint, task_name: str, data_dir, split: str 
 
     report = {
         "engine": str(engine_dir), "checkpoint": str(checkpoint), "task": task.name, "split": split,
-        "data": str(examples.source), "examples": len(examples), "num_instances": N, "batch_size": batch,
+        "data": str(examples.source), "examples": len(examples),
+        "skipped_rows": examples.skipped, "truncated_rows": truncated, "num_instances": N, "batch_size": batch,
         "metrics": metrics, "thresholds": asdict(thresholds), "checks": checks,
         "passed": all(c["passed"] for c in checks),
         "machine": {"platform": platform.platform(), "processor": platform.processor(),

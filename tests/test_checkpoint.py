@@ -63,6 +63,16 @@ def saved(tmp_path):
     return path
 
 
+def _rewrite(path, name, tensors):
+    """Write tensors as another producer would: file and its checksum in config.json agree."""
+    from prumux_deploy.engine import sha256_file
+
+    save_file(tensors, str(path / name))
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["files"][name] = sha256_file(path / name)
+    (path / "config.json").write_text(json.dumps(cfg))
+
+
 def _edit_config(path, **changes):
     cfg = json.loads((path / "config.json").read_text())
     cfg.update(changes)
@@ -94,13 +104,13 @@ def test_missing_files_are_named(saved, tmp_path):
 
 def test_bad_masks_are_refused(saved):
     masks = load_file(str(saved / "masks.safetensors"))
-    save_file({**masks, "head_z": torch.ones(LAYERS, 7)}, str(saved / "masks.safetensors"))
+    _rewrite(saved, "masks.safetensors", {**masks, "head_z": torch.ones(LAYERS, 7)})
     with pytest.raises(CheckpointError, match=r"head_z has shape \[4, 7\], expected \[4, 4\]"):
         load_checkpoint(saved)
-    save_file({**masks, "hidden_z": torch.zeros(HIDDEN)}, str(saved / "masks.safetensors"))
+    _rewrite(saved, "masks.safetensors", {**masks, "hidden_z": torch.zeros(HIDDEN)})
     with pytest.raises(CheckpointError, match="hidden_z prunes every hidden dim"):
         load_checkpoint(saved)
-    save_file({**masks, "mlp_z": torch.ones(LAYERS, dtype=torch.float16)}, str(saved / "masks.safetensors"))
+    _rewrite(saved, "masks.safetensors", {**masks, "mlp_z": torch.ones(LAYERS, dtype=torch.float16)})
     with pytest.raises(CheckpointError, match="mlp_z is torch.float16, masks must be float32"):
         load_checkpoint(saved)
 
@@ -110,13 +120,23 @@ def test_bad_weights_are_refused(saved):
     broken = dict(weights)
     broken["layers.1.ffn.up.weight"] = broken["layers.1.ffn.up.weight"].clone()
     broken["layers.1.ffn.up.weight"][0, 0] = float("nan")
-    save_file(broken, str(saved / "model.safetensors"))
+    _rewrite(saved, "model.safetensors", broken)
     with pytest.raises(CheckpointError, match="layers.1.ffn.up.weight holds NaN or Inf"):
         load_checkpoint(saved)
     broken = dict(weights, **{"demux.keys": torch.zeros(3, HIDDEN)})
-    save_file(broken, str(saved / "model.safetensors"))
+    _rewrite(saved, "model.safetensors", broken)
     with pytest.raises(CheckpointError, match=r"demux.keys has shape \[3, 32\], expected \[2, 32\]"):
         load_checkpoint(saved)
+    _edit_config(saved, files={})  # a hand-made checkpoint without checksums: the reader still refuses junk
     (saved / "model.safetensors").write_bytes(b"\x00" * 100)
     with pytest.raises(CheckpointError, match="cannot be read"):
+        load_checkpoint(saved)
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "masks.safetensors"])
+def test_a_flipped_byte_anywhere_in_the_weights_is_caught(saved, name):
+    data = bytearray((saved / name).read_bytes())
+    data[-3] ^= 0x01  # inside the last tensor's data: still a loadable file, silently different weights
+    (saved / name).write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=f"{name}: sha256 does not match config.json"):
         load_checkpoint(saved)

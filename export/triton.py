@@ -1,0 +1,384 @@
+"""`prumux-deploy triton`: an engine directory -> a Triton Inference Server model repository.
+
+    REPO/NAME/config.pbtxt          platform onnxruntime_onnx (or tensorrt_plan), batch dim implicit
+    REPO/NAME/1/model.onnx          the engine file, byte for byte (sha256 checked before and after copying)
+    REPO/NAME/manifest.json         the engine's manifest, for provenance
+    REPO/NAME/labels.txt            class names in label-id order (Triton's classification extension)
+
+and with `with_tokenizer=True` two more models, so clients can send raw text:
+
+    REPO/NAME_tokenizer/            Python backend: TEXT (+ TEXT_PAIR) -> input_ids, attention_mask (+ token_type_ids)
+    REPO/NAME_ensemble/             platform ensemble: TEXT (+ TEXT_PAIR) -> tokenizer -> NAME -> logits
+
+The engine pads a batch that is not a multiple of N inside the graph, so any batch size is correct; the
+batch sizes Triton is told to prefer and the maximum are multiples of N so that no mux slot is wasted.
+
+Each model directory is built completely in a temporary directory inside REPO and renamed into place
+(`prumux_deploy.atomic.atomic_dir`); an existing model directory is replaced only with force. A repository
+may hold other models; only the model directories named here are touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from prumux_deploy.atomic import atomic_dir, check_target
+from prumux_deploy.checkpoint import copy_tokenizer, has_tokenizer
+from prumux_deploy.engine import MANIFEST, read_manifest, sha256_file, verify_engine_file
+from prumux_deploy.errors import EngineError, PruMuxError
+
+PLATFORMS = {"onnx": ("onnxruntime_onnx", "model.onnx"), "tensorrt": ("tensorrt_plan", "model.plan")}
+DTYPES = {"int64": "TYPE_INT64", "int32": "TYPE_INT32", "float32": "TYPE_FP32", "float16": "TYPE_FP16",
+          "bool": "TYPE_BOOL", "string": "TYPE_STRING"}
+DEVICES = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
+DEFAULT_BATCHES_PER_N = 32          # default max_batch_size = 32 * N
+MAX_QUEUE_DELAY_US = 100
+VERSION = "1"
+TOKENIZER_SUFFIX, ENSEMBLE_SUFFIX = "_tokenizer", "_ensemble"
+TEXT, TEXT_PAIR = "TEXT", "TEXT_PAIR"
+LABELS_FILE = "labels.txt"
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+# --- a config as plain data, serialised either through Triton's protobuf schema or by hand ----------
+
+class Enum(str):
+    """An enum value: unquoted in protobuf text format."""
+
+
+class Map(dict):
+    """A protobuf map field: repeated `{ key: ... value: ... }` entries in text format."""
+
+
+def to_pbtxt(config: dict) -> str:
+    """Protobuf text format of a ModelConfig given as plain data.
+
+    With tritonclient installed the data goes through Triton's own `ModelConfig` message (so a field or enum
+    name that does not exist in the schema fails here, not in the server); without it, it is written by hand
+    in the same format.
+    """
+    try:
+        from google.protobuf import json_format, text_format
+        from tritonclient.grpc import model_config_pb2
+    except ImportError:
+        return _write_text(config)
+    message = json_format.ParseDict(config, model_config_pb2.ModelConfig())
+    return text_format.MessageToString(message)
+
+
+def _scalar(value) -> str:
+    if isinstance(value, Enum):
+        return str(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value), ensure_ascii=False)  # quoted, with the C-style escapes text format reads
+
+
+def _write_text(config: dict, indent: int = 0) -> str:
+    pad = "  " * indent
+    lines = []
+    for key, value in config.items():
+        if isinstance(value, Map):
+            for k, v in value.items():
+                entry = {"key": k, "value": v}
+                lines.append(f"{pad}{key} {{\n{_write_text(entry, indent + 1)}{pad}}}\n")
+        elif isinstance(value, dict):
+            lines.append(f"{pad}{key} {{\n{_write_text(value, indent + 1)}{pad}}}\n")
+        elif isinstance(value, list):
+            if value and all(isinstance(v, dict) for v in value):
+                for v in value:
+                    lines.append(f"{pad}{key} {{\n{_write_text(v, indent + 1)}{pad}}}\n")
+            else:
+                lines.append(f"{pad}{key}: [{', '.join(_scalar(v) for v in value)}]\n")
+        else:
+            lines.append(f"{pad}{key}: {_scalar(value)}\n")
+    return "".join(lines)
+
+
+# --- what goes into the configs -------------------------------------------------------------------
+
+def preferred_batch_sizes(n: int, max_batch_size: int) -> list[int]:
+    """N*4, N*8, N*16, ... up to max_batch_size, and max_batch_size itself (all multiples of N)."""
+    sizes, k = [], 4
+    while n * k <= max_batch_size:
+        sizes.append(n * k)
+        k *= 2
+    if max_batch_size not in sizes:
+        sizes.append(max_batch_size)
+    return sizes
+
+
+def _dims(entry: dict, where: str) -> list[int]:
+    dims = list(entry.get("dims", []))
+    if not dims or dims[0] != "batch":
+        raise EngineError(f"{where} {entry.get('name')!r}: dims {dims} do not start with the batch axis; "
+                          "re-export the engine")
+    return [d if isinstance(d, int) else -1 for d in dims[1:]]
+
+
+def _tensor(entry: dict, where: str) -> dict:
+    dtype = entry.get("dtype")
+    if dtype not in DTYPES:
+        raise EngineError(f"{where} {entry.get('name')!r}: dtype {dtype!r} has no Triton type "
+                          f"(supported: {', '.join(DTYPES)})")
+    return {"name": entry["name"], "data_type": Enum(DTYPES[dtype]), "dims": _dims(entry, where)}
+
+
+def model_config(manifest: dict, name: str, max_batch_size: int, instances: int, device: str,
+                 dynamic_batching: bool, ort_tensorrt: bool) -> dict:
+    platform, _ = PLATFORMS[manifest["engine"]["kind"]]
+    outputs = [_tensor(o, "output") for o in manifest["outputs"]]
+    for out in outputs:
+        if out["name"] == "logits":
+            out["label_filename"] = LABELS_FILE
+    config = {"name": name, "platform": platform, "max_batch_size": max_batch_size,
+              "input": [_tensor(i, "input") for i in manifest["inputs"]], "output": outputs,
+              "instance_group": [{"count": instances, "kind": Enum(DEVICES[device])}]}
+    if dynamic_batching:
+        config["dynamic_batching"] = {
+            "preferred_batch_size": preferred_batch_sizes(int(manifest["num_instances"]), max_batch_size),
+            "max_queue_delay_microseconds": MAX_QUEUE_DELAY_US}
+    if ort_tensorrt:
+        config["optimization"] = {"execution_accelerators": {"gpu_execution_accelerator": [
+            {"name": "tensorrt", "parameters": Map({"precision_mode": "FP16"})}]}}
+    return config
+
+
+def input_names(manifest: dict) -> list[str]:
+    return [i["name"] for i in manifest["inputs"]]
+
+
+def text_inputs(manifest: dict) -> list[str]:
+    return [TEXT, TEXT_PAIR] if "token_type_ids" in input_names(manifest) else [TEXT]
+
+
+def tokenizer_config(manifest: dict, name: str, max_batch_size: int, instances: int,
+                     dynamic_batching: bool) -> dict:
+    config = {"name": name, "backend": "python", "max_batch_size": max_batch_size,
+              "input": [{"name": t, "data_type": Enum("TYPE_STRING"), "dims": [1]} for t in text_inputs(manifest)],
+              "output": [{"name": n, "data_type": Enum("TYPE_INT64"), "dims": [-1]} for n in input_names(manifest)],
+              "instance_group": [{"count": instances, "kind": Enum("KIND_CPU")}],
+              "parameters": Map({"max_seq_length": {"string_value": str(int(manifest["max_seq_length"]))}})}
+    if dynamic_batching:
+        config["dynamic_batching"] = {"max_queue_delay_microseconds": MAX_QUEUE_DELAY_US}
+    return config
+
+
+def ensemble_config(manifest: dict, name: str, model_name: str, tokenizer_name: str,
+                    max_batch_size: int) -> dict:
+    texts, ids = text_inputs(manifest), input_names(manifest)
+    outputs = [_tensor(o, "output") for o in manifest["outputs"]]
+    return {"name": name, "platform": "ensemble", "max_batch_size": max_batch_size,
+            "input": [{"name": t, "data_type": Enum("TYPE_STRING"), "dims": [1]} for t in texts],
+            "output": outputs,
+            "ensemble_scheduling": {"step": [
+                {"model_name": tokenizer_name, "model_version": -1,
+                 "input_map": Map({t: t for t in texts}), "output_map": Map({n: n for n in ids})},
+                {"model_name": model_name, "model_version": -1,
+                 "input_map": Map({n: n for n in ids}),
+                 "output_map": Map({o["name"]: o["name"] for o in outputs})},
+            ]}}
+
+
+def default_device(kind: str) -> str:
+    return "gpu" if kind == "tensorrt" else "cpu"
+
+
+# --- checks -----------------------------------------------------------------------------------------
+
+def _check_options(manifest: dict, engine_dir: Path, name: str, max_batch_size, instances: int, device,
+                   ort_tensorrt: bool, with_tokenizer: bool) -> tuple[int, str]:
+    kind = manifest["engine"].get("kind")
+    if kind not in PLATFORMS:
+        raise EngineError(f"{engine_dir}: engine kind {kind!r} has no Triton backend here "
+                          f"(supported: {', '.join(PLATFORMS)})")
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise PruMuxError(f"--name {name!r} is not a usable model name; use letters, digits, '_', '-', '.' "
+                          "(not starting with '.' or '-')")
+    n = int(manifest["num_instances"])
+    if max_batch_size is None:
+        max_batch_size = DEFAULT_BATCHES_PER_N * n
+    if max_batch_size < 1:
+        raise PruMuxError(f"--max-batch-size must be at least 1 (a positive multiple of N={n}), "
+                          f"got {max_batch_size}")
+    if max_batch_size % n:
+        low, high = max_batch_size // n * n, (max_batch_size // n + 1) * n
+        hint = f"{low} or {high}" if low else f"{high}"
+        raise PruMuxError(f"--max-batch-size {max_batch_size} is not a multiple of N={n} (the engine "
+                          f"multiplexes {n} rows per pass); use {hint}")
+    if instances < 1:
+        raise PruMuxError(f"--instances must be at least 1, got {instances}")
+    device = default_device(kind) if device is None else device
+    if device not in DEVICES:
+        raise PruMuxError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if kind == "tensorrt" and device != "gpu":
+        raise PruMuxError("a TensorRT engine runs only on a GPU; use --device gpu")
+    if ort_tensorrt and kind != "onnx":
+        raise PruMuxError(f"--ort-tensorrt applies to ONNX engines (ONNX Runtime's TensorRT provider); "
+                          f"this engine is {kind!r}")
+    if ort_tensorrt and device != "gpu":
+        raise PruMuxError("--ort-tensorrt needs --device gpu (ONNX Runtime's TensorRT provider runs on GPU "
+                          "instances only)")
+    if with_tokenizer and not has_tokenizer(engine_dir):
+        raise PruMuxError(f"{engine_dir}: no tokenizer files (vocab.txt / tokenizer.json), so --with-tokenizer "
+                          "cannot build a text front end; export from a checkpoint made from a BERT directory")
+    return max_batch_size, device
+
+
+# --- the Python-backend tokenizer ---------------------------------------------------------------------
+# Written to REPO/NAME_tokenizer/1/model.py. It runs inside Triton's Python backend, where prumux_deploy is
+# usually not installed, so it is self-contained (numpy + transformers) and mirrors
+# prumux_deploy.data.tokenize: truncation at the engine's max_seq_length, padding to the longest row of a
+# request. triton_python_backend_utils exists only inside the server, so it is imported in execute().
+
+TOKENIZER_MODEL_PY = '''\
+"""Triton Python backend: text -> token ids for a prumux-deploy engine (written by `prumux-deploy triton`).
+
+Inputs TEXT (and TEXT_PAIR for sentence-pair engines), TYPE_STRING [batch, 1]; outputs input_ids,
+attention_mask (and token_type_ids), TYPE_INT64 [batch, sequence], each request padded to its longest row and
+truncated at the engine's max_seq_length (config.pbtxt parameter max_seq_length). The tokenizer files are in
+tokenizer/ beside this file and are loaded without network access.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+TEXT, TEXT_PAIR = "TEXT", "TEXT_PAIR"
+
+
+def _input(request, name):
+    """The named input of a request as a numpy array, or None (what pb_utils.get_input_tensor_by_name does)."""
+    for tensor in request.inputs():
+        if tensor.name() == name:
+            return tensor.as_numpy()
+    return None
+
+
+def _strings(array):
+    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in np.asarray(array).reshape(-1)]
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        from transformers import AutoTokenizer
+
+        config = json.loads(args["model_config"])
+        self.max_length = int(config["parameters"]["max_seq_length"]["string_value"])
+        self.input_names = [i["name"] for i in config["input"]]
+        self.output_names = [o["name"] for o in config["output"]]
+        self.pair = TEXT_PAIR in self.input_names
+        self.tokenizer = AutoTokenizer.from_pretrained(str(Path(__file__).resolve().parent / "tokenizer"),
+                                                       local_files_only=True)
+
+    def tokenize(self, text, text_pair=None):
+        """Lists of strings -> {output name: int64 [batch, sequence]}."""
+        if self.pair and (text_pair is None or len(text_pair) != len(text)):
+            raise ValueError(f"{TEXT_PAIR} must have one entry per {TEXT} row")
+        enc = self.tokenizer(list(text), list(text_pair) if self.pair else None, truncation=True,
+                             max_length=self.max_length, padding="longest", return_tensors="np",
+                             return_token_type_ids=True)
+        return {name: np.ascontiguousarray(enc[name], dtype=np.int64) for name in self.output_names}
+
+    def tokenize_request(self, request):
+        text = _input(request, TEXT)
+        if text is None:
+            raise ValueError(f"the request has no {TEXT} input")
+        pair = _input(request, TEXT_PAIR) if self.pair else None
+        return self.tokenize(_strings(text), _strings(pair) if pair is not None else None)
+
+    def execute(self, requests):
+        import triton_python_backend_utils as pb_utils
+
+        responses = []
+        for request in requests:
+            try:
+                arrays = self.tokenize_request(request)
+            except Exception as e:  # one bad request fails alone, with a message for the client
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(
+                    f"tokenizer: {e}")))
+                continue
+            responses.append(pb_utils.InferenceResponse(
+                output_tensors=[pb_utils.Tensor(name, arrays[name]) for name in self.output_names]))
+        return responses
+
+    def finalize(self):
+        self.tokenizer = None
+'''
+
+
+# --- writing ----------------------------------------------------------------------------------------
+
+def write_triton_repository(engine_dir, repo, name: str, max_batch_size: int | None = None, instances: int = 1,
+                            dynamic_batching: bool = True, with_tokenizer: bool = False, force: bool = False,
+                            device: str | None = None, ort_tensorrt: bool = False) -> Path:
+    """Write REPO/NAME (and REPO/NAME_tokenizer, REPO/NAME_ensemble with with_tokenizer); returns REPO/NAME.
+
+    max_batch_size defaults to 32*N and must be a positive multiple of N. device defaults to cpu for ONNX
+    engines and gpu for TensorRT engines. ort_tensorrt asks ONNX Runtime in Triton to run the graph with its
+    TensorRT execution provider in FP16 (ONNX engines on GPU instances only).
+    """
+    engine_dir, repo = Path(engine_dir), Path(repo)
+    manifest = read_manifest(engine_dir)
+    engine_file = verify_engine_file(engine_dir, manifest)
+    max_batch_size, device = _check_options(manifest, engine_dir, name, max_batch_size, instances, device,
+                                            ort_tensorrt, with_tokenizer)
+    if repo.exists() and not repo.is_dir():
+        raise PruMuxError(f"{repo} exists and is not a directory; REPO must be a model repository directory")
+    names = [name] + ([name + TOKENIZER_SUFFIX, name + ENSEMBLE_SUFFIX] if with_tokenizer else [])
+    for n in names:  # refuse before writing anything
+        check_target(repo / n, force)
+
+    repo.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=repo))
+    try:
+        _write_model(stage / name, manifest, engine_dir, engine_file, name, max_batch_size, instances, device,
+                     dynamic_batching, ort_tensorrt)
+        if with_tokenizer:
+            _write_tokenizer(stage / names[1], manifest, engine_dir, names[1], max_batch_size, instances,
+                             dynamic_batching)
+            model_dir = stage / names[2]
+            (model_dir / VERSION).mkdir(parents=True)  # ensembles need an (empty) version directory
+            (model_dir / "config.pbtxt").write_text(
+                to_pbtxt(ensemble_config(manifest, names[2], name, names[1], max_batch_size)))
+        # the engine first, the ensemble that refers to the others last
+        for n in names:
+            with atomic_dir(repo / n, force=force) as tmp:
+                os.replace(stage / n, tmp)  # onto the empty directory atomic_dir made; it renames it into place
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return repo / name
+
+
+def _write_model(model_dir: Path, manifest: dict, engine_dir: Path, engine_file: Path, name: str,
+                 max_batch_size: int, instances: int, device: str, dynamic_batching: bool,
+                 ort_tensorrt: bool):
+    _, file_name = PLATFORMS[manifest["engine"]["kind"]]
+    (model_dir / VERSION).mkdir(parents=True)
+    copy = model_dir / VERSION / file_name
+    shutil.copyfile(engine_file, copy)
+    if sha256_file(copy) != manifest["engine"]["sha256"]:
+        raise EngineError(f"{engine_file}: changed while it was being copied; try again")
+    shutil.copyfile(engine_dir / MANIFEST, model_dir / MANIFEST)
+    labels = manifest["labels"]
+    (model_dir / LABELS_FILE).write_text("".join(f"{labels[str(i)]}\n" for i in range(len(labels))))
+    config = model_config(manifest, name, max_batch_size, instances, device, dynamic_batching, ort_tensorrt)
+    (model_dir / "config.pbtxt").write_text(to_pbtxt(config))
+
+
+def _write_tokenizer(model_dir: Path, manifest: dict, engine_dir: Path, name: str, max_batch_size: int,
+                     instances: int, dynamic_batching: bool):
+    version_dir = model_dir / VERSION
+    (version_dir / "tokenizer").mkdir(parents=True)
+    copy_tokenizer(engine_dir, version_dir / "tokenizer")
+    (version_dir / "model.py").write_text(TOKENIZER_MODEL_PY)
+    (model_dir / "config.pbtxt").write_text(
+        to_pbtxt(tokenizer_config(manifest, name, max_batch_size, instances, dynamic_batching)))

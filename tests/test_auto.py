@@ -1,0 +1,306 @@
+"""Auto-PruMUX: interpolation, clamping, missing cells, the speedup fit, LOO-CV, ranking, JSON, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from prumux_deploy.auto import (AccuracySurface, AutoModel, Measurement, SpeedupModel, fit, loo_cv, plot,
+                                read_measurements)
+from prumux_deploy.auto_cli import auto
+from prumux_deploy.cli import main
+from prumux_deploy.errors import PruMuxError
+
+main.add_command(auto)  # what the main CLI will do; the error handling (one line, exit 2) lives in `main`
+
+NS = (1, 2, 5, 10)
+SS = (0.0, 0.6, 0.8, 0.9, 0.95)
+COEF = (0.05, 0.9, 0.8, -0.05)  # log speedup = a + b log N + c log 1/(1-s) + d log N log 1/(1-s)
+
+
+def bilinear_acc(n, s, top=90.0):
+    return top - 0.5 * n - 10.0 * s - 0.8 * n * s
+
+
+def parametric_speedup(n, s):
+    ln, lp = math.log(n), -math.log1p(-s)
+    return math.exp(COEF[0] + COEF[1] * ln + COEF[2] * lp + COEF[3] * ln * lp)
+
+
+def synthetic_rows():
+    """qqp: full grid with speedups; sst2: same grid, no speedups, another surface."""
+    rows = []
+    for n in NS:
+        for s in SS:
+            rows.append(Measurement("qqp", n, s, bilinear_acc(n, s), parametric_speedup(n, s)))
+            rows.append(Measurement("sst2", n, s, bilinear_acc(n, s, top=93.0) - 0.3 * n, None))
+    return rows
+
+
+def write_csv(path, rows, header="task,N,sparsity,accuracy,throughput"):
+    lines = [header] + [f"{r.task},{r.N},{r.sparsity!r},{r.accuracy!r},"
+                        f"{'' if r.throughput is None else repr(r.throughput)}" for r in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# ------------------------------------------------------------------------------------ accuracy surface
+
+SQUARE = [(1, 0.0, 90.0), (3, 0.0, 86.0), (1, 0.5, 80.0), (3, 0.5, 70.0)]
+
+
+def test_interpolation_exact_at_grid_points_and_bilinear_between():
+    f = AccuracySurface(SQUARE)
+    for n, s, a in SQUARE:
+        assert f(n, s) == a
+    # hand computation: tN = (1.5-1)/2 = 0.25, ts = 0.1/0.5 = 0.2
+    # 0.75*0.8*90 + 0.25*0.8*86 + 0.75*0.2*80 + 0.25*0.2*70 = 54 + 17.2 + 12 + 3.5
+    assert f(1.5, 0.1) == pytest.approx(86.7, abs=1e-12)
+    assert f(2, 0.25) == pytest.approx((90 + 86 + 80 + 70) / 4, abs=1e-12)
+    assert f(2, 0.0) == pytest.approx(88.0, abs=1e-12)  # on an edge: linear
+    # bilinear: linear along each axis inside a cell
+    s = np.linspace(0, 0.5, 11)
+    assert np.allclose(np.diff(f(np.full(11, 2.2), s), 2), 0, atol=1e-10)
+
+
+def test_interpolation_on_a_larger_grid_matches_each_cell():
+    pts = [(n, s, bilinear_acc(n, s) + (0.7 if (n, s) == (5, 0.8) else 0.0)) for n in NS for s in SS]
+    f = AccuracySurface(pts)
+    for n, s, a in pts:
+        assert f(n, s) == a
+    # (3.5, 0.7) lies in the cell N in [2, 5], s in [0.6, 0.8]; corner (5, 0.8) carries +0.7
+    expected = bilinear_acc(3.5, 0.7) + 0.5 * 0.5 * 0.7
+    assert f(3.5, 0.7) == pytest.approx(expected, abs=1e-10)
+
+
+def test_outside_the_grid_clamps_to_the_edge():
+    f = AccuracySurface(SQUARE)
+    assert f(20, 0.9) == 70.0            # beyond both: the far corner
+    assert f(2, 0.99) == pytest.approx(75.0)  # beyond s: the s=0.5 edge at N=2
+    assert f(10, 0.25) == pytest.approx(78.0)  # beyond N: the N=3 edge at s=0.25
+    g = AccuracySurface([(2, 0.3, 85.0), (4, 0.3, 81.0), (2, 0.6, 80.0), (4, 0.6, 70.0)])
+    assert g(1, 0.0) == 85.0             # below both
+
+
+def test_missing_cells_are_filled_exactly_for_a_bilinear_surface():
+    full = [(n, s, bilinear_acc(n, s)) for n in NS for s in SS]
+    for hole in [(2, 0.6), (1, 0.0), (10, 0.95), (5, 0.0)]:  # interior, corners, edge
+        f = AccuracySurface([p for p in full if (p[0], p[1]) != hole])
+        assert f(*hole) == pytest.approx(bilinear_acc(*hole), abs=1e-9), hole
+        assert not f.measured[list(f.Ns).index(hole[0]), list(f.ss).index(hole[1])]
+    # scattered points (no shared row or column): nearest measured values, still exact where measured
+    diag = [(1, 0.0, 90.0), (2, 0.6, 80.0), (5, 0.9, 70.0)]
+    f = AccuracySurface(diag)
+    for n, s, a in diag:
+        assert f(n, s) == a
+    assert f(1, 0.9) == pytest.approx((90.0 + 70.0) / 2)
+    assert 0 <= f(5, 0.0) <= 100
+
+
+def test_baseline_is_n1_s0_else_best():
+    assert AccuracySurface(SQUARE).baseline == 90.0
+    assert AccuracySurface([(2, 0.0, 84.0), (2, 0.5, 86.0), (5, 0.5, 80.0)]).baseline == 86.0
+
+
+# ------------------------------------------------------------------------------------- speedup model
+
+
+def test_speedup_fit_recovers_the_parametric_form_and_falls_back_with_few_points():
+    pts = [(n, s, parametric_speedup(n, s)) for n in NS for s in SS]
+    m = SpeedupModel.fit(pts, "qqp")
+    assert np.allclose(m.coef, COEF, atol=1e-10) and len(m.terms) == 4
+    assert m(3, 0.7) == pytest.approx(parametric_speedup(3, 0.7), rel=1e-10)
+    two = SpeedupModel.fit([(1, 0.0, 1.0), (4, 0.0, 3.2)], "qqp")  # no sparsity variation: 2 terms
+    assert two.terms == ["1", "log N"] and two(4, 0.0) == pytest.approx(3.2)
+    one = SpeedupModel.fit([(2, 0.5, 3.0)], "qqp")
+    assert one.terms == ["1"] and one(10, 0.9) == pytest.approx(3.0)
+
+
+# ------------------------------------------------------------------------------------------- LOO-CV
+
+
+def test_loo_cv_is_perfect_on_bilinear_accuracy_and_parametric_speedup():
+    result = loo_cv(synthetic_rows())
+    assert result["throughput_task"] == "qqp"
+    assert result["tasks"]["qqp"] == {"n_accuracy": 20, "M_A": 1.0, "n_speedup": 20, "M_T": 1.0}
+    assert result["tasks"]["sst2"] == {"n_accuracy": 20, "M_A": 1.0, "n_speedup": 0, "M_T": None}
+    errors = [abs(p["predicted_accuracy"] - p["accuracy"]) for p in result["points"]]
+    assert max(errors) < 1e-8
+
+
+def test_loo_cv_counts_misses():
+    rows = synthetic_rows()
+    rows = [Measurement(r.task, r.N, r.sparsity, r.accuracy + (5.0 if (r.N, r.sparsity) == (2, 0.8) else 0.0),
+                        r.throughput) for r in rows]
+    result = loo_cv(rows)
+    # the bumped point is mispredicted, and its neighbours' predictions drag the bump along
+    assert result["tasks"]["qqp"]["M_A"] < 1.0
+    assert result["tasks"]["qqp"]["M_T"] == 1.0
+
+
+# ------------------------------------------------------------------------------------------- ranking
+
+
+def test_rank_respects_the_budget_and_more_budget_never_slows_down():
+    model = fit(synthetic_rows())
+    best = []
+    for task in ("qqp", "sst2"):
+        baseline = model.baseline(task)
+        assert baseline == bilinear_acc(1, 0.0, top=90.0 if task == "qqp" else 93.0) - (0.3 if task == "sst2" else 0)
+        best_here = []
+        for budget in (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 15.0, 40.0):
+            found = model.rank(task, budget, top=5)
+            assert found, budget
+            for c in found:
+                assert c.accuracy >= baseline - budget - 1e-9
+                assert c.accuracy == pytest.approx(model.predict_accuracy(task, c.N, c.sparsity))
+                assert c.speedup == pytest.approx(model.predict_speedup(c.N, c.sparsity))
+                assert not c.extrapolated
+            assert [c.speedup for c in found] == sorted((c.speedup for c in found), reverse=True)
+            best_here.append(found[0].speedup)
+        assert best_here == sorted(best_here)
+        assert best_here[-1] > best_here[0]
+        best.append(best_here)
+    # untrained grid points are candidates too (N=3, 4, 6, 8 and s=0.1..0.5 were never trained)
+    found = model.rank("qqp", 40.0, top=1000)
+    assert any(not c.trained for c in found) and any(c.trained for c in found)
+    assert {(c.N, round(c.sparsity, 2)) for c in found} >= {(3, 0.7), (8, 0.95), (10, 0.95)}
+    assert found[0].N == 10 and found[0].sparsity == 0.95
+
+
+def test_rank_with_zero_budget_keeps_only_baseline_quality():
+    model = fit(synthetic_rows())
+    found = model.rank("qqp", 0.0, top=10)
+    assert [(c.N, c.sparsity) for c in found] == [(1, 0.0)]
+    with pytest.raises(PruMuxError, match="budget"):
+        model.rank("qqp", -1.0)
+    with pytest.raises(PruMuxError, match="unknown task 'mnli'"):
+        model.rank("mnli", 1.0)
+
+
+def test_explicit_candidates_outside_the_grid_are_marked():
+    model = fit([Measurement("t", n, s, bilinear_acc(n, s), parametric_speedup(n, s))
+                 for n in (1, 2) for s in (0.0, 0.5)])
+    found = model.rank("t", 50.0, top=10, candidates=[(2, 0.5), (4, 0.5)])
+    assert [(c.N, c.extrapolated) for c in found] == [(4, True), (2, False)]
+    assert all(c.N <= 2 and c.sparsity <= 0.5 for c in model.rank("t", 50.0, top=100))
+
+
+# ------------------------------------------------------------------------------------- serialisation
+
+
+def test_fit_json_round_trip(tmp_path):
+    path = write_csv(tmp_path / "m.csv", synthetic_rows())
+    model = fit(path)
+    again = AutoModel.from_json(model.to_json())
+    assert again.to_json() == model.to_json()
+    assert again.tasks == ["qqp", "sst2"] and again.speedup.task == "qqp"
+    n, s = np.meshgrid([1, 1.5, 3, 7, 10, 12], [0.0, 0.3, 0.85, 0.95])
+    for task in model.tasks:
+        assert np.array_equal(model.predict_accuracy(task, n, s), again.predict_accuracy(task, n, s))
+    assert np.array_equal(model.predict_speedup(n, s), again.predict_speedup(n, s))
+    assert again.rank("sst2", 3.0) == model.rank("sst2", 3.0)
+    with pytest.raises(PruMuxError, match="not an Auto-PruMUX model"):
+        AutoModel.from_json(json.dumps({"format": "other"}))
+    with pytest.raises(PruMuxError, match="not JSON"):
+        AutoModel.from_json("{")
+
+
+# --------------------------------------------------------------------------------------------- reading
+
+
+@pytest.mark.parametrize("text, message", [
+    ("task,N,sparsity,accuracy\nqqp,1,0,90\n", "m.csv:1: missing column 'throughput'"),
+    ("task,N,sparsity,accuracy,throughput\nqqp,1,0,90,1\nqqp,two,0,90,1\n", "m.csv:3: column 'N' must be a number"),
+    ("task,N,sparsity,accuracy,throughput\nqqp,1,0,90,1\nqqp,2,0.5,x,\n", "m.csv:3: column 'accuracy'"),
+    ("task,N,sparsity,accuracy,throughput\nqqp,1,0,90,1\n\nqqp,1,0.0,89,1\n",
+     "m.csv:4: duplicate row for task qqp, N=1, sparsity=0 (first on line 2)"),
+    ("task,N,sparsity,accuracy,throughput\nqqp,1,60,90,1\n", "m.csv:2: sparsity must be a fraction"),
+    ("task,N,sparsity,accuracy,throughput\nqqp,1,0,0.9,1\n", "give accuracy in percent"),
+    ("task,N,sparsity,accuracy,throughput\n", "no measurements"),
+])
+def test_bad_csv_is_one_line_naming_file_and_line(tmp_path, text, message):
+    (tmp_path / "m.csv").write_text(text)
+    with pytest.raises(PruMuxError) as e:
+        read_measurements(tmp_path / "m.csv")
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_read_measurements_parses_empty_throughput_and_extra_columns(tmp_path):
+    (tmp_path / "m.csv").write_text("task, N ,sparsity,accuracy,throughput,note\n"
+                                    "qqp,2,0.6,88.5,3.1,x\nsst2,2,0.6,90.25,,y\n")
+    rows = read_measurements(tmp_path / "m.csv")
+    assert rows[0] == Measurement("qqp", 2, 0.6, 88.5, 3.1, 2)
+    assert rows[1].throughput is None and rows[1].line == 3
+
+
+def test_plot_without_matplotlib_says_how_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    with pytest.raises(PruMuxError, match="auto plot needs matplotlib: pip install matplotlib"):
+        plot(fit(synthetic_rows()), tmp_path / "p.png")
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def run(*args):
+    return CliRunner().invoke(main, ["auto", *map(str, args)])
+
+
+def test_cli_fit_predict_cv(tmp_path):
+    csv_path = write_csv(tmp_path / "m.csv", synthetic_rows())
+    for cmd in ("fit", "predict", "cv", "plot"):
+        result = run(cmd, "--help")
+        assert result.exit_code == 0 and "Usage:" in result.output, cmd
+
+    result = run("fit", csv_path, "-o", tmp_path / "auto.json")
+    assert result.exit_code == 0, result.output
+    assert "2 task(s)" in result.output and "on qqp" in result.output
+    assert json.loads((tmp_path / "auto.json").read_text())["format"] == "prumux-auto-model"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp file left
+    result = run("fit", csv_path, "-o", tmp_path / "auto.json")
+    assert result.exit_code == 2 and "pass --force" in result.output
+
+    result = run("predict", tmp_path / "auto.json", "--task", "sst2", "--budget", "3.0", "--top", "3")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "baseline accuracy 92.20" in lines[0] and "accuracy >= 89.20" in lines[0]
+    table = [l.split() for l in lines[2:]]
+    assert [r[0] for r in table] == ["1", "2", "3"]
+    model = fit(csv_path)
+    best = model.rank("sst2", 3.0, top=3)
+    for row, c in zip(table, best):
+        assert (int(row[1]), float(row[2])) == (c.N, round(c.sparsity, 2))
+        assert float(row[3]) >= 89.2 - 0.005
+    result = run("predict", tmp_path / "auto.json", "--task", "sst2", "--budget", "3", "--json")
+    assert json.loads(result.output)["candidates"][0]["N"] == best[0].N
+
+    result = run("cv", csv_path)
+    assert result.exit_code == 0, result.output
+    rows = {l.split()[0]: l.split() for l in result.output.splitlines()[2:]}
+    assert rows["qqp"] == ["qqp", "20", "1.000", "20", "1.000"]
+    assert rows["sst2"] == ["sst2", "20", "1.000", "0", "-"]
+    assert rows["all"][1:3] == ["40", "1.000"]
+    result = run("cv", csv_path, "--json")
+    assert json.loads(result.output)["tasks"]["qqp"]["M_T"] == 1.0
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    (tmp_path / "bad.csv").write_text("task,N,sparsity,throughput\nqqp,1,0,1\n")
+    result = run("fit", tmp_path / "bad.csv", "-o", tmp_path / "auto.json")
+    assert result.exit_code == 2
+    errors = [l for l in result.output.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and "missing column 'accuracy'" in errors[0] and "Traceback" not in result.output
+    assert not (tmp_path / "auto.json").exists()
+
+    write_csv(tmp_path / "m.csv", synthetic_rows())
+    run("fit", tmp_path / "m.csv", "-o", tmp_path / "auto.json")
+    result = run("predict", tmp_path / "auto.json", "--task", "mnli")
+    assert result.exit_code == 2 and "unknown task 'mnli'" in result.output
+    result = run("fit", tmp_path / "m.csv", "-o", tmp_path / "x.json", "--throughput-task", "sst2")
+    assert result.exit_code == 2 and "has no throughput measurements" in result.output

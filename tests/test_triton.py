@@ -1,0 +1,452 @@
+"""Triton model repositories: every config.pbtxt parsed with Triton's own ModelConfig schema and checked
+against the engine (ONNX Runtime's view of the graph, manifest.json), plus the Python-backend tokenizer run
+on fake requests against prumux_deploy.data.tokenize."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+import types
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+
+from prumux_deploy.cli import main
+from prumux_deploy.data import load_tokenizer, tokenize
+from prumux_deploy.engine import OnnxEngine, read_manifest, sha256_file
+from prumux_deploy.errors import EngineError, PruMuxError
+from prumux_deploy.export import triton as tx
+from prumux_deploy.export.triton import preferred_batch_sizes, write_triton_repository
+from prumux_deploy.triton_cli import triton
+
+from conftest import masked_model
+
+model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
+from google.protobuf import json_format, text_format  # noqa: E402  (after the guard on purpose)
+
+ORT_TO_TRITON = {"tensor(int64)": "TYPE_INT64", "tensor(float)": "TYPE_FP32"}
+TEXTS = ["a gorgeous , witty film", "dull", "what a film ! " + "very " * 30 + "good",  # the last one truncates
+         "the plot was awful", "zebra unknownword"]
+PAIRS = ["what is it ?", "a film", "who was it", "very good fun", "why"]
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+def parse_config(model_dir):
+    return text_format.Parse((model_dir / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+
+
+def type_name(data_type) -> str:
+    return model_config_pb2.DataType.Name(data_type)
+
+
+def kind_name(kind) -> str:
+    return model_config_pb2.ModelInstanceGroup.Kind.Name(kind)
+
+
+def all_configs(repo):
+    return {d.name: parse_config(d) for d in sorted(repo.iterdir()) if (d / "config.pbtxt").is_file()}
+
+
+def leftovers(repo):
+    return [p.name for p in repo.iterdir() if p.name.startswith(".")]
+
+
+def copy_engine(engine_dir, dst):
+    shutil.copytree(engine_dir, dst)
+    return dst
+
+
+def fake_engine(tmp_path, kind="tensorrt", file="model.plan", **changes):
+    """An engine directory with a (fake) engine file of another kind and a correct sha256."""
+    from prumux_deploy.engine import MANIFEST_FORMAT, MANIFEST_VERSION
+
+    d = tmp_path / f"fake-{kind}"
+    d.mkdir()
+    (d / file).write_bytes(b"not really a plan")
+    manifest = {"format": MANIFEST_FORMAT, "format_version": MANIFEST_VERSION,
+                "engine": {"file": file, "kind": kind, "sha256": sha256_file(d / file)},
+                "inputs": [{"name": n, "dtype": "int64", "dims": ["batch", "sequence"]}
+                           for n in ("input_ids", "attention_mask")],
+                "outputs": [{"name": "logits", "dtype": "float32", "dims": ["batch", 3]}],
+                "num_instances": 4, "labels": {"0": "a", "1": "b", "2": "c"}, "max_seq_length": 16}
+    manifest.update(changes)
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    return d
+
+
+@pytest.fixture(scope="session")
+def pair_engine_dir(tmp_path_factory, bert_dir):
+    """An N=2 QNLI (sentence-pair: token_type_ids) engine with the tiny tokenizer."""
+    from prumux_deploy.export.pipeline import export_checkpoint
+
+    root = tmp_path_factory.mktemp("pair")
+    masked_model(2, num_labels=2, task="qnli").save(root / "ckpt", tokenizer_dir=bert_dir)
+    export_checkpoint(root / "ckpt", root / "engine", log=lambda m: None)
+    return root / "engine"
+
+
+@pytest.fixture(params=["single", "pair"])
+def any_engine(request):
+    return request.getfixturevalue("engine_dir" if request.param == "single" else "pair_engine_dir")
+
+
+def check_model_against_engine(model_dir, engine_dir, config):
+    """config.pbtxt vs the ONNX graph as ONNX Runtime sees it and vs manifest.json; files and sha256."""
+    manifest = read_manifest(engine_dir)
+    n = manifest["num_instances"]
+    session = ort.InferenceSession(str(engine_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert config.platform == "onnxruntime_onnx" and config.name == model_dir.name
+    assert [i.name for i in config.input] == [i.name for i in session.get_inputs()] \
+        == [i["name"] for i in manifest["inputs"]]
+    assert [o.name for o in config.output] == [o.name for o in session.get_outputs()] == ["logits"]
+    for tensor, arg in list(zip(config.input, session.get_inputs())) + list(zip(config.output, session.get_outputs())):
+        assert type_name(tensor.data_type) == ORT_TO_TRITON[arg.type], tensor.name
+        assert len(tensor.dims) == len(arg.shape) - 1, tensor.name  # the batch axis is implicit
+        assert not isinstance(arg.shape[0], int)  # ... and dynamic in the graph
+        for dim, graph_dim in zip(tensor.dims, arg.shape[1:]):
+            assert dim == (graph_dim if isinstance(graph_dim, int) else -1), tensor.name
+    assert list(config.input[0].dims) == [-1]
+    assert list(config.output[0].dims) == [len(manifest["labels"])]
+    assert config.max_batch_size >= n and config.max_batch_size % n == 0
+    # files: the engine byte for byte, the manifest, the labels
+    copy = model_dir / "1" / "model.onnx"
+    assert copy.is_file() and sha256_file(copy) == manifest["engine"]["sha256"]
+    assert json.loads((model_dir / "manifest.json").read_text()) == manifest
+    assert config.output[0].label_filename == "labels.txt"
+    labels = (model_dir / "labels.txt").read_text().splitlines()
+    assert labels == [manifest["labels"][str(i)] for i in range(len(manifest["labels"]))]
+
+
+# --- the model config ---------------------------------------------------------------------------
+
+def test_default_repository_matches_the_engine(engine_dir, tmp_path):
+    repo = tmp_path / "repo"
+    path = write_triton_repository(engine_dir, repo, "sst2")
+    assert path == repo / "sst2"
+    assert sorted(p.name for p in repo.iterdir()) == ["sst2"]  # nothing else, no temp dirs left
+    assert sorted(str(p.relative_to(path)) for p in path.rglob("*")) == [
+        "1", "1/model.onnx", "config.pbtxt", "labels.txt", "manifest.json"]
+    config = parse_config(path)
+    check_model_against_engine(path, engine_dir, config)
+    n = read_manifest(engine_dir)["num_instances"]
+    assert n == 2 and config.max_batch_size == 32 * n
+    assert len(config.instance_group) == 1
+    assert config.instance_group[0].count == 1 and kind_name(config.instance_group[0].kind) == "KIND_CPU"
+    assert config.HasField("dynamic_batching")
+    preferred = list(config.dynamic_batching.preferred_batch_size)
+    assert preferred == [8, 16, 32, 64]
+    assert all(b % n == 0 and b <= config.max_batch_size for b in preferred)
+    assert config.dynamic_batching.max_queue_delay_microseconds == 100
+    assert not config.HasField("optimization")
+
+
+def test_options_reach_the_config(any_engine, tmp_path):
+    repo = tmp_path / "repo"
+    write_triton_repository(any_engine, repo, "m", max_batch_size=16, instances=3, device="gpu",
+                            ort_tensorrt=True)
+    config = parse_config(repo / "m")
+    check_model_against_engine(repo / "m", any_engine, config)
+    assert config.max_batch_size == 16
+    assert config.instance_group[0].count == 3 and kind_name(config.instance_group[0].kind) == "KIND_GPU"
+    assert list(config.dynamic_batching.preferred_batch_size) == [8, 16]
+    (accelerator,) = config.optimization.execution_accelerators.gpu_execution_accelerator
+    assert accelerator.name == "tensorrt" and dict(accelerator.parameters) == {"precision_mode": "FP16"}
+
+    write_triton_repository(any_engine, repo, "plain", max_batch_size=2, dynamic_batching=False)
+    config = parse_config(repo / "plain")
+    assert config.max_batch_size == 2 and not config.HasField("dynamic_batching")
+
+
+@pytest.mark.parametrize("n, max_batch_size, expected", [
+    (2, 64, [8, 16, 32, 64]), (2, 48, [8, 16, 32, 48]), (2, 6, [6]), (2, 2, [2]), (3, 96, [12, 24, 48, 96]),
+    (10, 320, [40, 80, 160, 320]), (1, 32, [4, 8, 16, 32])])
+def test_preferred_batch_sizes_are_multiples_of_n(n, max_batch_size, expected):
+    sizes = preferred_batch_sizes(n, max_batch_size)
+    assert sizes == expected
+    assert all(s % n == 0 and s <= max_batch_size for s in sizes) and sizes == sorted(set(sizes))
+
+
+def test_tensorrt_engine_gets_the_tensorrt_platform(tmp_path):
+    engine = fake_engine(tmp_path)
+    repo = tmp_path / "repo"
+    write_triton_repository(engine, repo, "trt")
+    config = parse_config(repo / "trt")
+    assert config.platform == "tensorrt_plan"
+    assert kind_name(config.instance_group[0].kind) == "KIND_GPU"  # a plan runs only on a GPU
+    assert config.max_batch_size == 32 * 4 and list(config.dynamic_batching.preferred_batch_size) == [16, 32, 64, 128]
+    assert [type_name(o.data_type) for o in config.output] == ["TYPE_FP32"] and list(config.output[0].dims) == [3]
+    assert sha256_file(repo / "trt" / "1" / "model.plan") == read_manifest(engine)["engine"]["sha256"]
+    assert not (repo / "trt" / "1" / "model.onnx").exists()
+    with pytest.raises(PruMuxError, match="--ort-tensorrt applies to ONNX engines"):
+        write_triton_repository(engine, repo, "x", device="gpu", ort_tensorrt=True)
+    with pytest.raises(PruMuxError, match="runs only on a GPU"):
+        write_triton_repository(engine, repo, "x", device="cpu")
+    assert not (repo / "x").exists()
+
+
+# --- refusals -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"max_batch_size": 0}, "--max-batch-size must be at least 1"),
+    ({"max_batch_size": -4}, "--max-batch-size must be at least 1"),
+    ({"max_batch_size": 33}, "not a multiple of N=2.*use 32 or 34"),
+    ({"max_batch_size": 1}, "not a multiple of N=2.*use 2"),
+    ({"instances": 0}, "--instances must be at least 1"),
+    ({"device": "tpu"}, "--device must be one of cpu, gpu"),
+    ({"ort_tensorrt": True}, "--ort-tensorrt needs --device gpu"),
+    ({"name": "../up"}, "not a usable model name"),
+    ({"name": ".hidden"}, "not a usable model name"),
+    ({"name": ""}, "not a usable model name"),
+])
+def test_bad_options_are_refused_before_writing(engine_dir, tmp_path, kwargs, message):
+    kwargs = {"name": "m", **kwargs}
+    with pytest.raises(PruMuxError, match=message):
+        write_triton_repository(engine_dir, tmp_path / "repo", **kwargs)
+    assert not (tmp_path / "repo").exists()
+
+
+def test_existing_model_is_refused_without_force(engine_dir, tmp_path):
+    repo = tmp_path / "repo"
+    write_triton_repository(engine_dir, repo, "m")
+    (repo / "other").mkdir()  # another model in the same repository
+    (repo / "other" / "config.pbtxt").write_text('name: "other"\n')
+    before = (repo / "m" / "config.pbtxt").read_text()
+    with pytest.raises(PruMuxError, match="already exists; pass --force"):
+        write_triton_repository(engine_dir, repo, "m", instances=4)
+    assert (repo / "m" / "config.pbtxt").read_text() == before
+    write_triton_repository(engine_dir, repo, "m", instances=4, force=True)
+    assert parse_config(repo / "m").instance_group[0].count == 4
+    assert (repo / "other" / "config.pbtxt").read_text() == 'name: "other"\n'
+    assert sorted(p.name for p in repo.iterdir()) == ["m", "other"]
+
+
+def test_existing_ensemble_blocks_the_whole_tokenizer_repository(engine_dir, tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "m_ensemble").mkdir(parents=True)
+    with pytest.raises(PruMuxError, match="m_ensemble already exists"):
+        write_triton_repository(engine_dir, repo, "m", with_tokenizer=True)
+    assert sorted(p.name for p in repo.iterdir()) == ["m_ensemble"]  # the engine model was not written either
+
+
+def test_tampered_engine_is_refused(engine_dir, tmp_path):
+    engine = copy_engine(engine_dir, tmp_path / "engine")
+    data = bytearray((engine / "model.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (engine / "model.onnx").write_bytes(bytes(data))
+    with pytest.raises(EngineError, match="does not match manifest.json"):
+        write_triton_repository(engine, tmp_path / "repo", "m")
+    (engine / "model.onnx").unlink()
+    with pytest.raises(EngineError, match="missing"):
+        write_triton_repository(engine, tmp_path / "repo", "m")
+    with pytest.raises(EngineError, match="not a directory"):
+        write_triton_repository(tmp_path / "nowhere", tmp_path / "repo", "m")
+    assert not (tmp_path / "repo").exists()
+
+
+def test_with_tokenizer_needs_tokenizer_files(engine_dir, tmp_path):
+    engine = copy_engine(engine_dir, tmp_path / "engine")
+    for f in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (engine / f).unlink(missing_ok=True)
+    with pytest.raises(PruMuxError, match="no tokenizer files"):
+        write_triton_repository(engine, tmp_path / "repo", "m", with_tokenizer=True)
+    assert not (tmp_path / "repo").exists()
+
+
+# --- tokenizer + ensemble -----------------------------------------------------------------------
+
+def test_with_tokenizer_writes_three_consistent_models(any_engine, tmp_path):
+    repo = tmp_path / "repo"
+    write_triton_repository(any_engine, repo, "cls", with_tokenizer=True, instances=2)
+    manifest = read_manifest(any_engine)
+    pair = "token_type_ids" in [i["name"] for i in manifest["inputs"]]
+    configs = all_configs(repo)
+    assert sorted(configs) == ["cls", "cls_ensemble", "cls_tokenizer"] and not leftovers(repo)
+    check_model_against_engine(repo / "cls", any_engine, configs["cls"])
+
+    texts = ["TEXT", "TEXT_PAIR"] if pair else ["TEXT"]
+    tok = configs["cls_tokenizer"]
+    assert tok.backend == "python" and tok.platform == ""
+    assert [(i.name, type_name(i.data_type), list(i.dims)) for i in tok.input] == [
+        (t, "TYPE_STRING", [1]) for t in texts]
+    assert [(o.name, type_name(o.data_type), list(o.dims)) for o in tok.output] == [
+        (i["name"], "TYPE_INT64", [-1]) for i in manifest["inputs"]]
+    assert tok.parameters["max_seq_length"].string_value == str(manifest["max_seq_length"])
+    assert (repo / "cls_tokenizer" / "1" / "model.py").is_file()
+    assert (repo / "cls_tokenizer" / "1" / "tokenizer" / "vocab.txt").is_file()
+
+    ens = configs["cls_ensemble"]
+    assert ens.platform == "ensemble" and (repo / "cls_ensemble" / "1").is_dir()
+    assert [i.name for i in ens.input] == texts and [o.name for o in ens.output] == ["logits"]
+    assert all(c.max_batch_size == configs["cls"].max_batch_size for c in configs.values())
+
+    # the wiring: every map key is a tensor of the step's model, every value is available when consumed
+    def tensors(config, field):
+        return {t.name: (type_name(t.data_type), list(t.dims)) for t in getattr(config, field)}
+
+    available = tensors(ens, "input")
+    steps = ens.ensemble_scheduling.step
+    assert [s.model_name for s in steps] == ["cls_tokenizer", "cls"]
+    for step in steps:
+        model = configs[step.model_name]
+        model_inputs, model_outputs = tensors(model, "input"), tensors(model, "output")
+        assert set(step.input_map) == set(model_inputs), step.model_name  # every input is fed ...
+        for model_name, ensemble_name in step.input_map.items():
+            assert ensemble_name in available, (step.model_name, ensemble_name)  # ... by something earlier
+            assert available[ensemble_name][0] == model_inputs[model_name][0]  # with the same dtype
+        for model_name, ensemble_name in step.output_map.items():
+            assert model_name in model_outputs, (step.model_name, model_name)
+            available[ensemble_name] = model_outputs[model_name]
+    for out in ens.output:
+        assert available[out.name] == (type_name(out.data_type), list(out.dims))
+
+
+class FakeTensor:
+    """What pb_utils.Tensor offers to a model: name() and as_numpy()."""
+
+    def __init__(self, name, array):
+        self._name, self._array = name, array
+
+    def name(self):
+        return self._name
+
+    def as_numpy(self):
+        return self._array
+
+
+class FakeRequest:
+    def __init__(self, **inputs):  # TEXT=[...] as Triton delivers TYPE_STRING [batch, 1]: bytes objects
+        self._inputs = [FakeTensor(k, np.array([[s.encode()] for s in v], dtype=object)) for k, v in inputs.items()]
+
+    def inputs(self):
+        return self._inputs
+
+
+def fake_pb_utils():
+    module = types.ModuleType("triton_python_backend_utils")
+
+    class Response:
+        def __init__(self, output_tensors, error=None):
+            self.output_tensors, self.error = output_tensors, error
+
+    module.Tensor = FakeTensor
+    module.InferenceResponse = Response
+    module.TritonError = lambda message: message
+    return module
+
+
+def load_tokenizer_model(model_dir):
+    """Import REPO/NAME_tokenizer/1/model.py and initialize it the way Triton does."""
+    assert "triton_python_backend_utils" not in sys.modules  # importable outside the server
+    spec = importlib.util.spec_from_file_location(f"triton_model_{id(model_dir)}", model_dir / "1" / "model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = module.TritonPythonModel()
+    config = json_format.MessageToDict(parse_config(model_dir), preserving_proto_field_name=True)
+    model.initialize({"model_config": json.dumps(config), "model_instance_kind": "CPU",
+                      "model_repository": str(model_dir), "model_version": "1", "model_name": model_dir.name})
+    return model
+
+
+def test_tokenizer_model_matches_data_tokenize(any_engine, tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    write_triton_repository(any_engine, repo, "cls", with_tokenizer=True)
+    engine = OnnxEngine(any_engine)
+    pair = engine.uses_token_types
+    model = load_tokenizer_model(repo / "cls_tokenizer")
+    request = FakeRequest(TEXT=TEXTS, TEXT_PAIR=PAIRS) if pair else FakeRequest(TEXT=TEXTS)
+
+    got = model.tokenize_request(request)
+    want = tokenize(load_tokenizer(any_engine), TEXTS, PAIRS if pair else None,
+                    max_length=engine.max_seq_length, with_token_types=pair)
+    assert list(got) == [i["name"] for i in engine.manifest["inputs"]] == list(want)
+    for name in want:
+        assert got[name].dtype == np.int64 and got[name].shape == want[name].shape, name
+        np.testing.assert_array_equal(got[name], want[name])
+    assert got["input_ids"].shape[1] == engine.max_seq_length  # the long text was truncated, the rest padded
+    # and what the ensemble's second step computes from them is what `predict` computes
+    np.testing.assert_array_equal(engine.run_feeds(got), engine.run_feeds(want))
+
+    # execute() as the server calls it: one response per request, a bad request fails alone
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake_pb_utils())
+    small = FakeRequest(TEXT=TEXTS[:1], TEXT_PAIR=PAIRS[:1]) if pair else FakeRequest(TEXT=TEXTS[:1])
+    bad = FakeRequest(TEXT_PAIR=PAIRS[:1])  # no TEXT
+    responses = model.execute([request, bad, small])
+    assert len(responses) == 3
+    assert responses[1].error and "no TEXT input" in responses[1].error and responses[1].output_tensors == []
+    for response, (texts, pairs) in zip([responses[0], responses[2]], [(TEXTS, PAIRS), (TEXTS[:1], PAIRS[:1])]):
+        assert response.error is None
+        expected = tokenize(load_tokenizer(any_engine), texts, pairs if pair else None,
+                            max_length=engine.max_seq_length, with_token_types=pair)
+        assert [t.name() for t in response.output_tensors] == list(expected)
+        for t in response.output_tensors:
+            np.testing.assert_array_equal(t.as_numpy(), expected[t.name()])
+    if pair:
+        (response,) = model.execute([FakeRequest(TEXT=TEXTS[:2], TEXT_PAIR=PAIRS[:1])])
+        assert "one entry per TEXT row" in response.error
+
+
+# --- the serialisation --------------------------------------------------------------------------
+
+def test_hand_written_text_equals_the_protobuf_route(pair_engine_dir, tmp_path, monkeypatch):
+    """Without tritonclient the configs are written by hand; they must parse to the same messages."""
+    write_triton_repository(pair_engine_dir, tmp_path / "pb", "m", with_tokenizer=True, instances=2,
+                            device="gpu", ort_tensorrt=True)
+    monkeypatch.setitem(sys.modules, "tritonclient.grpc", None)  # `from tritonclient.grpc import ...` fails
+    with pytest.raises(ImportError):
+        from tritonclient.grpc import model_config_pb2 as _  # noqa: F401
+    write_triton_repository(pair_engine_dir, tmp_path / "hand", "m", with_tokenizer=True, instances=2,
+                            device="gpu", ort_tensorrt=True)
+    monkeypatch.undo()
+    pb, hand = all_configs(tmp_path / "pb"), all_configs(tmp_path / "hand")
+    assert sorted(pb) == sorted(hand) == ["m", "m_ensemble", "m_tokenizer"]
+    for name in pb:
+        assert pb[name] == hand[name], name
+    assert (tmp_path / "hand" / "m" / "config.pbtxt").read_text() != ""
+    assert tx._write_text({"s": 'a "quoted"\nline', "e": tx.Enum("KIND_GPU"), "l": [1, 2]}) == (
+        's: "a \\"quoted\\"\\nline"\ne: KIND_GPU\nl: [1, 2]\n')
+
+
+# --- the command line ---------------------------------------------------------------------------
+
+def cli(*args):
+    if "triton" not in main.commands:
+        main.add_command(triton)
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_cli_happy_path(pair_engine_dir, tmp_path):
+    result = cli("triton", "--help")
+    assert result.exit_code == 0 and "Usage:" in result.output and "--max-batch-size" in result.output
+    repo = tmp_path / "repo"
+    result = cli("triton", pair_engine_dir, repo, "--name", "qnli", "--max-batch-size", 8, "--instances", 2,
+                 "--with-tokenizer", "--no-dynamic-batching")
+    assert result.exit_code == 0, result.output
+    assert f"wrote {repo / 'qnli'} (onnxruntime_onnx, N=2, max_batch_size 8, 2 instance(s) on cpu)" in result.output
+    assert f"tritonserver --model-repository {repo}" in result.output
+    configs = all_configs(repo)
+    assert sorted(configs) == ["qnli", "qnli_ensemble", "qnli_tokenizer"]
+    check_model_against_engine(repo / "qnli", pair_engine_dir, configs["qnli"])
+    assert configs["qnli"].max_batch_size == 8 and configs["qnli"].instance_group[0].count == 2
+    assert not configs["qnli"].HasField("dynamic_batching")
+    result = cli("triton", pair_engine_dir, repo, "--name", "qnli", "--with-tokenizer", "--force",
+                 "--device", "gpu", "--ort-tensorrt")
+    assert result.exit_code == 0, result.output
+    assert parse_config(repo / "qnli").optimization.execution_accelerators.gpu_execution_accelerator[0].name \
+        == "tensorrt"
+
+
+def test_cli_errors_are_one_line(engine_dir, tmp_path):
+    for args, text in [(["--max-batch-size", 3], "--max-batch-size 3 is not a multiple of N=2 (the engine "
+                                                 "multiplexes 2 rows per pass); use 2 or 4"),
+                       (["--ort-tensorrt"], "--ort-tensorrt needs --device gpu")]:
+        result = cli("triton", engine_dir, tmp_path / "repo", "--name", "m", *args)
+        assert result.exit_code == 2, result.output
+        assert "Traceback" not in result.output
+        lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1 and text in lines[0], result.output
+    assert not (tmp_path / "repo").exists()
