@@ -13,6 +13,9 @@ and with `with_tokenizer=True` two more models, so clients can send raw text:
 The engine pads a batch that is not a multiple of N inside the graph, so any batch size is correct; the
 batch sizes Triton is told to prefer and the maximum are multiples of N so that no mux slot is wasted.
 
+The tokenizer model needs numpy and transformers in the Python environment of Triton's Python backend
+(the stock Triton image has neither; install them there or point EXECUTION_ENV_PATH at a packed env).
+
 Each model directory is built completely in a temporary directory inside REPO and renamed into place
 (`prumux_deploy.atomic.atomic_dir`); an existing model directory is replaced only with force. A repository
 may hold other models; only the model directories named here are touched.

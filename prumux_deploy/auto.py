@@ -8,13 +8,15 @@ accuracy, f_A(task, N, s)
     Piecewise bilinear interpolation over the task's measured grid: the sorted unique N values and the
     sorted unique sparsities of that task. It is exact at measured points and bilinear inside each cell.
 
-    * Missing cells (a grid point that was not measured) are filled from measured points only, before
-      interpolating: (1) if measured points bracket the cell along N and/or along s, the mean of those
-      linear interpolations; (2) else linear extrapolation from the two nearest measured points on the
-      one side where there are two, along N and/or s (mean of the two axes); (3) else the nearest measured
-      value along each axis (mean). Filled values are clipped to [0, 100]. A surface that is bilinear in
-      (N, s) is reproduced exactly by (1) and (2), so leaving a point out (leave-one-out CV) costs nothing
-      on such a surface.
+    * Missing cells (a grid point that was not measured) are filled before interpolating, from the
+      measured cells of the same N row and the same s column only. Each of the two lines gives one
+      estimate: (1) linear interpolation between the nearest measured cells on both sides; else
+      (2) linear extrapolation from the two nearest measured cells on one side, but only up to one
+      step (their spacing) beyond them; else (3) the nearest measured value. The estimates of the best
+      kind available are averaged ((1) beats (2) beats (3)) and clipped to [0, 100]. A surface that is
+      bilinear in (N, s) is reproduced exactly by (1) and (2), so leaving one point of such a surface
+      out (leave-one-out CV) costs nothing unless the hole sits more than one step beyond the measured
+      points in both directions; (3) keeps sparse or scattered measurements from running away.
     * Outside the grid the query is clamped to the grid's edge: N above the largest measured N gets the
       accuracy at the largest N (same for s, and below the smallest). This is optimistic when accuracy
       falls with N and s, so `AutoModel.rank` only considers default candidates inside each task's
@@ -49,7 +51,7 @@ import csv
 import json
 import math
 import os
-import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -184,26 +186,31 @@ def _locate(grid: np.ndarray, v: np.ndarray):
 
 
 def _fill_one(values: np.ndarray, xs, ys, i: int, j: int) -> float:
-    """Estimate the missing cell (i, j) from the measured cells of its column (along x) and row (along y)."""
-    lines = ((xs, values[:, j], i), (ys, values[i, :], j))
-    interp, extrap, nearest = [], [], []
-    for grid, line, k in lines:
-        have = np.flatnonzero(~np.isnan(line))
+    """Estimate the missing cell (i, j) from the measured cells of its column (along x) and row (along y).
+
+    Each axis gives one estimate with a rank: 0 interpolated between the nearest measured cells on both
+    sides, 1 extrapolated linearly from the two nearest on one side, at most their spacing away,
+    2 the nearest measured value. The best-ranked estimates are averaged.
+    """
+    estimates = []
+    for grid, line, k in ((xs, values[:, j], i), (ys, values[i, :], j)):
+        have = np.flatnonzero(~np.isnan(line))  # never empty: every grid row and column holds a measurement
         below, above = have[have < k], have[have > k]
         if len(below) and len(above):
-            a, b = below[-1], above[0]
+            a, b, rank = below[-1], above[0], 0
+        else:
+            side = below[::-1] if len(below) else above  # nearest first
+            a, b = side[0], (side[1] if len(side) > 1 else None)
+            # a straight line is trusted one step beyond the points that define it; further out a
+            # trend from two close points (or noise between them) would run away, so hold the value
+            rank = 1 if b is not None and abs(grid[k] - grid[a]) <= abs(grid[a] - grid[b]) + _EPS else 2
+        if rank == 2:
+            estimates.append((2, line[a]))
+        else:
             t = (grid[k] - grid[a]) / (grid[b] - grid[a])
-            interp.append((1 - t) * line[a] + t * line[b])
-            continue
-        side = below[::-1] if len(below) else above  # nearest first
-        if len(side) >= 2:
-            a, b = side[0], side[1]
-            t = (grid[k] - grid[a]) / (grid[b] - grid[a])
-            extrap.append((1 - t) * line[a] + t * line[b])
-        elif len(side) == 1:
-            nearest.append(line[side[0]])
-    estimates = interp or extrap or nearest
-    return float(np.clip(np.mean(estimates), 0.0, 100.0))
+            estimates.append((rank, (1 - t) * line[a] + t * line[b]))
+    best = min(r for r, _ in estimates)
+    return float(np.clip(np.mean([v for r, v in estimates if r == best]), 0.0, 100.0))
 
 
 @dataclass(eq=False)
@@ -443,6 +450,12 @@ def fit(rows, throughput_task: str | None = None) -> AutoModel:
     return AutoModel(accuracy, speedup)
 
 
+def _temp_beside(path: Path) -> Path:
+    """A fresh name in the target's folder (so os.replace is atomic), created by the caller with the
+    usual umask permissions (tempfile.mkstemp would make it private, 0600)."""
+    return path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
 def save_model(model: AutoModel, path: str | os.PathLike, force: bool = False) -> Path:
     """Write model JSON atomically: a temporary file beside the target, renamed into place when complete."""
     path = Path(path)
@@ -451,9 +464,9 @@ def save_model(model: AutoModel, path: str | os.PathLike, force: bool = False) -
     if path.is_dir():
         raise PruMuxError(f"{path} is a directory; choose a file name for the model")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    tmp = _temp_beside(path)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with open(tmp, "x", encoding="utf-8") as f:
             f.write(model.to_json())
         os.replace(tmp, path)
     except BaseException:
@@ -556,7 +569,7 @@ def plot(model: AutoModel, path: str | os.PathLike, force: bool = False) -> Path
         mesh = ax.contourf(n, s, surface(n, s), levels=20, cmap="viridis")
         fig.colorbar(mesh, ax=ax, label="accuracy (%)")
         pts = np.array(surface.points)
-        ax.scatter(pts[:, 0], pts[:, 1], c="white", edgecolors="black", s=18, label="trained")
+        ax.scatter(pts[:, 0], pts[:, 1], c="white", edgecolors="black", s=18, clip_on=False, zorder=3)
         ax.set(title=f"{task}: accuracy (baseline {surface.baseline:.1f})", xlabel="N", ylabel="sparsity s")
     ax = axes[len(model.tasks)]
     pts = np.array(model.speedup.points)
@@ -564,15 +577,14 @@ def plot(model: AutoModel, path: str | os.PathLike, force: bool = False) -> Path
     n, s = np.meshgrid(np.linspace(1, n_hi, 80), np.linspace(0, max(DEFAULT_S), 80))
     mesh = ax.contourf(n, s, np.log10(model.speedup(n, s)), levels=20, cmap="magma")
     fig.colorbar(mesh, ax=ax, label="log10 speedup")
-    ax.scatter(pts[:, 0], pts[:, 1], c="white", edgecolors="black", s=18)
+    ax.scatter(pts[:, 0], pts[:, 1], c="white", edgecolors="black", s=18, clip_on=False, zorder=3)
     ax.set(title=f"speedup over BERT-base (fit on {model.speedup.task})", xlabel="N", ylabel="sparsity s")
     for ax in axes[panels:]:
         ax.set_visible(False)
     fig.tight_layout()
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    os.close(fd)
+    tmp = _temp_beside(path)
     try:
         fig.savefig(tmp, format=fmt, dpi=120)
         os.replace(tmp, path)

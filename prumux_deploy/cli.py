@@ -270,5 +270,18 @@ def predict(engine_dir, texts, second, as_json, no_truncate):
             click.echo(f"{labels[k]:<14} {p[k]:.3f}  {shown}")
 
 
+def _register_subcommands():
+    from prumux_deploy.train.cli import train
+
+    from .auto_cli import auto
+    from .triton_cli import triton
+
+    main.add_command(triton)
+    main.add_command(auto)
+    main.add_command(train)
+
+
+_register_subcommands()
+
 if __name__ == "__main__":
     main()

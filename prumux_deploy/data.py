@@ -147,8 +147,8 @@ def load_examples(task: Task, data_dir, split: str = "dev", limit: int | None = 
     ds = datasets.Dataset.from_dict({**columns, "label": labels})
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
-    return Examples(ds[task.text_a], ds[task.text_b] if task.text_b else None,
-                    np.asarray(ds["label"], dtype=np.int64), file, skipped)
+    return Examples(list(ds[task.text_a]), list(ds[task.text_b]) if task.text_b else None,
+                    np.asarray(list(ds["label"]), dtype=np.int64), file, skipped)
 
 
 def load_tokenizer(path):

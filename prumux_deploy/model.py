@@ -154,7 +154,8 @@ class Embeddings(nn.Module):
 
 
 class GaussianHadamardMux(nn.Module):
-    """Mix N instances into one sequence: mean_i(emb_i * v_i), v_i fixed row-normalised Gaussians."""
+    """Mix N instances into one sequence: mean_i(emb_i * v_i), v_i fixed row-normalised Gaussians
+    (all ones when N = 1, so a single instance sees the pretrained encoder unchanged)."""
 
     def __init__(self, cfg: PruMuxConfig, seed: int = 0):
         super().__init__()
@@ -163,6 +164,8 @@ class GaussianHadamardMux(nn.Module):
         v = torch.randn(N, H, generator=gen)
         # row-normalised so each vector has unit RMS: v_i * v_i has mean 1 and the mix keeps the embedding scale
         v = v / v.norm(dim=-1, keepdim=True) * math.sqrt(H)
+        if N == 1:  # nothing to tell apart: N=1 is the plain encoder, as in the paper's baseline
+            v = torch.ones(1, H)
         self.register_buffer("vectors", v)  # [N, H], saved in the state dict (fixed, not learned)
 
     def forward(self, x):  # x: [G*N, S, H] -> [G, S, H]
@@ -237,15 +240,15 @@ class IndexDemux(nn.Module):
         self.ln = nn.LayerNorm(Hd, eps=cfg.layer_norm_eps)
         self.classifier = nn.Linear(Hd, cfg.num_labels)
 
-    def forward(self, cls, hidden_z=None):  # cls: [G, H] -> logits [G*N, C]
-        G, H = cls.shape
-        keys = scale(self.keys, hidden_z)
-        N = keys.shape[0]
-        pair = torch.cat([keys[None].expand(G, N, H), cls[:, None].expand(G, N, H)], dim=-1)  # [G,N,2H]
-        h1 = F.gelu(self.dense1(pair))  # [G,N,Hd]
+    def instance_features(self, keys, h):  # keys, h: [..., H], broadcast against each other -> [..., Hd]
+        h1 = F.gelu(self.dense1(torch.cat(torch.broadcast_tensors(keys, h), dim=-1)))
         h2 = F.gelu(self.dense2(h1)) + h1
-        logits = self.classifier(self.ln(h2))  # [G,N,C]
-        return logits.flatten(0, 1)
+        return self.ln(h2)
+
+    def forward(self, cls, hidden_z=None):  # cls: [G, H] -> logits [G*N, C]
+        keys = scale(self.keys, hidden_z)  # [N, H]
+        features = self.instance_features(keys[None], cls[:, None])  # [G, N, Hd]
+        return self.classifier(features).flatten(0, 1)
 
 
 class PruMuxModel(nn.Module):
@@ -278,10 +281,11 @@ class PruMuxModel(nn.Module):
         return masks
 
     # --- forward -----------------------------------------------------------------------------
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, masks=None):
-        """input_ids, attention_mask, token_type_ids: [B, S] integer tensors -> logits [B, C].
+    def encode(self, input_ids, attention_mask=None, token_type_ids=None, masks=None, hidden_states=None):
+        """Embed, multiplex, run the encoder. input_ids etc.: [B, S] -> x [G, S, H], group mask [G, S], masks.
 
-        `masks` overrides the attached masks for one call (training passes sampled gates here).
+        `masks` overrides the attached masks for one call (training passes sampled gates here). When
+        `hidden_states` is a list, the multiplexed embeddings and every layer's output are appended to it.
         """
         B, S = input_ids.shape
         N = self.config.num_instances
@@ -293,7 +297,7 @@ class PruMuxModel(nn.Module):
         hidden_z = None if masks is None else masks.get("hidden_z")
         keep = None if masks is None else masks.get("_hidden_keep")
 
-        if N > 1:  # fill the last group by repeating the last row; its outputs are dropped below
+        if N > 1:  # fill the last group by repeating the last row; its outputs are dropped by the caller
             G = (B + N - 1) // N
             rows = torch.arange(G * N, device=input_ids.device).clamp(max=B - 1)
             input_ids, attention_mask, token_type_ids = (
@@ -304,11 +308,20 @@ class PruMuxModel(nn.Module):
         # a position of the mixed sequence is attended if any instance has a real token there
         group_mask = attention_mask.view(-1, N, S).amax(dim=1)  # [G, S]
         mask_bias = (1.0 - group_mask.to(x.dtype))[:, None, None, :] * torch.finfo(x.dtype).min  # [G,1,1,S]
-
+        if hidden_states is not None:
+            hidden_states.append(x)
         for i, layer in enumerate(self.layers):
             x = layer(x, mask_bias, LayerMasks(masks, i))
+            if hidden_states is not None:
+                hidden_states.append(x)
+        return x, group_mask, masks
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, masks=None, hidden_states=None):
+        """input_ids, attention_mask, token_type_ids: [B, S] integer tensors -> logits [B, C]."""
+        x, _, masks = self.encode(input_ids, attention_mask, token_type_ids, masks, hidden_states)
+        hidden_z = None if masks is None else masks.get("hidden_z")
         logits = self.demux(x[:, 0], hidden_z)  # [G*N, C]
-        return logits[:B]
+        return logits[: input_ids.shape[0]]
 
     # --- bookkeeping -------------------------------------------------------------------------
     def num_encoder_params(self) -> int:

@@ -18,8 +18,8 @@ from prumux_deploy.errors import PruMuxError
 
 main.add_command(auto)  # what the main CLI will do; the error handling (one line, exit 2) lives in `main`
 
-NS = (1, 2, 5, 10)
-SS = (0.0, 0.6, 0.8, 0.9, 0.95)
+NS = (1, 2, 4, 6, 8, 10)
+SS = (0.0, 0.3, 0.6, 0.8, 0.9, 0.95)
 COEF = (0.05, 0.9, 0.8, -0.05)  # log speedup = a + b log N + c log 1/(1-s) + d log N log 1/(1-s)
 
 
@@ -69,13 +69,13 @@ def test_interpolation_exact_at_grid_points_and_bilinear_between():
 
 
 def test_interpolation_on_a_larger_grid_matches_each_cell():
-    pts = [(n, s, bilinear_acc(n, s) + (0.7 if (n, s) == (5, 0.8) else 0.0)) for n in NS for s in SS]
+    pts = [(n, s, bilinear_acc(n, s) + (0.7 if (n, s) == (4, 0.8) else 0.0)) for n in NS for s in SS]
     f = AccuracySurface(pts)
     for n, s, a in pts:
         assert f(n, s) == a
-    # (3.5, 0.7) lies in the cell N in [2, 5], s in [0.6, 0.8]; corner (5, 0.8) carries +0.7
-    expected = bilinear_acc(3.5, 0.7) + 0.5 * 0.5 * 0.7
-    assert f(3.5, 0.7) == pytest.approx(expected, abs=1e-10)
+    # (3, 0.7) is the middle of the cell N in [2, 4], s in [0.6, 0.8]; its corner (4, 0.8) carries +0.7
+    expected = bilinear_acc(3, 0.7) + 0.5 * 0.5 * 0.7
+    assert f(3, 0.7) == pytest.approx(expected, abs=1e-10)
 
 
 def test_outside_the_grid_clamps_to_the_edge():
@@ -89,7 +89,7 @@ def test_outside_the_grid_clamps_to_the_edge():
 
 def test_missing_cells_are_filled_exactly_for_a_bilinear_surface():
     full = [(n, s, bilinear_acc(n, s)) for n in NS for s in SS]
-    for hole in [(2, 0.6), (1, 0.0), (10, 0.95), (5, 0.0)]:  # interior, corners, edge
+    for hole in [(2, 0.6), (1, 0.0), (10, 0.95), (10, 0.0), (4, 0.0)]:  # interior, corners, edge
         f = AccuracySurface([p for p in full if (p[0], p[1]) != hole])
         assert f(*hole) == pytest.approx(bilinear_acc(*hole), abs=1e-9), hole
         assert not f.measured[list(f.Ns).index(hole[0]), list(f.ss).index(hole[1])]
@@ -100,6 +100,15 @@ def test_missing_cells_are_filled_exactly_for_a_bilinear_surface():
         assert f(n, s) == a
     assert f(1, 0.9) == pytest.approx((90.0 + 70.0) / 2)
     assert 0 <= f(5, 0.0) <= 100
+
+
+def test_missing_cells_extrapolate_at_most_one_step():
+    # two close points at N=1, 2 must not drag the N=10 cell along their slope (92.7 - 9*1.5 = 79.2)
+    f = AccuracySurface([(1, 0.0, 92.7), (2, 0.0, 91.2), (10, 0.9, 82.0)])
+    assert f(10, 0.0) == pytest.approx((91.2 + 82.0) / 2)  # nearest along N and along s
+    # one step beyond two points is a straight line: (1, 0.5) from (2, 0.5) and (3, 0.5)
+    g = AccuracySurface([(2, 0.5, 88.0), (3, 0.5, 85.0), (1, 0.0, 92.0), (2, 0.0, 91.0), (3, 0.0, 90.0)])
+    assert g(1, 0.5) == pytest.approx(91.0)  # s direction: (1, 0) is alone, so N's line wins
 
 
 def test_baseline_is_n1_s0_else_best():
@@ -127,8 +136,8 @@ def test_speedup_fit_recovers_the_parametric_form_and_falls_back_with_few_points
 def test_loo_cv_is_perfect_on_bilinear_accuracy_and_parametric_speedup():
     result = loo_cv(synthetic_rows())
     assert result["throughput_task"] == "qqp"
-    assert result["tasks"]["qqp"] == {"n_accuracy": 20, "M_A": 1.0, "n_speedup": 20, "M_T": 1.0}
-    assert result["tasks"]["sst2"] == {"n_accuracy": 20, "M_A": 1.0, "n_speedup": 0, "M_T": None}
+    assert result["tasks"]["qqp"] == {"n_accuracy": 36, "M_A": 1.0, "n_speedup": 36, "M_T": 1.0}
+    assert result["tasks"]["sst2"] == {"n_accuracy": 36, "M_A": 1.0, "n_speedup": 0, "M_T": None}
     errors = [abs(p["predicted_accuracy"] - p["accuracy"]) for p in result["points"]]
     assert max(errors) < 1e-8
 
@@ -166,7 +175,7 @@ def test_rank_respects_the_budget_and_more_budget_never_slows_down():
         assert best_here == sorted(best_here)
         assert best_here[-1] > best_here[0]
         best.append(best_here)
-    # untrained grid points are candidates too (N=3, 4, 6, 8 and s=0.1..0.5 were never trained)
+    # untrained grid points are candidates too (N=3, 5 and s=0.1, 0.2, 0.4, 0.5, 0.7 were never trained)
     found = model.rank("qqp", 40.0, top=1000)
     assert any(not c.trained for c in found) and any(c.trained for c in found)
     assert {(c.N, round(c.sparsity, 2)) for c in found} >= {(3, 0.7), (8, 0.95), (10, 0.95)}
@@ -283,9 +292,9 @@ def test_cli_fit_predict_cv(tmp_path):
     result = run("cv", csv_path)
     assert result.exit_code == 0, result.output
     rows = {l.split()[0]: l.split() for l in result.output.splitlines()[2:]}
-    assert rows["qqp"] == ["qqp", "20", "1.000", "20", "1.000"]
-    assert rows["sst2"] == ["sst2", "20", "1.000", "0", "-"]
-    assert rows["all"][1:3] == ["40", "1.000"]
+    assert rows["qqp"] == ["qqp", "36", "1.000", "36", "1.000"]
+    assert rows["sst2"] == ["sst2", "36", "1.000", "0", "-"]
+    assert rows["all"][1:3] == ["72", "1.000"]
     result = run("cv", csv_path, "--json")
     assert json.loads(result.output)["tasks"]["qqp"]["M_T"] == 1.0
 

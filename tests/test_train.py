@@ -1,0 +1,159 @@
+"""Training on tiny random models and tiny data: gates, sparsity formula, Lagrangian, distillation,
+resumable stages, and a pruned checkpoint that exports with the spine's parity checks."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from prumux_deploy import load_checkpoint
+from prumux_deploy.export.pipeline import export_checkpoint
+from prumux_deploy.model import PruMuxConfig
+from prumux_deploy.train import loop
+from prumux_deploy.train.gates import CoFiGates, HardConcrete, expected_sparsity, lagrangian_term
+from prumux_deploy.train.losses import LayerAlignment, prediction_distillation
+from prumux_deploy.train.loop import TrainArgs
+from prumux_deploy.train.stages import PruneArgs, finetune, prune, warmup
+
+from conftest import SST2_ROWS, WORDS
+
+
+def test_hard_concrete_samples_lie_in_0_1_with_the_expected_l0():
+    torch.manual_seed(0)
+    gate = HardConcrete((5,))
+    with torch.no_grad():
+        gate.log_alpha.copy_(torch.tensor([-3.0, -1.0, 0.0, 1.0, 3.0]))
+    samples = torch.stack([gate.sample() for _ in range(20000)])
+    assert samples.min() >= 0 and samples.max() <= 1
+    assert (samples == 0).any() and (samples == 1).any()  # the stretch makes exact 0s and 1s
+    empirical_l0 = (samples > 0).float().mean(0)
+    assert torch.allclose(empirical_l0, gate.prob_nonzero().detach(), atol=0.015)
+    # closed form: P(z != 0) = sigmoid(log_alpha - beta * log(-l / r))
+    want = torch.sigmoid(gate.log_alpha - (2 / 3) * math.log(0.1 / 1.1))
+    assert torch.allclose(gate.prob_nonzero(), want)
+
+
+def test_expected_sparsity_matches_a_hand_computation():
+    cfg = PruMuxConfig(hidden_size=4, num_hidden_layers=2, num_attention_heads=2, intermediate_size=3)
+    keep = {"head_z": torch.tensor([[1.0, 0.5], [0.0, 1.0]]), "head_layer_z": torch.tensor([1.0, 0.5]),
+            "intermediate_z": torch.tensor([[1.0, 1.0, 0.0], [0.5, 0.5, 0.5]]), "mlp_z": torch.tensor([1.0, 1.0]),
+            "hidden_z": torch.tensor([1.0, 1.0, 1.0, 0.0])}
+    # D = 2; expected heads = 1.5 + 0.5 = 2.0; expected units = 2 + 1.5 = 3.5; expected hidden = 3
+    # remaining = 4*D*3*2.0 + 2*3*3.5 = 48 + 21 = 69; total = 2*(4*4*4 + 2*4*3) = 176
+    assert expected_sparsity(cfg, keep).item() == pytest.approx(1 - 69 / 176)
+    assert expected_sparsity(cfg, {}).item() == pytest.approx(0.0)
+
+
+def test_lagrangian_drives_expected_sparsity_to_the_target():
+    torch.manual_seed(0)
+    cfg = PruMuxConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64)
+    gates = CoFiGates(cfg)
+    lambdas = torch.zeros(2, requires_grad=True)
+    opt_gates = torch.optim.AdamW(gates.parameters(), lr=0.05, weight_decay=0)
+    opt_lambda = torch.optim.AdamW([lambdas], lr=0.05, weight_decay=0, maximize=True)
+    target = 0.5
+    for _ in range(300):
+        loss = lagrangian_term(gates.expected_sparsity(), target, lambdas[0], lambdas[1])
+        opt_gates.zero_grad()
+        opt_lambda.zero_grad()
+        loss.backward()
+        opt_gates.step()
+        opt_lambda.step()
+    assert abs(gates.expected_sparsity().item() - target) < 0.02
+
+
+def test_distillation_losses_vanish_for_identical_student_and_teacher():
+    torch.manual_seed(0)
+    logits = torch.randn(6, 3)
+    assert prediction_distillation(logits, logits.clone()).item() == pytest.approx(0.0, abs=1e-7)
+    assert prediction_distillation(logits, torch.randn(6, 3)).item() > 0
+    hidden = [torch.randn(2, 5, 8) for _ in range(5)]
+    align = LayerAlignment(8, 4)
+    mask = torch.ones(2, 5)
+    assert align(hidden, [h.clone() for h in hidden], mask).item() == pytest.approx(0.0, abs=1e-10)
+    assert align(hidden, [h + 1 for h in hidden], mask).item() > 0
+
+
+def test_deterministic_masks_keep_the_expected_number_with_fractional_scales():
+    cfg = PruMuxConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=16)
+    gates = CoFiGates(cfg)
+    with torch.no_grad():
+        gates.intermediate_z.log_alpha.copy_(torch.linspace(-6, 6, 32).view(2, 16))
+    z = gates.deterministic()["intermediate_z"]
+    expected = gates.intermediate_z.prob_nonzero().sum(-1).round()
+    assert torch.equal((z > 0).sum(-1).float(), expected)
+    kept = z[z > 0]
+    assert (kept < 1).all() and (kept > 0).all()
+
+
+@pytest.fixture
+def glue_dir(tmp_path):
+    path = tmp_path / "SST-2"
+    path.mkdir()
+    rows = [(s, l) for s, l in SST2_ROWS] * 4 + [(f"{w} {w}", i % 2) for i, w in enumerate(WORDS)]
+    (path / "train.tsv").write_text("sentence\tlabel\n" + "".join(f"{s}\t{l}\n" for s, l in rows))
+    (path / "dev.tsv").write_text("sentence\tlabel\n" + "".join(f"{s}\t{l}\n" for s, l in SST2_ROWS))
+    return path
+
+
+def tiny_args(glue_dir, **kw):
+    base = dict(task="sst2", data=str(glue_dir), instances=2, epochs=1.0, batch_size=8, lr=1e-3,
+                max_seq_length=12, eval_every=4, save_every=3, seed=0)
+    base.update(kw)
+    return TrainArgs(**base)
+
+
+def test_stages_write_checkpoints_and_logs_and_the_pruned_one_exports(tmp_path, bert_dir, glue_dir):
+    args = tiny_args(glue_dir)
+    warmup(bert_dir, tmp_path / "warm", args, log=lambda m: None)
+    finetune(tmp_path / "warm", tmp_path / "ft", args, log=lambda m: None)
+    student, accuracy, actual = prune(tmp_path / "ft", tmp_path / "pruned", tiny_args(glue_dir, epochs=4.0),
+                                      PruneArgs(sparsity=0.5, reg_lr=0.1, final_epochs=0.5), log=lambda m: None)
+    model = load_checkpoint(tmp_path / "pruned")
+    assert set(model.masks) == {"head_z", "head_layer_z", "intermediate_z", "mlp_z", "hidden_z"}
+    kept = model.masks["intermediate_z"][model.masks["intermediate_z"] > 0]
+    assert ((kept > 0) & (kept < 1)).any()  # fractional scales survive into the checkpoint
+    records = [json.loads(l) for l in (tmp_path / "pruned" / "train_log.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r.get("event") == "eval" and r["stage"] == "prune"]
+    assert evals and {"loss", "accuracy", "expected_sparsity", "actual_sparsity", "target"} <= set(evals[-1])
+    assert records[-1]["event"] == "done" and records[-1]["actual_sparsity"] == pytest.approx(actual)
+    assert actual > 0.05
+    manifest = export_checkpoint(tmp_path / "pruned", tmp_path / "engine", log=lambda m: None)
+    assert manifest["parity"]["max_abs_logit_error"] <= 1e-4
+    assert manifest["structure"]["sparsity"] == pytest.approx(actual)
+
+
+def test_resume_continues_bit_for_bit(tmp_path, bert_dir, glue_dir, monkeypatch):
+    args = tiny_args(glue_dir, epochs=1.0)
+    finetune(bert_dir, tmp_path / "straight", args, log=lambda m: None)
+
+    original = loop.RunState.save
+
+    def save_then_die(self, step, objects):
+        original(self, step, objects)
+        if step == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop.RunState, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(bert_dir, tmp_path / "resumed", args, log=lambda m: None)
+    assert not (tmp_path / "resumed").exists()
+    monkeypatch.setattr(loop.RunState, "save", original)
+    finetune(bert_dir, tmp_path / "resumed", args, resume=True, log=lambda m: None)
+    a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "resumed")
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), name
+
+
+def test_train_cli_refuses_bad_flags(tmp_path, glue_dir):
+    from click.testing import CliRunner
+
+    from prumux_deploy.cli import main
+
+    result = CliRunner().invoke(main, ["train", "prune", str(tmp_path / "o"), "--teacher", str(tmp_path),
+                                       "--sparsity", "1.5", "--data", str(glue_dir)])
+    assert result.exit_code == 2 and "--sparsity must be in (0, 1), got 1.5" in result.output
+    result = CliRunner().invoke(main, ["train", "finetune", str(tmp_path / "o"), "--batch-size", "1",
+                                       "--instances", "2", "--data", str(glue_dir)])
+    assert result.exit_code == 2 and "--batch-size 1 is smaller than N=2" in result.output

@@ -1,0 +1,162 @@
+"""`prumux-deploy train ...`: the training stages on the command line."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import click
+
+from prumux_deploy.errors import PruMuxError
+
+
+def _base_dir(base: str) -> Path:
+    if base == "minilm":
+        from prumux_deploy.cli import _minilm_dir
+
+        return _minilm_dir()
+    return Path(base)
+
+
+def common_options(fn):
+    """Flags every stage takes (CPU budgets, data, logging and checkpointing)."""
+    options = [
+        click.option("--task", default="sst2", show_default=True, help="GLUE task."),
+        click.option("--data", default="../shared/data/glue/SST-2", show_default=True,
+                     help="The task's GLUE TSV directory."),
+        click.option("--instances", "-n", default=2, show_default=True, help="N: sentences per forward pass."),
+        click.option("--epochs", default=1.0, show_default=True, help="Passes over the (subsampled) train split."),
+        click.option("--batch-size", default=32, show_default=True, help="Sentences per step (a multiple of N)."),
+        click.option("--lr", default=5e-5, show_default=True, help="Peak learning rate (linear warm-up and decay)."),
+        click.option("--max-train-samples", type=int, default=None, help="Use only the first K train rows."),
+        click.option("--max-eval-samples", type=int, default=None, help="Evaluate on the first K dev rows."),
+        click.option("--max-seq-length", default=64, show_default=True, help="Truncate inputs to this many tokens."),
+        click.option("--eval-every", default=200, show_default=True, help="Evaluate and log every K steps."),
+        click.option("--save-every", default=100, show_default=True,
+                     help="Save resumable state every K steps (an interruption loses at most K)."),
+        click.option("--seed", default=0, show_default=True),
+        click.option("--train-split", default="train", show_default=True),
+        click.option("--eval-split", default="dev", show_default=True),
+        click.option("--resume", is_flag=True, help="Continue from OUT.run/ where an interrupted run stopped."),
+        click.option("--force", is_flag=True, help="Replace OUT if it exists."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _args(kw):
+    from .loop import TrainArgs
+
+    fields = ("task", "data", "instances", "epochs", "batch_size", "lr", "max_train_samples", "max_eval_samples",
+              "max_seq_length", "eval_every", "save_every", "seed", "train_split", "eval_split")
+    args = TrainArgs(**{k: kw.pop(k) for k in fields})
+    if args.instances < 1:
+        raise PruMuxError(f"--instances must be at least 1, got {args.instances}")
+    if args.batch_size < args.instances:
+        raise PruMuxError(f"--batch-size {args.batch_size} is smaller than N={args.instances}")
+    return args
+
+
+def prune_options(fn):
+    options = [
+        click.option("--sparsity", "-s", type=float, default=0.0, show_default=True,
+                     help="Target fraction of prunable encoder parameters removed."),
+        click.option("--reg-lr", default=0.01, show_default=True, help="Learning rate of gates and multipliers."),
+        click.option("--ramp", default=0.5, show_default=True,
+                     help="Fraction of pruning steps over which the target rises linearly from 0."),
+        click.option("--final-epochs", default=0.5, show_default=True,
+                     help="Fine-tuning epochs with the final masks fixed."),
+        click.option("--no-hidden-pruning", is_flag=True, help="Keep every hidden dim."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _prune_args(kw):
+    from .stages import PruneArgs
+
+    return PruneArgs(sparsity=kw.pop("sparsity"), reg_lr=kw.pop("reg_lr"), warmup_frac=kw.pop("ramp"),
+                     final_epochs=kw.pop("final_epochs"), prune_hidden=not kw.pop("no_hidden_pruning"))
+
+
+def _echo(msg):
+    click.echo(msg, err=True)
+
+
+@click.group()
+def train():
+    """Train PruMUX models: warm-up, fine-tune, prune (CoFi), or all in order.
+
+    Each stage writes a checkpoint directory (the contract `export` reads), OUT/train_log.jsonl, and
+    keeps resumable state in OUT.run/.
+    """
+
+
+@train.command("warmup")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--base", default="minilm", show_default=True, help="BERT directory, 'minilm', or a checkpoint.")
+@common_options
+def warmup_cmd(out, base, resume, force, **kw):
+    """Token-retrieval warm-up of the multiplexer and demultiplexer."""
+    from .stages import warmup
+
+    warmup(_base_dir(base), out, _args(kw), resume=resume, force=force, log=_echo)
+
+
+@train.command("finetune")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--init", "init", default="minilm", show_default=True,
+              help="Checkpoint to start from (e.g. the warm-up output), a BERT directory, or 'minilm'.")
+@common_options
+def finetune_cmd(out, init, resume, force, **kw):
+    """GLUE fine-tuning of the multiplexed model (cross-entropy on every instance)."""
+    from .stages import finetune
+
+    finetune(_base_dir(init), out, _args(kw), resume=resume, force=force, log=_echo)
+
+
+@train.command("prune")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--teacher", required=True, type=click.Path(path_type=Path),
+              help="The fine-tuned checkpoint of the same N (also the student's starting point).")
+@prune_options
+@common_options
+def prune_cmd(out, teacher, resume, force, **kw):
+    """CoFi structured pruning with distillation, then fine-tuning with the masks fixed."""
+    from .stages import prune
+
+    prune_args = _prune_args(kw)
+    prune(teacher, out, _args(kw), prune_args, resume=resume, force=force, log=_echo)
+
+
+@train.command("all")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--base", default="minilm", show_default=True, help="BERT directory or 'minilm'.")
+@click.option("--warmup-epochs", default=0.5, show_default=True, help="Epochs of retrieval warm-up (0 skips it).")
+@click.option("--prune-epochs", default=None, type=float, help="Epochs of pruning (default: --epochs).")
+@prune_options
+@common_options
+def all_cmd(out, base, warmup_epochs, prune_epochs, resume, force, **kw):
+    """warm-up -> fine-tune -> prune; writes OUT/warmup, OUT/finetune, OUT/pruned (s=0 stops after fine-tune)."""
+    import copy
+
+    from .stages import finetune, prune, warmup
+
+    prune_args = _prune_args(kw)
+    args = _args(kw)
+    out = Path(out)
+    start = _base_dir(base)
+    if warmup_epochs > 0 and args.instances > 1:
+        wargs = copy.copy(args)
+        wargs.epochs = warmup_epochs
+        if not (resume and (out / "warmup" / "config.json").is_file()):
+            warmup(start, out / "warmup", wargs, resume=resume, force=force, log=_echo)
+        start = out / "warmup"
+    if not (resume and (out / "finetune" / "config.json").is_file()):
+        finetune(start, out / "finetune", args, resume=resume, force=force, log=_echo)
+    if prune_args.sparsity > 0:
+        pargs = copy.copy(args)
+        pargs.epochs = prune_epochs if prune_epochs is not None else args.epochs
+        prune(out / "finetune", out / "pruned", pargs, prune_args, resume=resume, force=force, log=_echo)

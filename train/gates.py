@@ -1,0 +1,108 @@
+"""CoFi's L0 gates: hard-concrete distributions over heads, attention blocks, FFN units, FFN blocks and
+hidden dims, the expected-sparsity formula, and the deterministic masks a pruned model keeps.
+
+Hard concrete (Louizos et al. 2018) with stretch interval (l, r) = (-0.1, 1.1) and temperature beta = 2/3:
+    u ~ U(0, 1),  s = sigmoid((log u - log(1 - u) + log_alpha) / beta),  z = clamp(s * (r - l) + l, 0, 1)
+so z is exactly 0 or 1 with non-zero probability, and P(z != 0) = sigmoid(log_alpha - beta * log(-l / r)).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from prumux_deploy.model import PruMuxConfig
+
+LIMIT_L, LIMIT_R, TEMPERATURE = -0.1, 1.1, 2.0 / 3.0
+EPS = 1e-6
+
+
+class HardConcrete(nn.Module):
+    """One group of gates of a given shape, each with its own learned log_alpha."""
+
+    def __init__(self, shape: tuple[int, ...], init_keep: float = 0.9):
+        super().__init__()
+        # start most gates open: P(z != 0) ~= init_keep, with a little noise so gates can separate
+        mean = math.log(init_keep / (1 - init_keep)) + TEMPERATURE * math.log(-LIMIT_L / LIMIT_R)
+        self.log_alpha = nn.Parameter(torch.full(shape, mean) + 0.01 * torch.randn(shape))
+
+    def sample(self) -> torch.Tensor:
+        u = torch.rand_like(self.log_alpha).clamp(EPS, 1 - EPS)
+        s = torch.sigmoid((u.log() - (1 - u).log() + self.log_alpha) / TEMPERATURE)
+        return (s * (LIMIT_R - LIMIT_L) + LIMIT_L).clamp(0.0, 1.0)
+
+    def prob_nonzero(self) -> torch.Tensor:
+        """P(z != 0), the expected L0 norm per gate."""
+        return torch.sigmoid(self.log_alpha - TEMPERATURE * math.log(-LIMIT_L / LIMIT_R))
+
+    def deterministic(self) -> torch.Tensor:
+        """CoFi's test-time mask: keep the round(E[L0]) gates with the largest scores; kept gates keep their
+        soft score in (0, 1) as a scale (which the exporter folds), the rest are exactly 0. Shapes with a
+        leading layer axis are decided per layer."""
+        flat = self.log_alpha.reshape(-1, self.log_alpha.shape[-1]) if self.log_alpha.dim() > 1 else \
+            self.log_alpha.reshape(1, -1)
+        expected = self.prob_nonzero().reshape(flat.shape)
+        score = torch.sigmoid(flat / TEMPERATURE * 0.8)
+        z = torch.zeros_like(flat)
+        for row in range(flat.shape[0]):
+            keep = int(round(expected[row].sum().item()))
+            if keep:
+                idx = score[row].topk(keep).indices
+                z[row, idx] = score[row, idx]
+        return z.reshape(self.log_alpha.shape).detach()
+
+
+class CoFiGates(nn.Module):
+    """All five gate groups of a model, named like the masks of the checkpoint contract."""
+
+    def __init__(self, cfg: PruMuxConfig, prune_hidden: bool = True, init_keep: float = 0.9):
+        super().__init__()
+        L, heads, I, H = cfg.num_hidden_layers, cfg.num_attention_heads, cfg.intermediate_size, cfg.hidden_size
+        self.cfg = cfg
+        self.head_z = HardConcrete((L, heads), init_keep)
+        self.head_layer_z = HardConcrete((L,), init_keep)
+        self.intermediate_z = HardConcrete((L, I), init_keep)
+        self.mlp_z = HardConcrete((L,), init_keep)
+        self.hidden_z = HardConcrete((H,), init_keep) if prune_hidden else None
+
+    def groups(self) -> dict[str, HardConcrete]:
+        names = ("head_z", "head_layer_z", "intermediate_z", "mlp_z", "hidden_z")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
+    def sample(self) -> dict[str, torch.Tensor]:
+        return {n: g.sample() for n, g in self.groups().items()}
+
+    def deterministic(self) -> dict[str, torch.Tensor]:
+        masks = {}
+        for name, gate in self.groups().items():
+            z = gate.deterministic()
+            if name in ("head_layer_z", "mlp_z"):
+                z = (z > 0).float()  # whole-block gates are on/off; their scale is not learned signal
+            masks[name] = z
+        return masks
+
+    def expected_sparsity(self) -> torch.Tensor:
+        """1 - E[remaining prunable encoder params] / all prunable encoder params (CoFi's formula:
+        attention 4 * H * D per head, FFN 2 * H per unit, both scaled by the expected kept hidden dims)."""
+        return expected_sparsity(self.cfg, {n: g.prob_nonzero() for n, g in self.groups().items()})
+
+
+def expected_sparsity(cfg: PruMuxConfig, keep_prob: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The formula on per-gate keep probabilities (missing groups count as always kept)."""
+    L, heads, I, H, D = (cfg.num_hidden_layers, cfg.num_attention_heads, cfg.intermediate_size,
+                         cfg.hidden_size, cfg.head_dim)
+    ones = torch.ones
+    head = keep_prob.get("head_z", ones(L, heads)) * keep_prob.get("head_layer_z", ones(L))[:, None]
+    unit = keep_prob.get("intermediate_z", ones(L, I)) * keep_prob.get("mlp_z", ones(L))[:, None]
+    hidden = keep_prob.get("hidden_z", ones(H)).sum()
+    expected = 4 * D * hidden * head.sum() + 2 * hidden * unit.sum()
+    total = L * (4 * H * H + 2 * H * I)
+    return 1 - expected / total
+
+
+def lagrangian_term(expected: torch.Tensor, target: float, lambda_1: torch.Tensor, lambda_2: torch.Tensor):
+    """l1 * (s_hat - t) + l2 * (s_hat - t)^2; the model minimises it, the multipliers maximise it."""
+    gap = expected - target
+    return lambda_1 * gap + lambda_2 * gap * gap

@@ -1,0 +1,159 @@
+"""The pieces every training stage shares: shuffled multiplexed batches, evaluation, the JSON log, and
+resumable training state (so an interrupted run loses at most --save-every steps)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from prumux_deploy.data import Examples, get_task, load_examples, load_tokenizer
+from prumux_deploy.errors import PruMuxError
+
+
+@dataclass
+class TrainArgs:
+    task: str = "sst2"
+    data: str = "../shared/data/glue/SST-2"
+    instances: int = 2
+    epochs: float = 1.0
+    batch_size: int = 32          # sentences per step (batch_size / N multiplexed sequences)
+    lr: float = 5e-5
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    max_seq_length: int = 64
+    eval_every: int = 200
+    save_every: int = 100
+    seed: int = 0
+    train_split: str = "train"
+    eval_split: str = "dev"
+
+
+class Batches:
+    """Tokenised rows, shuffled anew each epoch by a seeded permutation, cut into batches whose size is a
+    multiple of N (consecutive rows of a batch form the mux groups, so instances are grouped at random)."""
+
+    def __init__(self, tokenizer, examples: Examples, batch_size: int, num_instances: int, max_len: int,
+                 seed: int, with_token_types: bool):
+        enc = tokenizer(examples.text_a, examples.text_b, truncation=True, max_length=max_len,
+                        return_token_type_ids=True)
+        self.ids, self.types = enc["input_ids"], enc["token_type_ids"]
+        self.labels = torch.as_tensor(examples.labels)
+        self.pad_id = tokenizer.pad_token_id or 0
+        self.batch_size = max(num_instances, batch_size - batch_size % num_instances)
+        self.seed, self.with_token_types = seed, with_token_types
+        self.steps_per_epoch = max(1, len(self.ids) // self.batch_size)
+
+    def batch(self, step: int) -> dict[str, torch.Tensor]:
+        epoch, k = divmod(step, self.steps_per_epoch)
+        order = torch.randperm(len(self.ids), generator=torch.Generator().manual_seed(self.seed * 1009 + epoch))
+        rows = order[k * self.batch_size:(k + 1) * self.batch_size].tolist()
+        return self.collate(rows)
+
+    def collate(self, rows) -> dict[str, torch.Tensor]:
+        S = max(len(self.ids[r]) for r in rows)
+        ids = torch.full((len(rows), S), self.pad_id, dtype=torch.long)
+        types = torch.zeros((len(rows), S), dtype=torch.long)
+        mask = torch.zeros((len(rows), S), dtype=torch.long)
+        for i, r in enumerate(rows):
+            n = len(self.ids[r])
+            ids[i, :n] = torch.as_tensor(self.ids[r])
+            types[i, :n] = torch.as_tensor(self.types[r])
+            mask[i, :n] = 1
+        out = {"input_ids": ids, "attention_mask": mask, "labels": self.labels[rows]}
+        if self.with_token_types:
+            out["token_type_ids"] = types
+        return out
+
+    def in_order(self, batch_size: int):
+        for s in range(0, len(self.ids), batch_size):
+            yield self.collate(list(range(s, min(s + batch_size, len(self.ids)))))
+
+
+def model_inputs(batch):
+    return {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+
+
+@torch.no_grad()
+def evaluate(model, batches: Batches, masks=None) -> float:
+    """Accuracy over the eval rows in file order (consecutive rows are mux groups, as in validate)."""
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for batch in batches.in_order(32 * model.config.num_instances):
+        logits = model(**model_inputs(batch), masks=masks)
+        correct += int((logits.argmax(-1) == batch["labels"]).sum())
+    model.train(was_training)
+    return correct / len(batches.ids)
+
+
+def load_task_data(args: TrainArgs, tokenizer_dir, num_instances: int, with_eval: bool = True):
+    task = get_task(args.task)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    train = load_examples(task, args.data, args.train_split, args.max_train_samples, skip_bad_rows=True)
+    pair = task.is_pair
+    train_b = Batches(tokenizer, train, args.batch_size, num_instances, args.max_seq_length, args.seed, pair)
+    eval_b = None
+    if with_eval:
+        dev = load_examples(task, args.data, args.eval_split, args.max_eval_samples, skip_bad_rows=True)
+        eval_b = Batches(tokenizer, dev, args.batch_size, num_instances, args.max_seq_length, args.seed, pair)
+    return task, train_b, eval_b
+
+
+class RunState:
+    """OUT/train_state.pt (atomic) and OUT/log.jsonl for one stage."""
+
+    def __init__(self, out: Path, stage: str, state_file: str = "train_state.pt"):
+        self.out, self.stage = Path(out), stage
+        self.file = self.out / state_file
+        self.log_file = self.out / "log.jsonl"
+
+    def save(self, step: int, objects: dict):
+        self.out.mkdir(parents=True, exist_ok=True)
+        state = {"stage": self.stage, "step": step,
+                 "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                         "python": random.getstate()},
+                 **{name: obj.state_dict() for name, obj in objects.items()}}
+        tmp = self.file.with_name(self.file.name + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.file)
+
+    def load(self, objects: dict) -> int:
+        if not self.file.is_file():
+            raise PruMuxError(f"{self.file}: nothing to resume; run the stage without --resume first")
+        state = torch.load(self.file, weights_only=False)
+        if state.get("stage") != self.stage:
+            raise PruMuxError(f"{self.file}: holds a {state.get('stage')!r} run, not {self.stage!r}")
+        for name, obj in objects.items():
+            obj.load_state_dict(state[name])
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+        return int(state["step"])
+
+    def log(self, record: dict):
+        self.out.mkdir(parents=True, exist_ok=True)
+        with open(self.log_file, "a") as f:
+            f.write(json.dumps({"stage": self.stage, **record}) + "\n")
+
+    def start(self, args: TrainArgs, resume: bool, fresh_log: bool = True):
+        if fresh_log and not resume and self.log_file.exists():
+            self.log_file.unlink()
+        self.log({"event": "start", "resume": resume, "args": asdict(args)})
+
+
+def progress(total: int, start: int, desc: str):
+    return tqdm(total=total, initial=start, desc=desc, unit="step", file=sys.stderr, dynamic_ncols=True)
+
+
+def seed_everything(seed: int):
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)

@@ -1,0 +1,61 @@
+"""Training losses: classification over multiplexed instances, token retrieval, and CoFi distillation."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def prediction_distillation(student_logits, teacher_logits, temperature: float = 2.0) -> torch.Tensor:
+    """KL(teacher || student) on temperature-softened predictions, scaled by T^2 (Hinton et al.)."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student_logits / t, -1), F.log_softmax(teacher_logits / t, -1),
+                    reduction="batchmean", log_target=True) * t * t
+
+
+class LayerAlignment(nn.Module):
+    """CoFi's layer-wise distillation: a learned linear map of student hidden states, and for every chosen
+    teacher layer the student layer that matches it best (searched anew at each step, in increasing order)."""
+
+    def __init__(self, hidden_size: int, num_layers: int):
+        super().__init__()
+        self.proj = nn.Linear(hidden_size, hidden_size)
+        nn.init.eye_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+        self.teacher_layers = list(range(2, num_layers + 1, 2)) or [num_layers]  # 1-based layer outputs
+
+    def forward(self, student_hidden, teacher_hidden, group_mask) -> torch.Tensor:
+        """student_hidden / teacher_hidden: lists of [G, S, H] (embeddings first, then each layer);
+        group_mask: [G, S], 1 where the multiplexed sequence has a real token."""
+        w = group_mask.unsqueeze(-1).to(student_hidden[0].dtype)
+        denom = w.sum() * student_hidden[0].shape[-1]
+        mapped = [self.proj(h) for h in student_hidden[1:]]
+        total, first = student_hidden[0].new_zeros(()), 0
+        for t in self.teacher_layers:
+            target = teacher_hidden[t]
+            errors = torch.stack([((m - target).pow(2) * w).sum() / denom for m in mapped[first:]])
+            best = int(errors.argmin())
+            total = total + errors[best]
+            first += best  # later teacher layers map to the same or later student layers
+        return total
+
+
+def retrieval_loss(model, input_ids, attention_mask, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Token retrieval warm-up (DataMUX / MUX-PLMs): at every position of the multiplexed sequence pick
+    one instance at random and predict that instance's token from the encoder output, through the demux
+    MLP with the instance's key and a decoder tied to the word embeddings.
+
+    input_ids, attention_mask: [B, S] with B a multiple of N."""
+    N = model.config.num_instances
+    B, S = input_ids.shape
+    x, _, masks = model.encode(input_ids, attention_mask)  # [G, S, H]
+    G = x.shape[0]
+    choice = torch.randint(0, N, (G, S), generator=generator)  # which instance each position retrieves
+    ids = input_ids.view(G, N, S).gather(1, choice[:, None]).squeeze(1)  # [G, S]
+    real = attention_mask.view(G, N, S).gather(1, choice[:, None]).squeeze(1).bool()
+    hidden_z = None if masks is None else masks.get("hidden_z")
+    keys = model.demux.keys if hidden_z is None else model.demux.keys * hidden_z
+    features = model.demux.instance_features(keys[choice][real], x[real])  # [P, Hd]
+    logits = features @ model.embeddings.word.weight.T  # [P, V], decoder tied to the embeddings
+    return F.cross_entropy(logits, ids[real])

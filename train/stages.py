@@ -1,0 +1,279 @@
+"""The training stages: warm-up, fine-tune, prune, and all three in order.
+
+Each stage reads a checkpoint (or a BERT base for the first), trains, and writes a checkpoint directory
+of the contract in prumux_deploy/checkpoint.py to OUT, with OUT/log.jsonl (one JSON record per
+evaluation) and OUT/train_state.pt for --resume.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from prumux_deploy.atomic import check_target
+from prumux_deploy.checkpoint import create_model, load_checkpoint, save_checkpoint
+from prumux_deploy.data import get_task
+from prumux_deploy.errors import PruMuxError
+from prumux_deploy.export import compact
+from prumux_deploy.structure import describe
+
+from .gates import CoFiGates, lagrangian_term
+from .loop import RunState, TrainArgs, evaluate, load_task_data, model_inputs, progress, seed_everything
+from .losses import LayerAlignment, prediction_distillation, retrieval_loss
+
+
+def _linear_schedule(optimizer, total_steps: int, warmup_frac: float = 0.06):
+    warmup = max(1, int(total_steps * warmup_frac))
+
+    def factor(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _total_steps(args: TrainArgs, batches) -> int:
+    return max(1, int(math.ceil(args.epochs * batches.steps_per_epoch)))
+
+
+def _start_model(source, args: TrainArgs) -> torch.nn.Module:
+    """A checkpoint directory (config.json with our format) or a BERT base directory / 'minilm'."""
+    source = Path(source)
+    if (source / "config.json").is_file() and '"prumux-checkpoint"' in (source / "config.json").read_text():
+        model = load_checkpoint(source)
+        if model.config.num_instances != args.instances:
+            raise PruMuxError(f"{source} has N={model.config.num_instances}, but --instances is {args.instances}")
+        return model
+    task = get_task(args.task)
+    return create_model(source, num_instances=args.instances, num_labels=len(task.label_names), seed=args.seed,
+                        id2label=task.id2label, task=task.name, max_seq_length=args.max_seq_length)
+
+
+def _train(run: RunState, args: TrainArgs, resume: bool, objects: dict, total: int, step_fn, eval_fn,
+           desc: str, fresh_log: bool = True):
+    """The loop every stage shares: resume, step, log/evaluate every --eval-every, save every --save-every
+    and at the end (so resuming a finished phase is a no-op)."""
+    run.start(args, resume, fresh_log)
+    step = run.load(objects) if resume else 0
+    bar = progress(total, step, desc)
+    last = {}
+    while step < total:
+        last = step_fn(step)
+        step += 1
+        bar.update(1)
+        bar.set_postfix({k: f"{v:.3g}" for k, v in last.items()})
+        if step % args.eval_every == 0 or step == total:
+            run.log({"event": "eval", "step": step, **last, **eval_fn()})
+        if step % args.save_every == 0 or step == total:
+            run.save(step, objects)
+    bar.close()
+    return last
+
+
+# --- 1. warm-up: token retrieval ---------------------------------------------------------------
+
+def warmup(base, out, args: TrainArgs, resume: bool = False, force: bool = False, log=print):
+    """Train mux/demux (and the encoder) to retrieve each instance's tokens from the mixed sequence."""
+    check_target(out, force)
+    seed_everything(args.seed)
+    model = _start_model(base, args).train()
+    _, batches, _ = load_task_data(args, model.tokenizer_dir, args.instances, with_eval=False)
+    total = _total_steps(args, batches)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    schedule = _linear_schedule(optimizer, total)
+    run = RunState(Path(str(out) + ".run"), "warmup")
+
+    def step_fn(step):
+        batch = batches.batch(step)
+        loss = retrieval_loss(model, batch["input_ids"], batch["attention_mask"])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        return {"loss": loss.item()}
+
+    last = _train(run, args, resume, {"model": model, "optimizer": optimizer, "schedule": schedule}, total,
+                  step_fn, lambda: {}, "warmup")
+    _save(model, out, run, force)
+    log(f"warmup: {total} steps, final retrieval loss {last.get('loss', float('nan')):.3f}; wrote {out}")
+    return model
+
+
+# --- 2. fine-tune: GLUE classification over multiplexed groups --------------------------------
+
+def finetune(init, out, args: TrainArgs, resume: bool = False, force: bool = False, log=print):
+    """Cross-entropy on every instance of randomly formed mux groups."""
+    check_target(out, force)
+    seed_everything(args.seed)
+    model = _start_model(init, args).train()
+    _, batches, dev = load_task_data(args, model.tokenizer_dir, args.instances)
+    total = _total_steps(args, batches)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    schedule = _linear_schedule(optimizer, total)
+    run = RunState(Path(str(out) + ".run"), "finetune")
+
+    def step_fn(step):
+        batch = batches.batch(step)
+        loss = torch.nn.functional.cross_entropy(model(**model_inputs(batch)), batch["labels"])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        return {"loss": loss.item()}
+
+    _train(run, args, resume, {"model": model, "optimizer": optimizer, "schedule": schedule}, total,
+           step_fn, lambda: {"accuracy": evaluate(model, dev)}, "finetune")
+    accuracy = evaluate(model, dev)
+    _save(model, out, run, force)
+    log(f"finetune: {total} steps, {args.eval_split} accuracy {accuracy:.2%}; wrote {out}")
+    return model, accuracy
+
+
+# --- 3. prune: CoFi with distillation, then a fine-tune with the masks fixed -----------------------
+
+@dataclass
+class PruneArgs:
+    sparsity: float = 0.6
+    reg_lr: float = 0.01             # learning rate of the gates and (ascending) of the multipliers
+    warmup_frac: float = 0.5         # fraction of pruning steps over which the target ramps from 0
+    final_epochs: float = 0.5        # fine-tuning with the deterministic masks fixed
+    distill_temperature: float = 2.0
+    layer_distill_weight: float = 1.0
+    prune_hidden: bool = True
+
+
+class Lagrangian(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lambda_1 = torch.nn.Parameter(torch.zeros(()))
+        self.lambda_2 = torch.nn.Parameter(torch.zeros(()))
+
+
+def prune(teacher_dir, out, args: TrainArgs, prune_args: PruneArgs, resume: bool = False, force: bool = False,
+          log=print):
+    """Learn L0 gates towards the target sparsity while distilling from the fine-tuned teacher (same N),
+    then fine-tune with the deterministic masks; writes a masked checkpoint (fractional kept scales)."""
+    if not 0 < prune_args.sparsity < 1:
+        raise PruMuxError(f"--sparsity must be in (0, 1), got {prune_args.sparsity}")
+    check_target(out, force)
+    seed_everything(args.seed)
+    teacher = _start_model(teacher_dir, args).eval()
+    if teacher.masks or teacher.config.is_compact:
+        raise PruMuxError(f"{teacher_dir}: the teacher must be an unpruned fine-tuned checkpoint")
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    student = copy.deepcopy(teacher).train()
+    for p in student.parameters():
+        p.requires_grad_(True)
+    student.tokenizer_dir = teacher.tokenizer_dir
+    cfg = student.config
+    _, batches, dev = load_task_data(args, student.tokenizer_dir, args.instances)
+    total = _total_steps(args, batches)
+    final_total = int(math.ceil(prune_args.final_epochs * batches.steps_per_epoch))
+    ramp = max(1, int(total * prune_args.warmup_frac))
+
+    gates = CoFiGates(cfg, prune_hidden=prune_args.prune_hidden)
+    align = LayerAlignment(cfg.hidden_size, cfg.num_hidden_layers)
+    lagrange = Lagrangian()
+    opt_model = torch.optim.AdamW(list(student.parameters()) + list(align.parameters()), lr=args.lr,
+                                  weight_decay=0.01)
+    opt_gates = torch.optim.AdamW(gates.parameters(), lr=prune_args.reg_lr, weight_decay=0.0)
+    opt_lagrange = torch.optim.AdamW(lagrange.parameters(), lr=prune_args.reg_lr, weight_decay=0.0,
+                                     maximize=True)
+    schedule = _linear_schedule(opt_model, total)
+    run = RunState(Path(str(out) + ".run"), "prune")
+
+    def target_at(step):
+        return prune_args.sparsity * min(1.0, step / ramp)
+
+    def distill_losses(batch, masks):
+        inputs = model_inputs(batch)
+        s_hidden, t_hidden = [], []
+        with torch.no_grad():
+            t_logits = teacher(**inputs, hidden_states=t_hidden)
+        s_logits = student(**inputs, masks=masks, hidden_states=s_hidden)
+        group_mask = batch["attention_mask"].view(-1, cfg.num_instances, batch["attention_mask"].shape[1]).amax(1)
+        kd = prediction_distillation(s_logits, t_logits, prune_args.distill_temperature)
+        layer = align(s_hidden, t_hidden, group_mask)
+        return kd, layer
+
+    def prune_step(step):
+        batch = batches.batch(step)
+        kd, layer = distill_losses(batch, gates.sample())
+        expected = gates.expected_sparsity()
+        target = target_at(step)
+        lag = lagrangian_term(expected, target, lagrange.lambda_1, lagrange.lambda_2)
+        loss = kd + prune_args.layer_distill_weight * layer + lag
+        for opt in (opt_model, opt_gates, opt_lagrange):
+            opt.zero_grad()
+        loss.backward()
+        for opt in (opt_model, opt_gates, opt_lagrange):
+            opt.step()
+        schedule.step()
+        return {"loss": loss.item(), "kd": kd.item(), "layer": layer.item(), "lagrangian": lag.item(),
+                "expected_sparsity": expected.item(), "target": target,
+                "lambda_1": lagrange.lambda_1.item(), "lambda_2": lagrange.lambda_2.item()}
+
+    def prune_eval():
+        masks = gates.deterministic()
+        return {"accuracy": evaluate(student, dev, masks=masks), "actual_sparsity": _actual(student, masks)}
+
+    objects = {"student": student, "gates": gates, "align": align, "lagrange": lagrange, "opt_model": opt_model,
+               "opt_gates": opt_gates, "opt_lagrange": opt_lagrange, "schedule": schedule}
+    _train(run, args, resume, objects, total, prune_step, prune_eval, "prune")
+
+    # final fine-tune with the deterministic masks fixed (CE + prediction distillation)
+    masks = gates.deterministic()
+    student.set_masks(masks)
+    final_args = copy.copy(args)
+    opt_final = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.01)
+    final_schedule = _linear_schedule(opt_final, max(1, final_total))
+    final_run = RunState(Path(str(out) + ".run"), "prune-final", state_file="final_state.pt")
+
+    def final_step(step):
+        batch = batches.batch(total + step)
+        inputs = model_inputs(batch)
+        with torch.no_grad():
+            t_logits = teacher(**inputs)
+        logits = student(**inputs)
+        ce = torch.nn.functional.cross_entropy(logits, batch["labels"])
+        loss = ce + prediction_distillation(logits, t_logits, prune_args.distill_temperature)
+        opt_final.zero_grad()
+        loss.backward()
+        opt_final.step()
+        final_schedule.step()
+        return {"loss": loss.item(), "ce": ce.item()}
+
+    if final_total:
+        _train(final_run, final_args, resume and final_run.file.is_file(),
+               {"student": student, "opt_final": opt_final, "schedule": final_schedule}, final_total,
+               final_step, lambda: {"accuracy": evaluate(student, dev)}, "prune-final", fresh_log=False)
+    accuracy = evaluate(student, dev)
+    actual = _actual(student, student.masks)
+    run.log({"event": "done", "accuracy": accuracy, "actual_sparsity": actual,
+             "expected_sparsity": gates.expected_sparsity().item(), "target": prune_args.sparsity})
+    _save(student, out, run, force)
+    log(f"prune: target {prune_args.sparsity:.0%}, actual sparsity {actual:.1%}, {args.eval_split} accuracy "
+        f"{accuracy:.2%}; wrote {out}")
+    return student, accuracy, actual
+
+
+def _save(model, out, run: RunState, force: bool):
+    """The checkpoint, with the stage's JSON log beside it."""
+    save_checkpoint(model.eval(), out, force=force)
+    if run.log_file.is_file():
+        shutil.copyfile(run.log_file, Path(out) / "train_log.jsonl")
+
+
+def _actual(model, masks) -> float:
+    """Fraction of prunable encoder parameters the compacted model no longer has."""
+    probe = copy.copy(model)
+    probe.masks = {k: v.detach() for k, v in masks.items()}
+    with torch.no_grad():
+        return describe(compact(probe), model)["sparsity"]
