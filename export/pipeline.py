@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import platform
+from dataclasses import dataclass
 from pathlib import Path
 
 from prumux_deploy.atomic import atomic_dir, check_target
@@ -39,11 +40,11 @@ def library_versions() -> dict:
             "python": platform.python_version()}
 
 
-def build_manifest(cfg, engine_file: Path, opset: int, token_types: bool, max_len: int, structure: dict,
-                   parity: dict) -> dict:
+def build_manifest(cfg, engine_file: Path, kind: str, opset: int, token_types: bool, max_len: int,
+                   structure: dict, extra: dict | None = None) -> dict:
     return {
         "format": MANIFEST_FORMAT, "format_version": MANIFEST_VERSION,
-        "engine": {"file": engine_file.name, "kind": "onnx", "opset": opset,
+        "engine": {"file": engine_file.name, "kind": kind, "opset": opset,
                    "sha256": sha256_file(engine_file), "bytes": engine_file.stat().st_size},
         "inputs": [{"name": n, "dtype": "int64", "dims": ["batch", "sequence"]}
                    for n in input_names(token_types)],
@@ -51,17 +52,39 @@ def build_manifest(cfg, engine_file: Path, opset: int, token_types: bool, max_le
         "num_instances": cfg.num_instances, "task": cfg.task,
         "labels": {str(i): cfg.id2label[i] for i in range(cfg.num_labels)},
         "max_seq_length": max_len, "max_position_embeddings": cfg.max_position_embeddings,
-        "structure": structure, "parity": parity, "versions": library_versions(),
+        "structure": structure, **(extra or {}), "versions": library_versions(),
     }
+
+
+@dataclass
+class TensorRTOptions:
+    """The TensorRT flags of `export --format tensorrt` (None = the default of shape_profile)."""
+
+    min_batch: int | None = None
+    opt_batch: int | None = None
+    max_batch: int | None = None
+    min_seq: int | None = None
+    opt_seq: int | None = None
+    max_seq: int | None = None
+    timing_cache: str | None = None
+    version_compatible: bool = False
 
 
 def export_checkpoint(checkpoint, out, fmt: str = "onnx", opset: int = DEFAULT_OPSET,
                       max_seq_length: int | None = None, force: bool = False,
-                      tolerance: float = PARITY_TOLERANCE, log=print) -> dict:
-    """Export a checkpoint directory to an engine directory; returns the manifest."""
-    if fmt != "onnx":
-        raise PruMuxError(f"--format {fmt} is not available yet; use --format onnx")
+                      tolerance: float = PARITY_TOLERANCE, log=print,
+                      tensorrt: TensorRTOptions | None = None) -> dict:
+    """Export a checkpoint directory to an engine directory; returns the manifest.
+
+    Steps: compact -> ONNX -> (TensorRT plan) -> write the manifest -> open the engine as users will and
+    compare its logits with the masked PyTorch model -> rename the directory into place."""
+    if fmt not in ("onnx", "tensorrt"):
+        raise PruMuxError(f"--format {fmt} is not supported; use onnx or tensorrt")
     check_target(out, force)  # refuse before spending minutes on the export
+    if fmt == "tensorrt":
+        from .tensorrt import require_tensorrt
+
+        require_tensorrt()
     masked = load_checkpoint(checkpoint)
     cfg = masked.config
     max_len = max_seq_length or cfg.max_seq_length
@@ -72,31 +95,47 @@ def export_checkpoint(checkpoint, out, fmt: str = "onnx", opset: int = DEFAULT_O
     model = compact(masked)
     token_types = uses_token_types(cfg)
     with atomic_dir(out, force=force) as tmp:
-        engine_file = tmp / "model.onnx"
+        onnx_file = tmp / "model.onnx"
         log(f"exporting ONNX (opset {opset}, dynamic batch and sequence)")
-        export_onnx(model, engine_file, opset=opset, uses_token_types=token_types, max_seq_length=max_len)
-        log("checking parity in ONNX Runtime against the masked PyTorch model")
-        cases, batches, lengths = parity_inputs(cfg, token_types, max_len)
-        error = max_logit_error(_bare_session(engine_file), masked, cases)
-        if not error <= tolerance:
-            raise ParityError(f"ONNX Runtime logits differ from PyTorch by {error:.3g} > {tolerance:g}; "
-                              f"nothing was written to {out}")
-        parity = {"max_abs_logit_error": error, "tolerance": tolerance, "reference": "masked PyTorch fp32",
-                  "batch_sizes": batches, "lengths": lengths}
-        manifest = build_manifest(cfg, engine_file, opset, token_types, max_len, describe(model, masked),
-                                  parity)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        export_onnx(model, onnx_file, opset=opset, uses_token_types=token_types, max_seq_length=max_len)
+        engine_file, extra = onnx_file, {}
+        if fmt == "tensorrt":
+            from .tensorrt import build_plan, shape_profile
+
+            trt_opts = tensorrt or TensorRTOptions()
+            profile = shape_profile(cfg.num_instances, cfg.max_position_embeddings, trt_opts.min_batch,
+                                    trt_opts.opt_batch, trt_opts.max_batch, trt_opts.min_seq, trt_opts.opt_seq,
+                                    trt_opts.max_seq or max_len)
+            engine_file = tmp / "model.plan"
+            extra["tensorrt"] = build_plan(onnx_file, engine_file, profile, input_names(token_types),
+                                           trt_opts.timing_cache, trt_opts.version_compatible, log)
+            onnx_file.unlink()
+        manifest = build_manifest(cfg, engine_file, fmt, opset, token_types, max_len, describe(model, masked),
+                                  extra)
+        write_manifest(tmp, manifest)
+        log(f"checking parity of the {fmt} engine against the masked PyTorch model")
+        manifest["parity"] = check_parity(tmp, masked, token_types, max_len, tolerance, out)
+        write_manifest(tmp, manifest)
         (tmp / "config.json").write_text(json.dumps(config_dict(model), indent=2) + "\n")
         if getattr(masked, "tokenizer_dir", None):
             copy_tokenizer(masked.tokenizer_dir, tmp)
-    log(f"wrote {out}/model.onnx (max logit error {error:.2e})")
+    log(f"wrote {out}/{engine_file.name} (max logit error {manifest['parity']['max_abs_logit_error']:.2e})")
     return manifest
 
 
-def _bare_session(path: Path):
-    import onnxruntime as ort
+def write_manifest(engine_dir: Path, manifest: dict):
+    (engine_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return lambda feeds: session.run(["logits"], feeds)[0]
+
+def check_parity(engine_dir: Path, reference, token_types: bool, max_len: int, tolerance: float, out) -> dict:
+    """Run the engine as users will (load_engine) on generated inputs; refuse it past the tolerance."""
+    from prumux_deploy.engine import load_engine
+
+    engine = load_engine(engine_dir)
+    cases, batches, lengths = parity_inputs(reference.config, token_types, max_len)
+    error = max_logit_error(engine.run_feeds, reference, cases)
+    if not error <= tolerance:
+        raise ParityError(f"engine logits differ from PyTorch by {error:.3g} > {tolerance:g}; "
+                          f"nothing was written to {out}")
+    return {"max_abs_logit_error": error, "tolerance": tolerance, "reference": "masked PyTorch fp32",
+            "batch_sizes": batches, "lengths": lengths}

@@ -140,23 +140,39 @@ def compact_cmd(checkpoint, out, fp16, force):
 @main.command("export")
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True,
-              help="Engine format.")
+@click.option("--format", "fmt", type=click.Choice(["onnx", "tensorrt"]), default="onnx", show_default=True,
+              help="onnx: model.onnx for ONNX Runtime; tensorrt: model.plan (needs an NVIDIA GPU and tensorrt).")
 @click.option("--opset", default=18, show_default=True, help="ONNX opset version.")
 @click.option("--max-seq-length", type=int, default=None, help="Longest input (default: the checkpoint's).")
 @click.option("--tolerance", default=1e-4, show_default=True,
               help="Largest logit difference vs the masked PyTorch model before the export is refused.")
+@click.option("--min-batch", type=int, default=None, help="TensorRT profile: smallest batch (default 1).")
+@click.option("--opt-batch", type=int, default=None, help="TensorRT profile: batch to tune for (default 128*N).")
+@click.option("--max-batch", type=int, default=None, help="TensorRT profile: largest batch (default 128*N).")
+@click.option("--min-seq", type=int, default=None, help="TensorRT profile: shortest sequence (default 1).")
+@click.option("--opt-seq", type=int, default=None, help="TensorRT profile: sequence to tune for (default max).")
+@click.option("--max-seq", type=int, default=None, help="TensorRT profile: longest sequence (default --max-seq-length).")
+@click.option("--timing-cache", type=click.Path(path_type=Path), default=None,
+              help="TensorRT timing cache file, read if present and updated after the build.")
+@click.option("--version-compatible", is_flag=True, help="TensorRT: build a version-compatible engine.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
-def export_cmd(checkpoint, out, fmt, opset, max_seq_length, tolerance, force):
+def export_cmd(checkpoint, out, fmt, opset, max_seq_length, tolerance, min_batch, opt_batch, max_batch, min_seq,
+               opt_seq, max_seq, timing_cache, version_compatible, force):
     """Compact CHECKPOINT and export an engine (ids -> logits, mux/demux inside) to OUT.
 
-    The engine is checked in ONNX Runtime on generated batches (sizes not divisible by N included);
-    if its logits differ from PyTorch by more than --tolerance nothing is written.
+    The engine is opened as users will open it and checked on generated batches (sizes not divisible
+    by N included); if its logits differ from PyTorch by more than --tolerance nothing is written.
     """
-    from .export.pipeline import export_checkpoint
+    from .export.pipeline import TensorRTOptions, export_checkpoint
 
+    trt = TensorRTOptions(min_batch, opt_batch, max_batch, min_seq, opt_seq, max_seq,
+                          str(timing_cache) if timing_cache else None, version_compatible)
+    if fmt != "tensorrt" and (any(v is not None for v in (min_batch, opt_batch, max_batch, min_seq, opt_seq,
+                                                          max_seq, timing_cache)) or version_compatible):
+        raise PruMuxError("the batch/sequence profile, --timing-cache and --version-compatible apply to "
+                          "--format tensorrt only")
     export_checkpoint(checkpoint, out, fmt=fmt, opset=opset, max_seq_length=max_seq_length, force=force,
-                      tolerance=tolerance, log=lambda msg: click.echo(msg, err=True))
+                      tolerance=tolerance, log=lambda msg: click.echo(msg, err=True), tensorrt=trt)
     click.echo(f"engine ready: {out}")
 
 
@@ -268,6 +284,82 @@ def predict(engine_dir, texts, second, as_json, no_truncate):
         else:
             shown = text if len(text) <= 80 else text[:77] + "..."
             click.echo(f"{labels[k]:<14} {p[k]:.3f}  {shown}")
+
+
+def _number_list(kind):
+    def parse(ctx, param, value):
+        if value is None:
+            return None
+        try:
+            return [kind(v) for v in value.split(",") if v.strip()]
+        except ValueError:
+            raise click.BadParameter(f"expected comma-separated numbers, got {value!r}") from None
+    return parse
+
+
+@main.command()
+@click.option("--instances", "-n", callback=_number_list(int), default=None,
+              help="Comma-separated N values (default 1,2,5,10).")
+@click.option("--sparsities", "-s", callback=_number_list(float), default=None,
+              help="Comma-separated sparsities (default 0,0.6,0.8,0.9,0.95).")
+@click.option("--backend", "backends", multiple=True, type=click.Choice(["torch", "onnxruntime"]),
+              help="Backends to time (default: both).")
+@click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(path_type=Path),
+              help="Time these trained checkpoints instead of generated structures.")
+@click.option("-b", "--groups-per-batch", type=int, default=None, help="b: batches hold b*N rows (default 32).")
+@click.option("--seq", type=int, default=None, help="Padded sequence length (default 128).")
+@click.option("--repeats", type=int, default=None, help="Timed repeats per measurement (median; default 5).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the generated structures and weights.")
+@click.option("--quick", is_flag=True, help="One-minute smoke run: a small base shape and a 2x2 grid.")
+@click.option("--csv", "csv_path", type=click.Path(path_type=Path), default=None, help="Write rows as CSV.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write everything as JSON.")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None,
+              help="Write a PNG: speedup heatmaps and, with --accuracy, the accuracy/throughput Pareto front.")
+@click.option("--accuracy", "accuracy_csv", type=click.Path(path_type=Path), default=None,
+              help="CSV with columns N,sparsity,accuracy for the Pareto plot.")
+def bench(instances, sparsities, backends, checkpoints, groups_per_batch, seq, repeats, seed, quick, csv_path,
+          json_path, plot_path, accuracy_csv):
+    """Throughput of PruMUX structures vs a dense BERT-base baseline, measured side by side in one run.
+
+    Structures are CoFi-like and generated at each target sparsity on the BERT-base shape (see
+    prumux_deploy/generate.py), or taken from --checkpoint. Reports samples/s, speedup, FLOPs per sample,
+    the FLOP-bound speedup and the fraction of it achieved, and peak memory.
+    """
+    from .bench import QUICK_BASE, BenchConfig, format_table, plot, run_bench, write_outputs
+
+    cfg = BenchConfig(seed=seed, checkpoints=[str(c) for c in checkpoints])
+    if quick:
+        cfg.base, cfg.instances, cfg.sparsities = dict(QUICK_BASE), [1, 2], [0.0, 0.9]
+        cfg.groups_per_batch, cfg.seq, cfg.warmup, cfg.repeats, cfg.min_seconds = 2, 32, 1, 2, 0.0
+    cfg.instances = instances or cfg.instances
+    cfg.sparsities = sparsities or cfg.sparsities
+    cfg.backends = list(backends) or cfg.backends
+    cfg.groups_per_batch = groups_per_batch or cfg.groups_per_batch
+    cfg.seq = seq or cfg.seq
+    cfg.repeats = repeats or cfg.repeats
+    if any(n < 1 for n in cfg.instances) or any(not 0 <= s < 1 for s in cfg.sparsities):
+        raise PruMuxError("--instances must be >= 1 and --sparsities in [0, 1)")
+    accuracies = _read_accuracies(accuracy_csv) if accuracy_csv else None
+    result = run_bench(cfg)
+    click.echo(format_table(result))
+    write_outputs(result, csv_path, json_path)
+    if plot_path:
+        plot(result, plot_path, accuracies)
+        click.echo(f"plot: {plot_path}")
+
+
+def _read_accuracies(path) -> dict:
+    import csv
+
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as e:
+        raise PruMuxError(f"{path}: cannot be read ({e.strerror})") from None
+    try:
+        return {(int(r["N"]), float(r["sparsity"])): float(r["accuracy"]) for r in rows}
+    except (KeyError, ValueError) as e:
+        raise PruMuxError(f"{path}: needs numeric columns N,sparsity,accuracy ({e})") from None
 
 
 def _register_subcommands():

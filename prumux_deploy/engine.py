@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -64,24 +65,15 @@ def verify_engine_file(engine_dir, manifest) -> Path:
     return path
 
 
-class OnnxEngine:
-    """An exported ONNX engine run with ONNX Runtime. Call with int64 numpy arrays [batch, sequence]."""
+class Engine:
+    """What every engine kind shares: the verified manifest, input checks, feeds -> logits."""
 
-    def __init__(self, engine_dir, providers=None, threads: int | None = None):
-        import onnxruntime as ort
+    input_names: list[str]
 
+    def __init__(self, engine_dir):
         self.dir = Path(engine_dir)
         self.manifest = read_manifest(self.dir)
-        path = verify_engine_file(self.dir, self.manifest)
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if threads:
-            options.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
-        except Exception as e:  # ORT raises its own exception types for malformed graphs
-            raise EngineError(f"{path}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:200]})") from None
-        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.path = verify_engine_file(self.dir, self.manifest)
 
     # --- what the engine is --------------------------------------------------------------------
     @property
@@ -118,15 +110,101 @@ class OnnxEngine:
         if self.uses_token_types:
             feeds["token_type_ids"] = (np.zeros_like(input_ids) if token_type_ids is None
                                        else np.asarray(token_type_ids, dtype=np.int64))
-        return self.session.run(["logits"], feeds)[0]
+        for name, value in feeds.items():
+            if value.shape != input_ids.shape:
+                raise EngineError(f"{name} has shape {list(value.shape)}, input_ids {list(input_ids.shape)}")
+        return self._run(feeds)
 
     def run_feeds(self, feeds: dict) -> np.ndarray:
         return self(**{k: v for k, v in feeds.items() if k in ("input_ids", "attention_mask", "token_type_ids")})
 
+    def _run(self, feeds: dict) -> np.ndarray:
+        raise NotImplementedError
 
-def load_engine(engine_dir, **kwargs) -> OnnxEngine:
+
+class OnnxEngine(Engine):
+    """An exported ONNX engine run with ONNX Runtime (CPU, or CUDA with onnxruntime-gpu)."""
+
+    def __init__(self, engine_dir, providers=None, threads: int | None = None):
+        import onnxruntime as ort
+
+        super().__init__(engine_dir)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(self.path), options,
+                                                providers=providers or ["CPUExecutionProvider"])
+        except Exception as e:  # ORT raises its own exception types for malformed graphs
+            raise EngineError(f"{self.path}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:200]})") from None
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def _run(self, feeds):
+        return self.session.run(["logits"], feeds)[0]
+
+
+class TensorRTEngine(Engine):
+    """A serialized TensorRT engine (model.plan) run on the GPU. Batches beyond the profile's maximum are
+    split into chunks of that size (a multiple of N, so mux groups stay intact)."""
+
+    def __init__(self, engine_dir):
+        super().__init__(engine_dir)
+        try:
+            import tensorrt as trt
+            import torch
+        except ImportError:
+            raise EngineError("running a TensorRT engine needs tensorrt and a CUDA build of torch: "
+                              "pip install 'prumux-deploy[gpu]'") from None
+        if not torch.cuda.is_available():
+            raise EngineError(f"{self.path}: a TensorRT engine runs only on an NVIDIA GPU, and none is visible here")
+        self._torch, self._trt = torch, trt
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engine = runtime.deserialize_cuda_engine(self.path.read_bytes())
+        if self.engine is None:
+            raise EngineError(f"{self.path}: TensorRT cannot deserialize it (built for another GPU or TensorRT "
+                              "version?); rebuild it here")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.input_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.max_batch = int(self.manifest["tensorrt"]["profile"]["max_batch"])
+        self._lock = threading.Lock()  # one execution context: calls from several threads take turns
+
+    def _run(self, feeds):
+        torch = self._torch
+        batch = feeds["input_ids"].shape[0]
+        if batch == 0:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        chunks = []
+        for start in range(0, batch, self.max_batch):
+            part = {k: torch.from_numpy(v[start:start + self.max_batch]).cuda() for k, v in feeds.items()}
+            with self._lock:
+                for name in self.input_names:
+                    self.context.set_input_shape(name, tuple(part[name].shape))
+                    self.context.set_tensor_address(name, part[name].data_ptr())
+                out = torch.empty(tuple(self.context.get_tensor_shape("logits")), dtype=torch.float32,
+                                  device="cuda")
+                self.context.set_tensor_address("logits", out.data_ptr())
+                stream = torch.cuda.current_stream()
+                self.context.execute_async_v3(stream.cuda_stream)
+                stream.synchronize()
+            chunks.append(out.cpu().numpy())
+        return np.concatenate(chunks)
+
+
+def load_engine(engine_dir, device: str = "cpu", **kwargs) -> Engine:
+    """Open an engine directory: ONNX engines with ONNX Runtime (CPU, or CUDA with device='cuda'),
+    TensorRT engines with the TensorRT runtime."""
     manifest = read_manifest(engine_dir)
     kind = manifest["engine"].get("kind")
+    if kind == "tensorrt":
+        return TensorRTEngine(engine_dir)
     if kind != "onnx":
-        raise EngineError(f"{engine_dir}: engine kind {kind!r} cannot run here; only ONNX engines run on CPU")
+        raise EngineError(f"{engine_dir}: unknown engine kind {kind!r}; re-export the engine")
+    if device == "cuda":
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise EngineError("device cuda needs onnxruntime-gpu and an NVIDIA GPU: pip install 'prumux-deploy[gpu]'")
+        kwargs["providers"] = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return OnnxEngine(engine_dir, **kwargs)

@@ -100,3 +100,28 @@ def engine_dir(tmp_path_factory, masked_checkpoint):
     out = tmp_path_factory.mktemp("engines") / "sst2"
     export_checkpoint(masked_checkpoint, out, log=lambda m: None)
     return out
+
+
+def _gpu_available() -> tuple[bool, str]:
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return False, "needs an NVIDIA GPU with CUDA (torch.cuda.is_available() is False here)"
+    except Exception as e:  # noqa: BLE001
+        return False, f"needs an NVIDIA GPU with CUDA ({e})"
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return False, "needs the tensorrt package: pip install 'prumux-deploy[gpu]'"
+    return True, ""
+
+
+def pytest_collection_modifyitems(config, items):
+    ok, reason = _gpu_available()
+    if ok:
+        return
+    skip = pytest.mark.skip(reason=reason)
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

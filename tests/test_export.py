@@ -91,7 +91,7 @@ def test_pair_task_engine_takes_token_type_ids(tmp_path):
 
 def test_parity_failure_writes_nothing(tmp_path, masked_checkpoint, monkeypatch):
     monkeypatch.setattr(pipeline, "max_logit_error", lambda *a, **k: 0.5)
-    with pytest.raises(ParityError, match=r"differ from PyTorch by 0.5 > 0.0001; nothing was written"):
+    with pytest.raises(ParityError, match=r"engine logits differ from PyTorch by 0.5 > 0.0001; nothing was written"):
         export_checkpoint(masked_checkpoint, tmp_path / "engine", log=quiet)
     assert list(tmp_path.iterdir()) == []
 

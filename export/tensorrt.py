@@ -1,0 +1,131 @@
+"""TensorRT engines: one optimization profile from the CLI flags, built from our ONNX with the TensorRT
+Python API, serialized to model.plan.
+
+Networks are strongly typed (the TensorRT 10 flag; always on from TensorRT 11): precision comes from the
+ONNX graph, so an fp16 engine is built from the fp16 ONNX graph (LayerNorm and softmax kept in fp32 by
+the conversion), not from builder precision flags.
+
+Only `build_plan` and the runtime need a GPU; shape profiles, flag checks and the manifest entries are
+plain Python and unit-tested everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from prumux_deploy.errors import PruMuxError
+
+INSTALL_HINT = "pip install 'prumux-deploy[gpu]'"
+
+
+@dataclass(frozen=True)
+class ShapeProfile:
+    """Batch and sequence ranges of the single optimization profile (inclusive)."""
+
+    min_batch: int
+    opt_batch: int
+    max_batch: int
+    min_seq: int
+    opt_seq: int
+    max_seq: int
+
+    def shapes(self) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+        """(min, opt, max) shapes of every [batch, sequence] input."""
+        return ((self.min_batch, self.min_seq), (self.opt_batch, self.opt_seq), (self.max_batch, self.max_seq))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def shape_profile(num_instances: int, max_positions: int, min_batch=None, opt_batch=None, max_batch=None,
+                  min_seq=None, opt_seq=None, max_seq=None, default_seq: int = 128) -> ShapeProfile:
+    """The profile from the CLI flags. Defaults follow the paper's protocol: batches of 128*N rows at
+    sequence 128. Opt and max batch are rounded up to multiples of N, since a mux group is N rows and the
+    graph pads partial groups anyway; min batch stays as given (1 by default: any batch must run)."""
+    N = num_instances
+    max_seq = max_seq or min(default_seq, max_positions)
+    opt_seq = opt_seq or max_seq
+    min_seq = min_seq or 1
+    opt_batch = _round_up(opt_batch or 128 * N, N)
+    max_batch = _round_up(max_batch or max(opt_batch, 128 * N), N)
+    min_batch = 1 if min_batch is None else min_batch
+    profile = ShapeProfile(min_batch, opt_batch, max_batch, min_seq, opt_seq, max_seq)
+    if not 1 <= profile.min_batch <= profile.opt_batch <= profile.max_batch:
+        raise PruMuxError(f"batch range must satisfy 1 <= --min-batch <= --opt-batch <= --max-batch, got "
+                          f"{profile.min_batch} / {profile.opt_batch} / {profile.max_batch} (opt and max are "
+                          f"rounded up to multiples of N={N})")
+    if not 1 <= profile.min_seq <= profile.opt_seq <= profile.max_seq:
+        raise PruMuxError(f"sequence range must satisfy 1 <= --min-seq <= --opt-seq <= --max-seq, got "
+                          f"{profile.min_seq} / {profile.opt_seq} / {profile.max_seq}")
+    if profile.max_seq > max_positions:
+        raise PruMuxError(f"--max-seq {profile.max_seq} exceeds the model's position table ({max_positions})")
+    return profile
+
+
+def require_tensorrt():
+    """Import tensorrt and check for a CUDA GPU, or fail with one line saying what is missing."""
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise PruMuxError(f"--format tensorrt needs the tensorrt package and an NVIDIA GPU: {INSTALL_HINT}") from None
+    try:
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    except Exception:  # a CPU-only torch build can fail in odd ways here
+        has_gpu = False
+    if not has_gpu:
+        raise PruMuxError("--format tensorrt needs an NVIDIA GPU with CUDA, and none is visible here "
+                          "(torch.cuda.is_available() is False); build the engine on the GPU machine it will run on")
+    return trt
+
+
+def gpu_info() -> dict:
+    import torch
+
+    major, minor = torch.cuda.get_device_capability(0)
+    return {"gpu": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}",
+            "cuda": torch.version.cuda}
+
+
+def build_plan(onnx_path, plan_path, profile: ShapeProfile, input_names: list[str], timing_cache=None,
+               version_compatible: bool = False, log=print) -> dict:
+    """Build and serialize a TensorRT engine from an ONNX file; returns what the manifest records."""
+    trt = require_tensorrt()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 0
+    if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise PruMuxError(f"TensorRT could not parse {onnx_path}: {errors[:300]}")
+    config = builder.create_builder_config()
+    opt_profile = builder.create_optimization_profile()
+    lo, opt, hi = profile.shapes()
+    for name in input_names:
+        opt_profile.set_shape(name, lo, opt, hi)
+    config.add_optimization_profile(opt_profile)
+    if version_compatible:
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    cache = None
+    if timing_cache is not None:
+        data = Path(timing_cache).read_bytes() if Path(timing_cache).is_file() else b""
+        cache = config.create_timing_cache(data)
+        config.set_timing_cache(cache, ignore_mismatch=False)
+    log(f"building TensorRT engine (profile {lo} .. {opt} .. {hi})")
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise PruMuxError("TensorRT failed to build the engine; rerun with --debug and see the TensorRT log")
+    Path(plan_path).write_bytes(bytes(serialized))
+    if cache is not None:  # keep the cache for the next build (it is the user's file, not part of OUT)
+        Path(timing_cache).write_bytes(bytes(cache.serialize()))
+    return {"tensorrt": trt.__version__, **gpu_info(), "strongly_typed": bool(flags),
+            "version_compatible": version_compatible, "profile": profile.to_dict()}

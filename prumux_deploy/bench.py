@@ -1,0 +1,357 @@
+"""`prumux-deploy bench`: PruMUX throughput against a dense BERT-base baseline, measured side by side.
+
+Protocol (as in the paper): every input is padded to sequence 128, a PruMUX model gets batches of b*N
+rows (b = 32 on CPU by default), the baseline gets batches of b rows; each backend is warmed up, then
+timed over repeats, and we report the median. Everything is measured in one run on one machine, and
+every number is reported next to its ratio to the baseline measured in that same run.
+
+FLOPs are counted analytically (multiply-adds x 2) per sample at the measured sequence length, so the
+FLOP-bound speedup (baseline FLOPs / PruMUX FLOPs per sample) says how fast a structure could be if
+time followed FLOPs, and `bound_fraction` how much of that the engine achieves.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .checkpoint import create_model, load_checkpoint
+from .errors import PruMuxError
+from .generate import cofi_like_structure, masks_for_structure
+from .model import PruMuxConfig, PruMuxModel
+from .timing import throughput
+
+BERT_BASE = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                 intermediate_size=3072, max_position_embeddings=512)
+QUICK_BASE = dict(vocab_size=1000, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
+                  intermediate_size=512, max_position_embeddings=128)
+
+
+# --- FLOPs ---------------------------------------------------------------------------------------
+
+def encoder_flops(heads: list[int], ffn: list[int], hidden: int, head_dim: int, seq: int) -> int:
+    """FLOPs of one encoder pass over one sequence of length `seq` (matmuls only; 2 per multiply-add)."""
+    total = 0
+    for nh, w in zip(heads, ffn):
+        inner = nh * head_dim
+        if nh:
+            total += 2 * seq * hidden * inner * 3      # Q, K, V projections
+            total += 2 * seq * seq * inner * 2         # scores and context
+            total += 2 * seq * inner * hidden          # output projection
+        if w:
+            total += 2 * seq * hidden * w * 2          # FFN up and down
+    return total
+
+
+def prumux_flops_per_sample(cfg: PruMuxConfig, seq: int) -> float:
+    """One mux group carries N samples: encoder FLOPs / N, plus each sample's own demux and classifier."""
+    H, Hd, C = cfg.model_dim, cfg.hidden_size, cfg.num_labels
+    demux = 2 * (2 * H) * Hd + 2 * Hd * Hd + 2 * Hd * C
+    enc = encoder_flops(cfg.heads_per_layer, cfg.ffn_per_layer, H, cfg.head_dim, seq)
+    return enc / cfg.num_instances + demux
+
+
+def bert_flops_per_sample(cfg: dict, seq: int, num_labels: int = 2) -> float:
+    """Dense BERT: encoder, pooler and classifier for one sequence."""
+    L, H, nh, I = cfg["num_hidden_layers"], cfg["hidden_size"], cfg["num_attention_heads"], cfg["intermediate_size"]
+    enc = encoder_flops([nh] * L, [I] * L, H, H // nh, seq)
+    return enc + 2 * H * H + 2 * H * num_labels
+
+
+# --- peak memory ---------------------------------------------------------------------------------
+
+class PeakRSS:
+    """Samples this process's resident set size while a block runs; reports the peak above the start."""
+
+    def __init__(self, interval: float = 0.005):
+        self.interval, self.peak, self.start = interval, 0, 0
+        self._stop = threading.Event()
+
+    @staticmethod
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.rss())
+            time.sleep(self.interval)
+
+    def __enter__(self):
+        self.start = self.peak = self.rss()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.rss())
+
+    @property
+    def mib(self) -> float:
+        return (self.peak - self.start) / 2**20
+
+
+# --- the grid ------------------------------------------------------------------------------------
+
+@dataclass
+class BenchConfig:
+    instances: list[int] = field(default_factory=lambda: [1, 2, 5, 10])
+    sparsities: list[float] = field(default_factory=lambda: [0.0, 0.6, 0.8, 0.9, 0.95])
+    backends: list[str] = field(default_factory=lambda: ["torch", "onnxruntime"])
+    groups_per_batch: int = 32    # b: a batch is b*N rows
+    seq: int = 128
+    warmup: int = 2
+    repeats: int = 5
+    min_seconds: float = 1.0
+    seed: int = 0
+    base: dict = field(default_factory=lambda: dict(BERT_BASE))
+    checkpoints: list[str] = field(default_factory=list)
+
+
+def generated_model(base: dict, N: int, sparsity: float, seed: int) -> PruMuxModel:
+    """A compact PruMUX model with a CoFi-like structure at `sparsity` on the base shape (random weights)."""
+    from transformers import BertConfig
+
+    from prumux_deploy.export import compact
+
+    model = create_model(BertConfig(**base), num_instances=N, num_labels=2, seed=seed)
+    heads, ffn = cofi_like_structure(model.config, sparsity, seed=seed)
+    model.set_masks(masks_for_structure(model.config, heads, ffn, seed=seed))
+    return compact(model)
+
+
+def _inputs(rows: int, seq: int, vocab: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1000 if vocab > 2000 else 5, vocab, (rows, seq), generator=g)
+    return ids, torch.ones(rows, seq, dtype=torch.long)
+
+
+def _time_torch(model, ids, mask, cfg: BenchConfig):
+    with torch.no_grad(), PeakRSS() as mem:
+        result = throughput(lambda: model(ids, mask), ids.shape[0], cfg.warmup, cfg.repeats, cfg.min_seconds)
+    return result, mem.mib
+
+
+def _time_ort(model: PruMuxModel, ids, mask, cfg: BenchConfig):
+    import onnxruntime as ort
+
+    from prumux_deploy.export.onnx import export_onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        export_onnx(model, path, max_seq_length=cfg.seq)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
+    with torch.no_grad():
+        want = model(ids[: 2 * model.config.num_instances], mask[: 2 * model.config.num_instances]).numpy()
+    got = session.run(["logits"], {k: v[: want.shape[0]] for k, v in feeds.items()})[0]
+    error = float(np.abs(got - want).max())
+    with PeakRSS() as mem:
+        result = throughput(lambda: session.run(["logits"], feeds), ids.shape[0], cfg.warmup, cfg.repeats,
+                            cfg.min_seconds)
+    result["max_abs_logit_error"] = error
+    return result, mem.mib
+
+
+def baseline(cfg: BenchConfig) -> dict:
+    """Dense BERT (Hugging Face BertForSequenceClassification, random weights) in PyTorch eager."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(cfg.seed)
+    model = BertForSequenceClassification(BertConfig(**cfg.base, num_labels=2)).eval()
+    ids, mask = _inputs(cfg.groups_per_batch, cfg.seq, cfg.base["vocab_size"], cfg.seed)
+    result, mem = _time_torch(lambda a, b: model(input_ids=a, attention_mask=b).logits, ids, mask, cfg)
+    return {"name": "bert-base dense", "N": 1, "sparsity": 0.0, "backend": "torch",
+            "samples_per_s": result["samples_per_s"], "batch": ids.shape[0],
+            "flops_per_sample": bert_flops_per_sample(cfg.base, cfg.seq), "peak_mib": mem}
+
+
+def _structures(cfg: BenchConfig):
+    for path in cfg.checkpoints:
+        from prumux_deploy.export import compact
+
+        masked = load_checkpoint(path)
+        yield f"{Path(path).name}", masked.config.num_instances, None, compact(masked)
+    if cfg.checkpoints:
+        return
+    for N in cfg.instances:
+        for s in cfg.sparsities:
+            yield f"N={N} s={s:g}", N, s, None
+
+
+def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
+    torch.set_num_threads(os.cpu_count() or 1)
+    items = list(_structures(cfg))
+    bar = tqdm(total=len(items) * len(cfg.backends) + 1, desc="bench", unit="run", disable=not progress,
+               file=sys.stderr)
+    bar.set_postfix_str("baseline")
+    base = baseline(cfg)
+    bar.update(1)
+    rows = []
+    for name, N, s, model in items:
+        model = model or generated_model(cfg.base, N, s, cfg.seed)
+        from .structure import describe
+
+        info = describe(model)
+        sparsity = s if s is not None else None
+        flops = prumux_flops_per_sample(model.config, cfg.seq)
+        ids, mask = _inputs(cfg.groups_per_batch * N, cfg.seq, model.config.vocab_size, cfg.seed)
+        for backend in cfg.backends:
+            bar.set_postfix_str(f"{name} {backend}")
+            if backend == "torch":
+                result, mem = _time_torch(model, ids, mask, cfg)
+            elif backend == "onnxruntime":
+                result, mem = _time_ort(model, ids, mask, cfg)
+            else:
+                raise PruMuxError(f"unknown backend {backend!r}; choose torch or onnxruntime")
+            bound = base["flops_per_sample"] / flops
+            speedup = result["samples_per_s"] / base["samples_per_s"]
+            rows.append({
+                "name": name, "N": N, "sparsity": sparsity, "actual_sparsity": round(info["sparsity"], 4),
+                "backend": backend, "samples_per_s": result["samples_per_s"], "batch": ids.shape[0],
+                "speedup": speedup, "flops_per_sample": flops, "flop_bound_speedup": bound,
+                "bound_fraction": speedup / bound, "peak_mib": mem, "repeats": result["repeats"],
+                "max_abs_logit_error": result.get("max_abs_logit_error"),
+                "heads": info["layers"] and [l["heads"] for l in info["layers"]],
+                "ffn": [l["ffn"] for l in info["layers"]],
+            })
+            bar.update(1)
+    bar.close()
+    return {"machine": machine_info(), "protocol": {"seq": cfg.seq, "groups_per_batch": cfg.groups_per_batch,
+                                                    "warmup": cfg.warmup, "repeats": cfg.repeats,
+                                                    "statistic": "median"},
+            "base_shape": cfg.base, "baseline": base, "rows": rows}
+
+
+def machine_info() -> dict:
+    import onnxruntime
+    import transformers
+
+    cpu = ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+            "transformers": transformers.__version__, "torch_threads": torch.get_num_threads()}
+
+
+CSV_FIELDS = ["name", "N", "sparsity", "actual_sparsity", "backend", "samples_per_s", "batch", "speedup",
+              "flops_per_sample", "flop_bound_speedup", "bound_fraction", "peak_mib", "max_abs_logit_error"]
+
+
+def write_outputs(result: dict, csv_path=None, json_path=None):
+    if json_path:
+        _atomic_write(json_path, json.dumps(result, indent=2) + "\n")
+    if csv_path:
+        import io
+
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        base = result["baseline"]
+        writer.writerow({**base, "speedup": 1.0, "flop_bound_speedup": 1.0, "bound_fraction": 1.0})
+        for row in result["rows"]:
+            writer.writerow(row)
+        _atomic_write(csv_path, buf.getvalue())
+
+
+def _atomic_write(path, text: str):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def format_table(result: dict) -> str:
+    base = result["baseline"]
+    lines = [f"baseline: {base['name']} eager, {base['samples_per_s']:.1f} samples/s at batch {base['batch']} x "
+             f"{result['protocol']['seq']}, {base['flops_per_sample'] / 1e9:.1f} GFLOP/sample", "",
+             f"{'structure':<14} {'backend':<12} {'samples/s':>10} {'speedup':>8} {'FLOP bound':>10} "
+             f"{'of bound':>8} {'peak MiB':>9}"]
+    for r in result["rows"]:
+        lines.append(f"{r['name']:<14} {r['backend']:<12} {r['samples_per_s']:>10.1f} {r['speedup']:>7.1f}x "
+                     f"{r['flop_bound_speedup']:>9.1f}x {r['bound_fraction']:>8.0%} {r['peak_mib']:>9.0f}")
+    m = result["machine"]
+    lines += ["", f"machine: {m['cpu']} ({m['cores']} cores), torch {m['torch']}, onnxruntime {m['onnxruntime']}; "
+                  "median of timed repeats after warm-up"]
+    return "\n".join(lines)
+
+
+def plot(result: dict, path, accuracies: dict | None = None):
+    """Speedup heatmap over (N, s) per backend; with accuracies, accuracy vs throughput and its Pareto front."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise PruMuxError("--plot needs matplotlib: pip install 'prumux-deploy[plot]'") from None
+    rows = [r for r in result["rows"] if r["sparsity"] is not None]
+    backends = sorted({r["backend"] for r in rows})
+    Ns = sorted({r["N"] for r in rows})
+    Ss = sorted({r["sparsity"] for r in rows})
+    panels = len(backends) + (1 if accuracies else 0)
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4), squeeze=False)
+    for ax, backend in zip(axes[0], backends):
+        grid = np.full((len(Ns), len(Ss)), np.nan)
+        for r in rows:
+            if r["backend"] == backend:
+                grid[Ns.index(r["N"]), Ss.index(r["sparsity"])] = r["speedup"]
+        im = ax.imshow(grid, cmap="viridis", aspect="auto")
+        ax.set_xticks(range(len(Ss)), [f"{s:g}" for s in Ss])
+        ax.set_yticks(range(len(Ns)), [str(n) for n in Ns])
+        ax.set_xlabel("sparsity s")
+        ax.set_ylabel("instances N")
+        ax.set_title(f"speedup over BERT-base ({backend})")
+        for i in range(len(Ns)):
+            for j in range(len(Ss)):
+                if not np.isnan(grid[i, j]):
+                    ax.text(j, i, f"{grid[i, j]:.1f}x", ha="center", va="center", color="white", fontsize=8)
+        fig.colorbar(im, ax=ax)
+    if accuracies:
+        ax = axes[0][-1]
+        best = {}
+        for r in rows:
+            key = (r["N"], r["sparsity"])
+            if key in accuracies:
+                best[key] = max(best.get(key, 0), r["speedup"])
+        pts = sorted(((best[k], accuracies[k], k) for k in best), reverse=True)
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], color="tab:blue")
+        front, top = [], -np.inf
+        for sp, acc, key in pts:  # fastest first: a point is on the front if no faster point is as accurate
+            if acc > top:
+                front.append((sp, acc))
+                top = acc
+            ax.annotate(f"N={key[0]} s={key[1]:g}", (sp, acc), fontsize=7)
+        ax.plot([f[0] for f in front], [f[1] for f in front], color="tab:red", label="Pareto front")
+        ax.set_xscale("log")
+        ax.set_xlabel("speedup over BERT-base")
+        ax.set_ylabel("accuracy (%)")
+        ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
