@@ -117,6 +117,8 @@ def export_checkpoint(checkpoint, out, fmt: str = "onnx", opset: int = DEFAULT_O
         manifest["parity"] = check_parity(tmp, masked, token_types, max_len, tolerance, out)
         write_manifest(tmp, manifest)
         (tmp / "config.json").write_text(json.dumps(config_dict(model), indent=2) + "\n")
+        # one label per line, in class order: what C++ and Triton consumers read without a JSON parser
+        (tmp / "labels.txt").write_text("".join(f"{cfg.id2label[i]}\n" for i in range(cfg.num_labels)))
         if getattr(masked, "tokenizer_dir", None):
             copy_tokenizer(masked.tokenizer_dir, tmp)
     log(f"wrote {out}/{engine_file.name} (max logit error {manifest['parity']['max_abs_logit_error']:.2e})")

@@ -252,7 +252,9 @@ def inspect(path, as_json):
 @click.option("--second", multiple=True, help="Second sentence for pair tasks, once per TEXT.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines instead of a table.")
 @click.option("--no-truncate", is_flag=True, help="Refuse texts longer than the engine's maximum length.")
-def predict(engine_dir, texts, second, as_json, no_truncate):
+@click.option("--ids-out", type=click.Path(path_type=Path), default=None,
+              help="Also write the token ids (one padded row per line) for examples/cpp/prumux_infer.")
+def predict(engine_dir, texts, second, as_json, no_truncate, ids_out):
     """Classify TEXTS with an engine and print each label with its probability."""
     import numpy as np
 
@@ -273,6 +275,8 @@ def predict(engine_dir, texts, second, as_json, no_truncate):
     feeds = tokenize(tokenizer, texts, second or None, max_length=engine.max_seq_length,
                      with_token_types=engine.uses_token_types)
     logits = engine.run_feeds(feeds)
+    if ids_out:
+        ids_out.write_text("".join(" ".join(map(str, row)) + "\n" for row in feeds["input_ids"]))
     probs = np.exp(logits - logits.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)
     labels = engine.labels

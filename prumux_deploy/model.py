@@ -305,9 +305,12 @@ class PruMuxModel(nn.Module):
 
         x = self.embeddings(input_ids, token_type_ids, hidden_z, keep)  # [G*N, S, H]
         x = self.mux(x)  # [G, S, H]
-        # a position of the mixed sequence is attended if any instance has a real token there
-        group_mask = attention_mask.view(-1, N, S).amax(dim=1)  # [G, S]
-        mask_bias = (1.0 - group_mask.to(x.dtype))[:, None, None, :] * torch.finfo(x.dtype).min  # [G,1,1,S]
+        # a position of the mixed sequence is attended if any instance has a real token there.
+        # Written as sum > 0 (not amax) and with BERT's own mask-bias pattern (unsqueeze, cast, 1 - m, * min)
+        # because ONNX Runtime's transformer optimizer needs both: its shape inference has no ReduceMax, and
+        # its attention fusion matches this pattern (see export/optimize.py).
+        group_mask = (attention_mask.view(-1, N, S).sum(dim=1) > 0).to(attention_mask.dtype)  # [G, S]
+        mask_bias = (1.0 - group_mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min  # [G,1,1,S]
         if hidden_states is not None:
             hidden_states.append(x)
         for i, layer in enumerate(self.layers):

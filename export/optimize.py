@@ -1,0 +1,202 @@
+"""Engines for servers: ONNX Runtime's transformer optimizer, int8 dynamic quantization, fp16 conversion.
+
+All three take a graph written by `export_onnx` (dynamo exporter) and write a new file; the graph keeps its
+inputs (int64 `[batch, sequence]`), its output (float32 `logits [batch, num_labels]`) and both dynamic axes.
+
+What makes the fusions fire on our model (measured with ONNX Runtime 1.32, see docs in the functions):
+
+* `Attention`: the optimizer matches BERT's attention subgraph from the residual Add back through
+  Softmax <- Add(mask bias) <- Div(1/sqrt(D)) <- MatMul(Q, K^T), with Q, K, V each MatMul -> Add -> Reshape
+  -> Transpose, and the mask bias as Mul(negative constant) <- Sub(1, .) <- Cast <- Unsqueeze <- Unsqueeze
+  <- 2-D mask. model.py writes the mask bias in that order (unsqueeze first, then cast and 1 - m); the dynamo
+  exporter merges the two Unsqueezes into one with axes [1, 2], which `_split_unsqueezes` undoes here.
+  The head count is read per layer from the constant in the Q reshape's shape, so every layer gets its own
+  `num_heads` and layers with 0 heads (no attention block in the graph) are simply not touched.
+* `SkipLayerNormalization`: needs ONNX Runtime's symbolic shape inference to succeed on the whole graph;
+  it has no ReduceMax, which is why model.py forms the group mask with sum > 0.
+* `BiasGelu`: fires on any exact (erf) GELU after a Linear: FFN and demultiplexer.
+* `EmbedLayerNormalization` does not fire and cannot: the optimizer requires the embedding LayerNorm to feed
+  an attention block directly, and ours feeds the multiplexer (and the word-embedding Gather reads the
+  batch-padded ids, not the graph input). The embedding LayerNorm stays a LayerNormalization.
+
+The attention mask is kept as a raw 2-D mask (AttentionMaskFormat.AttentionMask), not the optimizer's BERT
+default of a 1-D "mask index" that assumes right padding: the engine accepts any 0/1 mask.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import io
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+# op types the optimizer or the quantizer creates; what optimize_onnx / quantize_int8 count
+FUSED_OP_TYPES = ("Attention", "MultiHeadAttention", "SkipLayerNormalization", "EmbedLayerNormalization",
+                  "BiasGelu", "FastGelu", "Gelu", "LayerNormalization")
+QUANT_OP_TYPES = ("DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear", "MatMulInteger",
+                  "DynamicQuantizeMatMul", "QAttention", "ConvInteger", "MatMulIntegerToFloat")
+# kept in float32 by convert_fp16: normalisations and the reductions that feed them
+FP16_OP_BLOCK_LIST = ("LayerNormalization", "SimplifiedLayerNormalization", "Softmax", "ReduceMean")
+
+
+def op_counts(model: onnx.ModelProto | str | os.PathLike, types=None) -> dict[str, int]:
+    """Number of nodes per op type (only `types` when given), sorted by op type."""
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model), load_external_data=False)
+    counts = collections.Counter(n.op_type for n in model.graph.node)
+    return {k: counts[k] for k in sorted(counts) if types is None or k in types}
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The optimizer and quantizer print and log warnings that do not concern our graphs (producer name,
+    per-layer hidden size 'mismatches' that are the point of a pruned model, shape-inference guesses)."""
+    names = ("onnxruntime", "onnxruntime.transformers", "onnx_model", "fusion_base", "fusion_attention",
+             "fusion_utils", "shape_infer_helper", "symbolic_shape_infer", "onnx_model_bert", "float16",
+             "onnxruntime.quantization")
+    loggers = [logging.getLogger(n) for n in names] + [logging.getLogger()]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _io_signature(model: onnx.ModelProto):
+    def sig(values):
+        out = []
+        for v in values:
+            t = v.type.tensor_type
+            dims = tuple(d.dim_param or d.dim_value for d in t.shape.dim)
+            out.append((v.name, t.elem_type, dims))
+        return out
+
+    return sig(model.graph.input), sig(model.graph.output)
+
+
+def _check_io(before: onnx.ModelProto, after: onnx.ModelProto, what: str) -> None:
+    if _io_signature(before) != _io_signature(after):
+        raise RuntimeError(f"{what} changed the engine's inputs/outputs: {_io_signature(before)} -> "
+                           f"{_io_signature(after)}")
+
+
+def _constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    values = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            values[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+    return values
+
+
+def _split_unsqueezes(model: onnx.ModelProto) -> int:
+    """Rewrite Unsqueeze(x, axes=[a0, a1, ...]) (constant, ascending, non-negative axes) as a chain of
+    single-axis Unsqueezes, in place. Same result (inserting ascending axes one at a time gives the same
+    shape); it is the form the legacy exporter writes and the attention fusion's mask pattern expects.
+    Returns how many nodes were split."""
+    values = _constant_values(model)
+    nodes, split = [], 0
+    for n in model.graph.node:
+        axes = values.get(n.input[1]) if n.op_type == "Unsqueeze" and len(n.input) == 2 else None
+        if axes is None or axes.size < 2 or (axes < 0).any() or (np.diff(axes.ravel()) <= 0).any():
+            nodes.append(n)
+            continue
+        split += 1
+        prev, base = n.input[0], n.name or n.output[0]
+        for j, a in enumerate(axes.ravel().tolist()):
+            const = f"{base}_split_axes_{j}"
+            model.graph.initializer.append(numpy_helper.from_array(np.array([a], dtype=np.int64), const))
+            out = n.output[0] if j == axes.size - 1 else f"{base}_split_{j}"
+            nodes.append(helper.make_node("Unsqueeze", [prev, const], [out], name=f"{base}_split_{j}"))
+            prev = out
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return split
+
+
+def _ensure_ms_domain(model: onnx.ModelProto) -> None:
+    """The optimizer adds com.microsoft ops without importing the domain; ONNX Runtime does not mind,
+    onnx.checker does."""
+    uses = any(n.domain == "com.microsoft" for n in model.graph.node)
+    if uses and not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+
+
+def optimize_onnx(src, dst, num_heads_hint: int | None = None) -> dict[str, int]:
+    """Run ONNX Runtime's transformer optimizer (BERT fusions, Python only: opt_level 0, so the result is
+    not tied to one execution provider; the session applies its own level-99 optimisations on load).
+
+    src: a graph from `export_onnx`. dst: where the optimized graph goes. num_heads_hint: only used for a
+    layer whose Q reshape has no constant head count (ours always has one, so leave it None).
+    Returns the counts of fused op types in the result, e.g. {"Attention": 6, "BiasGelu": 8, ...}.
+    """
+    from onnxruntime.transformers.fusion_options import AttentionMaskFormat, FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    original = onnx.load(str(src))
+    model = onnx.load(str(src))
+    _split_unsqueezes(model)
+    options = FusionOptions("bert")
+    options.attention_mask_format = AttentionMaskFormat.AttentionMask  # raw 0/1 mask: any padding works
+    with _quiet():
+        optimized = optimize_model(model, model_type="bert", num_heads=num_heads_hint or 0, hidden_size=0,
+                                   optimization_options=options, opt_level=0)
+    proto = optimized.model
+    proto.producer_name, proto.producer_version = original.producer_name, original.producer_version
+    _ensure_ms_domain(proto)
+    _check_io(original, proto, "the transformer optimizer")
+    onnx.checker.check_model(proto)
+    onnx.save_model(proto, str(dst))
+    return op_counts(proto, FUSED_OP_TYPES)
+
+
+def quantize_int8(src, dst, weight_type: str = "QInt8", per_channel: bool = False) -> dict[str, int]:
+    """Dynamic int8 quantization (weights int8 ahead of time, activations quantized per batch at run
+    time) of a graph, normally the output of `optimize_onnx`: MatMul -> MatMulInteger (or
+    DynamicQuantizeMatMul after ORT's own fusions), Attention -> QAttention. Embedding Gathers stay
+    float32 (quantizing them saves memory, not time, and costs accuracy).
+    Returns the counts of quantization op types in the result."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    original = onnx.load(str(src))
+    with _quiet(), tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "int8.onnx"
+        quantize_dynamic(str(src), str(out), op_types_to_quantize=["MatMul", "Attention"],
+                         per_channel=per_channel, weight_type=getattr(QuantType, weight_type),
+                         extra_options={"MatMulConstBOnly": True})
+        proto = onnx.load(str(out))
+    proto.producer_name, proto.producer_version = original.producer_name, original.producer_version
+    _check_io(original, proto, "int8 quantization")
+    onnx.save_model(proto, str(dst))
+    return op_counts(proto, QUANT_OP_TYPES)
+
+
+def convert_fp16(src, dst) -> dict[str, int]:
+    """Half-precision weights and activations (for GPUs), with float32 kept where it matters:
+    LayerNormalization, Softmax and ReduceMean run in float32 (op_block_list), the int64 inputs are
+    untouched and `logits` stays float32 (keep_io_types). Returns op counts of the Cast nodes added and
+    the fused ops kept."""
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    original = onnx.load(str(src))
+    model = OnnxModel(onnx.load(str(src)))
+    with _quiet():
+        model.convert_float_to_float16(use_symbolic_shape_infer=True, keep_io_types=True,
+                                       op_block_list=list(FP16_OP_BLOCK_LIST))
+    proto = model.model
+    proto.producer_name, proto.producer_version = original.producer_name, original.producer_version
+    _check_io(original, proto, "fp16 conversion")
+    onnx.save_model(proto, str(dst))
+    return op_counts(proto, FUSED_OP_TYPES + ("Cast",))

@@ -1,0 +1,74 @@
+import csv
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+from transformers import BertConfig
+
+from prumux_deploy import create_model
+from prumux_deploy.bench import BERT_BASE, bert_flops_per_sample, encoder_flops, prumux_flops_per_sample
+from prumux_deploy.cli import main
+from prumux_deploy.export import compact
+from prumux_deploy.generate import cofi_like_structure, encoder_params, masks_for_structure
+from prumux_deploy.model import PruMuxConfig
+from prumux_deploy.structure import describe
+
+
+def test_flop_counter_matches_a_hand_computation():
+    # layer 0: 2 heads of dim 4 on H=8, FFN 16; layer 1: no attention, FFN 4; seq 3
+    # layer 0 attention: QKV 2*3*8*8*3 = 1152, scores+context 2*3*3*8*2 = 288, out 2*3*8*8 = 384 -> 1824
+    # layer 0 FFN: 2*3*8*16*2 = 1536;  layer 1 FFN: 2*3*8*4*2 = 384
+    assert encoder_flops([2, 0], [16, 4], hidden=8, head_dim=4, seq=3) == 1824 + 1536 + 384
+    cfg = PruMuxConfig(hidden_size=8, num_hidden_layers=2, num_attention_heads=2, intermediate_size=16,
+                       num_instances=2, num_labels=3, layer_num_heads=[2, 0], layer_intermediate_size=[16, 4],
+                       pruned_hidden_size=8)
+    # demux per sample: 2*16*8 + 2*8*8 + 2*8*3 = 256 + 128 + 48 = 432; encoder shared by N=2 samples
+    assert prumux_flops_per_sample(cfg, seq=3) == (1824 + 1536 + 384) / 2 + 432
+
+
+def test_bert_base_flops_are_the_known_figure():
+    # BERT-base at sequence 128 is about 22.5 GFLOPs per sequence (11.2 G multiply-adds)
+    assert bert_flops_per_sample(BERT_BASE, 128) == pytest.approx(22.5e9, rel=0.02)
+
+
+@pytest.mark.parametrize("target", [0.6, 0.8, 0.9, 0.95])
+def test_generator_hits_the_target_sparsity_within_one_point(target):
+    cfg = PruMuxConfig(**{k: v for k, v in BERT_BASE.items()})
+    heads, ffn = cofi_like_structure(cfg, target, seed=3)
+    full = encoder_params([12] * 12, [3072] * 12, 768, 64)
+    assert abs(1 - encoder_params(heads, ffn, 768, 64) / full - target) <= 0.01
+    assert len(set(heads)) > 1 and len(set(ffn)) > 1  # layers differ, as in CoFi's models
+    if target >= 0.9:
+        assert 0 in heads  # some layers lose their attention entirely
+
+
+def test_generated_masks_compact_to_the_generated_structure_and_counts_agree():
+    bert = BertConfig(vocab_size=50, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
+                      intermediate_size=128, max_position_embeddings=32)
+    model = create_model(bert, num_instances=2, num_labels=2)
+    heads, ffn = cofi_like_structure(model.config, 0.7, seed=1)
+    model.set_masks(masks_for_structure(model.config, heads, ffn, seed=1, fractional=True))
+    small = compact(model)
+    assert small.config.heads_per_layer == heads and small.config.ffn_per_layer == ffn
+    assert small.num_encoder_params() == encoder_params(heads, ffn, 64, 16)
+    assert abs(describe(small, model)["sparsity"] - 0.7) <= 0.01
+
+
+def test_quick_bench_writes_csv_json_and_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    result = CliRunner().invoke(main, ["bench", "--quick", "--csv", str(tmp_path / "b.csv"), "--json",
+                                       str(tmp_path / "b.json"), "--plot", str(tmp_path / "b.png")])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(open(tmp_path / "b.csv")))
+    assert len(rows) == 1 + 2 * 2 * 2  # baseline + (N in 1,2) x (s in 0, 0.9) x (torch, onnxruntime)
+    data = json.loads((tmp_path / "b.json").read_text())
+    assert {r["backend"] for r in data["rows"]} == {"torch", "onnxruntime"}
+    for r in data["rows"]:
+        assert r["samples_per_s"] > 0 and r["flop_bound_speedup"] > 0
+        assert r["bound_fraction"] == pytest.approx(r["speedup"] / r["flop_bound_speedup"])
+        if r["backend"] == "onnxruntime":
+            assert r["max_abs_logit_error"] < 1e-3
+    assert data["machine"]["cores"] >= 1
+    assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
+    assert "speedup" in result.output and "baseline" in result.output
