@@ -38,6 +38,16 @@ def _linear_schedule(optimizer, total_steps: int, warmup_frac: float = 0.06):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def _apply(loss, optimizers, schedule) -> None:
+    """One optimisation step: backward through `loss`, step every optimizer, advance the LR schedule."""
+    for opt in optimizers:
+        opt.zero_grad()
+    loss.backward()
+    for opt in optimizers:
+        opt.step()
+    schedule.step()
+
+
 def _total_steps(args: TrainArgs, batches) -> int:
     return max(1, int(math.ceil(args.epochs * batches.steps_per_epoch)))
 
@@ -92,10 +102,7 @@ def warmup(base, out, args: TrainArgs, resume: bool = False, force: bool = False
     def step_fn(step):
         batch = batches.batch(step)
         loss = retrieval_loss(model, batch["input_ids"], batch["attention_mask"])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
+        _apply(loss, [optimizer], schedule)
         return {"loss": loss.item()}
 
     last = _train(run, args, resume, {"model": model, "optimizer": optimizer, "schedule": schedule}, total,
@@ -121,10 +128,7 @@ def finetune(init, out, args: TrainArgs, resume: bool = False, force: bool = Fal
     def step_fn(step):
         batch = batches.batch(step)
         loss = torch.nn.functional.cross_entropy(model(**model_inputs(batch)), batch["labels"])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
+        _apply(loss, [optimizer], schedule)
         return {"loss": loss.item()}
 
     _train(run, args, resume, {"model": model, "optimizer": optimizer, "schedule": schedule}, total,
@@ -210,12 +214,7 @@ def prune(teacher_dir, out, args: TrainArgs, prune_args: PruneArgs, resume: bool
         target = target_at(step)
         lag = lagrangian_term(expected, target, lagrange.lambda_1, lagrange.lambda_2)
         loss = kd + prune_args.layer_distill_weight * layer + lag
-        for opt in (opt_model, opt_gates, opt_lagrange):
-            opt.zero_grad()
-        loss.backward()
-        for opt in (opt_model, opt_gates, opt_lagrange):
-            opt.step()
-        schedule.step()
+        _apply(loss, [opt_model, opt_gates, opt_lagrange], schedule)
         return {"loss": loss.item(), "kd": kd.item(), "layer": layer.item(), "lagrangian": lag.item(),
                 "expected_sparsity": expected.item(), "target": target,
                 "lambda_1": lagrange.lambda_1.item(), "lambda_2": lagrange.lambda_2.item()}
@@ -244,10 +243,7 @@ def prune(teacher_dir, out, args: TrainArgs, prune_args: PruneArgs, resume: bool
         logits = student(**inputs)
         ce = torch.nn.functional.cross_entropy(logits, batch["labels"])
         loss = ce + prediction_distillation(logits, t_logits, prune_args.distill_temperature)
-        opt_final.zero_grad()
-        loss.backward()
-        opt_final.step()
-        final_schedule.step()
+        _apply(loss, [opt_final], final_schedule)
         return {"loss": loss.item(), "ce": ce.item()}
 
     if final_total:
