@@ -1,0 +1,325 @@
+"""A live Triton Inference Server on loopback serving an exported engine, checked against the engine run
+in-process and against `prumux-deploy predict --json`.
+
+The server is the `tritonserver` binary bundled in the PyPI package nvidia-pytriton, which has only the
+Python backend (no ONNX Runtime backend). So the model is served from the repository that
+`write_triton_repository` writes: REPO/NAME/1/model.onnx is run with ONNX Runtime inside Triton's Python
+backend, bound with REPO/NAME/config.pbtxt's inputs, outputs, max_batch_size, instance count and dynamic
+batching, and the returned logits are mapped to labels with REPO/NAME/labels.txt.
+
+pytriton's Python-backend stub for 3.11 links Debian's libpython3.11, so the server runs in its own venv,
+.venv-triton/ at the repository root, made from Debian's /usr/bin/python3.11 (package python3.11-venv). The
+test makes that venv (once; it is kept) when it is missing, and skips with what to install when it cannot:
+
+    apt-get install -y python3.11-venv
+    /usr/bin/python3.11 -m venv .venv-triton
+    .venv-triton/bin/pip install nvidia-pytriton==0.7.0 onnxruntime numpy
+
+The client side needs `tritonclient[http]` in the main venv. Traffic goes to 127.0.0.1 only; the server is
+always stopped (its process group killed) and every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from prumux_deploy.cli import main
+from prumux_deploy.data import load_tokenizer, tokenize
+from prumux_deploy.engine import load_engine
+from prumux_deploy.export.triton import LABELS_FILE, write_triton_repository
+
+pytestmark = pytest.mark.slow
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TRITON_VENV = REPO_ROOT / ".venv-triton"
+DEBIAN_PYTHON = Path("/usr/bin/python3.11")
+TRITON_PACKAGES = ["nvidia-pytriton==0.7.0", "onnxruntime", "numpy"]  # 0.7.0: the version verified here
+SETUP = (f"apt-get install -y python3.11-venv && /usr/bin/python3.11 -m venv .venv-triton && "
+         f".venv-triton/bin/pip install {' '.join(TRITON_PACKAGES)}")
+VENV_TIMEOUT_S, PIP_TIMEOUT_S = 120, 900
+READY_TIMEOUT_S, STOP_TIMEOUT_S, REQUEST_TIMEOUT_S = 120, 30, 30
+MODEL = "sst2_live"
+BATCH_SIZES = (1, 3, 5)  # the engine has N=2: none is a whole number of mux groups (padded inside the graph)
+TEXTS = ["a gorgeous , witty film", "dull and tedious", "what a film ! " + "very " * 30 + "good",  # truncates
+         "the plot was awful", "zebra unknownword"]
+ATOL = 1e-5
+
+# Imports in the Triton venv that the server script needs (protobuf + model_config_pb2 come with
+# nvidia-pytriton's tritonclient[all]); prints the base prefix so a venv from another Python is caught.
+PROBE = ("import sys, numpy, onnxruntime, pytriton.triton, google.protobuf.text_format; "
+         "from tritonclient.grpc import model_config_pb2; print(sys.base_prefix)")
+
+SERVER_PY = r'''
+"""Serve REPO/NAME (written by prumux-deploy triton) with pytriton: the Python backend runs 1/model.onnx
+with ONNX Runtime, bound with config.pbtxt's tensors, max_batch_size, instances and dynamic batching."""
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from google.protobuf import text_format
+from pytriton.decorators import batch
+from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+from pytriton.triton import Triton, TritonConfig
+from tritonclient.grpc import model_config_pb2 as mc
+
+repo, name, port, workspace = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+config = text_format.Parse((repo / name / "config.pbtxt").read_text(), mc.ModelConfig())
+if config.platform != "onnxruntime_onnx" or config.name != name:
+    sys.exit(f"config.pbtxt: platform {config.platform!r}, name {config.name!r}; expected onnxruntime_onnx, {name}")
+DTYPES = {"TYPE_INT64": np.int64, "TYPE_INT32": np.int32, "TYPE_FP32": np.float32, "TYPE_FP16": np.float16}
+
+
+def tensors(entries):
+    return [Tensor(name=e.name, dtype=DTYPES[mc.DataType.Name(e.data_type)], shape=tuple(e.dims)) for e in entries]
+
+
+options = ort.SessionOptions()
+options.intra_op_num_threads = options.inter_op_num_threads = 1
+options.log_severity_level = 3
+session = ort.InferenceSession(str(repo / name / "1" / "model.onnx"), options, providers=["CPUExecutionProvider"])
+input_names = [e.name for e in config.input]
+output_names = [e.name for e in config.output]
+if sorted(input_names) != sorted(i.name for i in session.get_inputs()):
+    sys.exit(f"config.pbtxt inputs {input_names} != model.onnx inputs {[i.name for i in session.get_inputs()]}")
+
+
+@batch
+def infer(**inputs):
+    return dict(zip(output_names, session.run(output_names, {n: inputs[n] for n in input_names})))
+
+
+batcher = DynamicBatcher()
+if config.HasField("dynamic_batching"):
+    batcher = DynamicBatcher(max_queue_delay_microseconds=config.dynamic_batching.max_queue_delay_microseconds,
+                             preferred_batch_size=list(config.dynamic_batching.preferred_batch_size) or None)
+instances = sum(g.count for g in config.instance_group) or 1
+triton_config = TritonConfig(http_address="127.0.0.1", http_port=port, allow_grpc=False, allow_metrics=False,
+                             allow_sagemaker=False, allow_vertex_ai=False, exit_timeout_secs=5)
+with Triton(config=triton_config, workspace=workspace) as triton:
+    triton.bind(model_name=name, infer_func=[infer] * instances, inputs=tensors(config.input),
+                outputs=tensors(config.output), strict=True,
+                config=ModelConfig(batching=config.max_batch_size > 0, max_batch_size=config.max_batch_size,
+                                   batcher=batcher))
+    print(f"bound {name}: max_batch_size {config.max_batch_size}, {instances} instance(s)", flush=True)
+    triton.serve()
+'''
+
+
+# --- the Triton venv ------------------------------------------------------------------------------
+
+def _venv_python() -> Path:
+    return TRITON_VENV / "bin" / "python"
+
+
+def _probe(python: Path) -> tuple[bool, str]:
+    try:
+        r = subprocess.run([str(python), "-c", PROBE], capture_output=True, text=True, timeout=120,
+                           env=_clean_env())
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return False, str(e)
+    last = (r.stdout.strip() or r.stderr.strip() or "no output").splitlines()[-1]
+    return r.returncode == 0, last
+
+
+def _last_line(text: str) -> str:
+    lines = [l for l in (text or "").strip().splitlines() if l.strip()]
+    return lines[-1][:200] if lines else "no output"
+
+
+@pytest.fixture(scope="module")
+def triton_python() -> Path:
+    """The python of .venv-triton (made from Debian's python3.11 with nvidia-pytriton) or a skip."""
+    python = _venv_python()
+    if python.exists():
+        ok, detail = _probe(python)
+        if ok:
+            return _debian_based(python, detail)
+    else:
+        if not DEBIAN_PYTHON.exists():
+            pytest.skip(f"needs Debian's {DEBIAN_PYTHON} for the Triton venv; run: {SETUP}")
+        check = subprocess.run([str(DEBIAN_PYTHON), "-c", "import venv, ensurepip"], capture_output=True,
+                               timeout=60)
+        if check.returncode != 0:
+            pytest.skip(f"{DEBIAN_PYTHON} has no venv/ensurepip module; run: {SETUP}")
+        try:
+            made = subprocess.run([str(DEBIAN_PYTHON), "-m", "venv", str(TRITON_VENV)], capture_output=True,
+                                  text=True, timeout=VENV_TIMEOUT_S, env=_clean_env())
+        except subprocess.TimeoutExpired:
+            pytest.skip(f"making {TRITON_VENV} took over {VENV_TIMEOUT_S} s; run: {SETUP}")
+        if made.returncode != 0:
+            shutil.rmtree(TRITON_VENV, ignore_errors=True)
+            pytest.skip(f"{DEBIAN_PYTHON} -m venv failed ({_last_line(made.stderr)}); run: {SETUP}")
+    # made just now, or made earlier but missing packages (an interrupted install): install them
+    try:
+        pip = subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                              *TRITON_PACKAGES], capture_output=True, text=True, timeout=PIP_TIMEOUT_S,
+                             env=_clean_env())
+    except subprocess.TimeoutExpired:
+        pytest.skip(f"pip install {' '.join(TRITON_PACKAGES)} into {TRITON_VENV} took over {PIP_TIMEOUT_S} s "
+                    f"(no network?); run: {SETUP}")
+    if pip.returncode != 0:
+        pytest.skip(f"pip install {' '.join(TRITON_PACKAGES)} into {TRITON_VENV} failed (no network?): "
+                    f"{_last_line(pip.stderr)}; run: {SETUP}")
+    ok, detail = _probe(python)
+    if not ok:
+        pytest.skip(f"{TRITON_VENV} cannot import what the server needs ({detail}); run: {SETUP}")
+    return _debian_based(python, detail)
+
+
+def _debian_based(python: Path, base_prefix: str) -> Path:
+    if Path(base_prefix).resolve() != Path("/usr"):
+        pytest.skip(f"{TRITON_VENV} was made from a Python in {base_prefix}, not Debian's /usr/bin/python3.11 "
+                    f"(pytriton's stub links Debian's libpython3.11); remove it and run: {SETUP}")
+    return python
+
+
+# --- the server -----------------------------------------------------------------------------------
+
+def _clean_env() -> dict:
+    """The environment for the Triton venv's python: nothing of the main venv, few threads."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONNOUSERSITE="1")
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tail(log: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _wait_ready(proc: subprocess.Popen, port: int, name: str, log: Path):
+    """Poll /v2/models/NAME/ready on loopback (no proxies) until 200, the server exits, or the timeout."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    url = f"http://127.0.0.1:{port}/v2/models/{name}/ready"
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"the Triton server exited with {proc.returncode} before {name} was ready:\n{_tail(log)}")
+        try:
+            with opener.open(url, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"{name} was not ready on 127.0.0.1:{port} within {READY_TIMEOUT_S} s:\n{_tail(log)}")
+
+
+def _stop(proc: subprocess.Popen):
+    """SIGINT to the server script (pytriton stops tritonserver and cleans up), then SIGKILL to whatever is
+    left of its process group (tritonserver, Python-backend stubs)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # start_new_session: the group id is the script's pid
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        proc.wait(timeout=STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def _infer(client, name: str, feeds: dict) -> np.ndarray:
+    import tritonclient.http as httpclient
+
+    inputs = []
+    for key, value in feeds.items():
+        tensor = httpclient.InferInput(key, list(value.shape), "INT64")
+        tensor.set_data_from_numpy(np.ascontiguousarray(value, dtype=np.int64))
+        inputs.append(tensor)
+    result = client.infer(name, inputs, outputs=[httpclient.InferRequestedOutput("logits")])
+    return result.as_numpy("logits")
+
+
+def _predict(engine_dir, texts) -> list[dict]:
+    result = CliRunner().invoke(main, ["predict", str(engine_dir), *texts, "--json"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
+    assert [r["text"] for r in rows] == list(texts), result.output
+    return rows
+
+
+# --- the test -------------------------------------------------------------------------------------
+
+def test_live_triton_serves_the_repository_engine(tmp_path, engine_dir, triton_python):
+    try:  # without the [http] extra, tritonclient.http raises RuntimeError, not ImportError
+        import tritonclient.http as httpclient
+    except (ImportError, RuntimeError):
+        pytest.skip("needs tritonclient's HTTP client in this venv: pip install 'tritonclient[grpc,http]>=2.50'")
+
+    engine = load_engine(engine_dir)
+    assert engine.num_instances == 2 and not engine.uses_token_types
+    tokenizer = load_tokenizer(engine_dir)
+    repo = tmp_path / "repo"
+    model_dir = write_triton_repository(engine_dir, repo, MODEL)
+    labels = (model_dir / LABELS_FILE).read_text().splitlines()
+    assert labels == engine.labels
+
+    script = tmp_path / "serve.py"
+    script.write_text(SERVER_PY)
+    log = tmp_path / "server.log"
+    port = _free_port()
+    workspace_root = Path(tempfile.mkdtemp(prefix="prumux-triton-"))  # short: pytriton puts IPC sockets there
+    env = _clean_env()
+    env["PYTRITON_HOME"] = str(workspace_root / "home")
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(triton_python), str(script), str(repo), MODEL, str(port),
+                                 str(workspace_root / "ws")], stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, cwd=tmp_path, env=env, start_new_session=True)
+    try:
+        _wait_ready(proc, port, MODEL, log)
+        client = httpclient.InferenceServerClient(url=f"127.0.0.1:{port}", connection_timeout=10,
+                                                  network_timeout=REQUEST_TIMEOUT_S)
+        try:
+            served = client.get_model_config(MODEL)
+            assert served["max_batch_size"] == 2 * 32  # config.pbtxt's default, 32 * N
+            assert [i["name"] for i in served["input"]] == ["input_ids", "attention_mask"]
+            assert [o["name"] for o in served["output"]] == ["logits"]
+            for size in BATCH_SIZES:
+                texts = TEXTS[:size]
+                feeds = tokenize(tokenizer, texts, max_length=engine.max_seq_length)
+                got = _infer(client, MODEL, feeds)
+                want = engine(feeds["input_ids"], feeds["attention_mask"])
+                assert got.shape == (size, len(labels)) and got.dtype == np.float32
+                np.testing.assert_allclose(got, want, rtol=0, atol=ATOL, err_msg=f"batch of {size}")
+
+                probs = np.exp(got - got.max(1, keepdims=True))
+                probs /= probs.sum(1, keepdims=True)
+                for row, p, text in zip(_predict(engine_dir, texts), probs, texts):
+                    assert row["label"] == labels[int(p.argmax())], (size, text, row)
+                    np.testing.assert_allclose([row["scores"][l] for l in labels], p, rtol=0, atol=ATOL)
+        finally:
+            client.close()
+    finally:
+        _stop(proc)
+        shutil.rmtree(workspace_root, ignore_errors=True)
+    assert proc.returncode is not None
