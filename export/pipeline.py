@@ -70,16 +70,29 @@ class TensorRTOptions:
     version_compatible: bool = False
 
 
+# Default parity tolerance per precision: fp32 engines must match PyTorch to rounding; fp16 and int8 trade
+# exactness for speed, so their gate is looser here and the real check is `validate` on task data.
+PRECISION_TOLERANCE = {"fp32": PARITY_TOLERANCE, "fp16": 5e-2, "int8": 1.0}
+
+
 def export_checkpoint(checkpoint, out, fmt: str = "onnx", opset: int = DEFAULT_OPSET,
                       max_seq_length: int | None = None, force: bool = False,
-                      tolerance: float = PARITY_TOLERANCE, log=print,
-                      tensorrt: TensorRTOptions | None = None) -> dict:
+                      tolerance: float | None = None, log=print,
+                      tensorrt: TensorRTOptions | None = None, optimize: bool = False,
+                      precision: str = "fp32") -> dict:
     """Export a checkpoint directory to an engine directory; returns the manifest.
 
-    Steps: compact -> ONNX -> (TensorRT plan) -> write the manifest -> open the engine as users will and
-    compare its logits with the masked PyTorch model -> rename the directory into place."""
+    Steps: compact -> ONNX -> (ORT transformer optimizer, fp16 / int8) or (TensorRT plan) -> write the
+    manifest -> open the engine as users will and compare its logits with the masked PyTorch model ->
+    rename the directory into place."""
     if fmt not in ("onnx", "tensorrt"):
         raise PruMuxError(f"--format {fmt} is not supported; use onnx or tensorrt")
+    if precision not in PRECISION_TOLERANCE:
+        raise PruMuxError(f"--precision {precision} is not supported; use fp32, fp16 or int8")
+    if fmt == "tensorrt" and (optimize or precision == "int8"):
+        raise PruMuxError("--optimize and --precision int8 are ONNX Runtime options; TensorRT fuses the graph "
+                          "itself (use --precision fp16 or fp32 with --format tensorrt)")
+    tolerance = PRECISION_TOLERANCE[precision] if tolerance is None else tolerance
     check_target(out, force)  # refuse before spending minutes on the export
     if fmt == "tensorrt":
         from .tensorrt import require_tensorrt
@@ -98,7 +111,13 @@ def export_checkpoint(checkpoint, out, fmt: str = "onnx", opset: int = DEFAULT_O
         onnx_file = tmp / "model.onnx"
         log(f"exporting ONNX (opset {opset}, dynamic batch and sequence)")
         export_onnx(model, onnx_file, opset=opset, uses_token_types=token_types, max_seq_length=max_len)
-        engine_file, extra = onnx_file, {}
+        engine_file, extra = onnx_file, {"precision": precision, "optimized": False}
+        if fmt == "onnx" and (optimize or precision != "fp32"):
+            extra.update(_optimize(onnx_file, precision, log))
+        elif fmt == "tensorrt" and precision == "fp16":
+            from .optimize import convert_fp16
+
+            convert_fp16(onnx_file, onnx_file)  # strongly typed TensorRT takes its precision from the graph
         if fmt == "tensorrt":
             from .tensorrt import build_plan, shape_profile
 
@@ -123,6 +142,22 @@ def export_checkpoint(checkpoint, out, fmt: str = "onnx", opset: int = DEFAULT_O
             copy_tokenizer(masked.tokenizer_dir, tmp)
     log(f"wrote {out}/{engine_file.name} (max logit error {manifest['parity']['max_abs_logit_error']:.2e})")
     return manifest
+
+
+def _optimize(onnx_file: Path, precision: str, log) -> dict:
+    """Run ONNX Runtime's transformer optimizer in place, then convert to fp16 or quantize to int8.
+    Returns the manifest entries: fused-op counts (so users see which fusions fired) and quantized ops."""
+    from .optimize import convert_fp16, optimize_onnx, quantize_int8
+
+    log("optimizing with ONNX Runtime's transformer optimizer")
+    entries = {"optimized": True, "fused_ops": optimize_onnx(onnx_file, onnx_file)}
+    if precision == "fp16":
+        log("converting to fp16 (LayerNorm kept in fp32, int64 inputs and fp32 logits kept)")
+        convert_fp16(onnx_file, onnx_file)
+    elif precision == "int8":
+        log("quantizing weights to int8 (dynamic quantization, per channel)")
+        entries["quantized_ops"] = quantize_int8(onnx_file, onnx_file)
+    return entries
 
 
 def write_manifest(engine_dir: Path, manifest: dict):

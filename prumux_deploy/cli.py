@@ -144,8 +144,15 @@ def compact_cmd(checkpoint, out, fp16, force):
               help="onnx: model.onnx for ONNX Runtime; tensorrt: model.plan (needs an NVIDIA GPU and tensorrt).")
 @click.option("--opset", default=18, show_default=True, help="ONNX opset version.")
 @click.option("--max-seq-length", type=int, default=None, help="Longest input (default: the checkpoint's).")
-@click.option("--tolerance", default=1e-4, show_default=True,
-              help="Largest logit difference vs the masked PyTorch model before the export is refused.")
+@click.option("--optimize", is_flag=True,
+              help="Run ONNX Runtime's transformer optimizer (fused Attention, SkipLayerNorm, BiasGelu); "
+                   "the fused-op counts go into the manifest.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+              help="fp16 for GPUs (LayerNorm stays fp32); int8: dynamic quantization for CPUs (implies "
+                   "--optimize).")
+@click.option("--tolerance", type=float, default=None,
+              help="Largest logit difference vs the masked PyTorch model before the export is refused "
+                   "[default: 1e-4 fp32, 5e-2 fp16, 1.0 int8].")
 @click.option("--min-batch", type=int, default=None, help="TensorRT profile: smallest batch (default 1).")
 @click.option("--opt-batch", type=int, default=None, help="TensorRT profile: batch to tune for (default 128*N).")
 @click.option("--max-batch", type=int, default=None, help="TensorRT profile: largest batch (default 128*N).")
@@ -156,8 +163,8 @@ def compact_cmd(checkpoint, out, fp16, force):
               help="TensorRT timing cache file, read if present and updated after the build.")
 @click.option("--version-compatible", is_flag=True, help="TensorRT: build a version-compatible engine.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
-def export_cmd(checkpoint, out, fmt, opset, max_seq_length, tolerance, min_batch, opt_batch, max_batch, min_seq,
-               opt_seq, max_seq, timing_cache, version_compatible, force):
+def export_cmd(checkpoint, out, fmt, opset, max_seq_length, optimize, precision, tolerance, min_batch, opt_batch,
+               max_batch, min_seq, opt_seq, max_seq, timing_cache, version_compatible, force):
     """Compact CHECKPOINT and export an engine (ids -> logits, mux/demux inside) to OUT.
 
     The engine is opened as users will open it and checked on generated batches (sizes not divisible
@@ -172,7 +179,8 @@ def export_cmd(checkpoint, out, fmt, opset, max_seq_length, tolerance, min_batch
         raise PruMuxError("the batch/sequence profile, --timing-cache and --version-compatible apply to "
                           "--format tensorrt only")
     export_checkpoint(checkpoint, out, fmt=fmt, opset=opset, max_seq_length=max_seq_length, force=force,
-                      tolerance=tolerance, log=lambda msg: click.echo(msg, err=True), tensorrt=trt)
+                      tolerance=tolerance, log=lambda msg: click.echo(msg, err=True), tensorrt=trt,
+                      optimize=optimize, precision=precision)
     click.echo(f"engine ready: {out}")
 
 
@@ -187,12 +195,12 @@ def export_cmd(checkpoint, out, fmt, opset, max_seq_length, tolerance, min_batch
 @click.option("--limit", type=int, default=None, help="Use only the first K examples.")
 @click.option("--report", type=click.Path(path_type=Path), default=None, help="Write the JSON report here.")
 @click.option("--min-accuracy", type=float, default=None, help="Fail if engine accuracy is below A (0..1).")
-@click.option("--max-accuracy-drop", type=float, default=0.01, show_default=True,
-              help="Fail if PyTorch accuracy minus engine accuracy exceeds D (0..1).")
-@click.option("--min-agreement", type=float, default=0.99, show_default=True,
-              help="Fail if fewer than this fraction of predictions agree.")
-@click.option("--max-logit-error", type=float, default=1e-3, show_default=True,
-              help="Fail if any logit differs by more than this.")
+@click.option("--max-accuracy-drop", type=float, default=None,
+              help="Fail if PyTorch accuracy minus engine accuracy exceeds D (0..1) [default 0.01].")
+@click.option("--min-agreement", type=float, default=None,
+              help="Fail if fewer than this fraction of predictions agree [default 0.99; int8 0.97].")
+@click.option("--max-logit-error", type=float, default=None,
+              help="Fail if any logit differs by more than this [default 1e-3 fp32, 5e-2 fp16, 1.0 int8].")
 @click.option("--throughput", is_flag=True, help="Also time engine vs PyTorch eager at sequence 128.")
 @click.option("--batch-size", type=int, default=None, help="Rows per batch (default 32*N).")
 @click.option("--no-truncate", is_flag=True, help="Refuse inputs longer than the engine's maximum length "
@@ -203,7 +211,8 @@ def validate(engine_dir, checkpoint, task, data, split, limit, report, min_accur
     """Check ENGINE_DIR against its PyTorch checkpoint on GLUE data; exit 1 if any threshold fails."""
     from .validate import Thresholds, format_report, run_validation, write_report
 
-    thresholds = Thresholds(min_accuracy, max_accuracy_drop, min_agreement, max_logit_error)
+    thresholds = Thresholds.for_engine(engine_dir, min_accuracy=min_accuracy, max_accuracy_drop=max_accuracy_drop,
+                                       min_agreement=min_agreement, max_logit_error=max_logit_error)
     result = run_validation(engine_dir, checkpoint, task, data, split=split, limit=limit,
                             thresholds=thresholds, with_throughput=throughput, batch_size=batch_size,
                             truncate=not no_truncate, skip_bad_rows=skip_bad_rows,

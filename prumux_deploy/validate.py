@@ -32,6 +32,24 @@ class Thresholds:
     min_agreement: float = 0.99            # fraction of identical predictions
     max_logit_error: float = 1e-3          # max |engine - PyTorch| over all logits
 
+    @classmethod
+    def for_engine(cls, engine_dir, **given) -> "Thresholds":
+        """Defaults by the engine's precision (read from its manifest); thresholds given explicitly win."""
+        from .engine import read_manifest
+
+        precision = read_manifest(engine_dir).get("precision", "fp32")
+        defaults = PRECISION_DEFAULTS.get(precision, PRECISION_DEFAULTS["fp32"])
+        return cls(**{**defaults, **{k: v for k, v in given.items() if v is not None}})
+
+
+# fp16 and int8 engines round differently from the fp32 PyTorch model: their logits are looser, and a few
+# near-tied predictions may flip; the accuracy drop bound is the same for every precision.
+PRECISION_DEFAULTS = {
+    "fp32": {"max_accuracy_drop": 0.01, "min_agreement": 0.99, "max_logit_error": 1e-3},
+    "fp16": {"max_accuracy_drop": 0.01, "min_agreement": 0.99, "max_logit_error": 5e-2},
+    "int8": {"max_accuracy_drop": 0.01, "min_agreement": 0.97, "max_logit_error": 1.0},
+}
+
 
 def _check(name, value, op, threshold, fmt):
     passed = value >= threshold if op == ">=" else value <= threshold
@@ -104,7 +122,7 @@ def run_validation(engine_dir, checkpoint, task_name: str, data_dir, split: str 
     report = {
         "engine": str(engine_dir), "checkpoint": str(checkpoint), "task": task.name, "split": split,
         "data": str(examples.source), "examples": len(examples),
-        "skipped_rows": examples.skipped, "truncated_rows": truncated, "num_instances": N, "batch_size": batch,
+        "precision": engine.manifest.get("precision", "fp32"), "skipped_rows": examples.skipped, "truncated_rows": truncated, "num_instances": N, "batch_size": batch,
         "metrics": metrics, "thresholds": asdict(thresholds), "checks": checks,
         "passed": all(c["passed"] for c in checks),
         "machine": {"platform": platform.platform(), "processor": platform.processor(),

@@ -129,3 +129,26 @@ def test_validate_input_errors(tmp_path, engine_dir, masked_checkpoint, sst2_dir
     assert_one_line_error(run(*args, "--task", "sst2", "--data", bad), 2, "no column 'sentence'")
     (bad / "dev.tsv").write_text("sentence\tlabel\nfine\t7\n")
     assert_one_line_error(run(*args, "--task", "sst2", "--data", bad), 2, "dev.tsv:2: label '7' is not one of 0, 1")
+
+
+def test_optimized_int8_export_records_fusions_and_validate_uses_int8_defaults(tmp_path, masked_checkpoint,
+                                                                                sst2_dir):
+    result = run("export", masked_checkpoint, tmp_path / "e8", "--precision", "int8")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "e8" / "manifest.json").read_text())
+    assert manifest["precision"] == "int8" and manifest["optimized"] is True
+    assert manifest["fused_ops"]["Attention"] == 3 and manifest["fused_ops"]["SkipLayerNormalization"] == 7
+    assert manifest["quantized_ops"]["MatMulInteger"] > 0
+    assert manifest["parity"]["tolerance"] == 1.0
+    report = tmp_path / "r.json"
+    result = run("validate", tmp_path / "e8", "--checkpoint", masked_checkpoint, "--task", "sst2", "--data",
+                 sst2_dir, "--report", report)
+    data = json.loads(report.read_text())
+    assert data["precision"] == "int8"
+    assert data["thresholds"]["min_agreement"] == 0.97 and data["thresholds"]["max_logit_error"] == 1.0
+    assert result.exit_code == (0 if data["passed"] else 1)
+
+
+def test_int8_is_refused_for_tensorrt(tmp_path, masked_checkpoint):
+    result = run("export", masked_checkpoint, tmp_path / "e", "--format", "tensorrt", "--precision", "int8")
+    assert_one_line_error(result, 2, "ONNX Runtime options")
