@@ -31,6 +31,7 @@ from .checkpoint import create_model, load_checkpoint
 from .errors import PruMuxError
 from .generate import cofi_like_structure, masks_for_structure
 from .model import PruMuxConfig, PruMuxModel
+from .structure import describe
 from .timing import throughput
 
 BERT_BASE = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
@@ -111,7 +112,7 @@ class PeakRSS:
 class BenchConfig:
     instances: list[int] = field(default_factory=lambda: [1, 2, 5, 10])
     sparsities: list[float] = field(default_factory=lambda: [0.0, 0.6, 0.8, 0.9, 0.95])
-    backends: list[str] = field(default_factory=lambda: ["torch", "onnxruntime"])
+    backends: list[str] = field(default_factory=lambda: list(BACKENDS))
     groups_per_batch: int = 32    # b: a batch is b*N rows
     seq: int = 128
     warmup: int = 2
@@ -146,21 +147,42 @@ def _time_torch(model, ids, mask, cfg: BenchConfig):
     return result, mem.mib
 
 
-def _time_ort(model: PruMuxModel, ids, mask, cfg: BenchConfig):
+ORT_BACKENDS = {  # name -> (transformer optimizer, precision)
+    "onnxruntime": (False, "fp32"),
+    "onnxruntime-opt": (True, "fp32"),
+    "onnxruntime-int8": (True, "int8"),
+}
+BACKENDS = ("torch", *ORT_BACKENDS)
+
+
+def _ort_graphs(model: PruMuxModel, cfg: BenchConfig, backends, tmp: Path) -> dict[str, Path]:
+    """Export once, then derive the optimized and int8 graphs the requested backends need."""
+    from prumux_deploy.export.onnx import export_onnx
+    from prumux_deploy.export.optimize import optimize_onnx, quantize_int8
+
+    raw = tmp / "raw.onnx"
+    export_onnx(model, raw, max_seq_length=cfg.seq)
+    graphs = {"onnxruntime": raw}
+    if "onnxruntime-opt" in backends or "onnxruntime-int8" in backends:
+        graphs["onnxruntime-opt"] = tmp / "opt.onnx"
+        optimize_onnx(raw, graphs["onnxruntime-opt"])
+    if "onnxruntime-int8" in backends:
+        graphs["onnxruntime-int8"] = tmp / "int8.onnx"
+        quantize_int8(graphs["onnxruntime-opt"], graphs["onnxruntime-int8"])
+    return graphs
+
+
+def _time_ort(path: Path, model: PruMuxModel, ids, mask, cfg: BenchConfig):
     import onnxruntime as ort
 
-    from prumux_deploy.export.onnx import export_onnx
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.onnx"
-        export_onnx(model, path, max_seq_length=cfg.seq)
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
+    rows = 2 * model.config.num_instances  # a parity spot check on the timed inputs
     with torch.no_grad():
-        want = model(ids[: 2 * model.config.num_instances], mask[: 2 * model.config.num_instances]).numpy()
-    got = session.run(["logits"], {k: v[: want.shape[0]] for k, v in feeds.items()})[0]
+        want = model(ids[:rows], mask[:rows]).numpy()
+    got = session.run(["logits"], {k: v[:rows] for k, v in feeds.items()})[0]
     error = float(np.abs(got - want).max())
     with PeakRSS() as mem:
         result = throughput(lambda: session.run(["logits"], feeds), ids.shape[0], cfg.warmup, cfg.repeats,
@@ -206,37 +228,36 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
     rows = []
     for name, N, s, model in items:
         model = model or generated_model(cfg.base, N, s, cfg.seed)
-        from .structure import describe
-
         info = describe(model)
-        sparsity = s if s is not None else None
         flops = prumux_flops_per_sample(model.config, cfg.seq)
         ids, mask = _inputs(cfg.groups_per_batch * N, cfg.seq, model.config.vocab_size, cfg.seed)
-        for backend in cfg.backends:
-            bar.set_postfix_str(f"{name} {backend}")
-            if backend == "torch":
-                result, mem = _time_torch(model, ids, mask, cfg)
-            elif backend == "onnxruntime":
-                result, mem = _time_ort(model, ids, mask, cfg)
-            else:
-                raise PruMuxError(f"unknown backend {backend!r}; choose torch or onnxruntime")
-            bound = base["flops_per_sample"] / flops
-            speedup = result["samples_per_s"] / base["samples_per_s"]
-            rows.append({
-                "name": name, "N": N, "sparsity": sparsity, "actual_sparsity": round(info["sparsity"], 4),
-                "backend": backend, "samples_per_s": result["samples_per_s"], "batch": ids.shape[0],
-                "speedup": speedup, "flops_per_sample": flops, "flop_bound_speedup": bound,
-                "bound_fraction": speedup / bound, "peak_mib": mem, "repeats": result["repeats"],
-                "max_abs_logit_error": result.get("max_abs_logit_error"),
-                "heads": info["layers"] and [l["heads"] for l in info["layers"]],
-                "ffn": [l["ffn"] for l in info["layers"]],
-            })
-            bar.update(1)
+        with tempfile.TemporaryDirectory() as tmp:
+            graphs = _ort_graphs(model, cfg, cfg.backends, Path(tmp)) if set(cfg.backends) & set(ORT_BACKENDS) else {}
+            for backend in cfg.backends:
+                bar.set_postfix_str(f"{name} {backend}")
+                if backend == "torch":
+                    result, mem = _time_torch(model, ids, mask, cfg)
+                elif backend in graphs:
+                    result, mem = _time_ort(graphs[backend], model, ids, mask, cfg)
+                else:
+                    raise PruMuxError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+                rows.append(_row(name, N, s, info, backend, result, mem, ids.shape[0], flops, base))
+                bar.update(1)
     bar.close()
     return {"machine": machine_info(), "protocol": {"seq": cfg.seq, "groups_per_batch": cfg.groups_per_batch,
                                                     "warmup": cfg.warmup, "repeats": cfg.repeats,
                                                     "statistic": "median"},
             "base_shape": cfg.base, "baseline": base, "rows": rows}
+
+
+def _row(name, N, s, info, backend, result, mem, batch, flops, base) -> dict:
+    bound = base["flops_per_sample"] / flops
+    speedup = result["samples_per_s"] / base["samples_per_s"]
+    return {"name": name, "N": N, "sparsity": s, "actual_sparsity": round(info["sparsity"], 4),
+            "backend": backend, "samples_per_s": result["samples_per_s"], "batch": batch, "speedup": speedup,
+            "flops_per_sample": flops, "flop_bound_speedup": bound, "bound_fraction": speedup / bound,
+            "peak_mib": mem, "repeats": result["repeats"], "max_abs_logit_error": result.get("max_abs_logit_error"),
+            "heads": [l["heads"] for l in info["layers"]], "ffn": [l["ffn"] for l in info["layers"]]}
 
 
 def machine_info() -> dict:

@@ -315,8 +315,10 @@ def _number_list(kind):
               help="Comma-separated N values (default 1,2,5,10).")
 @click.option("--sparsities", "-s", callback=_number_list(float), default=None,
               help="Comma-separated sparsities (default 0,0.6,0.8,0.9,0.95).")
-@click.option("--backend", "backends", multiple=True, type=click.Choice(["torch", "onnxruntime"]),
-              help="Backends to time (default: both).")
+@click.option("--backend", "backends", multiple=True,
+              type=click.Choice(["torch", "onnxruntime", "onnxruntime-opt", "onnxruntime-int8"]),
+              help="Backends to time, repeatable (default: all four): PyTorch eager, plain ONNX Runtime, "
+                   "with the transformer optimizer, and optimized + int8.")
 @click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(path_type=Path),
               help="Time these trained checkpoints instead of generated structures.")
 @click.option("-b", "--groups-per-batch", type=int, default=None, help="b: batches hold b*N rows (default 32).")

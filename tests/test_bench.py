@@ -61,14 +61,16 @@ def test_quick_bench_writes_csv_json_and_plot(tmp_path):
                                        str(tmp_path / "b.json"), "--plot", str(tmp_path / "b.png")])
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(open(tmp_path / "b.csv")))
-    assert len(rows) == 1 + 2 * 2 * 2  # baseline + (N in 1,2) x (s in 0, 0.9) x (torch, onnxruntime)
+    assert len(rows) == 1 + 2 * 2 * 4  # baseline + (N in 1,2) x (s in 0, 0.9) x 4 backends
     data = json.loads((tmp_path / "b.json").read_text())
-    assert {r["backend"] for r in data["rows"]} == {"torch", "onnxruntime"}
+    assert {r["backend"] for r in data["rows"]} == {"torch", "onnxruntime", "onnxruntime-opt", "onnxruntime-int8"}
     for r in data["rows"]:
         assert r["samples_per_s"] > 0 and r["flop_bound_speedup"] > 0
         assert r["bound_fraction"] == pytest.approx(r["speedup"] / r["flop_bound_speedup"])
-        if r["backend"] == "onnxruntime":
+        if r["backend"] in ("onnxruntime", "onnxruntime-opt"):
             assert r["max_abs_logit_error"] < 1e-3
+        elif r["backend"] == "onnxruntime-int8":
+            assert r["max_abs_logit_error"] < 0.5
     assert data["machine"]["cores"] >= 1
     assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
     assert "speedup" in result.output and "baseline" in result.output
