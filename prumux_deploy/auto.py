@@ -77,7 +77,7 @@ class Measurement:
     task: str
     N: int
     sparsity: float
-    accuracy: float
+    accuracy: float | None  # None: a throughput-only row (a speed measurement of an untrained structure)
     throughput: float | None = None
     line: int | None = None  # CSV line, for error messages
 
@@ -149,13 +149,15 @@ def _parse(path, reader) -> list[Measurement]:
             raise PruMuxError(f"{path}:{line}: column 'task' is empty")
         n = _number(path, line, "N", get["N"], integer=True)
         s = _number(path, line, "sparsity", get["sparsity"])
-        acc = _number(path, line, "accuracy", get["accuracy"])
+        acc = _number(path, line, "accuracy", get["accuracy"]) if get["accuracy"] else None
         tp = _number(path, line, "throughput", get["throughput"]) if get["throughput"] else None
+        if acc is None and tp is None:
+            raise PruMuxError(f"{path}:{line}: accuracy and throughput are both empty; give at least one")
         if n < 1:
             raise PruMuxError(f"{path}:{line}: N must be >= 1, got {n}")
         if not 0 <= s < 1:
             raise PruMuxError(f"{path}:{line}: sparsity must be a fraction in [0, 1), got {get['sparsity']}")
-        if not 0 <= acc <= 100:
+        if acc is not None and not 0 <= acc <= 100:
             raise PruMuxError(f"{path}:{line}: accuracy must be in percent (0..100), got {get['accuracy']}")
         if tp is not None and tp <= 0:
             raise PruMuxError(f"{path}:{line}: throughput (speedup) must be > 0, got {get['throughput']}")
@@ -168,7 +170,8 @@ def _parse(path, reader) -> list[Measurement]:
     if not rows:
         raise PruMuxError(f"{path}: no measurements after the header")
     # a budget is in accuracy points, so fractions (0.91 for 91%) would make every budget huge
-    if all(r.accuracy <= 1 for r in rows):
+    accuracies = [r.accuracy for r in rows if r.accuracy is not None]
+    if accuracies and all(a <= 1 for a in accuracies):
         raise PruMuxError(f"{path}: every accuracy is <= 1; give accuracy in percent (91.2, not 0.912)")
     return rows
 
@@ -443,7 +446,8 @@ def fit(rows, throughput_task: str | None = None) -> AutoModel:
     task = _pick_throughput_task(rows, throughput_task)
     by_task = {}
     for r in rows:
-        by_task.setdefault(r.task, []).append((r.N, r.sparsity, r.accuracy))
+        if r.accuracy is not None:
+            by_task.setdefault(r.task, []).append((r.N, r.sparsity, r.accuracy))
     accuracy = {t: AccuracySurface(p) for t, p in by_task.items()}
     speedup = SpeedupModel.fit([(r.N, r.sparsity, r.throughput) for r in rows
                                 if r.task == task and r.throughput is not None], task)
@@ -504,8 +508,9 @@ def loo_cv(rows, throughput_task: str | None = None) -> dict:
     full_speedup = SpeedupModel.fit([(r.N, r.sparsity, r.throughput) for r in tp_rows], tp_task)
     points = []
     for r in rows:
-        same = [q for q in rows if q.task == r.task and q is not r]
-        acc = AccuracySurface([(q.N, q.sparsity, q.accuracy) for q in same])(r.N, r.sparsity) if same else None
+        same = [q for q in rows if q.task == r.task and q is not r and q.accuracy is not None]
+        acc = (AccuracySurface([(q.N, q.sparsity, q.accuracy) for q in same])(r.N, r.sparsity)
+               if same and r.accuracy is not None else None)
         speed = None
         if r.throughput is not None:
             if r.task == tp_task:

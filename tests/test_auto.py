@@ -313,3 +313,20 @@ def test_cli_errors_are_one_line(tmp_path):
     assert result.exit_code == 2 and "unknown task 'mnli'" in result.output
     result = run("fit", tmp_path / "m.csv", "-o", tmp_path / "x.json", "--throughput-task", "sst2")
     assert result.exit_code == 2 and "has no throughput measurements" in result.output
+
+
+def test_throughput_only_rows_fit_the_speedup_model(tmp_path):
+    from prumux_deploy.auto import fit, read_measurements
+
+    csv_file = tmp_path / "m.csv"
+    lines = ["task,N,sparsity,accuracy,throughput", "sst2,1,0,90,", "sst2,2,0,88,", "sst2,2,0.6,86,"]
+    lines += [f"speed,{n},{s},,{n / (1 - s):.6f}" for n in (1, 2, 5) for s in (0.0, 0.5, 0.8)]
+    csv_file.write_text("\n".join(lines) + "\n")
+    rows = read_measurements(csv_file)
+    assert sum(r.accuracy is None for r in rows) == 9
+    model = fit(rows)
+    assert model.tasks == ["sst2"]
+    assert model.predict_speedup(5, 0.8) == pytest.approx(25.0, rel=1e-6)
+    (tmp_path / "bad.csv").write_text("task,N,sparsity,accuracy,throughput\nsst2,1,0,,\n")
+    with pytest.raises(PruMuxError, match="bad.csv:2: accuracy and throughput are both empty"):
+        read_measurements(tmp_path / "bad.csv")
