@@ -153,6 +153,7 @@ ORT_BACKENDS = {  # name -> (transformer optimizer, precision)
     "onnxruntime-int8": (True, "int8"),
 }
 BACKENDS = ("torch", *ORT_BACKENDS)
+EXTRA_BACKENDS = ("torch-compile",)  # not in the default set: compiling costs a minute or more per structure
 
 
 def _ort_graphs(model: PruMuxModel, cfg: BenchConfig, backends, tmp: Path) -> dict[str, Path]:
@@ -237,10 +238,13 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
                 bar.set_postfix_str(f"{name} {backend}")
                 if backend == "torch":
                     result, mem = _time_torch(model, ids, mask, cfg)
+                elif backend == "torch-compile":  # inductor; the warm-up calls include compilation
+                    result, mem = _time_torch(torch.compile(model), ids, mask, cfg)
                 elif backend in graphs:
                     result, mem = _time_ort(graphs[backend], model, ids, mask, cfg)
                 else:
-                    raise PruMuxError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+                    raise PruMuxError(f"unknown backend {backend!r}; choose from "
+                                      f"{', '.join(BACKENDS + EXTRA_BACKENDS)}")
                 rows.append(_row(name, N, s, info, backend, result, mem, ids.shape[0], flops, base))
                 bar.update(1)
     bar.close()

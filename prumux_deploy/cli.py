@@ -316,9 +316,9 @@ def _number_list(kind):
 @click.option("--sparsities", "-s", callback=_number_list(float), default=None,
               help="Comma-separated sparsities (default 0,0.6,0.8,0.9,0.95).")
 @click.option("--backend", "backends", multiple=True,
-              type=click.Choice(["torch", "onnxruntime", "onnxruntime-opt", "onnxruntime-int8"]),
-              help="Backends to time, repeatable (default: all four): PyTorch eager, plain ONNX Runtime, "
-                   "with the transformer optimizer, and optimized + int8.")
+              type=click.Choice(["torch", "torch-compile", "onnxruntime", "onnxruntime-opt", "onnxruntime-int8"]),
+              help="Backends to time, repeatable (default: all but torch-compile): PyTorch eager, "
+                   "torch.compile, plain ONNX Runtime, with the transformer optimizer, and optimized + int8.")
 @click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(path_type=Path),
               help="Time these trained checkpoints instead of generated structures.")
 @click.option("-b", "--groups-per-batch", type=int, default=None, help="b: batches hold b*N rows (default 32).")
