@@ -157,3 +157,23 @@ def test_train_cli_refuses_bad_flags(tmp_path, glue_dir):
     result = CliRunner().invoke(main, ["train", "finetune", str(tmp_path / "o"), "--batch-size", "1",
                                        "--instances", "2", "--data", str(glue_dir)])
     assert result.exit_code == 2 and "--batch-size 1 is smaller than N=2" in result.output
+
+
+@pytest.mark.parametrize("target", [0.3, 0.6, 0.9])
+def test_deterministic_masks_sized_to_the_target_compact_to_it(target):
+    from prumux_deploy import create_model
+    from prumux_deploy.export import compact
+    from prumux_deploy.structure import describe
+
+    from conftest import tiny_bert_config
+
+    torch.manual_seed(1)
+    model = create_model(tiny_bert_config(hidden_size=64, intermediate_size=128), num_instances=2, num_labels=2)
+    gates = CoFiGates(model.config)
+    with torch.no_grad():  # a gate state whose expected sparsity is far from the target
+        for gate in gates.groups().values():
+            gate.log_alpha.normal_(1.0, 2.0)
+    masks = gates.deterministic(target=target)
+    assert abs(gates.mask_sparsity(masks) - target) <= 0.01
+    model.set_masks(masks)
+    assert abs(describe(compact(model), model)["sparsity"] - target) <= 0.02

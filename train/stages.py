@@ -207,7 +207,10 @@ def prune(teacher_dir, out, args: TrainArgs, prune_args: PruneArgs, resume: bool
         layer = align(s_hidden, t_hidden, group_mask)
         return kd, layer
 
+    step_counter = {"step": 0}
+
     def prune_step(step):
+        step_counter["step"] = step + 1
         batch = batches.batch(step)
         kd, layer = distill_losses(batch, gates.sample())
         expected = gates.expected_sparsity()
@@ -220,15 +223,15 @@ def prune(teacher_dir, out, args: TrainArgs, prune_args: PruneArgs, resume: bool
                 "lambda_1": lagrange.lambda_1.item(), "lambda_2": lagrange.lambda_2.item()}
 
     def prune_eval():
-        masks = gates.deterministic()
+        masks = gates.deterministic(target=target_at(step_counter["step"]))
         return {"accuracy": evaluate(student, dev, masks=masks), "actual_sparsity": _actual(student, masks)}
 
     objects = {"student": student, "gates": gates, "align": align, "lagrange": lagrange, "opt_model": opt_model,
                "opt_gates": opt_gates, "opt_lagrange": opt_lagrange, "schedule": schedule}
     _train(run, args, resume, objects, total, prune_step, prune_eval, "prune")
 
-    # final fine-tune with the deterministic masks fixed (CE + prediction distillation)
-    masks = gates.deterministic()
+    # final fine-tune with the deterministic masks fixed (CE + prediction distillation), sized to the target
+    masks = gates.deterministic(target=prune_args.sparsity)
     student.set_masks(masks)
     final_args = copy.copy(args)
     opt_final = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.01)
