@@ -24,6 +24,14 @@ def check_target(target: str | os.PathLike, force: bool) -> Path:
     return target
 
 
+def _default_permissions(root: Path) -> None:
+    """mkdtemp (and some writers) create private files; give the output the usual umask permissions."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [root, *root.rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
 @contextlib.contextmanager
 def atomic_dir(target: str | os.PathLike, force: bool = False):
     """Yield a fresh temporary directory beside `target`; on success it replaces `target` atomically."""
@@ -32,6 +40,7 @@ def atomic_dir(target: str | os.PathLike, force: bool = False):
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield tmp
+        _default_permissions(tmp)
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
             os.replace(target, old / "x")  # move the old version aside, then swap the new one in

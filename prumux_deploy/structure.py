@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from .model import PruMuxModel
+import torch
+
+from .model import PruMuxConfig, PruMuxModel
 
 
 def _count(module) -> int:
     return 0 if module is None else sum(p.numel() for p in module.parameters())
+
+
+def _full_size(cfg: PruMuxConfig) -> PruMuxModel:
+    """The unpruned model of the same base shape, on the meta device (shapes only, no memory)."""
+    full_cfg = PruMuxConfig.from_dict({**cfg.to_dict(), "layer_num_heads": None, "layer_intermediate_size": None,
+                                       "pruned_hidden_size": None})
+    with torch.device("meta"):
+        return PruMuxModel(full_cfg)
 
 
 def describe(model: PruMuxModel, reference: PruMuxModel | None = None) -> dict:
@@ -19,13 +29,15 @@ def describe(model: PruMuxModel, reference: PruMuxModel | None = None) -> dict:
                        "ffn": layer.ffn.up.out_features if layer.ffn is not None else 0,
                        "params": _count(layer)})
     encoder = model.num_encoder_params()
-    full = (reference or model).num_encoder_params()
+    if reference is None or reference.config.is_compact:  # measure against the base shape it was pruned from
+        reference = _full_size(cfg)
+    full = reference.num_encoder_params()
     return {
         "hidden_size": cfg.model_dim, "base_hidden_size": cfg.hidden_size,
         "base_heads": cfg.num_attention_heads, "base_ffn": cfg.intermediate_size,
         "num_instances": cfg.num_instances, "layers": layers,
         "params_total": _count(model), "params_encoder": encoder,
-        "params_total_before": _count(reference or model), "params_encoder_before": full,
+        "params_total_before": _count(reference), "params_encoder_before": full,
         "sparsity": 1.0 - encoder / full if full else 0.0,
     }
 

@@ -140,3 +140,16 @@ def test_a_flipped_byte_anywhere_in_the_weights_is_caught(saved, name):
     (saved / name).write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match=f"{name}: sha256 does not match config.json"):
         load_checkpoint(saved)
+
+
+def test_outputs_get_umask_permissions_not_private_temp_ones(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        masked_model(1).save(tmp_path / "ckpt")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "ckpt").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "ckpt" / "model.safetensors").stat().st_mode) == 0o644
