@@ -313,10 +313,10 @@ def format_table(result: dict) -> str:
     base = result["baseline"]
     lines = [f"baseline: {base['name']} eager, {base['samples_per_s']:.1f} samples/s at batch {base['batch']} x "
              f"{result['protocol']['seq']}, {base['flops_per_sample'] / 1e9:.1f} GFLOP/sample", "",
-             f"{'structure':<14} {'backend':<12} {'samples/s':>10} {'speedup':>8} {'FLOP bound':>10} "
+             f"{'structure':<14} {'backend':<17} {'samples/s':>10} {'speedup':>8} {'FLOP bound':>10} "
              f"{'of bound':>8} {'peak MiB':>9}"]
     for r in result["rows"]:
-        lines.append(f"{r['name']:<14} {r['backend']:<12} {r['samples_per_s']:>10.1f} {r['speedup']:>7.1f}x "
+        lines.append(f"{r['name']:<14} {r['backend']:<17} {r['samples_per_s']:>10.1f} {r['speedup']:>7.1f}x "
                      f"{r['flop_bound_speedup']:>9.1f}x {r['bound_fraction']:>8.0%} {r['peak_mib']:>9.0f}")
     m = result["machine"]
     lines += ["", f"machine: {m['cpu']} ({m['cores']} cores), torch {m['torch']}, onnxruntime {m['onnxruntime']}; "
