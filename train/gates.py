@@ -76,8 +76,8 @@ class CoFiGates(nn.Module):
         return {n: g.sample() for n, g in self.groups().items()}
 
     def deterministic(self, target: float | None = None) -> dict[str, torch.Tensor]:
-        """Test-time masks. With `target`, every group's kept count is scaled by one factor, found by
-        bisection, so that the masks remove `target` of the prunable parameters: the Lagrangian brings the
+        """Test-time masks. With `target`, the kept counts of heads and FFN units are scaled by one factor,
+        found by bisection, so that the masks remove `target` of the prunable parameters: the Lagrangian brings the
         *expected* sparsity to the target but oscillates around it, and a short run can stop on a swing
         (measured: expected 0.68 for a 0.60 target). The learned scores still decide what is kept."""
         if target is None:
@@ -94,10 +94,14 @@ class CoFiGates(nn.Module):
     def _masks(self, scale: float) -> dict[str, torch.Tensor]:
         masks = {}
         for name, gate in self.groups().items():
-            z = gate.deterministic(scale)
             if name in ("head_layer_z", "mlp_z"):
-                z = (z > 0).float()  # whole-block gates are on/off; their scale is not learned signal
-            masks[name] = z
+                # whole-block gates are on/off (their scale is not learned signal) and keep their own count:
+                # scaling them would move sparsity in steps of a whole layer, too coarse to hit a target
+                masks[name] = (gate.deterministic() > 0).float()
+            elif name == "hidden_z":  # one hidden dim is a slice of every layer: also too coarse a step
+                masks[name] = gate.deterministic()
+            else:  # heads and FFN units: fine steps, so their counts are what meets the target
+                masks[name] = gate.deterministic(scale)
         return masks
 
     def mask_sparsity(self, masks: dict[str, torch.Tensor]) -> float:
