@@ -39,9 +39,10 @@ class _OnnxEntry(torch.nn.Module):
 
 
 @contextlib.contextmanager
-def _quiet_exporter():
-    """The dynamo exporter logs and warns a lot about things that do not concern our graph."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export", "onnxscript")]
+def quiet(*logger_names: str):
+    """Silence the named loggers (to ERROR), warnings and stdout for a block: the exporter, optimizer and
+    quantizer report a lot about things that do not concern our graphs."""
+    loggers = [logging.getLogger(n) for n in logger_names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
@@ -52,6 +53,10 @@ def _quiet_exporter():
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
+
+
+def _quiet_exporter():
+    return quiet("torch.onnx", "torch.export", "torch._export", "onnxscript")
 
 
 def export_onnx(model: PruMuxModel, path, opset: int = DEFAULT_OPSET, uses_token_types: bool = False,

@@ -26,17 +26,15 @@ default of a 1-D "mask index" that assumes right padding: the engine accepts any
 from __future__ import annotations
 
 import collections
-import contextlib
-import io
-import logging
 import os
 import tempfile
-import warnings
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+
+from .onnx import quiet
 
 # op types the optimizer or the quantizer creates; what optimize_onnx / quantize_int8 count
 FUSED_OP_TYPES = ("Attention", "MultiHeadAttention", "SkipLayerNormalization", "EmbedLayerNormalization",
@@ -76,24 +74,12 @@ def op_counts(model: onnx.ModelProto | str | os.PathLike, types=None) -> dict[st
     return {k: counts[k] for k in sorted(counts) if types is None or k in types}
 
 
-@contextlib.contextmanager
 def _quiet():
     """The optimizer and quantizer print and log warnings that do not concern our graphs (producer name,
     per-layer hidden size 'mismatches' that are the point of a pruned model, shape-inference guesses)."""
-    names = ("onnxruntime", "onnxruntime.transformers", "onnx_model", "fusion_base", "fusion_attention",
-             "fusion_utils", "shape_infer_helper", "symbolic_shape_infer", "onnx_model_bert", "float16",
-             "onnxruntime.quantization")
-    loggers = [logging.getLogger(n) for n in names] + [logging.getLogger()]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
+    return quiet("onnxruntime", "onnxruntime.transformers", "onnx_model", "fusion_base", "fusion_attention",
+                 "fusion_utils", "shape_infer_helper", "symbolic_shape_infer", "onnx_model_bert", "float16",
+                 "onnxruntime.quantization", "")
 
 
 def _io_signature(model: onnx.ModelProto):
