@@ -132,7 +132,7 @@ def export_checkpoint(checkpoint, out, fmt: str = "onnx", opset: int = DEFAULT_O
         manifest = build_manifest(cfg, engine_file, fmt, opset, token_types, max_len, describe(model, masked),
                                   extra)
         write_manifest(tmp, manifest)
-        log(f"checking parity of the {fmt} engine against the masked PyTorch model")
+        log(f"checking parity of the {fmt} engine against the PyTorch model ({'masked' if masked.masks else 'no masks'})")
         manifest["parity"] = check_parity(tmp, masked, token_types, max_len, tolerance, out)
         write_manifest(tmp, manifest)
         (tmp / "config.json").write_text(json.dumps(config_dict(model), indent=2) + "\n")
