@@ -1,1 +1,5 @@
-"""Training stages (mux warm-up, GLUE fine-tuning, CoFi pruning) are tracked in issue 5 and not built yet."""
+"""Training: token-retrieval warm-up, multiplexed GLUE fine-tuning and CoFi structured pruning.
+
+`prumux-deploy train warmup|finetune|prune|all` (train/cli.py) runs the stages in train/stages.py; each
+writes a checkpoint directory that `prumux-deploy export` reads.
+"""
