@@ -86,18 +86,25 @@ def _train(run: RunState, args: TrainArgs, resume: bool, objects: dict, total: i
     return last
 
 
+def _single_model_stage(source, out, args: TrainArgs, force: bool, stage: str, with_eval: bool = True):
+    """What warm-up and fine-tuning both set up: the model, its data, AdamW with the linear schedule, and
+    the run state beside OUT. Refuses an existing OUT before any work."""
+    check_target(out, force)
+    seed_everything(args.seed)
+    model = _start_model(source, args).train()
+    _, batches, dev = load_task_data(args, model.tokenizer_dir, args.instances, with_eval=with_eval)
+    total = _total_steps(args, batches)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    schedule = _linear_schedule(optimizer, total)
+    return model, batches, dev, total, optimizer, schedule, RunState(Path(str(out) + ".run"), stage)
+
+
 # --- 1. warm-up: token retrieval ---------------------------------------------------------------
 
 def warmup(base, out, args: TrainArgs, resume: bool = False, force: bool = False, log=print):
     """Train mux/demux (and the encoder) to retrieve each instance's tokens from the mixed sequence."""
-    check_target(out, force)
-    seed_everything(args.seed)
-    model = _start_model(base, args).train()
-    _, batches, _ = load_task_data(args, model.tokenizer_dir, args.instances, with_eval=False)
-    total = _total_steps(args, batches)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
-    schedule = _linear_schedule(optimizer, total)
-    run = RunState(Path(str(out) + ".run"), "warmup")
+    model, batches, _, total, optimizer, schedule, run = _single_model_stage(base, out, args, force, "warmup",
+                                                                             with_eval=False)
 
     def step_fn(step):
         batch = batches.batch(step)
@@ -116,14 +123,7 @@ def warmup(base, out, args: TrainArgs, resume: bool = False, force: bool = False
 
 def finetune(init, out, args: TrainArgs, resume: bool = False, force: bool = False, log=print):
     """Cross-entropy on every instance of randomly formed mux groups."""
-    check_target(out, force)
-    seed_everything(args.seed)
-    model = _start_model(init, args).train()
-    _, batches, dev = load_task_data(args, model.tokenizer_dir, args.instances)
-    total = _total_steps(args, batches)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
-    schedule = _linear_schedule(optimizer, total)
-    run = RunState(Path(str(out) + ".run"), "finetune")
+    model, batches, dev, total, optimizer, schedule, run = _single_model_stage(init, out, args, force, "finetune")
 
     def step_fn(step):
         batch = batches.batch(step)
