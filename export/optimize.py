@@ -12,12 +12,19 @@ What makes the fusions fire on our model (measured with ONNX Runtime 1.32, see d
   exporter merges the two Unsqueezes into one with axes [1, 2], which `_split_unsqueezes` undoes here.
   The head count is read per layer from the constant in the Q reshape's shape, so every layer gets its own
   `num_heads` and layers with 0 heads (no attention block in the graph) are simply not touched.
-* `SkipLayerNormalization`: needs ONNX Runtime's symbolic shape inference to succeed on the whole graph;
-  it has no ReduceMax, which is why model.py forms the group mask with sum > 0.
+* `SkipLayerNormalization` (GPU engines only, `for_gpu=True`): needs ONNX Runtime's symbolic shape
+  inference to succeed on the whole graph; it has no ReduceMax, which is why model.py forms the group mask
+  with sum > 0. On the CPU it is a loss: ONNX Runtime 1.32's CPU SkipLayerNormalization kernel took 10 ms
+  on a [4096, 768] tensor where Add + LayerNormalization took 3.5-4 ms (2-core AMD EPYC), and the N=10,
+  s=0.95 engine ran 1.3x faster without it. So CPU engines keep the residual Add and LayerNormalization,
+  with the Add written as a two-input Sum (`_residual_adds_as_sum`): the session's own SkipLayerNormFusion
+  looks for Add -> LayerNormalization and would otherwise fuse it back at load time, in every consumer
+  (Triton, C++) that uses the default optimization level.
 * `BiasGelu`: fires on any exact (erf) GELU after a Linear: FFN and demultiplexer.
-* `EmbedLayerNormalization` does not fire and cannot: the optimizer requires the embedding LayerNorm to feed
-  an attention block directly, and ours feeds the multiplexer (and the word-embedding Gather reads the
-  batch-padded ids, not the graph input). The embedding LayerNorm stays a LayerNormalization.
+* `EmbedLayerNormalization`: the optimizer's own fusion cannot fire (it wants the embedding LayerNorm to
+  feed attention; ours feeds the multiplexer), so `_fuse_embedding_mux` writes it before the optimizer
+  runs, one per instance, with the multiplexer folded in (see there). This matters most at large N and
+  high sparsity, where the embedding stack on N x batch x sequence tokens was the largest cost.
 
 The attention mask is kept as a raw 2-D mask (AttentionMaskFormat.AttentionMask), not the optimizer's BERT
 default of a 1-D "mask index" that assumes right padding: the engine accepts any 0/1 mask.
@@ -45,15 +52,17 @@ QUANT_OP_TYPES = ("DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear",
 FP16_OP_BLOCK_LIST = ("LayerNormalization", "SimplifiedLayerNormalization", "Softmax")
 
 
-def expected_fused_ops(cfg) -> dict[str, int]:
+def expected_fused_ops(cfg, for_gpu: bool = False) -> dict[str, int]:
     """What `optimize_onnx` gives for a compact model (a PruMuxConfig with per-layer structure): one
-    Attention per layer that has heads; one BiasGelu per FFN block plus two in the demultiplexer; one
-    SkipLayerNormalization per remaining sub-layer plus the demultiplexer's (its residual + LayerNorm);
-    the embedding LayerNorm stays a LayerNormalization (its Add reads the batch-padded Gathers)."""
+    EmbedLayerNormalization per instance (embeddings, LayerNorm and multiplexer weight, summed by one Sum);
+    one Attention per layer that has heads; one BiasGelu per FFN block plus two in the demultiplexer; and
+    per remaining sub-layer plus the demultiplexer's residual one LayerNormalization (CPU) or
+    SkipLayerNormalization (GPU)."""
     attention = sum(1 for h in cfg.heads_per_layer if h > 0)
     ffn = sum(1 for w in cfg.ffn_per_layer if w > 0)
-    counts = {"Attention": attention, "BiasGelu": ffn + 2, "LayerNormalization": 1,
-              "SkipLayerNormalization": attention + ffn + 1}
+    norm = "SkipLayerNormalization" if for_gpu else "LayerNormalization"
+    counts = {"Attention": attention, "BiasGelu": ffn + 2, "EmbedLayerNormalization": cfg.num_instances,
+              norm: attention + ffn + 1}
     return {k: v for k, v in sorted(counts.items()) if v}
 
 
@@ -133,6 +142,183 @@ def _split_unsqueezes(model: onnx.ModelProto) -> int:
     return split
 
 
+def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    uses = collections.defaultdict(list)
+    for n in graph.node:
+        for name in n.input:
+            uses[name].append(n)
+    return uses
+
+
+def _match_embedding_mux(graph: onnx.GraphProto, values: dict[str, np.ndarray]):
+    """Find export_onnx's embedding stack and multiplexer:
+
+        LayerNormalization(Add(Add(Gather(word, ids), Unsqueeze(Gather(position, Range(0, S, 1)))),
+                               Gather(token_type, types)))
+        -> Reshape [G, N, S, H] -> Mul(vectors [1, N, 1, H]) -> ReduceMean(axis 1) -> [G, S, H]
+
+    Returns the pieces needed to rewrite it, or None when the graph has another shape (then nothing is
+    rewritten: the engine is as correct, only slower)."""
+    producer = {o: n for n in graph.node for o in n.output}
+    uses = _consumers(graph)
+    for mean in graph.node:
+        if mean.op_type != "ReduceMean" or len(mean.input) < 2:
+            continue
+        keepdims = next((a.i for a in mean.attribute if a.name == "keepdims"), 1)
+        mul = producer.get(mean.input[0])
+        if keepdims != 0 or values.get(mean.input[1]) is None or values[mean.input[1]].tolist() != [1] \
+                or mul is None or mul.op_type != "Mul":
+            continue
+        view_name, vectors_name = mul.input if mul.input[1] in values else mul.input[::-1]
+        view, vectors = producer.get(view_name), values.get(vectors_name)
+        if view is None or view.op_type != "Reshape" or vectors is None or vectors.ndim != 4:
+            continue
+        norm = producer.get(view.input[0])
+        if norm is None or norm.op_type != "LayerNormalization" or len(norm.input) < 3 \
+                or norm.input[1] not in values or norm.input[2] not in values:
+            continue
+        tree, gathers, stack = [], {}, [norm.input[0]]
+        while stack:  # the Add / Unsqueeze tree under the LayerNorm, down to the table Gathers
+            node = producer.get(stack.pop())
+            if node is None:
+                break
+            tree.append(node)
+            if node.op_type == "Add":
+                stack.extend(node.input)
+            elif node.op_type == "Unsqueeze":
+                stack.append(node.input[0])
+            elif node.op_type == "Gather" and node.input[0] in values:
+                for key in ("word", "position", "token_type"):
+                    if node.input[0].endswith(f"embeddings.{key}.weight"):
+                        gathers[key] = node
+            else:
+                break
+        else:
+            if set(gathers) != {"word", "position", "token_type"}:
+                continue
+            arange = producer.get(gathers["position"].input[1])
+            if arange is None or arange.op_type != "Range" or values.get(arange.input[0]) is None \
+                    or values[arange.input[0]].item() != 0 or values.get(arange.input[2]) is None \
+                    or values[arange.input[2]].item() != 1:
+                continue
+            private = tree + [norm, view, mul]  # nothing outside the stack may read these
+            if any(u not in private + [mean] for n in private for o in n.output for u in uses[o]):
+                continue
+            return {"nodes": private + [mean], "norm": norm, "gathers": gathers, "out": mean.output[0],
+                    "vectors": vectors.reshape(vectors.shape[1], vectors.shape[3])}
+    return None
+
+
+def _fuse_embedding_mux(model: onnx.ModelProto) -> bool:
+    """Rewrite the embedding stack and the multiplexer as one EmbedLayerNormalization per instance, in place.
+
+    The multiplexer takes the mean over instances of v_i * LayerNorm(e_i) = gamma * norm(e_i) + beta, so
+    mux = sum_i (gamma * v_i / N) * norm(e_i) + (beta * v_i / N): instance i's embeddings are one
+    EmbedLayerNormalization (gathers, sum and LayerNorm in one pass, ids of instance i = rows i::N of the
+    padded batch) with its own gamma and beta, and one Sum adds the N results. Before, the Gathers, Adds,
+    LayerNorm, Mul and ReduceMean each read or wrote the whole [N*G, S, H] embedding tensor; now only the
+    fused kernels write N tensors of [G, S, H] once and Sum reads them once. Same values up to float
+    rounding (the export's parity check holds it to the usual tolerance). Returns whether it rewrote."""
+    values = _constant_values(model)
+    match = _match_embedding_mux(model.graph, values)
+    if match is None:
+        return False
+    g, norm, gathers = model.graph, match["norm"], match["gathers"]
+    vectors = match["vectors"].astype(np.float32)  # [N, H]
+    n_inst = vectors.shape[0]
+    gamma, beta = values[norm.input[1]], values[norm.input[2]]
+    eps = next((a.f for a in norm.attribute if a.name == "epsilon"), 1e-5)
+    new_nodes, new_inits = [], []
+
+    def const(name, array):
+        new_inits.append(numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    ids32, types32 = "mux_embed_ids_int32", "mux_embed_types_int32"
+    new_nodes += [helper.make_node("Cast", [gathers["word"].input[1]], [ids32], to=onnx.TensorProto.INT32,
+                                   name="mux_embed_cast_ids"),
+                  helper.make_node("Cast", [gathers["token_type"].input[1]], [types32],
+                                   to=onnx.TensorProto.INT32, name="mux_embed_cast_types")]
+    starts_end = (const("mux_embed_end", np.array([np.iinfo(np.int64).max], np.int64)),
+                  const("mux_embed_axis", np.array([0], np.int64)), const("mux_embed_step", np.array([n_inst],
+                                                                                               np.int64)))
+    parts = []
+    for i in range(n_inst):
+        start = const(f"mux_embed_start_{i}", np.array([i], np.int64))
+        ids_i, types_i = f"mux_embed_ids_{i}", f"mux_embed_types_{i}"
+        for src, dst in ((ids32, ids_i), (types32, types_i)):
+            new_nodes.append(helper.make_node("Slice", [src, start, *starts_end], [dst], name=f"{dst}_slice"))
+        out_i = match["out"] if n_inst == 1 else f"mux_embed_{i}"
+        new_nodes.append(helper.make_node(
+            "EmbedLayerNormalization",
+            [ids_i, types_i, gathers["word"].input[0], gathers["position"].input[0],
+             gathers["token_type"].input[0], const(f"mux_embed_gamma_{i}", gamma * vectors[i] / n_inst),
+             const(f"mux_embed_beta_{i}", beta * vectors[i] / n_inst)],
+            [out_i, f"mux_embed_mask_index_{i}"],  # ONNX Runtime's type inference wants the 2nd output named
+            domain="com.microsoft", epsilon=float(eps), name=f"mux_embed_layernorm_{i}"))
+        parts.append(out_i)
+    if n_inst > 1:
+        new_nodes.append(helper.make_node("Sum", parts, [match["out"]], name="mux_embed_sum"))
+
+    kept = [n for n in g.node if not any(n is m for m in match["nodes"])]
+    del g.node[:]
+    g.node.extend(_topological(kept + new_nodes, g))
+    g.initializer.extend(new_inits)
+    _prune_dead_nodes(g)
+    _ensure_ms_domain(model)
+    return True
+
+
+def _topological(nodes: list, graph: onnx.GraphProto) -> list:
+    """Nodes ordered so that every input is produced before it is read (stable for already-ordered runs)."""
+    ready = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    produced_by_nodes = {o for n in nodes for o in n.output}
+    ready |= {name for n in nodes for name in n.input if name not in produced_by_nodes}  # outer-scope names
+    ordered, pending = [], list(nodes)
+    while pending:
+        rest = []
+        for n in pending:
+            if all(name in ready for name in n.input):
+                ordered.append(n)
+                ready.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):
+            raise RuntimeError("graph rewrite left a cycle or a missing input")
+        pending = rest
+    return ordered
+
+
+def _prune_dead_nodes(graph: onnx.GraphProto) -> None:
+    """Drop nodes whose outputs nothing reads (after a rewrite), and initializers nothing reads."""
+    while True:
+        used = {name for n in graph.node for name in n.input} | {o.name for o in graph.output}
+        dead = [n for n in graph.node if not any(o in used for o in n.output)]
+        if not dead:
+            break
+        kept = [n for n in graph.node if not any(n is d for d in dead)]
+        del graph.node[:]
+        graph.node.extend(kept)
+    used = {name for n in graph.node for name in n.input}
+    kept_inits = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept_inits)
+
+
+def _residual_adds_as_sum(model: onnx.ModelProto) -> int:
+    """Write every Add that feeds a LayerNormalization as Sum (same values, broadcasting included), in place,
+    so that ONNX Runtime's load-time SkipLayerNormFusion does not turn it into the slower CPU kernel.
+    Returns how many were rewritten."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    rewritten = 0
+    for n in model.graph.node:
+        add = producer.get(n.input[0]) if n.op_type == "LayerNormalization" else None
+        if add is not None and add.op_type == "Add":
+            add.op_type = "Sum"
+            rewritten += 1
+    return rewritten
+
+
 def _ensure_ms_domain(model: onnx.ModelProto) -> None:
     """The optimizer adds com.microsoft ops without importing the domain; ONNX Runtime does not mind,
     onnx.checker does."""
@@ -141,12 +327,13 @@ def _ensure_ms_domain(model: onnx.ModelProto) -> None:
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
 
 
-def optimize_onnx(src, dst, num_heads_hint: int | None = None) -> dict[str, int]:
-    """Run ONNX Runtime's transformer optimizer (BERT fusions, Python only: opt_level 0, so the result is
-    not tied to one execution provider; the session applies its own level-99 optimisations on load).
+def optimize_onnx(src, dst, num_heads_hint: int | None = None, for_gpu: bool = False) -> dict[str, int]:
+    """Fuse the embedding stack with the multiplexer, then run ONNX Runtime's transformer optimizer (BERT
+    fusions, Python only: opt_level 0; the session applies its own optimisations on load).
 
     src: a graph from `export_onnx`. dst: where the optimized graph goes. num_heads_hint: only used for a
-    layer whose Q reshape has no constant head count (ours always has one, so leave it None).
+    layer whose Q reshape has no constant head count (ours always has one, so leave it None). for_gpu:
+    fuse residual + LayerNorm into SkipLayerNormalization (fast on CUDA, slow on CPU; see the module doc).
     Returns the counts of fused op types in the result, e.g. {"Attention": 6, "BiasGelu": 8, ...}.
     """
     from onnxruntime.transformers.fusion_options import AttentionMaskFormat, FusionOptions
@@ -155,12 +342,16 @@ def optimize_onnx(src, dst, num_heads_hint: int | None = None) -> dict[str, int]
     original = onnx.load(str(src))
     model = onnx.load(str(src))
     _split_unsqueezes(model)
+    _fuse_embedding_mux(model)
     options = FusionOptions("bert")
     options.attention_mask_format = AttentionMaskFormat.AttentionMask  # raw 0/1 mask: any padding works
+    options.enable_skip_layer_norm = options.enable_bias_skip_layer_norm = for_gpu
     with _quiet():
         optimized = optimize_model(model, model_type="bert", num_heads=num_heads_hint or 0, hidden_size=0,
                                    optimization_options=options, opt_level=0)
     proto = optimized.model
+    if not for_gpu:
+        _residual_adds_as_sum(proto)
     proto.producer_name, proto.producer_version = original.producer_name, original.producer_version
     _ensure_ms_domain(proto)
     _check_io(original, proto, "the transformer optimizer")

@@ -150,7 +150,10 @@ def _optimize(onnx_file: Path, precision: str, log) -> dict:
     from .optimize import convert_fp16, optimize_onnx, quantize_int8
 
     log("optimizing with ONNX Runtime's transformer optimizer")
-    entries = {"optimized": True, "fused_ops": optimize_onnx(onnx_file, onnx_file)}
+    # fp16 engines are for GPUs, where SkipLayerNormalization is the fast form; CPU engines keep Add + LN
+    for_gpu = precision == "fp16"
+    entries = {"optimized": True, "optimized_for": "gpu" if for_gpu else "cpu",
+               "fused_ops": optimize_onnx(onnx_file, onnx_file, for_gpu=for_gpu)}
     if precision == "fp16":
         log("converting to fp16 (LayerNorm kept in fp32, int64 inputs and fp32 logits kept)")
         convert_fp16(onnx_file, onnx_file)

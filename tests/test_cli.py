@@ -137,7 +137,8 @@ def test_optimized_int8_export_records_fusions_and_validate_uses_int8_defaults(t
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "e8" / "manifest.json").read_text())
     assert manifest["precision"] == "int8" and manifest["optimized"] is True
-    assert manifest["fused_ops"]["Attention"] == 3 and manifest["fused_ops"]["SkipLayerNormalization"] == 7
+    assert manifest["optimized_for"] == "cpu" and manifest["fused_ops"]["EmbedLayerNormalization"] == 2
+    assert manifest["fused_ops"]["Attention"] == 3 and manifest["fused_ops"]["LayerNormalization"] == 7
     assert manifest["quantized_ops"]["MatMulInteger"] > 0
     assert manifest["parity"]["tolerance"] == 1.0
     report = tmp_path / "r.json"

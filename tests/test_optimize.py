@@ -20,10 +20,14 @@ from prumux_deploy.export.optimize import (convert_fp16, expected_fused_ops, op_
 from conftest import VOCAB, masked_model
 
 HEADS, FFN = [0, 3, 4, 2], [64, 64, 5, 0]
-# what the optimizer fuses on this structure (see expected_fused_ops): an Attention per layer with heads
-# (3); a BiasGelu per FFN block (3) and two in the demux; a SkipLayerNormalization per sub-layer (3 + 3)
-# and one in the demux; the embedding LayerNorm stays a LayerNormalization
-EXPECTED = {"Attention": 3, "BiasGelu": 5, "LayerNormalization": 1, "SkipLayerNormalization": 7}
+
+
+def expected(N, for_gpu=False):
+    """What the optimizer fuses on this structure (see expected_fused_ops): an EmbedLayerNormalization per
+    instance; an Attention per layer with heads (3); a BiasGelu per FFN block (3) and two in the demux; a
+    residual LayerNormalization (CPU) or SkipLayerNormalization (GPU) per sub-layer (3 + 3) and the demux's."""
+    norm = "SkipLayerNormalization" if for_gpu else "LayerNormalization"
+    return dict(sorted({"Attention": 3, "BiasGelu": 5, "EmbedLayerNormalization": N, norm: 7}.items()))
 
 
 def compact_model(N, task=None):
@@ -74,7 +78,8 @@ def reference(model, f):
 
 def test_fused_op_counts(engines):
     model, d, fused = engines
-    assert fused == EXPECTED == expected_fused_ops(model.config)
+    N = model.config.num_instances
+    assert fused == expected(N) == expected_fused_ops(model.config)
     graph = onnx.load(str(d / "opt.onnx"))
     # every attention keeps its own head count, read from the Q reshape of its layer
     heads = [next(a.i for a in n.attribute if a.name == "num_heads") for n in graph.graph.node
@@ -82,6 +87,58 @@ def test_fused_op_counts(engines):
     assert heads == [3, 4, 2]
     counts = op_counts(graph)
     assert "Softmax" not in counts and "Erf" not in counts
+
+
+def test_embedding_stack_and_mux_become_one_fused_kernel_per_instance(engines):
+    model, d, _ = engines
+    N = model.config.num_instances
+    graph = onnx.load(str(d / "opt.onnx")).graph
+    embeds = [n for n in graph.node if n.op_type == "EmbedLayerNormalization"]
+    embedded = {e.output[0] for e in embeds}
+    readers = [n for n in graph.node if set(n.input) & embedded]
+    assert len(embeds) == N and len(readers) == 1  # one Sum of the N instances is the multiplexer
+    assert readers[0].op_type == "Sum" and sorted(readers[0].input) == sorted(embedded)
+    # the stack it replaced is gone: no table Gather, no mean over instances
+    assert not [n for n in graph.node if n.op_type == "Gather" and "embeddings" in n.input[0]]
+    assert not [n for n in graph.node if n.op_type == "ReduceMean"]
+    # each instance's LayerNorm carries its multiplexer vector: gamma_i = gamma * v_i / N
+    values = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
+    gamma = model.embeddings.ln.weight.detach().numpy()
+    vectors = model.mux.vectors.numpy()
+    for i, e in enumerate(sorted(embeds, key=lambda n: n.name)):
+        np.testing.assert_allclose(values[e.input[5]], gamma * vectors[i] / N, rtol=1e-6)
+
+
+def test_cpu_graph_is_not_refused_into_skip_layer_norm_at_load(engines, tmp_path):
+    """ONNX Runtime's session would fuse Add -> LayerNormalization into its slow CPU SkipLayerNormalization;
+    the residual Adds are written as Sum so that what runs is what we measured."""
+    _, d, _ = engines
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.optimized_model_filepath = str(tmp_path / "as_loaded.onnx")
+    ort.InferenceSession(str(d / "opt.onnx"), options, providers=["CPUExecutionProvider"])
+    loaded = op_counts(tmp_path / "as_loaded.onnx")
+    assert "SkipLayerNormalization" not in loaded and loaded["LayerNormalization"] == 7
+
+
+def test_gpu_flavour_keeps_skip_layer_norm(engines, tmp_path):
+    model, d, _ = engines
+    N = model.config.num_instances
+    fused = optimize_onnx(d / "plain.onnx", tmp_path / "gpu.onnx", for_gpu=True)
+    assert fused == expected(N, for_gpu=True) == expected_fused_ops(model.config, for_gpu=True)
+    f = feeds(5, 11, np.random.default_rng(3))
+    assert np.abs(session(tmp_path / "gpu.onnx").run(["logits"], f)[0] - reference(model, f)).max() < 1e-3
+
+
+def test_embedding_fusion_leaves_other_graphs_alone():
+    from prumux_deploy.export.optimize import _fuse_embedding_mux
+
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 4])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+    model = onnx.helper.make_model(graph)
+    before = model.SerializeToString()
+    assert _fuse_embedding_mux(model) is False and model.SerializeToString() == before
 
 
 def test_optimized_graph_keeps_inputs_outputs_and_dynamic_axes(engines):
@@ -122,7 +179,7 @@ def test_optimize_is_deterministic(engines, tmp_path):
 def test_sentence_pair_graph_optimizes_too(tmp_path):
     model = compact_model(2, task="mnli")
     export_onnx(model, tmp_path / "plain.onnx", uses_token_types=True)
-    assert optimize_onnx(tmp_path / "plain.onnx", tmp_path / "opt.onnx") == EXPECTED
+    assert optimize_onnx(tmp_path / "plain.onnx", tmp_path / "opt.onnx") == expected(2)
     s = session(tmp_path / "opt.onnx")
     rng = np.random.default_rng(1)
     for B, S in ((1, 1), (3, 9), (7, 16)):
@@ -149,8 +206,10 @@ def test_int8_engine(engines, tmp_path):
 
 def test_fp16_graph(engines, tmp_path):
     model, d, _ = engines
-    counts = convert_fp16(d / "opt.onnx", tmp_path / "fp16.onnx")
-    assert {k: counts[k] for k in EXPECTED} == EXPECTED  # the fused ops survive the conversion
+    optimize_onnx(d / "plain.onnx", tmp_path / "gpu.onnx", for_gpu=True)  # fp16 engines are GPU engines
+    counts = convert_fp16(tmp_path / "gpu.onnx", tmp_path / "fp16.onnx")
+    want = expected(model.config.num_instances, for_gpu=True)
+    assert {k: counts[k] for k in want} == want  # the fused ops survive the conversion
     graph = onnx.load(str(tmp_path / "fp16.onnx"))
     assert [(i.name, i.type.tensor_type.elem_type) for i in graph.graph.input] == [
         ("input_ids", onnx.TensorProto.INT64), ("attention_mask", onnx.TensorProto.INT64)]
