@@ -33,6 +33,16 @@ def _layer_gate(masks: dict, name: str, layer: int) -> float:
     return 1.0 if z is None else float(z[layer])
 
 
+def _kept_in_block(masks, unit_key: str, block_key: str, layer: int, size: int):
+    """Kept units (heads or FFN units) of one layer's block, their scales, and the block gate; no units
+    when the whole block is gated off."""
+    idx, scale = _kept(_row(masks, unit_key, layer), size)
+    gate = _layer_gate(masks, block_key, layer)
+    if gate == 0 or idx.numel() == 0:
+        idx = idx[:0]
+    return idx, scale, gate
+
+
 def _row(masks: dict, name: str, layer: int):
     z = masks.get(name)
     return None if z is None else z[layer]
@@ -64,10 +74,7 @@ def compact(model: PruMuxModel) -> PruMuxModel:
     for l in range(cfg.num_hidden_layers):
         p = f"layers.{l}"
         # attention: kept heads, unless the whole block is gated off
-        head_idx, head_scale = _kept(_row(masks, "head_z", l), cfg.num_attention_heads)
-        gate = _layer_gate(masks, "head_layer_z", l)
-        if gate == 0 or head_idx.numel() == 0:
-            head_idx = head_idx[:0]
+        head_idx, head_scale, gate = _kept_in_block(masks, "head_z", "head_layer_z", l, cfg.num_attention_heads)
         heads.append(head_idx.numel())
         if head_idx.numel():
             cols = (head_idx[:, None] * D + torch.arange(D)).flatten()  # feature columns of kept heads
@@ -80,10 +87,7 @@ def compact(model: PruMuxModel) -> PruMuxModel:
             out[f"{p}.attn.out.bias"] = sd[f"{p}.attn.out.bias"][keep] * gate * s_h
             ln(f"{p}.attn.ln")
         # FFN: kept units, unless the whole block is gated off
-        unit_idx, unit_scale = _kept(_row(masks, "intermediate_z", l), cfg.intermediate_size)
-        gate = _layer_gate(masks, "mlp_z", l)
-        if gate == 0 or unit_idx.numel() == 0:
-            unit_idx = unit_idx[:0]
+        unit_idx, unit_scale, gate = _kept_in_block(masks, "intermediate_z", "mlp_z", l, cfg.intermediate_size)
         widths.append(unit_idx.numel())
         if unit_idx.numel():
             out[f"{p}.ffn.up.weight"] = sd[f"{p}.ffn.up.weight"][unit_idx][:, keep]

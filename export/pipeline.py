@@ -14,7 +14,8 @@ from pathlib import Path
 from prumux_deploy.atomic import atomic_dir, check_target
 from prumux_deploy.checkpoint import config_dict, copy_tokenizer, load_checkpoint
 from prumux_deploy.data import TASKS
-from prumux_deploy.engine import MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, sha256_file
+from prumux_deploy.documents import sha256_file
+from prumux_deploy.engine import MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION
 from prumux_deploy.errors import ParityError, PruMuxError
 from prumux_deploy.structure import describe
 

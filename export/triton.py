@@ -32,7 +32,8 @@ from pathlib import Path
 
 from prumux_deploy.atomic import atomic_dir, check_target
 from prumux_deploy.checkpoint import copy_tokenizer, has_tokenizer
-from prumux_deploy.engine import MANIFEST, read_manifest, sha256_file, verify_engine_file
+from prumux_deploy.documents import sha256_file
+from prumux_deploy.engine import MANIFEST, read_manifest, verify_engine_file
 from prumux_deploy.errors import EngineError, PruMuxError
 
 PLATFORMS = {"onnx": ("onnxruntime_onnx", "model.onnx"), "tensorrt": ("tensorrt_plan", "model.plan")}

@@ -57,6 +57,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .documents import read_versioned_json
 from .errors import PruMuxError
 
 COLUMNS = ("task", "N", "sparsity", "accuracy", "throughput")
@@ -395,15 +396,9 @@ class AutoModel:
 
     @classmethod
     def from_json(cls, text: str, source: str = "model") -> "AutoModel":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise PruMuxError(f"{source}: not JSON ({e})") from None
-        if not isinstance(data, dict) or data.get("format") != MODEL_FORMAT:
-            raise PruMuxError(f"{source}: not an Auto-PruMUX model (make one with `prumux-deploy auto fit`)")
-        if data.get("version") != MODEL_VERSION:
-            raise PruMuxError(f"{source}: model version {data.get('version')} is not supported "
-                              f"(this prumux-deploy reads version {MODEL_VERSION}); refit it")
+        data = read_versioned_json(source, text, PruMuxError, what="an Auto-PruMUX model", kind=MODEL_FORMAT,
+                                   version=MODEL_VERSION, version_key="version",
+                                   fix_kind="make one with `prumux-deploy auto fit`", fix_version="refit it")
         try:
             sp = data["speedup"]
             if len(sp["coef"]) != len(SPEEDUP_TERMS):

@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .atomic import atomic_dir
-from .engine import sha256_file
+from .documents import read_versioned_json, sha256_file
 from .errors import CheckpointError
 from .model import MASK_NAMES, PruMuxConfig, PruMuxModel
 
@@ -167,16 +167,10 @@ def read_config(path) -> PruMuxConfig:
                               "and model.safetensors")
     if not cfg_file.is_file():
         raise CheckpointError(f"{cfg_file}: missing; is {path} a prumux checkpoint?")
-    try:
-        raw = json.loads(cfg_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{cfg_file}: not valid JSON ({e})") from None
-    if raw.get("format") != FORMAT:
-        raise CheckpointError(f"{cfg_file}: format is {raw.get('format')!r}, expected {FORMAT!r}; "
-                              "create checkpoints with `prumux-deploy init` or the training stages")
-    if raw.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{cfg_file}: format_version {raw.get('format_version')!r} is not supported "
-                              f"(this prumux-deploy reads version {FORMAT_VERSION}); upgrade prumux-deploy")
+    raw = read_versioned_json(cfg_file, None, CheckpointError, what="a prumux checkpoint config", kind=FORMAT,
+                              version=FORMAT_VERSION, version_key="format_version",
+                              fix_kind="create checkpoints with `prumux-deploy init` or the training stages",
+                              fix_version="upgrade prumux-deploy")
     try:
         cfg = PruMuxConfig.from_dict(raw)
     except (TypeError, ValueError) as e:

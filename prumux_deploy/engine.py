@@ -7,26 +7,17 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import threading
 from pathlib import Path
 
 import numpy as np
 
+from .documents import read_versioned_json, sha256_file
 from .errors import EngineError
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "prumux-engine"
 MANIFEST_VERSION = 1
-
-
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_manifest(engine_dir) -> dict:
@@ -36,15 +27,10 @@ def read_manifest(engine_dir) -> dict:
         raise EngineError(f"{engine_dir}: not a directory; pass the directory `prumux-deploy export` wrote")
     if not file.is_file():
         raise EngineError(f"{file}: missing; is {engine_dir} an engine directory from `prumux-deploy export`?")
-    try:
-        manifest = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise EngineError(f"{file}: not valid JSON ({e}); re-export the engine") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        raise EngineError(f"{file}: not a prumux engine manifest; re-export the engine")
-    if manifest.get("format_version") != MANIFEST_VERSION:
-        raise EngineError(f"{file}: format_version {manifest.get('format_version')!r} is not supported "
-                          f"(expected {MANIFEST_VERSION}); re-export with this prumux-deploy")
+    manifest = read_versioned_json(file, None, EngineError, what="a prumux engine manifest", kind=MANIFEST_FORMAT,
+                                   version=MANIFEST_VERSION, version_key="format_version",
+                                   fix_kind="re-export the engine", fix_version="re-export with this prumux-deploy",
+                                   fix_json="re-export the engine")
     for key in ("engine", "inputs", "outputs", "num_instances", "labels", "max_seq_length"):
         if key not in manifest:
             raise EngineError(f"{file}: field {key!r} is missing; re-export the engine")

@@ -216,7 +216,7 @@ def test_fit_json_round_trip(tmp_path):
     assert again.rank("sst2", 3.0) == model.rank("sst2", 3.0)
     with pytest.raises(PruMuxError, match="not an Auto-PruMUX model"):
         AutoModel.from_json(json.dumps({"format": "other"}))
-    with pytest.raises(PruMuxError, match="not JSON"):
+    with pytest.raises(PruMuxError, match="not valid JSON"):
         AutoModel.from_json("{")
 
 

@@ -1,0 +1,36 @@
+"""The files prumux-deploy writes and reads back: versioned JSON documents (checkpoint config.json, engine
+manifest.json, Auto-PruMUX model) and the sha256 digests that tie weight and engine files to them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+
+def sha256_file(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_versioned_json(source: Path | str, text: str | None, error: type[Exception], *, what: str, kind: str,
+                        version: int, version_key: str, fix_kind: str, fix_version: str,
+                        fix_json: str = "") -> dict:
+    """Parse a JSON object of our own `format` (`kind`) and `version_key` (`version`).
+
+    source: the file (read when `text` is None) or the name used in messages. Every failure raises `error`
+    with one line: the source, what is wrong, and the fix the caller names."""
+    try:
+        data = json.loads(Path(source).read_text() if text is None else text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{source}: not valid JSON ({e}){'; ' + fix_json if fix_json else ''}") from None
+    found = data.get("format") if isinstance(data, dict) else None
+    if found != kind:
+        raise error(f"{source}: not {what} (format is {found!r}, expected {kind!r}); {fix_kind}")
+    if data.get(version_key) != version:
+        raise error(f"{source}: {version_key} {data.get(version_key)!r} is not supported (this prumux-deploy "
+                    f"reads version {version}); {fix_version}")
+    return data
