@@ -145,8 +145,9 @@ def compact_cmd(checkpoint, out, fp16, force):
 @click.option("--opset", default=18, show_default=True, help="ONNX opset version.")
 @click.option("--max-seq-length", type=int, default=None, help="Longest input (default: the checkpoint's).")
 @click.option("--optimize", is_flag=True,
-              help="Run ONNX Runtime's transformer optimizer (fused Attention, SkipLayerNorm, BiasGelu); "
-                   "the fused-op counts go into the manifest.")
+              help="Fuse embeddings + multiplexer (EmbedLayerNormalization per instance) and run ONNX "
+                   "Runtime's transformer optimizer (fused Attention, BiasGelu; SkipLayerNorm only for fp16/GPU "
+                   "engines, where it is faster); the fused-op counts go into the manifest.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
               help="fp16 for GPUs (LayerNorm stays fp32); int8: dynamic quantization for CPUs (implies "
                    "--optimize).")
