@@ -142,6 +142,10 @@ def _split_unsqueezes(model: onnx.ModelProto) -> int:
     return split
 
 
+def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    return {o: n for n in graph.node for o in n.output}
+
+
 def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
     uses = collections.defaultdict(list)
     for n in graph.node:
@@ -159,8 +163,7 @@ def _match_embedding_mux(graph: onnx.GraphProto, values: dict[str, np.ndarray]):
 
     Returns the pieces needed to rewrite it, or None when the graph has another shape (then nothing is
     rewritten: the engine is as correct, only slower)."""
-    producer = {o: n for n in graph.node for o in n.output}
-    uses = _consumers(graph)
+    producer, uses = _producers(graph), _consumers(graph)
     for mean in graph.node:
         if mean.op_type != "ReduceMean" or len(mean.input) < 2:
             continue
@@ -239,15 +242,16 @@ def _fuse_embedding_mux(model: onnx.ModelProto) -> bool:
                                    name="mux_embed_cast_ids"),
                   helper.make_node("Cast", [gathers["token_type"].input[1]], [types32],
                                    to=onnx.TensorProto.INT32, name="mux_embed_cast_types")]
-    starts_end = (const("mux_embed_end", np.array([np.iinfo(np.int64).max], np.int64)),
-                  const("mux_embed_axis", np.array([0], np.int64)), const("mux_embed_step", np.array([n_inst],
-                                                                                               np.int64)))
+    # rows i, i+N, ... of the padded batch: Slice(start=i, end=max, axis=0, step=N)
+    end_axis_step = (const("mux_embed_end", np.array([np.iinfo(np.int64).max], np.int64)),
+                     const("mux_embed_axis", np.array([0], np.int64)),
+                     const("mux_embed_step", np.array([n_inst], np.int64)))
     parts = []
     for i in range(n_inst):
         start = const(f"mux_embed_start_{i}", np.array([i], np.int64))
         ids_i, types_i = f"mux_embed_ids_{i}", f"mux_embed_types_{i}"
         for src, dst in ((ids32, ids_i), (types32, types_i)):
-            new_nodes.append(helper.make_node("Slice", [src, start, *starts_end], [dst], name=f"{dst}_slice"))
+            new_nodes.append(helper.make_node("Slice", [src, start, *end_axis_step], [dst], name=f"{dst}_slice"))
         out_i = match["out"] if n_inst == 1 else f"mux_embed_{i}"
         new_nodes.append(helper.make_node(
             "EmbedLayerNormalization",
@@ -309,7 +313,7 @@ def _residual_adds_as_sum(model: onnx.ModelProto) -> int:
     """Write every Add that feeds a LayerNormalization as Sum (same values, broadcasting included), in place,
     so that ONNX Runtime's load-time SkipLayerNormFusion does not turn it into the slower CPU kernel.
     Returns how many were rewritten."""
-    producer = {o: n for n in model.graph.node for o in n.output}
+    producer = _producers(model.graph)
     rewritten = 0
     for n in model.graph.node:
         add = producer.get(n.input[0]) if n.op_type == "LayerNormalization" else None
