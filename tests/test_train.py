@@ -124,6 +124,47 @@ def test_stages_write_checkpoints_and_logs_and_the_pruned_one_exports(tmp_path, 
     assert manifest["structure"]["sparsity"] == pytest.approx(actual)
 
 
+def test_soft_targets_are_the_teachers_logits_for_each_shuffled_row(tmp_path, bert_dir, glue_dir):
+    finetune(bert_dir, tmp_path / "teacher", tiny_args(glue_dir, instances=1), log=lambda m: None)
+    teacher = load_checkpoint(tmp_path / "teacher").eval()
+    _, batches, _ = loop.load_task_data(tiny_args(glue_dir), teacher.tokenizer_dir, 2, with_eval=False)
+    targets = loop.soft_targets(teacher, batches, batch_size=7)
+    assert targets.shape == (len(batches.ids), 2)
+    batch = batches.batch(5)  # a shuffled batch: its rows are not consecutive
+    assert not torch.equal(batch["rows"], torch.arange(len(batch["rows"])) + batch["rows"][0])
+    with torch.no_grad():
+        want = teacher(**loop.model_inputs(batch))
+    assert torch.allclose(targets[batch["rows"]], want, atol=1e-5)
+
+
+def test_finetune_distils_from_a_teacher_of_another_n(tmp_path, bert_dir, glue_dir):
+    finetune(bert_dir, tmp_path / "teacher", tiny_args(glue_dir, instances=1), log=lambda m: None)
+    finetune(bert_dir, tmp_path / "student", tiny_args(glue_dir), log=lambda m: None,
+             teacher_dir=tmp_path / "teacher")
+    records = [json.loads(l) for l in (tmp_path / "student" / "train_log.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r.get("event") == "eval"]
+    assert evals and all(r["kd"] > 0 and r["loss"] == pytest.approx(r["ce"] + r["kd"]) for r in evals)
+    assert load_checkpoint(tmp_path / "student").config.num_instances == 2
+
+
+def test_finetune_refuses_a_teacher_of_another_task(tmp_path, bert_dir, glue_dir):
+    from click.testing import CliRunner
+
+    from prumux_deploy.cli import main
+
+    mnli_like = tmp_path / "three-labels"
+    finetune(bert_dir, tmp_path / "teacher", tiny_args(glue_dir, instances=1), log=lambda m: None)
+    model = load_checkpoint(tmp_path / "teacher")
+    model.config.num_labels, model.config.id2label = 3, {0: "entailment", 1: "neutral", 2: "contradiction"}
+    model.demux.classifier = torch.nn.Linear(model.demux.classifier.in_features, 3)
+    model.save(mnli_like)
+    result = CliRunner().invoke(main, ["train", "finetune", str(tmp_path / "o"), "--init", str(bert_dir),
+                                       "--teacher", str(mnli_like), "--data", str(glue_dir)])
+    assert result.exit_code == 2, result.output
+    assert f"--teacher {mnli_like} predicts 3 labels, the student 2" in result.output
+    assert not (tmp_path / "o").exists()
+
+
 def test_resume_continues_bit_for_bit(tmp_path, bert_dir, glue_dir, monkeypatch):
     args = tiny_args(glue_dir, epochs=1.0)
     finetune(bert_dir, tmp_path / "straight", args, log=lambda m: None)

@@ -109,12 +109,15 @@ def warmup_cmd(out, base, resume, force, **kw):
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--init", "init", default="minilm", show_default=True,
               help="Checkpoint to start from (e.g. the warm-up output), a BERT directory, or 'minilm'.")
+@click.option("--teacher", type=click.Path(path_type=Path), default=None,
+              help="Also distil from this fine-tuned checkpoint's predictions (e.g. the N=1 model; same tokenizer).")
 @common_options
-def finetune_cmd(out, init, resume, force, **kw):
-    """GLUE fine-tuning of the multiplexed model (cross-entropy on every instance)."""
+def finetune_cmd(out, init, teacher, resume, force, **kw):
+    """GLUE fine-tuning of the multiplexed model (cross-entropy on every instance, plus distillation from
+    --teacher when given)."""
     from .stages import finetune
 
-    finetune(_base_dir(init), out, _args(kw), resume=resume, force=force, log=_echo)
+    finetune(_base_dir(init), out, _args(kw), resume=resume, force=force, log=_echo, teacher_dir=teacher)
 
 
 @train.command("prune")
@@ -136,9 +139,11 @@ def prune_cmd(out, teacher, resume, force, **kw):
 @click.option("--base", default="minilm", show_default=True, help="BERT directory or 'minilm'.")
 @click.option("--warmup-epochs", default=0.5, show_default=True, help="Epochs of retrieval warm-up (0 skips it).")
 @click.option("--prune-epochs", default=None, type=float, help="Epochs of pruning (default: --epochs).")
+@click.option("--finetune-teacher", type=click.Path(path_type=Path), default=None,
+              help="Distil the fine-tune from this checkpoint's predictions (e.g. the N=1 model).")
 @prune_options
 @common_options
-def all_cmd(out, base, warmup_epochs, prune_epochs, resume, force, **kw):
+def all_cmd(out, base, warmup_epochs, prune_epochs, finetune_teacher, resume, force, **kw):
     """warm-up -> fine-tune -> prune; writes OUT/warmup, OUT/finetune, OUT/pruned (s=0 stops after fine-tune)."""
     import copy
 
@@ -155,7 +160,8 @@ def all_cmd(out, base, warmup_epochs, prune_epochs, resume, force, **kw):
             warmup(start, out / "warmup", wargs, resume=resume, force=force, log=_echo)
         start = out / "warmup"
     if not (resume and (out / "finetune" / "config.json").is_file()):
-        finetune(start, out / "finetune", args, resume=resume, force=force, log=_echo)
+        finetune(start, out / "finetune", args, resume=resume, force=force, log=_echo,
+                 teacher_dir=finetune_teacher)
     if prune_args.sparsity > 0:
         pargs = copy.copy(args)
         pargs.epochs = prune_epochs if prune_epochs is not None else args.epochs

@@ -67,7 +67,7 @@ class Batches:
             ids[i, :n] = torch.as_tensor(self.ids[r])
             types[i, :n] = torch.as_tensor(self.types[r])
             mask[i, :n] = 1
-        out = {"input_ids": ids, "attention_mask": mask, "labels": self.labels[rows]}
+        out = {"input_ids": ids, "attention_mask": mask, "labels": self.labels[rows], "rows": torch.as_tensor(rows)}
         if self.with_token_types:
             out["token_type_ids"] = types
         return out
@@ -92,6 +92,21 @@ def evaluate(model, batches: Batches, masks=None) -> float:
         correct += int((logits.argmax(-1) == batch["labels"]).sum())
     model.train(was_training)
     return correct / len(batches.ids)
+
+
+@torch.no_grad()
+def soft_targets(teacher, batches: Batches, batch_size: int = 256) -> torch.Tensor:
+    """The teacher's logits for every row of `batches`, in row order: [rows, C]. Computed once before
+    training (the teacher is frozen), so distillation costs no teacher forward pass per step."""
+    teacher.eval()
+    batch_size -= batch_size % teacher.config.num_instances
+    bar = progress(len(batches.ids), 0, "teacher logits")
+    out = []
+    for batch in batches.in_order(batch_size):
+        out.append(teacher(**model_inputs(batch)).float())
+        bar.update(len(batch["labels"]))
+    bar.close()
+    return torch.cat(out)
 
 
 def load_task_data(args: TrainArgs, tokenizer_dir, num_instances: int, with_eval: bool = True):

@@ -17,13 +17,14 @@ import torch
 
 from prumux_deploy.atomic import check_target
 from prumux_deploy.checkpoint import create_model, load_checkpoint, save_checkpoint
-from prumux_deploy.data import get_task
+from prumux_deploy.data import get_task, load_tokenizer
 from prumux_deploy.errors import PruMuxError
 from prumux_deploy.export import compact
 from prumux_deploy.structure import describe
 
 from .gates import CoFiGates, lagrangian_term
-from .loop import RunState, TrainArgs, evaluate, load_task_data, model_inputs, progress, seed_everything
+from .loop import (RunState, TrainArgs, evaluate, load_task_data, model_inputs, progress, seed_everything,
+                   soft_targets)
 from .losses import LayerAlignment, prediction_distillation, retrieval_loss
 
 
@@ -121,15 +122,24 @@ def warmup(base, out, args: TrainArgs, resume: bool = False, force: bool = False
 
 # --- 2. fine-tune: GLUE classification over multiplexed groups --------------------------------
 
-def finetune(init, out, args: TrainArgs, resume: bool = False, force: bool = False, log=print):
-    """Cross-entropy on every instance of randomly formed mux groups."""
+def finetune(init, out, args: TrainArgs, resume: bool = False, force: bool = False, log=print,
+             teacher_dir=None, temperature: float = 2.0):
+    """Cross-entropy on every instance of randomly formed mux groups. With `teacher_dir` (any fine-tuned
+    checkpoint of the task, usually the N=1 model), plus distillation from its predictions on the same
+    sentences (KL at `temperature`), which the multiplexed student learns from better than from labels alone."""
     model, batches, dev, total, optimizer, schedule, run = _single_model_stage(init, out, args, force, "finetune")
+    targets = None if teacher_dir is None else soft_targets(_distillation_teacher(teacher_dir, model), batches)
 
     def step_fn(step):
         batch = batches.batch(step)
-        loss = torch.nn.functional.cross_entropy(model(**model_inputs(batch)), batch["labels"])
-        _apply(loss, [optimizer], schedule)
-        return {"loss": loss.item()}
+        logits = model(**model_inputs(batch))
+        ce = torch.nn.functional.cross_entropy(logits, batch["labels"])
+        if targets is None:
+            _apply(ce, [optimizer], schedule)
+            return {"loss": ce.item()}
+        kd = prediction_distillation(logits, targets[batch["rows"]], temperature)
+        _apply(ce + kd, [optimizer], schedule)
+        return {"loss": (ce + kd).item(), "ce": ce.item(), "kd": kd.item()}
 
     _train(run, args, resume, {"model": model, "optimizer": optimizer, "schedule": schedule}, total,
            step_fn, lambda: {"accuracy": evaluate(model, dev)}, "finetune")
@@ -137,6 +147,20 @@ def finetune(init, out, args: TrainArgs, resume: bool = False, force: bool = Fal
     _save(model, out, run, force)
     log(f"finetune: {total} steps, {args.eval_split} accuracy {accuracy:.2%}; wrote {out}")
     return model, accuracy
+
+
+def _distillation_teacher(teacher_dir, student):
+    """A checkpoint whose predictions the student can learn from: same labels, same tokenizer."""
+    teacher = load_checkpoint(teacher_dir)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    if teacher.config.num_labels != student.config.num_labels:
+        raise PruMuxError(f"--teacher {teacher_dir} predicts {teacher.config.num_labels} labels, the student "
+                          f"{student.config.num_labels}; give a teacher fine-tuned on the same task")
+    if load_tokenizer(teacher.tokenizer_dir).get_vocab() != load_tokenizer(student.tokenizer_dir).get_vocab():
+        raise PruMuxError(f"--teacher {teacher_dir} has a different tokenizer from the student; give a teacher "
+                          f"trained from the same base encoder")
+    return teacher
 
 
 # --- 3. prune: CoFi with distillation, then a fine-tune with the masks fixed -----------------------
