@@ -130,7 +130,7 @@ def test_soft_targets_are_the_teachers_logits_for_each_shuffled_row(tmp_path, be
     _, batches, _ = loop.load_task_data(tiny_args(glue_dir), teacher.tokenizer_dir, 2, with_eval=False)
     targets = loop.soft_targets(teacher, batches, batch_size=7)
     assert targets.shape == (len(batches.ids), 2)
-    batch = batches.batch(5)  # a shuffled batch: its rows are not consecutive
+    batch = batches.batch(5)  # a shuffled batch: its rows are neither consecutive nor sorted by length
     assert not torch.equal(batch["rows"], torch.arange(len(batch["rows"])) + batch["rows"][0])
     with torch.no_grad():
         want = teacher(**loop.model_inputs(batch))
