@@ -163,6 +163,9 @@ def test_finetune_refuses_a_teacher_of_another_task(tmp_path, bert_dir, glue_dir
     assert result.exit_code == 2, result.output
     assert f"--teacher {mnli_like} predicts 3 labels, the student 2" in result.output
     assert not (tmp_path / "o").exists()
+    result = CliRunner().invoke(main, ["train", "finetune", str(tmp_path / "o"), "--init", str(bert_dir),
+                                       "--teacher", str(tmp_path / "missing"), "--data", str(glue_dir)])
+    assert result.exit_code == 2 and "does not exist" in result.output and "Traceback" not in result.output
 
 
 def test_resume_continues_bit_for_bit(tmp_path, bert_dir, glue_dir, monkeypatch):

@@ -109,7 +109,7 @@ def warmup_cmd(out, base, resume, force, **kw):
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--init", "init", default="minilm", show_default=True,
               help="Checkpoint to start from (e.g. the warm-up output), a BERT directory, or 'minilm'.")
-@click.option("--teacher", type=click.Path(path_type=Path), default=None,
+@click.option("--teacher", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Also distil from this fine-tuned checkpoint's predictions (e.g. the N=1 model; same tokenizer).")
 @common_options
 def finetune_cmd(out, init, teacher, resume, force, **kw):
@@ -139,7 +139,7 @@ def prune_cmd(out, teacher, resume, force, **kw):
 @click.option("--base", default="minilm", show_default=True, help="BERT directory or 'minilm'.")
 @click.option("--warmup-epochs", default=0.5, show_default=True, help="Epochs of retrieval warm-up (0 skips it).")
 @click.option("--prune-epochs", default=None, type=float, help="Epochs of pruning (default: --epochs).")
-@click.option("--finetune-teacher", type=click.Path(path_type=Path), default=None,
+@click.option("--finetune-teacher", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Distil the fine-tune from this checkpoint's predictions (e.g. the N=1 model).")
 @prune_options
 @common_options
