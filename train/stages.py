@@ -152,9 +152,7 @@ def finetune(init, out, args: TrainArgs, resume: bool = False, force: bool = Fal
 
 def _distillation_teacher(teacher_dir, student):
     """A checkpoint whose predictions the student can learn from: same labels, same tokenizer."""
-    teacher = load_checkpoint(teacher_dir)
-    for p in teacher.parameters():
-        p.requires_grad_(False)
+    teacher = load_checkpoint(teacher_dir)  # only ever run under no_grad (soft_targets): nothing to freeze
     if teacher.config.num_labels != student.config.num_labels:
         raise PruMuxError(f"--teacher {teacher_dir} predicts {teacher.config.num_labels} labels, the student "
                           f"{student.config.num_labels}; give a teacher fine-tuned on the same task")
