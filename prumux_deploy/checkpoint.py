@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from .atomic import atomic_dir
 from .documents import read_versioned_json, sha256_file
 from .errors import CheckpointError
-from .model import MASK_NAMES, PruMuxConfig, PruMuxModel
+from .model import DEMUX_KINDS, MASK_NAMES, PruMuxConfig, PruMuxModel
 
 FORMAT = "prumux-checkpoint"
 FORMAT_VERSION = 1
@@ -71,7 +71,7 @@ def _read_bert_weights(base: Path) -> dict[str, torch.Tensor]:
 
 def create_model(base, num_instances: int = 2, num_labels: int = 2, seed: int = 0,
                  id2label: dict | None = None, task: str | None = None,
-                 max_seq_length: int = 128) -> PruMuxModel:
+                 max_seq_length: int = 128, demux_kind: str = "index") -> PruMuxModel:
     """A fresh PruMUX model on a BERT encoder.
 
     base: a local BERT directory (config.json + weights; its tokenizer files travel with the model) or a
@@ -83,6 +83,8 @@ def create_model(base, num_instances: int = 2, num_labels: int = 2, seed: int = 
         raise CheckpointError(f"--instances must be at least 1, got {num_instances}")
     if num_labels < 1:
         raise CheckpointError(f"--num-labels must be at least 1, got {num_labels}")
+    if demux_kind not in DEMUX_KINDS:
+        raise CheckpointError(f"--demux {demux_kind!r} is unknown; choose one of {', '.join(DEMUX_KINDS)}")
     base_dir = None
     if isinstance(base, BertConfig):
         bert = base
@@ -100,7 +102,7 @@ def create_model(base, num_instances: int = 2, num_labels: int = 2, seed: int = 
         max_position_embeddings=bert.max_position_embeddings, type_vocab_size=bert.type_vocab_size,
         layer_norm_eps=bert.layer_norm_eps, pad_token_id=bert.pad_token_id or 0,
         num_instances=num_instances, num_labels=num_labels, id2label=id2label or {}, task=task,
-        max_seq_length=min(max_seq_length, bert.max_position_embeddings), mux_seed=seed,
+        max_seq_length=min(max_seq_length, bert.max_position_embeddings), mux_seed=seed, demux_kind=demux_kind,
     )
     torch.manual_seed(seed)
     model = PruMuxModel(cfg)

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from .errors import PruMuxError
+from .model import DEMUX_KINDS
 
 MINILM_ALIAS = "minilm"
 
@@ -81,11 +82,14 @@ def _interrupt(signum, frame):
 @click.option("--num-labels", type=int, default=None, help="Number of classes (default: the task's, else 2).")
 @click.option("--seed", default=0, show_default=True, help="Seed for the mux vectors and the new demux weights.")
 @click.option("--max-seq-length", default=128, show_default=True, help="Longest input the engine expects.")
+@click.option("--demux", type=click.Choice(DEMUX_KINDS), default="index", show_default=True,
+              help="Demux read-out: 'index' reads [key_i ; h_CLS]; 'index_pool' averages [key_i ; h_t] "
+                   "features over instance i's own tokens.")
 @click.option("--random-prune", type=float, default=None, metavar="S",
               help="Attach random CoFi-like masks removing fraction S of the encoder (a demo / speed-study "
                    "stand-in for a trained pruned model).")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
-def init(out, base, instances, task, num_labels, seed, max_seq_length, random_prune, force):
+def init(out, base, instances, task, num_labels, seed, max_seq_length, demux, random_prune, force):
     """Create an untrained PruMUX checkpoint in OUT from a BERT encoder."""
     from .atomic import check_target
     from .checkpoint import create_model
@@ -101,7 +105,7 @@ def init(out, base, instances, task, num_labels, seed, max_seq_length, random_pr
         num_labels = len(id2label)
     base_dir = _minilm_dir() if base == MINILM_ALIAS else Path(base)
     model = create_model(base_dir, num_instances=instances, num_labels=num_labels or 2, seed=seed,
-                         id2label=id2label, task=task, max_seq_length=max_seq_length)
+                         id2label=id2label, task=task, max_seq_length=max_seq_length, demux_kind=demux)
     if random_prune is not None:
         from .generate import cofi_like_structure, masks_for_structure
 

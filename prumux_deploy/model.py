@@ -24,6 +24,16 @@ Mask semantics (the one place they are defined; compaction in export/compact.py 
 A sub-layer whose gate is exactly zero (head_layer_z[l] == 0 or every head_z[l] == 0; mlp_z[l] == 0 or
 every intermediate_z[l] == 0) is skipped whole, LayerNorm included: the residual stream passes through.
 This is what CoFi's pruned models do, and it is what makes compaction exact.
+
+Demux kinds (config.demux_kind); both use the same weights, an MLP of [key_i ; h] per instance:
+    index        h is the multiplexed [CLS] state: one feature vector per instance (the paper's index demux).
+    index_pool   h is every position's state; instance i's feature vectors are averaged over instance i's
+                 own tokens (its attention_mask). The retrieval warm-up trains exactly this per-position
+                 demux, so the pooled read-out starts from features that already tell the instances apart.
+
+Dropout (set_dropout; 0 unless training sets it) sits where BERT has it: after the embeddings, on the
+attention probabilities, on each sub-layer output before its residual add, and before the classifier.
+It is a training-time setting, not part of the checkpoint.
 """
 
 from __future__ import annotations
@@ -36,6 +46,8 @@ import torch.nn.functional as F
 from torch import nn
 
 MASK_NAMES = ("head_z", "head_layer_z", "intermediate_z", "mlp_z", "hidden_z")
+MUX_KINDS = ("gaussian_hadamard",)
+DEMUX_KINDS = ("index", "index_pool")
 
 
 @dataclass
@@ -68,6 +80,10 @@ class PruMuxConfig:
         self.id2label = {int(k): str(v) for k, v in (self.id2label or {}).items()}
         if not self.id2label:
             self.id2label = {i: f"LABEL_{i}" for i in range(self.num_labels)}
+        if self.mux_kind not in MUX_KINDS:
+            raise ValueError(f"mux_kind {self.mux_kind!r} is unknown; expected one of {', '.join(MUX_KINDS)}")
+        if self.demux_kind not in DEMUX_KINDS:
+            raise ValueError(f"demux_kind {self.demux_kind!r} is unknown; expected one of {', '.join(DEMUX_KINDS)}")
 
     @property
     def head_dim(self) -> int:
@@ -136,6 +152,13 @@ def scale(x, z):
     return x if z is None else x * z
 
 
+def fill_last_group(t, N: int):
+    """[B, ...] -> [G*N, ...] with G = ceil(B / N): the last mux group is filled by repeating the last row."""
+    B = t.shape[0]
+    rows = torch.arange((B + N - 1) // N * N, device=t.device).clamp(max=B - 1)
+    return t.index_select(0, rows)
+
+
 class Embeddings(nn.Module):
     def __init__(self, cfg: PruMuxConfig):
         super().__init__()
@@ -144,13 +167,14 @@ class Embeddings(nn.Module):
         self.position = nn.Embedding(cfg.max_position_embeddings, H)
         self.token_type = nn.Embedding(cfg.type_vocab_size, H)
         self.ln = nn.LayerNorm(H, eps=cfg.layer_norm_eps)
+        self.drop = nn.Dropout(0.0)
 
     def forward(self, input_ids, token_type_ids, hidden_z=None, keep=None):
         S = input_ids.shape[1]
         positions = torch.arange(S, device=input_ids.device)
         x = self.word(input_ids) + self.position(positions)[None] + self.token_type(token_type_ids)  # [B,S,H]
         x = layer_norm(x, self.ln.weight, self.ln.bias, self.ln.eps, keep)
-        return scale(x, hidden_z)
+        return self.drop(scale(x, hidden_z))
 
 
 class GaussianHadamardMux(nn.Module):
@@ -184,6 +208,7 @@ class Attention(nn.Module):
         self.value = nn.Linear(H, num_heads * D)
         self.out = nn.Linear(num_heads * D, H)
         self.ln = nn.LayerNorm(H, eps=cfg.layer_norm_eps)
+        self.drop_probs, self.drop = nn.Dropout(0.0), nn.Dropout(0.0)
 
     def forward(self, x, mask_bias, z: LayerMasks):  # x: [G,S,H], mask_bias: [G,1,1,S]
         G, S, _ = x.shape
@@ -192,11 +217,11 @@ class Attention(nn.Module):
         k = self.key(x).view(G, S, nh, D).transpose(1, 2)
         v = self.value(x).view(G, S, nh, D).transpose(1, 2)
         scores = q @ k.transpose(-1, -2) / math.sqrt(D) + mask_bias  # [G,nh,S,S]
-        ctx = scores.softmax(dim=-1) @ v  # [G,nh,S,D]
+        ctx = self.drop_probs(scores.softmax(dim=-1)) @ v  # [G,nh,S,D]
         if z.head is not None:
             ctx = ctx * z.head.view(1, nh, 1, 1)
         ctx = ctx.transpose(1, 2).reshape(G, S, nh * D)
-        a = scale(scale(self.out(ctx), z.head_layer), z.hidden)  # [G,S,H]
+        a = self.drop(scale(scale(self.out(ctx), z.head_layer), z.hidden))  # [G,S,H]
         return scale(layer_norm(x + a, self.ln.weight, self.ln.bias, self.ln.eps, z.keep), z.hidden)
 
 
@@ -207,10 +232,11 @@ class FeedForward(nn.Module):
         self.up = nn.Linear(H, width)
         self.down = nn.Linear(width, H)
         self.ln = nn.LayerNorm(H, eps=cfg.layer_norm_eps)
+        self.drop = nn.Dropout(0.0)
 
     def forward(self, x, z: LayerMasks):  # x: [G,S,H]
         h = scale(F.gelu(self.up(x)), z.intermediate)  # [G,S,I]
-        f = scale(scale(self.down(h), z.mlp), z.hidden)  # [G,S,H]
+        f = self.drop(scale(scale(self.down(h), z.mlp), z.hidden))  # [G,S,H]
         return scale(layer_norm(x + f, self.ln.weight, self.ln.bias, self.ln.eps, z.keep), z.hidden)
 
 
@@ -229,15 +255,19 @@ class EncoderLayer(nn.Module):
 
 
 class IndexDemux(nn.Module):
-    """RSA/index demux: instance i's output is an MLP of [key_i ; h_CLS], then the classifier."""
+    """RSA/index demux: instance i's features are an MLP of [key_i ; h], with h the [CLS] state (kind
+    "index") or every position's state averaged over instance i's own tokens (kind "index_pool");
+    then the classifier."""
 
     def __init__(self, cfg: PruMuxConfig):
         super().__init__()
         N, H, Hd = cfg.num_instances, cfg.model_dim, cfg.hidden_size
+        self.pooled = cfg.demux_kind == "index_pool"
         self.keys = nn.Parameter(torch.randn(N, H) * 0.02)  # [N, H]
         self.dense1 = nn.Linear(2 * H, Hd)
         self.dense2 = nn.Linear(Hd, Hd)
         self.ln = nn.LayerNorm(Hd, eps=cfg.layer_norm_eps)
+        self.drop = nn.Dropout(0.0)
         self.classifier = nn.Linear(Hd, cfg.num_labels)
 
     def instance_features(self, keys, h):  # keys, h: [..., H], broadcast against each other -> [..., Hd]
@@ -245,10 +275,16 @@ class IndexDemux(nn.Module):
         h2 = F.gelu(self.dense2(h1)) + h1
         return self.ln(h2)
 
-    def forward(self, cls, hidden_z=None):  # cls: [G, H] -> logits [G*N, C]
+    def forward(self, x, instance_mask, hidden_z=None):  # x: [G, S, H], instance_mask: [G*N, S] -> [G*N, C]
         keys = scale(self.keys, hidden_z)  # [N, H]
-        features = self.instance_features(keys[None], cls[:, None])  # [G, N, Hd]
-        return self.classifier(features).flatten(0, 1)
+        if self.pooled:
+            (G, S, _), N = x.shape, keys.shape[0]
+            per_token = self.instance_features(keys[None, :, None], x[:, None])  # [G, N, S, Hd]
+            w = instance_mask.view(G, N, S, 1).to(x.dtype)  # [G, N, S, 1], 1 on instance i's tokens
+            features = (per_token * w).sum(dim=2) / w.sum(dim=2).clamp(min=1.0)  # [G, N, Hd]
+        else:
+            features = self.instance_features(keys[None], x[:, None, 0])  # [G, N, Hd]
+        return self.classifier(self.drop(features)).flatten(0, 1)
 
 
 class PruMuxModel(nn.Module):
@@ -298,10 +334,8 @@ class PruMuxModel(nn.Module):
         keep = None if masks is None else masks.get("_hidden_keep")
 
         if N > 1:  # fill the last group by repeating the last row; its outputs are dropped by the caller
-            G = (B + N - 1) // N
-            rows = torch.arange(G * N, device=input_ids.device).clamp(max=B - 1)
             input_ids, attention_mask, token_type_ids = (
-                t.index_select(0, rows) for t in (input_ids, attention_mask, token_type_ids))
+                fill_last_group(t, N) for t in (input_ids, attention_mask, token_type_ids))
 
         x = self.embeddings(input_ids, token_type_ids, hidden_z, keep)  # [G*N, S, H]
         x = self.mux(x)  # [G, S, H]
@@ -323,8 +357,27 @@ class PruMuxModel(nn.Module):
         """input_ids, attention_mask, token_type_ids: [B, S] integer tensors -> logits [B, C]."""
         x, _, masks = self.encode(input_ids, attention_mask, token_type_ids, masks, hidden_states)
         hidden_z = None if masks is None else masks.get("hidden_z")
-        logits = self.demux(x[:, 0], hidden_z)  # [G*N, C]
+        instance_mask = None
+        if self.demux.pooled:
+            if attention_mask is None:
+                attention_mask = torch.ones_like(input_ids)
+            instance_mask = fill_last_group(attention_mask, self.config.num_instances)  # [G*N, S]
+        logits = self.demux(x, instance_mask, hidden_z)  # [G*N, C]
         return logits[: input_ids.shape[0]]
+
+    # --- training-time settings ----------------------------------------------------------------
+    def set_dropout(self, p: float):
+        """Dropout probability of every dropout site (see the module docstring); 0 turns them off."""
+        for m in self.modules():
+            if isinstance(m, nn.Dropout):
+                m.p = p
+
+    def set_demux_kind(self, kind: str):
+        """Switch between the demux read-outs; they share weights, so a trained demux can change kind."""
+        if kind not in DEMUX_KINDS:
+            raise ValueError(f"demux kind {kind!r} is unknown; expected one of {', '.join(DEMUX_KINDS)}")
+        self.config.demux_kind = kind
+        self.demux.pooled = kind == "index_pool"
 
     # --- bookkeeping -------------------------------------------------------------------------
     def num_encoder_params(self) -> int:

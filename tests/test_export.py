@@ -120,3 +120,22 @@ def test_engine_refuses_sequences_longer_than_the_position_table(engine_dir):
     engine = load_engine(engine_dir)
     with pytest.raises(EngineError, match="sequence length 25 exceeds the engine's position table"):
         engine(np.ones((2, 25), dtype=np.int64))
+
+
+def test_pooled_demux_exports_with_parity_plain_and_optimized(tmp_path):
+    """index_pool reads every position through attention_mask: the graph must keep that exact, optimized too."""
+    model = masked_model(2, demux_kind="index_pool")
+    model.save(tmp_path / "ckpt")
+    for optimize in (False, True):
+        out = tmp_path / f"engine-{optimize}"
+        manifest = export_checkpoint(tmp_path / "ckpt", out, optimize=optimize, log=quiet)
+        engine = load_engine(out)
+        for B, S in ((0, 5), (1, 1), (3, 16), (7, 9)):
+            feeds = feeds_for(B, S, seed=B + S)
+            got = engine.run_feeds(feeds)
+            with torch.no_grad():
+                want = model(*(torch.from_numpy(v) for v in feeds.values())).numpy()
+            assert got.shape == (B, 3)
+            if B:
+                assert np.abs(got - want).max() <= 1e-4, (optimize, B, S)
+        assert manifest["parity"]["max_abs_logit_error"] <= 1e-4

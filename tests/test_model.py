@@ -32,10 +32,11 @@ def test_compact_structure_follows_the_masks(N):
     assert model.masks == {}
 
 
+@pytest.mark.parametrize("demux", ["index", "index_pool"])
 @pytest.mark.parametrize("N", [1, 2, 5])
 @pytest.mark.parametrize("B", [1, 3, 7])
-def test_masked_and_compact_logits_agree_at_every_length(N, B):
-    masked = masked_model(N)
+def test_masked_and_compact_logits_agree_at_every_length(N, B, demux):
+    masked = masked_model(N, demux_kind=demux)
     small = compact(masked)
     for S in range(1, masked.config.max_seq_length + 1):
         ids, mask = random_batch(B, S, seed=S)
@@ -45,9 +46,10 @@ def test_masked_and_compact_logits_agree_at_every_length(N, B):
         assert (want - got).abs().max().item() <= 1e-4, (N, B, S)
 
 
+@pytest.mark.parametrize("demux", ["index", "index_pool"])
 @pytest.mark.parametrize("N", [1, 2, 5])
-def test_padding_longer_does_not_change_logits(N):
-    model = masked_model(N)
+def test_padding_longer_does_not_change_logits(N, demux):
+    model = masked_model(N, demux_kind=demux)
     ids, mask = random_batch(7, 9, seed=1)
     extra = torch.zeros(7, 6, dtype=torch.long)
     with torch.no_grad():
@@ -116,17 +118,68 @@ def test_compact_model_refuses_masks():
 
 
 def test_bert_weights_load_into_the_encoder(bert_dir):
-    """With unit mux vectors and N=1 our encoder's [CLS] state equals Hugging Face BertModel's."""
+    """With unit mux vectors and N=1 our encoder's output (every position) equals Hugging Face BertModel's."""
     from transformers import BertModel
 
     ours = create_model(bert_dir, num_instances=1, num_labels=2)
     ours.mux.vectors.fill_(1.0)
     hf = BertModel.from_pretrained(str(bert_dir), local_files_only=True).eval()
     seen = {}
-    ours.demux.register_forward_pre_hook(lambda m, args: seen.setdefault("cls", args[0]))
+    ours.demux.register_forward_pre_hook(lambda m, args: seen.update(x=args[0]))  # returns None: args unchanged
     ids, mask = random_batch(3, 10, seed=5)
     with torch.no_grad():
         ours(ids, mask)
-        want = hf(input_ids=ids, attention_mask=mask).last_hidden_state[:, 0]
-    assert (seen["cls"] - want).abs().max().item() < 1e-5
+        want = hf(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert seen["x"].shape == want.shape == (3, 10, HIDDEN)
+    assert (seen["x"] - want).abs().max().item() < 1e-5
     assert MAX_POS == ours.config.max_position_embeddings
+
+
+def test_pooled_demux_averages_each_instance_over_its_own_tokens():
+    """index_pool: instance i's logits = classifier(mean over i's real tokens t of MLP([key_i ; h_t])),
+    checked by hand against the encoder output, with the last group filled by repeating the last row."""
+    model = masked_model(2, demux_kind="index_pool")
+    ids, mask = random_batch(5, 9, seed=3)  # 5 rows: groups (0,1), (2,3), (4,4)
+    seen = {}
+    model.demux.register_forward_pre_hook(lambda m, args: seen.update(x=args[0]))
+    with torch.no_grad():
+        logits = model(ids, mask)
+        x, demux = seen["x"], model.demux  # x: [3, 9, H]
+        keys = demux.keys * model.masks["hidden_z"]
+        for row in range(5):
+            g, i = divmod(row, 2) if row < 4 else (2, 0)
+            tokens = mask[row].nonzero().flatten()
+            features = torch.stack([demux.instance_features(keys[i], x[g, t]) for t in tokens]).mean(0)
+            assert (demux.classifier(features) - logits[row]).abs().max().item() < 1e-5, row
+    assert logits.shape == (5, 3)
+
+
+def test_pooled_and_cls_demux_share_weights_and_differ_in_read_out():
+    model = masked_model(2)
+    ids, mask = random_batch(4, 8, seed=2)
+    with torch.no_grad():
+        cls = model(ids, mask)
+        model.set_demux_kind("index_pool")
+        pooled = model(ids, mask)
+    assert model.config.demux_kind == "index_pool" and model.demux.pooled
+    assert (cls - pooled).abs().max().item() > 1e-3
+    with pytest.raises(ValueError, match="demux kind 'prefix' is unknown; expected one of index, index_pool"):
+        model.set_demux_kind("prefix")
+
+
+def test_dropout_acts_only_in_training_mode():
+    model = masked_model(2, demux_kind="index_pool")
+    ids, mask = random_batch(4, 8, seed=4)
+    with torch.no_grad():
+        reference = model(ids, mask)
+        model.set_dropout(0.3)
+        assert model(ids, mask).equal(reference)  # eval mode: dropout is the identity
+        model.train()
+        torch.manual_seed(0)
+        first = model(ids, mask)
+        second = model(ids, mask)
+        assert (first - second).abs().max().item() > 1e-3  # a fresh dropout draw each call
+        model.set_dropout(0.0)
+        assert (model(ids, mask) - reference).abs().max().item() < 1e-6
+    sites = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert len(sites) == 1 + 2 * LAYERS + LAYERS + 1  # embeddings; attention probs + output; FFN output; demux

@@ -201,6 +201,23 @@ def test_train_cli_refuses_bad_flags(tmp_path, glue_dir):
     result = CliRunner().invoke(main, ["train", "finetune", str(tmp_path / "o"), "--batch-size", "1",
                                        "--instances", "2", "--data", str(glue_dir)])
     assert result.exit_code == 2 and "--batch-size 1 is smaller than N=2" in result.output
+    result = CliRunner().invoke(main, ["train", "finetune", str(tmp_path / "o"), "--dropout", "1",
+                                       "--data", str(glue_dir)])
+    assert result.exit_code == 2 and "--dropout must be in [0, 1), got 1.0" in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_finetune_can_switch_the_demux_read_out_and_train_with_dropout(tmp_path, bert_dir, glue_dir):
+    warmup(bert_dir, tmp_path / "warm", tiny_args(glue_dir), log=lambda m: None)
+    assert load_checkpoint(tmp_path / "warm").config.demux_kind == "index"
+    finetune(tmp_path / "warm", tmp_path / "ft", tiny_args(glue_dir, demux="index_pool", dropout=0.1),
+             log=lambda m: None)
+    model = load_checkpoint(tmp_path / "ft")
+    assert model.config.demux_kind == "index_pool" and model.demux.pooled
+    assert "dropout" not in json.loads((tmp_path / "ft" / "config.json").read_text())  # training-only
+    assert all(m.p == 0 for m in model.modules() if isinstance(m, torch.nn.Dropout))
+    manifest = export_checkpoint(tmp_path / "ft", tmp_path / "engine", log=lambda m: None)
+    assert manifest["parity"]["max_abs_logit_error"] <= 1e-4
 
 
 @pytest.mark.parametrize("target", [0.3, 0.6, 0.9])

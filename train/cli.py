@@ -28,6 +28,8 @@ def common_options(fn):
         click.option("--epochs", default=1.0, show_default=True, help="Passes over the (subsampled) train split."),
         click.option("--batch-size", default=32, show_default=True, help="Sentences per step (a multiple of N)."),
         click.option("--lr", default=5e-5, show_default=True, help="Peak learning rate (linear warm-up and decay)."),
+        click.option("--dropout", default=0.0, show_default=True,
+                     help="Dropout probability at BERT's dropout sites while training (0 = none)."),
         click.option("--max-train-samples", type=int, default=None, help="Use only the first K train rows."),
         click.option("--max-eval-samples", type=int, default=None, help="Evaluate on the first K dev rows."),
         click.option("--max-seq-length", default=64, show_default=True, help="Truncate inputs to this many tokens."),
@@ -48,9 +50,11 @@ def common_options(fn):
 def _args(kw):
     from .loop import TrainArgs
 
-    fields = ("task", "data", "instances", "epochs", "batch_size", "lr", "max_train_samples", "max_eval_samples",
-              "max_seq_length", "eval_every", "save_every", "seed", "train_split", "eval_split")
-    args = TrainArgs(**{k: kw.pop(k) for k in fields})
+    fields = ("task", "data", "instances", "epochs", "batch_size", "lr", "dropout", "max_train_samples",
+              "max_eval_samples", "max_seq_length", "eval_every", "save_every", "seed", "train_split", "eval_split")
+    args = TrainArgs(**{k: kw.pop(k) for k in fields}, demux=kw.pop("demux", None))
+    if not 0 <= args.dropout < 1:
+        raise PruMuxError(f"--dropout must be in [0, 1), got {args.dropout}")
     if args.instances < 1:
         raise PruMuxError(f"--instances must be at least 1, got {args.instances}")
     if args.batch_size < args.instances:
@@ -72,6 +76,15 @@ def prune_options(fn):
     for option in reversed(options):
         fn = option(fn)
     return fn
+
+
+def demux_option(fn):
+    from prumux_deploy.model import DEMUX_KINDS
+
+    return click.option("--demux", type=click.Choice(DEMUX_KINDS), default=None,
+                        help="Demux read-out of a new model, or switch the starting checkpoint's to it (they share "
+                             "weights): 'index' reads [CLS], 'index_pool' averages over each instance's tokens. "
+                             "Default: the checkpoint's, or 'index' for a new model.")(fn)
 
 
 def _prune_args(kw):
@@ -97,6 +110,7 @@ def train():
 @train.command("warmup")
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--base", default="minilm", show_default=True, help="BERT directory, 'minilm', or a checkpoint.")
+@demux_option
 @common_options
 def warmup_cmd(out, base, resume, force, **kw):
     """Token-retrieval warm-up of the multiplexer and demultiplexer."""
@@ -111,6 +125,7 @@ def warmup_cmd(out, base, resume, force, **kw):
               help="Checkpoint to start from (e.g. the warm-up output), a BERT directory, or 'minilm'.")
 @click.option("--teacher", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Also distil from this fine-tuned checkpoint's predictions (e.g. the N=1 model; same tokenizer).")
+@demux_option
 @common_options
 def finetune_cmd(out, init, teacher, resume, force, **kw):
     """GLUE fine-tuning of the multiplexed model (cross-entropy on every instance, plus distillation from
@@ -142,6 +157,7 @@ def prune_cmd(out, teacher, resume, force, **kw):
 @click.option("--finetune-teacher", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Distil the fine-tune from this checkpoint's predictions (e.g. the N=1 model).")
 @prune_options
+@demux_option
 @common_options
 def all_cmd(out, base, warmup_epochs, prune_epochs, finetune_teacher, resume, force, **kw):
     """warm-up -> fine-tune -> prune; writes OUT/warmup, OUT/finetune, OUT/pruned (s=0 stops after fine-tune)."""

@@ -26,6 +26,8 @@ class TrainArgs:
     epochs: float = 1.0
     batch_size: int = 32          # sentences per step (batch_size / N multiplexed sequences)
     lr: float = 5e-5
+    dropout: float = 0.0          # BERT's dropout sites (model.set_dropout); training only
+    demux: str | None = None      # demux kind of a new model, or switch a loaded one to it (None: keep)
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     max_seq_length: int = 64

@@ -60,10 +60,15 @@ def _start_model(source, args: TrainArgs) -> torch.nn.Module:
         model = load_checkpoint(source)
         if model.config.num_instances != args.instances:
             raise PruMuxError(f"{source} has N={model.config.num_instances}, but --instances is {args.instances}")
-        return model
-    task = get_task(args.task)
-    return create_model(source, num_instances=args.instances, num_labels=len(task.label_names), seed=args.seed,
-                        id2label=task.id2label, task=task.name, max_seq_length=args.max_seq_length)
+        if args.demux:
+            model.set_demux_kind(args.demux)
+    else:
+        task = get_task(args.task)
+        model = create_model(source, num_instances=args.instances, num_labels=len(task.label_names),
+                             seed=args.seed, id2label=task.id2label, task=task.name,
+                             max_seq_length=args.max_seq_length, demux_kind=args.demux or "index")
+    model.set_dropout(args.dropout)
+    return model
 
 
 def _train(run: RunState, args: TrainArgs, resume: bool, objects: dict, total: int, step_fn, eval_fn,
@@ -195,7 +200,9 @@ def prune(teacher_dir, out, args: TrainArgs, prune_args: PruneArgs, resume: bool
         raise PruMuxError(f"{teacher_dir}: the teacher must be an unpruned fine-tuned checkpoint")
     for p in teacher.parameters():
         p.requires_grad_(False)
+    teacher.set_dropout(0.0)
     student = copy.deepcopy(teacher).train()
+    student.set_dropout(args.dropout)
     for p in student.parameters():
         p.requires_grad_(True)
     student.tokenizer_dir = teacher.tokenizer_dir
