@@ -8,15 +8,17 @@ import pytest
 import torch
 
 from prumux_deploy import load_checkpoint
+from prumux_deploy.errors import PruMuxError
 from prumux_deploy.export.pipeline import export_checkpoint
 from prumux_deploy.model import PruMuxConfig
 from prumux_deploy.train import loop
 from prumux_deploy.train.gates import CoFiGates, HardConcrete, expected_sparsity, lagrangian_term
-from prumux_deploy.train.losses import LayerAlignment, prediction_distillation
+from prumux_deploy.train.losses import (ContextHead, LayerAlignment, contextual_distillation_loss,
+                                        prediction_distillation)
 from prumux_deploy.train.loop import TrainArgs
 from prumux_deploy.train.stages import PruneArgs, finetune, prune, warmup
 
-from conftest import SST2_ROWS, WORDS
+from conftest import SST2_ROWS, WORDS, masked_model
 
 
 def test_hard_concrete_samples_lie_in_0_1_with_the_expected_l0():
@@ -261,3 +263,38 @@ def test_target_sizing_reopens_the_best_closed_blocks_when_open_ones_cannot_reac
     assert abs(gates.mask_sparsity(masks) - 0.3) <= 0.01
     # 0.3 needs at least 4 blocks back (6/8 -> 2/8 closed, then heads/units trimmed); best scores first
     assert masks["head_layer_z"].tolist() == [1, 1, 1, 0] and masks["mlp_z"].tolist() == [1, 1, 1, 0]
+
+
+def test_contextual_distillation_is_relative_to_the_targets_and_learnable():
+    """The loss is the error relative to the teacher's mean square (a zero head scores exactly 1), and a
+    multiplexed student learns to reproduce an unmultiplexed teacher's per-token states of each instance."""
+    torch.manual_seed(0)
+    teacher = masked_model(1, seed=1)
+    teacher.set_masks(None)
+    student = masked_model(2, seed=2)
+    student.set_masks(None)
+    head = ContextHead(student.config.hidden_size, teacher.config.hidden_size)
+    ids = torch.randint(5, 100, (8, 10))
+    mask = (torch.arange(10)[None] < torch.tensor([10, 3, 7, 10, 1, 5, 9, 6])[:, None]).long()
+    torch.nn.init.zeros_(head.proj.weight)
+    torch.nn.init.zeros_(head.proj.bias)
+    assert contextual_distillation_loss(student, teacher, head, ids, mask).item() == pytest.approx(1.0)
+    opt = torch.optim.Adam(list(student.parameters()) + list(head.parameters()), lr=3e-3)
+    for _ in range(150):
+        loss = contextual_distillation_loss(student, teacher, head, ids, mask)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1
+
+
+def test_contextual_warmup_logs_both_losses_and_refuses_a_multiplexed_teacher(tmp_path, bert_dir, glue_dir):
+    args = tiny_args(glue_dir)
+    warmup(bert_dir, tmp_path / "warm", args, log=lambda m: None, teacher_dir=bert_dir)
+    records = [json.loads(l) for l in (tmp_path / "warm" / "train_log.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r.get("event") == "eval"]
+    assert evals and all(r["loss"] == pytest.approx(r["retrieval"] + r["context"]) for r in evals)
+    assert load_checkpoint(tmp_path / "warm").config.num_instances == 2
+    with pytest.raises(PruMuxError, match=r"--teacher .*warm: .*has N=2.*; give an unmultiplexed \(N=1\) encoder"):
+        warmup(bert_dir, tmp_path / "again", args, log=lambda m: None, teacher_dir=tmp_path / "warm")
+    assert not (tmp_path / "again").exists()

@@ -110,13 +110,18 @@ def train():
 @train.command("warmup")
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--base", default="minilm", show_default=True, help="BERT directory, 'minilm', or a checkpoint.")
+@click.option("--teacher", default=None,
+              help="Also match this unmultiplexed encoder's per-token states for every instance (contextual "
+                   "warm-up): 'minilm', a BERT directory, or an N=1 checkpoint.")
 @demux_option
 @common_options
-def warmup_cmd(out, base, resume, force, **kw):
-    """Token-retrieval warm-up of the multiplexer and demultiplexer."""
+def warmup_cmd(out, base, teacher, resume, force, **kw):
+    """Token-retrieval warm-up of the multiplexer and demultiplexer (plus contextual distillation with
+    --teacher)."""
     from .stages import warmup
 
-    warmup(_base_dir(base), out, _args(kw), resume=resume, force=force, log=_echo)
+    warmup(_base_dir(base), out, _args(kw), resume=resume, force=force, log=_echo,
+           teacher_dir=None if teacher is None else _base_dir(teacher))
 
 
 @train.command("finetune")

@@ -59,3 +59,43 @@ def retrieval_loss(model, input_ids, attention_mask, generator: torch.Generator 
     features = model.demux.instance_features(keys[choice][real], x[real])  # [P, Hd]
     logits = features @ model.embeddings.word.weight.T  # [P, V], decoder tied to the embeddings
     return F.cross_entropy(logits, ids[real])
+
+
+class ContextHead(nn.Module):
+    """The warm-up-only map from demux features (width Hd) to the teacher's hidden space (width H).
+
+    The demux features also feed the tied retrieval decoder, which wants them large and aligned with the word
+    embeddings, while MiniLM's final states are small (mean square ~0.15): matching them directly makes the two
+    objectives fight over scale. A linear head lets the features stay what retrieval needs while carrying the
+    teacher's contextual state."""
+
+    def __init__(self, demux_width: int, hidden_size: int):
+        super().__init__()
+        self.proj = nn.Linear(demux_width, hidden_size)
+
+    def forward(self, features):
+        return self.proj(features)
+
+
+def contextual_distillation_loss(model, teacher, head: ContextHead, input_ids, attention_mask) -> torch.Tensor:
+    """Contextual warm-up: at every real token of every instance, the demux features of that instance
+    ([key_i ; h_t] through the demux MLP, then `head`) should equal the final hidden state an unmultiplexed
+    `teacher` (N = 1, same tokenizer, same width) computes for that sentence alone. Retrieval only asks the
+    encoder to keep each instance's token identity; this asks it to do each instance's contextual processing
+    while the instances share the sequence, which is what multiplexed pretraining teaches in MUX-PLMs.
+
+    input_ids, attention_mask: [B, S] with B a multiple of N. Returns the squared error relative to the
+    targets' mean square: 1 is no better than predicting zeros, 0 is exact."""
+    N = model.config.num_instances
+    B, S = input_ids.shape
+    with torch.no_grad():
+        target, _, _ = teacher.encode(input_ids, attention_mask)  # [B, S, H]
+    x, _, masks = model.encode(input_ids, attention_mask)  # [G, S, H]
+    G = x.shape[0]
+    hidden_z = None if masks is None else masks.get("hidden_z")
+    keys = model.demux.keys if hidden_z is None else model.demux.keys * hidden_z  # [N, H]
+    real = attention_mask.view(G, N, S).bool()  # [G, N, S]
+    which = real.nonzero()  # [P, 3]: group, instance, position of every real token
+    features = model.demux.instance_features(keys[which[:, 1]], x[which[:, 0], which[:, 2]])  # [P, Hd]
+    wanted = target.view(G, N, S, -1)[real]  # [P, H]
+    return (head(features) - wanted).pow(2).mean() / wanted.pow(2).mean()

@@ -8,6 +8,7 @@ evaluation) and OUT/train_state.pt for --resume.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import shutil
 from dataclasses import dataclass
@@ -25,7 +26,8 @@ from prumux_deploy.structure import describe
 from .gates import CoFiGates, lagrangian_term
 from .loop import (RunState, TrainArgs, evaluate, load_task_data, model_inputs, progress, seed_everything,
                    soft_targets)
-from .losses import LayerAlignment, prediction_distillation, retrieval_loss
+from .losses import (ContextHead, LayerAlignment, contextual_distillation_loss, prediction_distillation,
+                     retrieval_loss)
 
 
 def _linear_schedule(optimizer, total_steps: int, warmup_frac: float = 0.06):
@@ -39,14 +41,15 @@ def _linear_schedule(optimizer, total_steps: int, warmup_frac: float = 0.06):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _apply(loss, optimizers, schedule) -> None:
-    """One optimisation step: backward through `loss`, step every optimizer, advance the LR schedule."""
+def _apply(loss, optimizers, *schedules) -> None:
+    """One optimisation step: backward through `loss`, step every optimizer, advance the LR schedules."""
     for opt in optimizers:
         opt.zero_grad()
     loss.backward()
     for opt in optimizers:
         opt.step()
-    schedule.step()
+    for schedule in schedules:
+        schedule.step()
 
 
 def _total_steps(args: TrainArgs, batches) -> int:
@@ -107,21 +110,43 @@ def _single_model_stage(source, out, args: TrainArgs, force: bool, stage: str, w
 
 # --- 1. warm-up: token retrieval ---------------------------------------------------------------
 
-def warmup(base, out, args: TrainArgs, resume: bool = False, force: bool = False, log=print):
-    """Train mux/demux (and the encoder) to retrieve each instance's tokens from the mixed sequence."""
+def warmup(base, out, args: TrainArgs, resume: bool = False, force: bool = False, log=print, teacher_dir=None,
+           context_weight: float = 1.0):
+    """Train mux/demux (and the encoder) to retrieve each instance's tokens from the mixed sequence. With
+    `teacher_dir` (an unmultiplexed encoder: a BERT directory or an N=1 checkpoint), also to
+    reproduce the teacher's contextual state of every instance's every token (contextual_distillation_loss)."""
+    check_target(out, force)
+    teacher = None if teacher_dir is None else _contextual_teacher(teacher_dir, args)
     model, batches, _, total, optimizer, schedule, run = _single_model_stage(base, out, args, force, "warmup",
                                                                              with_eval=False)
+    objects = {"model": model, "optimizer": optimizer, "schedule": schedule}
+    optimizers, schedules = [optimizer], [schedule]
+    if teacher is not None:
+        _check_same_tokenizer(teacher, model, f"--teacher {teacher_dir}")
+        head = ContextHead(model.config.hidden_size, teacher.config.hidden_size)
+        # a fresh linear layer: at the encoder's fine-tuning lr it would take thousands of steps to move
+        opt_head = torch.optim.AdamW(head.parameters(), lr=10 * args.lr, weight_decay=0.01)
+        schedule_head = _linear_schedule(opt_head, total)
+        objects.update(context_head=head, opt_head=opt_head, schedule_head=schedule_head)
+        optimizers.append(opt_head)
+        schedules.append(schedule_head)
 
     def step_fn(step):
         batch = batches.batch(step)
-        loss = retrieval_loss(model, batch["input_ids"], batch["attention_mask"])
-        _apply(loss, [optimizer], schedule)
-        return {"loss": loss.item()}
+        retrieval = retrieval_loss(model, batch["input_ids"], batch["attention_mask"])
+        if teacher is None:
+            _apply(retrieval, optimizers, *schedules)
+            return {"loss": retrieval.item()}
+        context = contextual_distillation_loss(model, teacher, head, batch["input_ids"], batch["attention_mask"])
+        loss = retrieval + context_weight * context
+        _apply(loss, optimizers, *schedules)
+        return {"loss": loss.item(), "retrieval": retrieval.item(), "context": context.item()}
 
-    last = _train(run, args, resume, {"model": model, "optimizer": optimizer, "schedule": schedule}, total,
-                  step_fn, lambda: {}, "warmup")
+    last = _train(run, args, resume, objects, total, step_fn, lambda: {}, "warmup")
     _save(model, out, run, force)
-    log(f"warmup: {total} steps, final retrieval loss {last.get('loss', float('nan')):.3f}; wrote {out}")
+    context = f", contextual error {last['context']:.3f}" if "context" in last else ""
+    log(f"warmup: {total} steps, final retrieval loss {last.get('retrieval', last.get('loss', float('nan'))):.3f}"
+        f"{context}; wrote {out}")
     return model
 
 
@@ -161,9 +186,26 @@ def _distillation_teacher(teacher_dir, student):
     if teacher.config.num_labels != student.config.num_labels:
         raise PruMuxError(f"--teacher {teacher_dir} predicts {teacher.config.num_labels} labels, the student "
                           f"{student.config.num_labels}; give a teacher fine-tuned on the same task")
+    _check_same_tokenizer(teacher, student, f"--teacher {teacher_dir}")
+    return teacher
+
+
+def _check_same_tokenizer(teacher, student, what: str):
     if load_tokenizer(teacher.tokenizer_dir).get_vocab() != load_tokenizer(student.tokenizer_dir).get_vocab():
-        raise PruMuxError(f"--teacher {teacher_dir} has a different tokenizer from the student; give a teacher "
-                          f"trained from the same base encoder")
+        raise PruMuxError(f"{what} has a different tokenizer from the student; give a teacher trained from the "
+                          f"same base encoder")
+
+
+def _contextual_teacher(source, args: TrainArgs):
+    """The unmultiplexed encoder whose per-token states the contextual warm-up matches (frozen, no dropout)."""
+    try:
+        teacher = _start_model(source, dataclasses.replace(args, instances=1, demux=None, dropout=0.0)).eval()
+    except PruMuxError as e:
+        raise PruMuxError(f"--teacher {source}: {e}; give an unmultiplexed (N=1) encoder") from None
+    if teacher.masks or teacher.config.is_compact:
+        raise PruMuxError(f"--teacher {source}: give an unpruned encoder or checkpoint, not a pruned one")
+    for p in teacher.parameters():
+        p.requires_grad_(False)
     return teacher
 
 
