@@ -57,9 +57,11 @@ def encoder_flops(heads: list[int], ffn: list[int], hidden: int, head_dim: int, 
 
 
 def prumux_flops_per_sample(cfg: PruMuxConfig, seq: int) -> float:
-    """One mux group carries N samples: encoder FLOPs / N, plus each sample's own demux and classifier."""
+    """One mux group carries N samples: encoder FLOPs / N, plus each sample's own demux and classifier
+    (the demux MLP runs once per sample on [CLS], or at every position with the index_pool read-out)."""
     H, Hd, C = cfg.model_dim, cfg.hidden_size, cfg.num_labels
-    demux = 2 * (2 * H) * Hd + 2 * Hd * Hd + 2 * Hd * C
+    demux_positions = seq if cfg.demux_kind == "index_pool" else 1
+    demux = demux_positions * (2 * (2 * H) * Hd + 2 * Hd * Hd) + 2 * Hd * C
     enc = encoder_flops(cfg.heads_per_layer, cfg.ffn_per_layer, H, cfg.head_dim, seq)
     return enc / cfg.num_instances + demux
 

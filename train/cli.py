@@ -159,12 +159,15 @@ def prune_cmd(out, teacher, resume, force, **kw):
 @click.option("--base", default="minilm", show_default=True, help="BERT directory or 'minilm'.")
 @click.option("--warmup-epochs", default=0.5, show_default=True, help="Epochs of retrieval warm-up (0 skips it).")
 @click.option("--prune-epochs", default=None, type=float, help="Epochs of pruning (default: --epochs).")
+@click.option("--warmup-teacher", default=None,
+              help="Contextual warm-up: also match this unmultiplexed encoder's per-token states ('minilm', a "
+                   "BERT directory, or an N=1 checkpoint).")
 @click.option("--finetune-teacher", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Distil the fine-tune from this checkpoint's predictions (e.g. the N=1 model).")
 @prune_options
 @demux_option
 @common_options
-def all_cmd(out, base, warmup_epochs, prune_epochs, finetune_teacher, resume, force, **kw):
+def all_cmd(out, base, warmup_epochs, prune_epochs, warmup_teacher, finetune_teacher, resume, force, **kw):
     """warm-up -> fine-tune -> prune; writes OUT/warmup, OUT/finetune, OUT/pruned (s=0 stops after fine-tune)."""
     import copy
 
@@ -178,7 +181,8 @@ def all_cmd(out, base, warmup_epochs, prune_epochs, finetune_teacher, resume, fo
         wargs = copy.copy(args)
         wargs.epochs = warmup_epochs
         if not (resume and (out / "warmup" / "config.json").is_file()):
-            warmup(start, out / "warmup", wargs, resume=resume, force=force, log=_echo)
+            warmup(start, out / "warmup", wargs, resume=resume, force=force, log=_echo,
+                   teacher_dir=None if warmup_teacher is None else _base_dir(warmup_teacher))
         start = out / "warmup"
     if not (resume and (out / "finetune" / "config.json").is_file()):
         finetune(start, out / "finetune", args, resume=resume, force=force, log=_echo,
