@@ -295,6 +295,6 @@ def test_contextual_warmup_logs_both_losses_and_refuses_a_multiplexed_teacher(tm
     evals = [r for r in records if r.get("event") == "eval"]
     assert evals and all(r["loss"] == pytest.approx(r["retrieval"] + r["context"]) for r in evals)
     assert load_checkpoint(tmp_path / "warm").config.num_instances == 2
-    with pytest.raises(PruMuxError, match=r"--teacher .*warm: .*has N=2.*; give an unmultiplexed \(N=1\) encoder"):
+    with pytest.raises(PruMuxError, match=r"--teacher .*warm is multiplexed \(N=2\); give an unmultiplexed \(N=1\) encoder"):
         warmup(bert_dir, tmp_path / "again", args, log=lambda m: None, teacher_dir=tmp_path / "warm")
     assert not (tmp_path / "again").exists()

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from prumux_deploy.atomic import check_target
-from prumux_deploy.checkpoint import create_model, load_checkpoint, save_checkpoint
+from prumux_deploy.checkpoint import create_model, load_checkpoint, read_config, save_checkpoint
 from prumux_deploy.data import get_task, load_tokenizer
 from prumux_deploy.errors import PruMuxError
 from prumux_deploy.export import compact
@@ -56,10 +56,14 @@ def _total_steps(args: TrainArgs, batches) -> int:
     return max(1, int(math.ceil(args.epochs * batches.steps_per_epoch)))
 
 
+def _is_checkpoint(source: Path) -> bool:
+    return (source / "config.json").is_file() and '"prumux-checkpoint"' in (source / "config.json").read_text()
+
+
 def _start_model(source, args: TrainArgs) -> torch.nn.Module:
     """A checkpoint directory (config.json with our format) or a BERT base directory / 'minilm'."""
     source = Path(source)
-    if (source / "config.json").is_file() and '"prumux-checkpoint"' in (source / "config.json").read_text():
+    if _is_checkpoint(source):
         model = load_checkpoint(source)
         if model.config.num_instances != args.instances:
             raise PruMuxError(f"{source} has N={model.config.num_instances}, but --instances is {args.instances}")
@@ -198,10 +202,9 @@ def _check_same_tokenizer(teacher, student, what: str):
 
 def _contextual_teacher(source, args: TrainArgs):
     """The unmultiplexed encoder whose per-token states the contextual warm-up matches (frozen, no dropout)."""
-    try:
-        teacher = _start_model(source, dataclasses.replace(args, instances=1, demux=None, dropout=0.0)).eval()
-    except PruMuxError as e:
-        raise PruMuxError(f"--teacher {source}: {e}; give an unmultiplexed (N=1) encoder") from None
+    if _is_checkpoint(Path(source)) and (n := read_config(source).num_instances) != 1:
+        raise PruMuxError(f"--teacher {source} is multiplexed (N={n}); give an unmultiplexed (N=1) encoder")
+    teacher = _start_model(source, dataclasses.replace(args, instances=1, demux=None, dropout=0.0)).eval()
     if teacher.masks or teacher.config.is_compact:
         raise PruMuxError(f"--teacher {source}: give an unpruned encoder or checkpoint, not a pruned one")
     for p in teacher.parameters():
