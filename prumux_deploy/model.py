@@ -50,6 +50,11 @@ MUX_KINDS = ("gaussian_hadamard",)
 DEMUX_KINDS = ("index", "index_pool")
 
 
+def check_kind(what: str, kind: str, kinds: tuple[str, ...]):
+    if kind not in kinds:
+        raise ValueError(f"{what} {kind!r} is unknown; expected one of {', '.join(kinds)}")
+
+
 @dataclass
 class PruMuxConfig:
     # base BERT dimensions (what the masks index into)
@@ -80,10 +85,8 @@ class PruMuxConfig:
         self.id2label = {int(k): str(v) for k, v in (self.id2label or {}).items()}
         if not self.id2label:
             self.id2label = {i: f"LABEL_{i}" for i in range(self.num_labels)}
-        if self.mux_kind not in MUX_KINDS:
-            raise ValueError(f"mux_kind {self.mux_kind!r} is unknown; expected one of {', '.join(MUX_KINDS)}")
-        if self.demux_kind not in DEMUX_KINDS:
-            raise ValueError(f"demux_kind {self.demux_kind!r} is unknown; expected one of {', '.join(DEMUX_KINDS)}")
+        check_kind("mux_kind", self.mux_kind, MUX_KINDS)
+        check_kind("demux_kind", self.demux_kind, DEMUX_KINDS)
 
     @property
     def head_dim(self) -> int:
@@ -374,8 +377,7 @@ class PruMuxModel(nn.Module):
 
     def set_demux_kind(self, kind: str):
         """Switch between the demux read-outs; they share weights, so a trained demux can change kind."""
-        if kind not in DEMUX_KINDS:
-            raise ValueError(f"demux kind {kind!r} is unknown; expected one of {', '.join(DEMUX_KINDS)}")
+        check_kind("demux kind", kind, DEMUX_KINDS)
         self.config.demux_kind = kind
         self.demux.pooled = kind == "index_pool"
 

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prumux_deploy.model import scale
+
 
 def prediction_distillation(student_logits, teacher_logits, temperature: float = 2.0) -> torch.Tensor:
     """KL(teacher || student) on temperature-softened predictions, scaled by T^2 (Hinton et al.)."""
@@ -41,6 +43,14 @@ class LayerAlignment(nn.Module):
         return total
 
 
+def _encode_for_demux(model, input_ids, attention_mask):
+    """The encoder output [G, S, H] and the demux keys [N, H] in the same (hidden_z-masked) space, for
+    losses that run the demux MLP at positions of their choosing."""
+    x, _, masks = model.encode(input_ids, attention_mask)
+    hidden_z = None if masks is None else masks.get("hidden_z")
+    return x, scale(model.demux.keys, hidden_z)
+
+
 def retrieval_loss(model, input_ids, attention_mask, generator: torch.Generator | None = None) -> torch.Tensor:
     """Token retrieval warm-up (DataMUX / MUX-PLMs): at every position of the multiplexed sequence pick
     one instance at random and predict that instance's token from the encoder output, through the demux
@@ -49,13 +59,11 @@ def retrieval_loss(model, input_ids, attention_mask, generator: torch.Generator 
     input_ids, attention_mask: [B, S] with B a multiple of N."""
     N = model.config.num_instances
     B, S = input_ids.shape
-    x, _, masks = model.encode(input_ids, attention_mask)  # [G, S, H]
+    x, keys = _encode_for_demux(model, input_ids, attention_mask)  # [G, S, H], [N, H]
     G = x.shape[0]
     choice = torch.randint(0, N, (G, S), generator=generator)  # which instance each position retrieves
     ids = input_ids.view(G, N, S).gather(1, choice[:, None]).squeeze(1)  # [G, S]
     real = attention_mask.view(G, N, S).gather(1, choice[:, None]).squeeze(1).bool()
-    hidden_z = None if masks is None else masks.get("hidden_z")
-    keys = model.demux.keys if hidden_z is None else model.demux.keys * hidden_z
     features = model.demux.instance_features(keys[choice][real], x[real])  # [P, Hd]
     logits = features @ model.embeddings.word.weight.T  # [P, V], decoder tied to the embeddings
     return F.cross_entropy(logits, ids[real])
@@ -90,10 +98,8 @@ def contextual_distillation_loss(model, teacher, head: ContextHead, input_ids, a
     B, S = input_ids.shape
     with torch.no_grad():
         target, _, _ = teacher.encode(input_ids, attention_mask)  # [B, S, H]
-    x, _, masks = model.encode(input_ids, attention_mask)  # [G, S, H]
+    x, keys = _encode_for_demux(model, input_ids, attention_mask)  # [G, S, H], [N, H]
     G = x.shape[0]
-    hidden_z = None if masks is None else masks.get("hidden_z")
-    keys = model.demux.keys if hidden_z is None else model.demux.keys * hidden_z  # [N, H]
     real = attention_mask.view(G, N, S).bool()  # [G, N, S]
     which = real.nonzero()  # [P, 3]: group, instance, position of every real token
     features = model.demux.instance_features(keys[which[:, 1]], x[which[:, 0], which[:, 2]])  # [P, Hd]

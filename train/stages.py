@@ -245,9 +245,7 @@ def prune(teacher_dir, out, args: TrainArgs, prune_args: PruneArgs, resume: bool
         raise PruMuxError(f"{teacher_dir}: the teacher must be an unpruned fine-tuned checkpoint")
     for p in teacher.parameters():
         p.requires_grad_(False)
-    teacher.set_dropout(0.0)
-    student = copy.deepcopy(teacher).train()
-    student.set_dropout(args.dropout)
+    student = copy.deepcopy(teacher).train()  # with _start_model's --dropout; the teacher only runs in eval
     for p in student.parameters():
         p.requires_grad_(True)
     student.tokenizer_dir = teacher.tokenizer_dir
