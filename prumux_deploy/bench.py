@@ -58,12 +58,23 @@ def encoder_flops(heads: list[int], ffn: list[int], hidden: int, head_dim: int, 
 
 def prumux_flops_per_sample(cfg: PruMuxConfig, seq: int) -> float:
     """One mux group carries N samples: encoder FLOPs / N, plus each sample's own demux and classifier
-    (the demux MLP runs once per sample on [CLS], or at every position with the index_pool read-out)."""
-    H, Hd, C = cfg.model_dim, cfg.hidden_size, cfg.num_labels
-    demux_positions = seq if cfg.demux_kind == "index_pool" else 1
-    demux = demux_positions * (2 * (2 * H) * Hd + 2 * Hd * Hd) + 2 * Hd * C
-    enc = encoder_flops(cfg.heads_per_layer, cfg.ffn_per_layer, H, cfg.head_dim, seq)
-    return enc / cfg.num_instances + demux
+    (the demux MLP runs once per sample on [CLS], or at every position with the key_pool read-out)."""
+    return encoder_flops(cfg.heads_per_layer, cfg.ffn_per_layer, cfg.model_dim, cfg.head_dim,
+                         seq) / cfg.num_instances + demux_flops_per_sample(cfg, seq)
+
+
+def demux_flops_per_sample(cfg: PruMuxConfig, seq: int) -> float:
+    """Matrix FLOPs of one sample's demux read-out and classifier (model.py's demux kinds)."""
+    H, K, Hd, C = cfg.model_dim, cfg.key_size, cfg.hidden_size, cfg.num_labels
+    if cfg.demux_kind == "pooler":
+        return 2 * H * Hd + 2 * Hd * C
+    if cfg.demux_kind == "index_pos":  # dense_1, dense_2 .. dense_{D-1} (or none, legacy), pre_decoder
+        hidden = 0 if cfg.legacy_demuxing else cfg.num_hidden_demux_layers - 2
+        mlp = 2 * (K + H) * Hd + (hidden + 1) * 2 * Hd * Hd
+    else:  # key_cls / key_pool: dense1, dense2
+        mlp = 2 * (K + H) * Hd + 2 * Hd * Hd
+    positions = seq if cfg.demux_kind == "key_pool" else 1
+    return positions * mlp + 2 * Hd * C
 
 
 def bert_flops_per_sample(cfg: dict, seq: int, num_labels: int = 2) -> float:

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from .atomic import atomic_dir
 from .documents import read_versioned_json, sha256_file
 from .errors import CheckpointError
-from .model import DEMUX_KINDS, MASK_NAMES, PruMuxConfig, PruMuxModel
+from .model import MASK_NAMES, NEW_MODEL_DEMUX_KINDS, PruMuxConfig, PruMuxModel
 
 FORMAT = "prumux-checkpoint"
 FORMAT_VERSION = 1
@@ -32,7 +32,7 @@ TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "spec
 
 # --- creating a model from a BERT encoder ------------------------------------------------------
 
-def _bert_to_prumux_name(name: str) -> str | None:
+def bert_to_prumux_name(name: str) -> str | None:
     """Map a Hugging Face BertModel weight name to ours (None for weights we do not use)."""
     name = name.removeprefix("bert.").replace("LayerNorm.gamma", "LayerNorm.weight").replace(
         "LayerNorm.beta", "LayerNorm.bias")
@@ -71,7 +71,7 @@ def _read_bert_weights(base: Path) -> dict[str, torch.Tensor]:
 
 def create_model(base, num_instances: int = 2, num_labels: int = 2, seed: int = 0,
                  id2label: dict | None = None, task: str | None = None,
-                 max_seq_length: int = 128, demux_kind: str = "index") -> PruMuxModel:
+                 max_seq_length: int = 128, demux_kind: str = "key_cls") -> PruMuxModel:
     """A fresh PruMUX model on a BERT encoder.
 
     base: a local BERT directory (config.json + weights; its tokenizer files travel with the model) or a
@@ -83,8 +83,8 @@ def create_model(base, num_instances: int = 2, num_labels: int = 2, seed: int = 
         raise CheckpointError(f"--instances must be at least 1, got {num_instances}")
     if num_labels < 1:
         raise CheckpointError(f"--num-labels must be at least 1, got {num_labels}")
-    if demux_kind not in DEMUX_KINDS:
-        raise CheckpointError(f"--demux {demux_kind!r} is unknown; choose one of {', '.join(DEMUX_KINDS)}")
+    if demux_kind not in NEW_MODEL_DEMUX_KINDS:
+        raise CheckpointError(f"--demux {demux_kind!r} is unknown; choose one of {', '.join(NEW_MODEL_DEMUX_KINDS)}")
     base_dir = None
     if isinstance(base, BertConfig):
         bert = base
@@ -109,7 +109,7 @@ def create_model(base, num_instances: int = 2, num_labels: int = 2, seed: int = 
     if base_dir is not None:
         ours = {}
         for name, tensor in _read_bert_weights(base_dir).items():
-            mapped = _bert_to_prumux_name(name)
+            mapped = bert_to_prumux_name(name)
             if mapped is not None:
                 ours[mapped] = tensor
         missing, _ = model.load_state_dict(ours, strict=False)
@@ -199,6 +199,11 @@ def _check_config(cfg: PruMuxConfig, where):
         L = cfg.num_hidden_layers
         if len(cfg.heads_per_layer) != L or len(cfg.ffn_per_layer) != L:
             raise CheckpointError(f"{where}: layer_num_heads/layer_intermediate_size need {L} entries")
+    keep = cfg.pre_mux_hidden_keep
+    if keep is not None and (len(keep) != cfg.model_dim or sorted(set(keep)) != list(keep)
+                             or not 0 <= keep[0] <= keep[-1] < cfg.hidden_size):
+        raise CheckpointError(f"{where}: pre_mux_hidden_keep must list {cfg.model_dim} distinct ascending hidden "
+                              f"dims below {cfg.hidden_size}; re-create the checkpoint")
     if cfg.max_seq_length > cfg.max_position_embeddings:
         raise CheckpointError(f"{where}: max_seq_length {cfg.max_seq_length} exceeds the position table "
                               f"({cfg.max_position_embeddings})")

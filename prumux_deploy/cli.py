@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from .errors import PruMuxError
-from .model import DEMUX_KINDS
+from .model import NEW_MODEL_DEMUX_KINDS
 
 MINILM_ALIAS = "minilm"
 
@@ -82,9 +82,10 @@ def _interrupt(signum, frame):
 @click.option("--num-labels", type=int, default=None, help="Number of classes (default: the task's, else 2).")
 @click.option("--seed", default=0, show_default=True, help="Seed for the mux vectors and the new demux weights.")
 @click.option("--max-seq-length", default=128, show_default=True, help="Longest input the engine expects.")
-@click.option("--demux", type=click.Choice(DEMUX_KINDS), default="index", show_default=True,
-              help="Demux read-out: 'index' reads [key_i ; h_CLS]; 'index_pool' averages [key_i ; h_t] "
-                   "features over instance i's own tokens.")
+@click.option("--demux", type=click.Choice(NEW_MODEL_DEMUX_KINDS), default="key_cls", show_default=True,
+              help="Demux read-out: 'key_cls' reads [key_i ; h_CLS] (called 'index' before 0.2); 'key_pool' "
+                   "averages [key_i ; h_t] features over instance i's own tokens; 'index_pos' is MUX-PLMs' "
+                   "RSA demux with its upstream topology (3 demux layers).")
 @click.option("--random-prune", type=float, default=None, metavar="S",
               help="Attach random CoFi-like masks removing fraction S of the encoder (a demo / speed-study "
                    "stand-in for a trained pruned model).")

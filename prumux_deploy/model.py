@@ -2,34 +2,60 @@
 
 Read top to bottom, like nanoGPT's model.py. Shapes in comments use:
     B  batch rows (sentences)            N  instances multiplexed into one sequence
-    G  groups = ceil(B / N)              S  sequence length
+    G  groups = ceil(B / N)              S  sequence length (L: the fixed length of attend_to_padding)
     H  model width (kept hidden dims)    D  head dim (base hidden / base heads, never pruned)
-    Hd demux width (the base hidden size; the demux is not pruned)
+    Hb the base hidden size              Hd demux width (= Hb; the demux is not pruned)
+    K  width of the demux keys (= H, or Hb for exactly compacted imports, see demux_key_size)
 
-One module serves both kinds of model the toolchain meets:
+One module serves every kind of model the toolchain meets:
 
 * masked models (what CoFi training produces): full-size tensors plus CoFi masks;
 * compact models (what `prumux_deploy.export.compact` produces): no masks, and every layer
-  has its own head count and FFN width, 0 meaning that sub-layer is gone.
+  has its own head count and FFN width, 0 meaning that sub-layer is gone;
+* models imported from the upstream research code (prumux_deploy/upstream.py), whose forward differs
+  from ours in the places the config names (the upstream names are kept):
+      second_embedding_pass  the multiplexed embeddings go through the embedding module again
+                             (+ position + token-type row 0, LayerNorm), as MUX-PLMs and PruMUX do
+                             (models/multiplexing_pretraining_bert*.py pass inputs_embeds to BertModel)
+      attend_to_padding      no attention mask: every row is padded to max_seq_length with [PAD] and the
+                             padding is attended, as upstream evaluates (attention_mask=None, inputs padded
+                             to 128). The model pads itself, so the caller's padding never changes a logit.
+      mux_cls_token_id       position 0 of every instance is set to this id before embedding (upstream's
+                             index_pos forward writes 101 there)
+      ignore_token_type_ids  token-type row 0 everywhere (the multiplexed upstream models never pass them)
+      demux_kind index_pos   MUX-PLMs' "RSA" demux with its exact topology (see IndexPosDemux)
+      demux_kind pooler      BERT's pooler (dense + tanh on [CLS]) then the classifier: CoFi releases, N=1
+      mask_convention cofi   CoFi's masked forward (see below)
 
 Mask semantics (the one place they are defined; compaction in export/compact.py folds exactly these):
     hidden_z[Hb]          x <- x * hidden_z after the embedding LayerNorm, on every sub-layer output
                           before its residual add, and after every sub-layer LayerNorm. LayerNorms
                           normalise over the kept dims (hidden_z != 0) only and write 0 elsewhere.
-                          The demux keys are scaled by hidden_z as well (they live in the same space).
     head_z[L, heads]      each head's context vector is scaled by head_z[l, h] before the output projection.
     head_layer_z[L]       the attention output projection (bias included) is scaled by head_layer_z[l].
     intermediate_z[L, I]  the FFN activation gelu(x W1 + b1) is scaled per unit.
     mlp_z[L]              the FFN output projection (bias included) is scaled by mlp_z[l].
-A sub-layer whose gate is exactly zero (head_layer_z[l] == 0 or every head_z[l] == 0; mlp_z[l] == 0 or
-every intermediate_z[l] == 0) is skipped whole, LayerNorm included: the residual stream passes through.
-This is what CoFi's pruned models do, and it is what makes compaction exact.
+Two conventions (config.mask_convention) differ in three places:
+    prumux  (what `prumux-deploy train` writes) the embeddings are scaled by hidden_z after their
+            LayerNorm only; the demux keys are scaled by hidden_z (they live in the same space); a
+            sub-layer whose gate is exactly zero (head_layer_z[l] == 0 or every head_z[l] == 0; mlp_z[l] == 0
+            or every intermediate_z[l] == 0) is skipped whole, LayerNorm included.
+    cofi    (CoFiPruning / PruMUX models/modeling_bert.py, what upstream trained) the embedding sum is also
+            scaled by hidden_z before its LayerNorm (CoFiBertEmbeddings); the demux keys are not masked
+            (upstream keeps demux_instance_embedding out of the hidden space); a sub-layer is skipped only
+            when its output projection is exactly zero (CoFiBertSelfOutput / CoFiBertOutput test
+            `.sum() == 0`): gate 0, or every unit off and a zero bias. Every unit off with a live gate and a
+            bias adds LayerNorm(x + bias), which compaction keeps as one unit with zero output weights.
+            With second_embedding_pass, hidden_z applies to the second pass only (upstream's first
+            pass runs without masks, over all Hb dims).
 
-Demux kinds (config.demux_kind); both use the same weights, an MLP of [key_i ; h] per instance:
-    index        h is the multiplexed [CLS] state: one feature vector per instance (the paper's index demux).
-    index_pool   h is every position's state; instance i's feature vectors are averaged over instance i's
-                 own tokens (its attention_mask). The retrieval warm-up trains exactly this per-position
-                 demux, so the pooled read-out starts from features that already tell the instances apart.
+Demux kinds (config.demux_kind), each ending in the classifier:
+    key_cls      features_i = LN(gelu(W2 h1) + h1), h1 = gelu(W1 [key_i ; h_CLS]) (our index-style read-out;
+                 called "index" before 0.2, still read under that name)
+    key_pool     the same MLP at every position, averaged over instance i's own tokens (was "index_pool").
+                 The retrieval warm-up trains exactly this per-position demux.
+    index_pos    upstream's RSA demux (MUX-PLMs IndexPosDemultiplexerTokenLevel), see IndexPosDemux
+    pooler       tanh(W h_CLS + b): BERT's pooler, for N = 1 classifiers (CoFi releases)
 
 Dropout (set_dropout; 0 unless training sets it) sits where BERT has it: after the embeddings, on the
 attention probabilities, on each sub-layer output before its residual add, and before the classifier.
@@ -46,8 +72,11 @@ import torch.nn.functional as F
 from torch import nn
 
 MASK_NAMES = ("head_z", "head_layer_z", "intermediate_z", "mlp_z", "hidden_z")
-MUX_KINDS = ("gaussian_hadamard",)
-DEMUX_KINDS = ("index", "index_pool")
+MUX_KINDS = ("gaussian_hadamard", "binary_hadamard")  # both: instance vectors times embeddings, mean over N
+DEMUX_KINDS = ("key_cls", "key_pool", "index_pos", "pooler")
+NEW_MODEL_DEMUX_KINDS = ("key_cls", "key_pool", "index_pos")  # what `init` / `train` create (pooler: N=1 imports)
+RENAMED_DEMUX_KINDS = {"index": "key_cls", "index_pool": "key_pool"}  # names written before 0.2
+MASK_CONVENTIONS = ("prumux", "cofi")
 
 
 def check_kind(what: str, kind: str, kinds: tuple[str, ...]):
@@ -71,22 +100,42 @@ class PruMuxConfig:
     num_instances: int = 1
     mux_kind: str = "gaussian_hadamard"
     mux_seed: int = 0
-    demux_kind: str = "index"
+    demux_kind: str = "key_cls"
+    num_hidden_demux_layers: int = 3  # index_pos: dense_1 .. dense_{D-1} are used (upstream's count)
+    legacy_demuxing: bool = False     # index_pos: upstream's legacy path (dense_1 + layer_norm_1 only)
     num_labels: int = 2
     id2label: dict[int, str] = field(default_factory=dict)
     task: str | None = None
     max_seq_length: int = 128
+    # upstream forward variants (see the module docstring); the defaults are our own models' forward
+    second_embedding_pass: bool = False
+    attend_to_padding: bool = False
+    mux_cls_token_id: int | None = None
+    ignore_token_type_ids: bool = False
+    mask_convention: str = "prumux"
     # compact structure; None means "full size" (a masked or unpruned model)
     layer_num_heads: list[int] | None = None
     layer_intermediate_size: list[int] | None = None
     pruned_hidden_size: int | None = None
+    demux_key_size: int | None = None             # K when it differs from H (cofi keys are not pruned)
+    pre_mux_hidden_keep: list[int] | None = None  # first pass at width Hb, then these dims are kept
+    # where an imported model came from (prumux_deploy/upstream.py): kind, source path, reference form
+    imported_from: dict | None = None
 
     def __post_init__(self):
         self.id2label = {int(k): str(v) for k, v in (self.id2label or {}).items()}
         if not self.id2label:
             self.id2label = {i: f"LABEL_{i}" for i in range(self.num_labels)}
+        self.demux_kind = RENAMED_DEMUX_KINDS.get(self.demux_kind, self.demux_kind)
         check_kind("mux_kind", self.mux_kind, MUX_KINDS)
         check_kind("demux_kind", self.demux_kind, DEMUX_KINDS)
+        check_kind("mask_convention", self.mask_convention, MASK_CONVENTIONS)
+        if self.demux_kind == "pooler" and self.num_instances != 1:
+            raise ValueError(f"demux_kind 'pooler' reads one [CLS] state and needs num_instances 1, "
+                             f"got {self.num_instances}")
+        if self.demux_kind == "index_pos" and not self.legacy_demuxing and self.num_hidden_demux_layers < 2:
+            raise ValueError(f"num_hidden_demux_layers must be at least 2 for the index_pos demux, "
+                             f"got {self.num_hidden_demux_layers}")
 
     @property
     def head_dim(self) -> int:
@@ -108,6 +157,15 @@ class PruMuxConfig:
     def model_dim(self) -> int:
         return self.pruned_hidden_size or self.hidden_size
 
+    @property
+    def embedding_dim(self) -> int:
+        """Width of the first embedding pass (Hb when it keeps only pre_mux_hidden_keep afterwards)."""
+        return self.hidden_size if self.pre_mux_hidden_keep is not None else self.model_dim
+
+    @property
+    def key_size(self) -> int:
+        return self.demux_key_size or self.model_dim
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -125,10 +183,14 @@ def layer_norm(x, weight, bias, eps, keep=None):
     return torch.zeros_like(x).index_copy(-1, keep, kept)
 
 
+def scale(x, z):
+    return x if z is None else x * z
+
+
 class LayerMasks:
     """The slice of the CoFi masks that one encoder layer needs (all None for a compact model)."""
 
-    def __init__(self, masks: dict | None, layer: int):
+    def __init__(self, masks: dict | None, layer: int, convention: str = "prumux"):
         masks = masks or {}
 
         def pick(name):
@@ -141,18 +203,21 @@ class LayerMasks:
         self.mlp = pick("mlp_z")                # []
         self.hidden = masks.get("hidden_z")     # [Hb]
         self.keep = masks.get("_hidden_keep")   # index tensor of kept hidden dims
+        self.convention = convention
 
-    def attention_off(self) -> bool:
-        return (self.head_layer is not None and bool(self.head_layer == 0)) or (
-            self.head is not None and bool((self.head == 0).all()))
+    def _off(self, units, gate, bias) -> bool:
+        """Whether a sub-layer is skipped (see "Two conventions" in the module docstring)."""
+        if gate is not None and bool(gate == 0):
+            return True
+        if units is None or not bool((units == 0).all()):
+            return False
+        return self.convention == "prumux" or not bool((scale(bias, gate) != 0).any())
 
-    def ffn_off(self) -> bool:
-        return (self.mlp is not None and bool(self.mlp == 0)) or (
-            self.intermediate is not None and bool((self.intermediate == 0).all()))
+    def attention_off(self, out_bias) -> bool:
+        return self._off(self.head, self.head_layer, out_bias)
 
-
-def scale(x, z):
-    return x if z is None else x * z
+    def ffn_off(self, out_bias) -> bool:
+        return self._off(self.intermediate, self.mlp, out_bias)
 
 
 def fill_last_group(t, N: int):
@@ -162,27 +227,72 @@ def fill_last_group(t, N: int):
     return t.index_select(0, rows)
 
 
+def pad_to_length(input_ids, attention_mask, token_type_ids, length: int, pad_id: int):
+    """attend_to_padding: every row becomes `length` long, [PAD] wherever attention_mask is 0 and after the
+    row, so the attended padding is the same whatever the caller's padding was. -> ids, mask, types [B, L]."""
+    S = input_ids.shape[1]
+    if S > length:
+        raise ValueError(f"sequence length {S} exceeds {length}, the length this model attends over; "
+                         f"truncate inputs to {length} tokens")
+    real = attention_mask != 0
+    input_ids = F.pad(torch.where(real, input_ids, pad_id), (0, length - S), value=pad_id)
+    token_type_ids = F.pad(torch.where(real, token_type_ids, 0), (0, length - S), value=0)
+    attention_mask = F.pad(attention_mask, (0, length - S), value=0)
+    return input_ids, attention_mask, token_type_ids
+
+
 class Embeddings(nn.Module):
+    """BERT's embeddings: word + position + token type, LayerNorm. Width cfg.embedding_dim."""
+
     def __init__(self, cfg: PruMuxConfig):
         super().__init__()
-        H = cfg.model_dim
-        self.word = nn.Embedding(cfg.vocab_size, H)
-        self.position = nn.Embedding(cfg.max_position_embeddings, H)
-        self.token_type = nn.Embedding(cfg.type_vocab_size, H)
-        self.ln = nn.LayerNorm(H, eps=cfg.layer_norm_eps)
+        W = cfg.embedding_dim
+        self.word = nn.Embedding(cfg.vocab_size, W)
+        self.position = nn.Embedding(cfg.max_position_embeddings, W)
+        self.token_type = nn.Embedding(cfg.type_vocab_size, W)
+        self.ln = nn.LayerNorm(W, eps=cfg.layer_norm_eps)
         self.drop = nn.Dropout(0.0)
+        self.z_before_ln = cfg.mask_convention == "cofi"
 
-    def forward(self, input_ids, token_type_ids, hidden_z=None, keep=None):
+    def forward(self, input_ids, token_type_ids, hidden_z=None, keep=None):  # [B, S] -> [B, S, W]
         S = input_ids.shape[1]
         positions = torch.arange(S, device=input_ids.device)
-        x = self.word(input_ids) + self.position(positions)[None] + self.token_type(token_type_ids)  # [B,S,H]
+        x = self.word(input_ids) + self.position(positions)[None] + self.token_type(token_type_ids)  # [B,S,W]
+        return self.norm(x, hidden_z, keep)
+
+    def second_pass(self, x, hidden_z=None, keep=None):  # [G, S, H] -> [G, S, H]
+        """Upstream's second embedding pass over the multiplexed sequence (full-size models; compact ones
+        carry PostMuxEmbeddings): + position + token-type row 0, LayerNorm."""
+        positions = torch.arange(x.shape[1], device=x.device)
+        return self.norm(x + self.position(positions)[None] + self.token_type.weight[0], hidden_z, keep)
+
+    def norm(self, x, hidden_z, keep):
+        if self.z_before_ln:
+            x = scale(x, hidden_z)
         x = layer_norm(x, self.ln.weight, self.ln.bias, self.ln.eps, keep)
         return self.drop(scale(x, hidden_z))
 
 
-class GaussianHadamardMux(nn.Module):
-    """Mix N instances into one sequence: mean_i(emb_i * v_i), v_i fixed row-normalised Gaussians
-    (all ones when N = 1, so a single instance sees the pretrained encoder unchanged)."""
+class PostMuxEmbeddings(nn.Module):
+    """The second embedding pass of a compact model: its own position table (token-type row 0 and the
+    masks folded in by compaction) and LayerNorm, since they may differ from the first pass's."""
+
+    def __init__(self, cfg: PruMuxConfig):
+        super().__init__()
+        H = cfg.model_dim
+        self.position = nn.Embedding(cfg.max_position_embeddings, H)
+        self.ln = nn.LayerNorm(H, eps=cfg.layer_norm_eps)
+        self.drop = nn.Dropout(0.0)
+
+    def forward(self, x):  # [G, S, H] -> [G, S, H]
+        positions = torch.arange(x.shape[1], device=x.device)
+        return self.drop(self.ln(x + self.position(positions)[None]))
+
+
+class HadamardMux(nn.Module):
+    """Mix N instances into one sequence: mean_i(emb_i * v_i) (DataMUX's Hadamard multiplexer; upstream's
+    `instance_embedding`). New models draw v_i as row-normalised Gaussians scaled to unit RMS (all ones
+    when N = 1, so a single instance sees the pretrained encoder unchanged); imported models bring theirs."""
 
     def __init__(self, cfg: PruMuxConfig, seed: int = 0):
         super().__init__()
@@ -213,13 +323,15 @@ class Attention(nn.Module):
         self.ln = nn.LayerNorm(H, eps=cfg.layer_norm_eps)
         self.drop_probs, self.drop = nn.Dropout(0.0), nn.Dropout(0.0)
 
-    def forward(self, x, mask_bias, z: LayerMasks):  # x: [G,S,H], mask_bias: [G,1,1,S]
+    def forward(self, x, mask_bias, z: LayerMasks):  # x: [G,S,H], mask_bias: [G,1,1,S] or None
         G, S, _ = x.shape
         nh, D = self.num_heads, self.head_dim
         q = self.query(x).view(G, S, nh, D).transpose(1, 2)  # [G,nh,S,D]
         k = self.key(x).view(G, S, nh, D).transpose(1, 2)
         v = self.value(x).view(G, S, nh, D).transpose(1, 2)
-        scores = q @ k.transpose(-1, -2) / math.sqrt(D) + mask_bias  # [G,nh,S,S]
+        scores = q @ k.transpose(-1, -2) / math.sqrt(D)  # [G,nh,S,S]
+        if mask_bias is not None:
+            scores = scores + mask_bias
         ctx = self.drop_probs(scores.softmax(dim=-1)) @ v  # [G,nh,S,D]
         if z.head is not None:
             ctx = ctx * z.head.view(1, nh, 1, 1)
@@ -250,36 +362,37 @@ class EncoderLayer(nn.Module):
         self.ffn = FeedForward(cfg, ffn_width) if ffn_width > 0 else None
 
     def forward(self, x, mask_bias, z: LayerMasks):
-        if self.attn is not None and not z.attention_off():
+        if self.attn is not None and not z.attention_off(self.attn.out.bias):
             x = self.attn(x, mask_bias, z)
-        if self.ffn is not None and not z.ffn_off():
+        if self.ffn is not None and not z.ffn_off(self.ffn.down.bias):
             x = self.ffn(x, z)
         return x
 
 
-class IndexDemux(nn.Module):
-    """RSA/index demux: instance i's features are an MLP of [key_i ; h], with h the [CLS] state (kind
-    "index") or every position's state averaged over instance i's own tokens (kind "index_pool");
-    then the classifier."""
+def concat_key(keys, h):
+    """[key ; h] with the leading dims broadcast against each other: keys [..., K], h [..., H] -> [..., K+H]."""
+    lead = torch.broadcast_shapes(keys.shape[:-1], h.shape[:-1])
+    return torch.cat([keys.expand(*lead, keys.shape[-1]), h.expand(*lead, h.shape[-1])], dim=-1)
+
+
+class InstanceDemux(nn.Module):
+    """What the key-based demuxes share: a key per instance (upstream's demux_instance_embedding), an MLP
+    of [key_i ; h] (instance_features, per kind) and the classifier. h is the multiplexed [CLS] state, or
+    (key_pool) every position's state, averaged over instance i's own tokens."""
 
     def __init__(self, cfg: PruMuxConfig):
         super().__init__()
-        N, H, Hd = cfg.num_instances, cfg.model_dim, cfg.hidden_size
-        self.pooled = cfg.demux_kind == "index_pool"
-        self.keys = nn.Parameter(torch.randn(N, H) * 0.02)  # [N, H]
-        self.dense1 = nn.Linear(2 * H, Hd)
-        self.dense2 = nn.Linear(Hd, Hd)
-        self.ln = nn.LayerNorm(Hd, eps=cfg.layer_norm_eps)
+        N, K, H, Hd = cfg.num_instances, cfg.key_size, cfg.model_dim, cfg.hidden_size
+        self.pooled = cfg.demux_kind == "key_pool"
+        self.keys = nn.Parameter(torch.randn(N, K) * 0.02)  # [N, K]
+        self.dense1 = nn.Linear(K + H, Hd)
         self.drop = nn.Dropout(0.0)
         self.classifier = nn.Linear(Hd, cfg.num_labels)
 
-    def instance_features(self, keys, h):  # keys, h: [..., H], broadcast against each other -> [..., Hd]
-        h1 = F.gelu(self.dense1(torch.cat(torch.broadcast_tensors(keys, h), dim=-1)))
-        h2 = F.gelu(self.dense2(h1)) + h1
-        return self.ln(h2)
+    def instance_features(self, keys, h):  # keys [..., K], h [..., H] -> [..., Hd]
+        raise NotImplementedError
 
-    def forward(self, x, instance_mask, hidden_z=None):  # x: [G, S, H], instance_mask: [G*N, S] -> [G*N, C]
-        keys = scale(self.keys, hidden_z)  # [N, H]
+    def forward(self, x, instance_mask, keys):  # x: [G, S, H], instance_mask: [G*N, S], keys [N, K] -> [G*N, C]
         if self.pooled:
             (G, S, _), N = x.shape, keys.shape[0]
             per_token = self.instance_features(keys[None, :, None], x[:, None])  # [G, N, S, Hd]
@@ -290,15 +403,80 @@ class IndexDemux(nn.Module):
         return self.classifier(self.drop(features)).flatten(0, 1)
 
 
+class KeyDemux(InstanceDemux):
+    """key_cls / key_pool: h1 = gelu(W1 [key_i ; h]); features = LN(gelu(W2 h1) + h1)."""
+
+    def __init__(self, cfg: PruMuxConfig):
+        super().__init__(cfg)
+        Hd = cfg.hidden_size
+        self.dense2 = nn.Linear(Hd, Hd)
+        self.ln = nn.LayerNorm(Hd, eps=cfg.layer_norm_eps)
+
+    def instance_features(self, keys, h):
+        h1 = F.gelu(self.dense1(concat_key(keys, h)))
+        h2 = F.gelu(self.dense2(h1)) + h1
+        return self.ln(h2)
+
+
+class IndexPosDemux(InstanceDemux):
+    """Upstream's index_pos ("RSA") demux, MUX-PLMs IndexPosDemultiplexerTokenLevel, with D =
+    num_hidden_demux_layers:
+        x = gelu(dense_1([k_i ; h]));  x = gelu(dense_j(x)) + x  for j = 2 .. D-1
+        features = pre_decoder_layer_norm(gelu(pre_decoder(x))) + x
+    dense_D and layer_norm_1..D exist upstream but are never applied here (dense_D serves the retrieval
+    head; the code fetches dropout_j where its name says layer_norm_j). With legacy_demuxing (PruMUX's copy):
+        x = layer_norm_1(gelu(dense_1([k_i ; h])));  features = pre_decoder_layer_norm(gelu(pre_decoder(x))) + x
+    Names here: dense1 = dense_1, residual[j-2] = dense_j, ln1 = layer_norm_1, pre_decoder_ln =
+    pre_decoder_layer_norm, keys = demux_instance_embedding."""
+
+    def __init__(self, cfg: PruMuxConfig):
+        super().__init__(cfg)
+        Hd, D = cfg.hidden_size, cfg.num_hidden_demux_layers
+        self.legacy = cfg.legacy_demuxing
+        self.ln1 = nn.LayerNorm(Hd, eps=cfg.layer_norm_eps) if self.legacy else None
+        self.residual = nn.ModuleList([] if self.legacy else [nn.Linear(Hd, Hd) for _ in range(2, D)])
+        self.drops = nn.ModuleList(nn.Dropout(0.0) for _ in range(1 + len(self.residual)))  # upstream dropout_j
+        self.pre_decoder = nn.Linear(Hd, Hd)
+        self.pre_decoder_ln = nn.LayerNorm(Hd, eps=cfg.layer_norm_eps)
+
+    def instance_features(self, keys, h):
+        x = self.drops[0](F.gelu(self.dense1(concat_key(keys, h))))
+        if self.legacy:
+            x = self.ln1(x)
+        for dense, drop in zip(self.residual, self.drops[1:]):
+            x = drop(F.gelu(dense(x))) + x
+        return self.pre_decoder_ln(F.gelu(self.pre_decoder(x))) + x
+
+
+class PoolerHead(nn.Module):
+    """BERT's pooler and classifier (N = 1; CoFi releases): logits = classifier(tanh(W h_CLS + b))."""
+
+    def __init__(self, cfg: PruMuxConfig):
+        super().__init__()
+        self.pooler = nn.Linear(cfg.model_dim, cfg.hidden_size)
+        self.drop = nn.Dropout(0.0)
+        self.classifier = nn.Linear(cfg.hidden_size, cfg.num_labels)
+
+    def forward(self, x, instance_mask, keys):  # x: [G, S, H] -> [G, C]
+        return self.classifier(self.drop(torch.tanh(self.pooler(x[:, 0]))))
+
+
+DEMUX_MODULES = {"key_cls": KeyDemux, "key_pool": KeyDemux, "index_pos": IndexPosDemux, "pooler": PoolerHead}
+
+
 class PruMuxModel(nn.Module):
     def __init__(self, cfg: PruMuxConfig):
         super().__init__()
         self.config = cfg
         self.embeddings = Embeddings(cfg)
-        self.mux = GaussianHadamardMux(cfg, seed=cfg.mux_seed)
+        if cfg.pre_mux_hidden_keep is not None:  # derived from the config, so not saved with the weights
+            self.register_buffer("pre_mux_keep", torch.tensor(cfg.pre_mux_hidden_keep, dtype=torch.long),
+                                 persistent=False)
+        self.mux = HadamardMux(cfg, seed=cfg.mux_seed)
+        self.post_mux = PostMuxEmbeddings(cfg) if cfg.second_embedding_pass and cfg.is_compact else None
         self.layers = nn.ModuleList(
             EncoderLayer(cfg, h, f) for h, f in zip(cfg.heads_per_layer, cfg.ffn_per_layer))
-        self.demux = IndexDemux(cfg)
+        self.demux = DEMUX_MODULES[cfg.demux_kind](cfg)
         self.masks: dict[str, torch.Tensor] = {}
         self.tokenizer_dir = None  # where tokenizer files come from when the model is saved
 
@@ -319,53 +497,76 @@ class PruMuxModel(nn.Module):
             masks = dict(masks, _hidden_keep=(hidden_z != 0).nonzero().flatten())
         return masks
 
+    def demux_keys(self, masks=None):
+        """The demux keys as the demux reads them [N, K]: scaled by hidden_z in the prumux convention
+        (None for the pooler head, which has none)."""
+        keys = getattr(self.demux, "keys", None)
+        if keys is not None and self.config.mask_convention == "prumux" and masks:
+            keys = scale(keys, masks.get("hidden_z"))
+        return keys
+
     # --- forward -----------------------------------------------------------------------------
+    def prepare_inputs(self, input_ids, attention_mask=None, token_type_ids=None):
+        """Defaults, the fixed length of attend_to_padding, mux-group filling, the forced [CLS] id and ignored
+        token types: [B, S] -> ids, mask, types [G*N, S'] (S' = max_seq_length with attend_to_padding)."""
+        cfg = self.config
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if token_type_ids is None or cfg.ignore_token_type_ids:
+            token_type_ids = torch.zeros_like(input_ids)
+        if cfg.attend_to_padding:
+            input_ids, attention_mask, token_type_ids = pad_to_length(
+                input_ids, attention_mask, token_type_ids, cfg.max_seq_length, cfg.pad_token_id)
+        if cfg.num_instances > 1:  # fill the last group by repeating the last row; its outputs are dropped
+            input_ids, attention_mask, token_type_ids = (
+                fill_last_group(t, cfg.num_instances) for t in (input_ids, attention_mask, token_type_ids))
+        if cfg.mux_cls_token_id is not None:
+            input_ids = torch.cat([torch.full_like(input_ids[:, :1], cfg.mux_cls_token_id), input_ids[:, 1:]], 1)
+        return input_ids, attention_mask, token_type_ids
+
     def encode(self, input_ids, attention_mask=None, token_type_ids=None, masks=None, hidden_states=None):
         """Embed, multiplex, run the encoder. input_ids etc.: [B, S] -> x [G, S, H], group mask [G, S], masks.
 
         `masks` overrides the attached masks for one call (training passes sampled gates here). When
         `hidden_states` is a list, the multiplexed embeddings and every layer's output are appended to it.
         """
-        B, S = input_ids.shape
-        N = self.config.num_instances
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        if token_type_ids is None:
-            token_type_ids = torch.zeros_like(input_ids)
+        return self._encode(*self.prepare_inputs(input_ids, attention_mask, token_type_ids), masks, hidden_states)
+
+    def _encode(self, input_ids, attention_mask, token_type_ids, masks=None, hidden_states=None):
+        cfg, N, S = self.config, self.config.num_instances, input_ids.shape[1]
         masks = self._resolve_masks(masks)
         hidden_z = None if masks is None else masks.get("hidden_z")
         keep = None if masks is None else masks.get("_hidden_keep")
 
-        if N > 1:  # fill the last group by repeating the last row; its outputs are dropped by the caller
-            input_ids, attention_mask, token_type_ids = (
-                fill_last_group(t, N) for t in (input_ids, attention_mask, token_type_ids))
-
-        x = self.embeddings(input_ids, token_type_ids, hidden_z, keep)  # [G*N, S, H]
-        x = self.mux(x)  # [G, S, H]
+        if cfg.second_embedding_pass:  # upstream's first pass runs without masks
+            x = self.embeddings(input_ids, token_type_ids)  # [G*N, S, W]
+            if cfg.pre_mux_hidden_keep is not None:
+                x = x.index_select(-1, self.pre_mux_keep)  # [G*N, S, H]
+            x = self.mux(x)  # [G, S, H]
+            x = self.post_mux(x) if self.post_mux is not None else self.embeddings.second_pass(x, hidden_z, keep)
+        else:
+            x = self.mux(self.embeddings(input_ids, token_type_ids, hidden_z, keep))  # [G, S, H]
         # a position of the mixed sequence is attended if any instance has a real token there.
         # Written as sum > 0 (not amax) and with BERT's own mask-bias pattern (unsqueeze, cast, 1 - m, * min)
         # because ONNX Runtime's transformer optimizer needs both: its shape inference has no ReduceMax, and
         # its attention fusion matches this pattern (see export/optimize.py).
         group_mask = (attention_mask.view(-1, N, S).sum(dim=1) > 0).to(attention_mask.dtype)  # [G, S]
-        mask_bias = (1.0 - group_mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min  # [G,1,1,S]
+        mask_bias = None
+        if not cfg.attend_to_padding:
+            mask_bias = (1.0 - group_mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min  # [G,1,1,S]
         if hidden_states is not None:
             hidden_states.append(x)
         for i, layer in enumerate(self.layers):
-            x = layer(x, mask_bias, LayerMasks(masks, i))
+            x = layer(x, mask_bias, LayerMasks(masks, i, cfg.mask_convention))
             if hidden_states is not None:
                 hidden_states.append(x)
         return x, group_mask, masks
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, masks=None, hidden_states=None):
         """input_ids, attention_mask, token_type_ids: [B, S] integer tensors -> logits [B, C]."""
-        x, _, masks = self.encode(input_ids, attention_mask, token_type_ids, masks, hidden_states)
-        hidden_z = None if masks is None else masks.get("hidden_z")
-        instance_mask = None
-        if self.demux.pooled:
-            if attention_mask is None:
-                attention_mask = torch.ones_like(input_ids)
-            instance_mask = fill_last_group(attention_mask, self.config.num_instances)  # [G*N, S]
-        logits = self.demux(x, instance_mask, hidden_z)  # [G*N, C]
+        ids, mask, types = self.prepare_inputs(input_ids, attention_mask, token_type_ids)
+        x, _, masks = self._encode(ids, mask, types, masks, hidden_states)
+        logits = self.demux(x, mask, self.demux_keys(masks))  # [G*N, C]
         return logits[: input_ids.shape[0]]
 
     # --- training-time settings ----------------------------------------------------------------
@@ -376,10 +577,15 @@ class PruMuxModel(nn.Module):
                 m.p = p
 
     def set_demux_kind(self, kind: str):
-        """Switch between the demux read-outs; they share weights, so a trained demux can change kind."""
-        check_kind("demux kind", kind, DEMUX_KINDS)
+        """Switch between the key_cls and key_pool read-outs; they share weights, so a trained demux can
+        change kind."""
+        kind = RENAMED_DEMUX_KINDS.get(kind, kind)
+        check_kind("demux kind", kind, ("key_cls", "key_pool"))
+        if self.config.demux_kind not in ("key_cls", "key_pool"):
+            raise ValueError(f"a {self.config.demux_kind} demux cannot switch to {kind}; only key_cls and "
+                             "key_pool share weights")
         self.config.demux_kind = kind
-        self.demux.pooled = kind == "index_pool"
+        self.demux.pooled = kind == "key_pool"
 
     # --- bookkeeping -------------------------------------------------------------------------
     def num_encoder_params(self) -> int:

@@ -43,7 +43,7 @@ def spine_masks(seed: int = 0) -> dict[str, torch.Tensor]:
             "mlp_z": mlp_z, "hidden_z": hidden_z}
 
 
-def masked_model(num_instances: int = 2, num_labels: int = 3, seed: int = 0, task=None, demux_kind="index", **cfg):
+def masked_model(num_instances: int = 2, num_labels: int = 3, seed: int = 0, task=None, demux_kind="key_cls", **cfg):
     model = create_model(tiny_bert_config(**cfg), num_instances=num_instances, num_labels=num_labels,
                          seed=seed, task=task, max_seq_length=16, demux_kind=demux_kind)
     model.set_masks(spine_masks(seed))

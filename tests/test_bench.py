@@ -25,8 +25,8 @@ def test_flop_counter_matches_a_hand_computation():
                        pruned_hidden_size=8)
     # demux per sample: 2*16*8 + 2*8*8 + 2*8*3 = 256 + 128 + 48 = 432; encoder shared by N=2 samples
     assert prumux_flops_per_sample(cfg, seq=3) == (1824 + 1536 + 384) / 2 + 432
-    # the index_pool read-out runs the demux MLP at all 3 positions: 3 * (256 + 128) + 48 = 1200
-    cfg.demux_kind = "index_pool"
+    # the key_pool read-out runs the demux MLP at all 3 positions: 3 * (256 + 128) + 48 = 1200
+    cfg.demux_kind = "key_pool"
     assert prumux_flops_per_sample(cfg, seq=3) == (1824 + 1536 + 384) / 2 + 1200
 
 

@@ -84,7 +84,7 @@ def _edit_config(path, **changes):
     ({"format": "something-else"}, "format is 'something-else'"),
     ({"id2label": {"0": "a"}}, "id2label has 1 labels but num_labels is 3"),
     ({"max_seq_length": 4096}, "max_seq_length 4096 exceeds the position table"),
-    ({"demux_kind": "prefix"}, "demux_kind 'prefix' is unknown; expected one of index, index_pool"),
+    ({"demux_kind": "prefix"}, "demux_kind 'prefix' is unknown; expected one of key_cls, key_pool, index_pos, pooler"),
     ({"mux_kind": "binary"}, "mux_kind 'binary' is unknown; expected one of gaussian_hadamard"),
 ])
 def test_bad_config_is_refused_with_its_reason(saved, change, message):

@@ -123,8 +123,8 @@ def test_engine_refuses_sequences_longer_than_the_position_table(engine_dir):
 
 
 def test_pooled_demux_exports_with_parity_plain_and_optimized(tmp_path):
-    """index_pool reads every position through attention_mask: the graph must keep that exact, optimized too."""
-    model = masked_model(2, demux_kind="index_pool")
+    """key_pool reads every position through attention_mask: the graph must keep that exact, optimized too."""
+    model = masked_model(2, demux_kind="key_pool")
     model.save(tmp_path / "ckpt")
     for optimize in (False, True):
         out = tmp_path / f"engine-{optimize}"

@@ -32,7 +32,7 @@ def test_compact_structure_follows_the_masks(N):
     assert model.masks == {}
 
 
-@pytest.mark.parametrize("demux", ["index", "index_pool"])
+@pytest.mark.parametrize("demux", ["key_cls", "key_pool"])
 @pytest.mark.parametrize("N", [1, 2, 5])
 @pytest.mark.parametrize("B", [1, 3, 7])
 def test_masked_and_compact_logits_agree_at_every_length(N, B, demux):
@@ -46,7 +46,7 @@ def test_masked_and_compact_logits_agree_at_every_length(N, B, demux):
         assert (want - got).abs().max().item() <= 1e-4, (N, B, S)
 
 
-@pytest.mark.parametrize("demux", ["index", "index_pool"])
+@pytest.mark.parametrize("demux", ["key_cls", "key_pool"])
 @pytest.mark.parametrize("N", [1, 2, 5])
 def test_padding_longer_does_not_change_logits(N, demux):
     model = masked_model(N, demux_kind=demux)
@@ -136,9 +136,9 @@ def test_bert_weights_load_into_the_encoder(bert_dir):
 
 
 def test_pooled_demux_averages_each_instance_over_its_own_tokens():
-    """index_pool: instance i's logits = classifier(mean over i's real tokens t of MLP([key_i ; h_t])),
+    """key_pool: instance i's logits = classifier(mean over i's real tokens t of MLP([key_i ; h_t])),
     checked by hand against the encoder output, with the last group filled by repeating the last row."""
-    model = masked_model(2, demux_kind="index_pool")
+    model = masked_model(2, demux_kind="key_pool")
     ids, mask = random_batch(5, 9, seed=3)  # 5 rows: groups (0,1), (2,3), (4,4)
     seen = {}
     model.demux.register_forward_pre_hook(lambda m, args: seen.update(x=args[0]))
@@ -159,16 +159,16 @@ def test_pooled_and_cls_demux_share_weights_and_differ_in_read_out():
     ids, mask = random_batch(4, 8, seed=2)
     with torch.no_grad():
         cls = model(ids, mask)
-        model.set_demux_kind("index_pool")
+        model.set_demux_kind("key_pool")
         pooled = model(ids, mask)
-    assert model.config.demux_kind == "index_pool" and model.demux.pooled
+    assert model.config.demux_kind == "key_pool" and model.demux.pooled
     assert (cls - pooled).abs().max().item() > 1e-3
-    with pytest.raises(ValueError, match="demux kind 'prefix' is unknown; expected one of index, index_pool"):
+    with pytest.raises(ValueError, match="demux kind 'prefix' is unknown; expected one of key_cls, key_pool"):
         model.set_demux_kind("prefix")
 
 
 def test_dropout_acts_only_in_training_mode():
-    model = masked_model(2, demux_kind="index_pool")
+    model = masked_model(2, demux_kind="key_pool")
     ids, mask = random_batch(4, 8, seed=4)
     with torch.no_grad():
         reference = model(ids, mask)

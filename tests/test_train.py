@@ -211,11 +211,11 @@ def test_train_cli_refuses_bad_flags(tmp_path, glue_dir):
 
 def test_finetune_can_switch_the_demux_read_out_and_train_with_dropout(tmp_path, bert_dir, glue_dir):
     warmup(bert_dir, tmp_path / "warm", tiny_args(glue_dir), log=lambda m: None)
-    assert load_checkpoint(tmp_path / "warm").config.demux_kind == "index"
-    finetune(tmp_path / "warm", tmp_path / "ft", tiny_args(glue_dir, demux="index_pool", dropout=0.1),
+    assert load_checkpoint(tmp_path / "warm").config.demux_kind == "key_cls"
+    finetune(tmp_path / "warm", tmp_path / "ft", tiny_args(glue_dir, demux="key_pool", dropout=0.1),
              log=lambda m: None)
     model = load_checkpoint(tmp_path / "ft")
-    assert model.config.demux_kind == "index_pool" and model.demux.pooled
+    assert model.config.demux_kind == "key_pool" and model.demux.pooled
     assert "dropout" not in json.loads((tmp_path / "ft" / "config.json").read_text())  # training-only
     assert all(m.p == 0 for m in model.modules() if isinstance(m, torch.nn.Dropout))
     manifest = export_checkpoint(tmp_path / "ft", tmp_path / "engine", log=lambda m: None)

@@ -79,12 +79,13 @@ def prune_options(fn):
 
 
 def demux_option(fn):
-    from prumux_deploy.model import DEMUX_KINDS
+    from prumux_deploy.model import NEW_MODEL_DEMUX_KINDS
 
-    return click.option("--demux", type=click.Choice(DEMUX_KINDS), default=None,
-                        help="Demux read-out of a new model, or switch the starting checkpoint's to it (they share "
-                             "weights): 'index' reads [CLS], 'index_pool' averages over each instance's tokens. "
-                             "Default: the checkpoint's, or 'index' for a new model.")(fn)
+    return click.option("--demux", type=click.Choice(NEW_MODEL_DEMUX_KINDS), default=None,
+                        help="Demux read-out of a new model, or switch the starting checkpoint's between key_cls "
+                             "and key_pool (they share weights): 'key_cls' reads [CLS], 'key_pool' averages over "
+                             "each instance's tokens, 'index_pos' is MUX-PLMs' RSA demux. "
+                             "Default: the checkpoint's, or 'key_cls' for a new model.")(fn)
 
 
 def _prune_args(kw):

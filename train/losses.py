@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prumux_deploy.model import scale
 
 
 def prediction_distillation(student_logits, teacher_logits, temperature: float = 2.0) -> torch.Tensor:
@@ -44,11 +43,10 @@ class LayerAlignment(nn.Module):
 
 
 def _encode_for_demux(model, input_ids, attention_mask):
-    """The encoder output [G, S, H] and the demux keys [N, H] in the same (hidden_z-masked) space, for
-    losses that run the demux MLP at positions of their choosing."""
+    """The encoder output [G, S, H] and the demux keys [N, K] as the demux reads them, for losses that run
+    the demux MLP at positions of their choosing."""
     x, _, masks = model.encode(input_ids, attention_mask)
-    hidden_z = None if masks is None else masks.get("hidden_z")
-    return x, scale(model.demux.keys, hidden_z)
+    return x, model.demux_keys(masks)
 
 
 def retrieval_loss(model, input_ids, attention_mask, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -73,7 +73,7 @@ def _start_model(source, args: TrainArgs) -> torch.nn.Module:
         task = get_task(args.task)
         model = create_model(source, num_instances=args.instances, num_labels=len(task.label_names),
                              seed=args.seed, id2label=task.id2label, task=task.name,
-                             max_seq_length=args.max_seq_length, demux_kind=args.demux or "index")
+                             max_seq_length=args.max_seq_length, demux_kind=args.demux or "key_cls")
     model.set_dropout(args.dropout)
     return model
 
