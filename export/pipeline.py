@@ -53,6 +53,8 @@ def build_manifest(cfg, engine_file: Path, kind: str, opset: int, token_types: b
         "num_instances": cfg.num_instances, "task": cfg.task,
         "labels": {str(i): cfg.id2label[i] for i in range(cfg.num_labels)},
         "max_seq_length": max_len, "max_position_embeddings": cfg.max_position_embeddings,
+        # attend_to_padding: every row is padded to this length inside the graph; longer rows are refused
+        "fixed_length": cfg.max_seq_length if cfg.attend_to_padding else None,
         "structure": structure, **(extra or {}), "versions": library_versions(),
     }
 
@@ -102,6 +104,9 @@ def export_checkpoint(checkpoint, out, fmt: str = "onnx", opset: int = DEFAULT_O
     masked = load_checkpoint(checkpoint)
     cfg = masked.config
     max_len = max_seq_length or cfg.max_seq_length
+    if cfg.attend_to_padding and max_len != cfg.max_seq_length:
+        raise PruMuxError(f"this model attends to padding up to exactly {cfg.max_seq_length} tokens (its logits depend "
+                          f"on that length); leave out --max-seq-length, or re-import with --max-seq-length {max_len}")
     if max_len > cfg.max_position_embeddings:
         raise PruMuxError(f"--max-seq-length {max_len} exceeds the model's position table "
                           f"({cfg.max_position_embeddings}); use at most {cfg.max_position_embeddings}")

@@ -58,7 +58,9 @@ def encoder_flops(heads: list[int], ffn: list[int], hidden: int, head_dim: int, 
 
 def prumux_flops_per_sample(cfg: PruMuxConfig, seq: int) -> float:
     """One mux group carries N samples: encoder FLOPs / N, plus each sample's own demux and classifier
-    (the demux MLP runs once per sample on [CLS], or at every position with the key_pool read-out)."""
+    (the demux MLP runs once per sample on [CLS], or at every position with the key_pool read-out). A model
+    that attends to padding (imported upstream models) always runs at its fixed length."""
+    seq = cfg.max_seq_length if cfg.attend_to_padding else seq
     return encoder_flops(cfg.heads_per_layer, cfg.ffn_per_layer, cfg.model_dim, cfg.head_dim,
                          seq) / cfg.num_instances + demux_flops_per_sample(cfg, seq)
 

@@ -119,6 +119,42 @@ def init(out, base, instances, task, num_labels, seed, max_seq_length, demux, ra
                f"H={model.config.hidden_size}, labels {list(model.config.id2label.values())})")
 
 
+@main.command("import")
+@click.argument("src", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--reference", type=click.Choice(["compact", "masked"]), default="compact", show_default=True,
+              help="PruMUX stage-1 runs only: 'compact' reproduces what upstream's evaluation reports (its own "
+                   "fold and cut, quirks included); 'masked' reproduces the masked model training optimised "
+                   "(through our exact compaction). See docs/upstream.md.")
+@click.option("--tokenizer", type=click.Path(path_type=Path), default=None,
+              help="Tokenizer directory (vocab.txt ...) when SRC has none (MUX-PLMs hub checkpoints). Default: "
+                   "SRC, or the parent of a best/ directory.")
+@click.option("--max-seq-length", type=click.IntRange(min=1), default=None,
+              help="Longest input; multiplexed upstream models attend to padding up to exactly this length, so it "
+                   "is part of the model [default: 128, upstream's evaluation length].")
+@click.option("--mask-padding", is_flag=True,
+              help="Multiplexed models: mask padding instead of attending to it up to the fixed length (faster on "
+                   "short inputs, changes the logits; measure with validate, see docs/upstream.md).")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+def import_cmd(src, out, reference, tokenizer, max_seq_length, mask_padding, force):
+    """Import SRC, a checkpoint written by the upstream research code, into OUT (our checkpoint).
+
+    \b
+    Detected kinds:
+      PruMUX stage 1 (run_glue_prune.py output or its best/: full weights + zs.pt)
+      PruMUX stage 2 (the fine-tune after pruning: compact weights)
+      MUX-PLMs task checkpoint (princeton-nlp/muxbert_*: config.json + pytorch_model.bin)
+      CoFi release (princeton-nlp/CoFi-*) or any BERT sequence classifier (N=1)
+    Weights are read as tensors only (no pickled objects); *_args.bin and l0_module.pt are never opened.
+    OUT then works with export, validate, predict, triton, bench and train (finetune --init, prune --teacher).
+    """
+    from .upstream import import_checkpoint, summary
+
+    model = import_checkpoint(src, out, reference=reference, tokenizer=tokenizer, max_seq_length=max_seq_length,
+                              mask_padding=mask_padding, force=force)
+    click.echo(f"imported {summary(model)}; wrote {out}")
+
+
 @main.command("compact")
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
@@ -254,6 +290,11 @@ def inspect(path, as_json):
         info = describe(compact(model), model)
         kind = "compact" if model.config.is_compact else ("masked" if model.masks else "unpruned")
         header = f"checkpoint {path}: {kind}, task {model.config.task}, labels {list(model.config.id2label.values())}"
+        if model.config.imported_from:
+            from .upstream import summary
+
+            info["imported_from"] = model.config.imported_from
+            header += f"\nimported from {model.config.imported_from['source']}: {summary(model)}"
     if as_json:
         click.echo(json.dumps(info, indent=2))
     else:

@@ -87,6 +87,10 @@ class Engine:
         input_ids = np.asarray(input_ids, dtype=np.int64)
         if input_ids.ndim != 2:
             raise EngineError(f"input_ids must be [batch, sequence], got shape {list(input_ids.shape)}")
+        fixed = self.manifest.get("fixed_length")
+        if fixed and input_ids.shape[1] > fixed:
+            raise EngineError(f"sequence length {input_ids.shape[1]} exceeds {fixed}, the fixed length this engine "
+                              f"attends over (an imported upstream model); truncate the input to {fixed} tokens")
         if input_ids.shape[1] > self.max_position_embeddings:
             raise EngineError(f"sequence length {input_ids.shape[1]} exceeds the engine's position table "
                               f"({self.max_position_embeddings}); truncate the input")

@@ -83,11 +83,13 @@ def load_tensor_file(file: Path, allow_none: bool = False) -> dict[str, torch.Te
     try:
         obj = torch.load(str(file), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - UnpicklingError for objects, RuntimeError/EOFError for damage
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "weights_only" in str(e) or "Unpickl" in type(e).__name__:
-            raise CheckpointError(f"{file}: holds pickled Python objects, not only tensors; refusing to unpickle "
-                                  "it. Save a plain state dict of tensors (torch.save(model.state_dict()))") from None
-        raise CheckpointError(f"{file}: cannot be read ({first[:160]}); the file is damaged, re-download it") from None
+        text = str(e)
+        if "Unsupported global" in text:
+            what = next((l.split("GLOBAL", 1)[1].split()[0] for l in text.splitlines() if "GLOBAL" in l), "an object")
+            raise CheckpointError(f"{file}: holds pickled Python objects ({what}), not only tensors; refusing to "
+                                  "unpickle it. Save a plain state dict of tensors (torch.save(model.state_dict()))") from None
+        raise CheckpointError(f"{file}: cannot be read as a file of tensors (torch.load with weights_only: "
+                              f"{type(e).__name__}); it is damaged or not a torch.save / safetensors file") from None
     if obj is None and allow_none:
         return None
     if not isinstance(obj, dict) or not all(isinstance(k, str) for k in obj):
@@ -257,7 +259,7 @@ def fold_and_cut(up: Upstream) -> dict[str, torch.Tensor]:
     w = {k: v.clone().float() for k, v in up.weights.items()}
     L, nh, Hb = cfg["num_hidden_layers"], cfg["num_attention_heads"], cfg["hidden_size"]
     D = Hb // nh
-    dm = _demux_prefix(w)
+    dm, mux = _demux_prefix(w), "instance_embedding" in w  # N = 1 (CoFi) models have no mux or demux
     head_z = zs["head_z"].reshape(L, nh) if "head_z" in zs else None
     head_layer_z = zs.get("head_layer_z")
     int_z = zs["intermediate_z"].reshape(L, -1) if "intermediate_z" in zs else None
@@ -281,8 +283,9 @@ def fold_and_cut(up: Upstream) -> dict[str, torch.Tensor]:
     if hidden_z is not None:
         for name in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
             w[f"bert.embeddings.{name}.weight"] *= hidden_z
-        w["instance_embedding"] *= hidden_z
-        w[dm + "dense_1.weight"] *= torch.cat([hidden_z, hidden_z])
+        if mux:
+            w["instance_embedding"] *= hidden_z
+            w[dm + "dense_1.weight"] *= torch.cat([hidden_z, hidden_z])
         for l in range(L):
             for name in ("attention.self.query", "attention.self.key", "attention.self.value", "intermediate.dense"):
                 w[_layer(l, name + ".weight")] *= hidden_z
@@ -336,9 +339,10 @@ def fold_and_cut(up: Upstream) -> dict[str, torch.Tensor]:
             w[f"bert.embeddings.{name}.weight"] = w[f"bert.embeddings.{name}.weight"][:, keep]
         for p in ("weight", "bias"):
             w[f"bert.embeddings.LayerNorm.{p}"] = w[f"bert.embeddings.LayerNorm.{p}"][keep]
-        w["instance_embedding"] = w["instance_embedding"][:, keep]
-        w[dm + "demux_instance_embedding"] = w[dm + "demux_instance_embedding"][:, keep]
-        w[dm + "dense_1.weight"] = w[dm + "dense_1.weight"][:, torch.cat([keep, keep + Hb])]
+        if mux:
+            w["instance_embedding"] = w["instance_embedding"][:, keep]
+            w[dm + "demux_instance_embedding"] = w[dm + "demux_instance_embedding"][:, keep]
+            w[dm + "dense_1.weight"] = w[dm + "dense_1.weight"][:, torch.cat([keep, keep + Hb])]
         if "bert.pooler.dense.weight" in w:
             w["bert.pooler.dense.weight"] = w["bert.pooler.dense.weight"][:, keep]
     return w

@@ -106,6 +106,9 @@ def test_validate_passes_and_writes_a_report(tmp_path, engine_dir, masked_checkp
     assert data["metrics"]["max_abs_logit_error"] <= 1e-4
     assert data["metrics"]["engine_accuracy"] == data["metrics"]["pytorch_accuracy"]
     assert data["throughput"]["engine_samples_per_s"] > 0 and data["throughput"]["batch"] == 4
+    assert data["throughput"]["end_to_end_rows"] == 11  # min(rows, 4 batches)
+    assert data["throughput"]["end_to_end_longest_samples_per_s"] > 0
+    assert "end to end (text -> labels, 11 rows, batch 4)" in result.output
 
 
 def test_validate_fails_a_threshold_with_exit_1(tmp_path, engine_dir, masked_checkpoint, sst2_dir):

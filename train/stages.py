@@ -275,7 +275,8 @@ def prune(teacher_dir, out, args: TrainArgs, prune_args: PruneArgs, resume: bool
         with torch.no_grad():
             t_logits = teacher(**inputs, hidden_states=t_hidden)
         s_logits = student(**inputs, masks=masks, hidden_states=s_hidden)
-        group_mask = batch["attention_mask"].view(-1, cfg.num_instances, batch["attention_mask"].shape[1]).amax(1)
+        _, mask, _ = student.prepare_inputs(batch["input_ids"], batch["attention_mask"])  # as the model pads it
+        group_mask = mask.view(-1, cfg.num_instances, mask.shape[1]).amax(1)
         kd = prediction_distillation(s_logits, t_logits, prune_args.distill_temperature)
         layer = align(s_hidden, t_hidden, group_mask)
         return kd, layer
