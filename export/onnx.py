@@ -11,7 +11,6 @@ import contextlib
 import io
 import logging
 import warnings
-from pathlib import Path
 
 import numpy as np
 import onnx

@@ -125,3 +125,21 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def run_cli(*args):
+    """`prumux-deploy ARGS` in-process (click's runner); every argument is turned into a string."""
+    from click.testing import CliRunner
+
+    from prumux_deploy.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def refused(result, code, text):
+    """The command failed with `code`, printed exactly one `error:` line containing `text`, and no traceback."""
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    errors = [l for l in result.output.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and text in errors[0], result.output
+    return errors[0]

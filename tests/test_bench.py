@@ -2,7 +2,6 @@ import csv
 import json
 
 import pytest
-import torch
 from click.testing import CliRunner
 from transformers import BertConfig
 

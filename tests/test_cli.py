@@ -1,22 +1,7 @@
 import json
 import shutil
 
-import pytest
-from click.testing import CliRunner
-
-from prumux_deploy.cli import main
-
-
-def run(*args):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    return result
-
-
-def assert_one_line_error(result, code, text):
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output
-    lines = [l for l in result.output.splitlines() if l.startswith("error:")]
-    assert len(lines) == 1 and text in lines[0], result.output
+from conftest import refused, run_cli as run
 
 
 def test_every_command_has_help():
@@ -39,9 +24,9 @@ def test_init_then_inspect(tmp_path, bert_dir):
 
 def test_init_errors(tmp_path, bert_dir):
     (tmp_path / "m").mkdir()
-    assert_one_line_error(run("init", tmp_path / "m", "--base", bert_dir), 2, "already exists; pass --force")
-    assert_one_line_error(run("init", tmp_path / "n", "--base", tmp_path / "none"), 2, "no config.json")
-    assert_one_line_error(run("init", tmp_path / "n", "--base", bert_dir, "--task", "nope"), 2, "unknown task 'nope'")
+    refused(run("init", tmp_path / "m", "--base", bert_dir), 2, "already exists; pass --force")
+    refused(run("init", tmp_path / "n", "--base", tmp_path / "none"), 2, "no config.json")
+    refused(run("init", tmp_path / "n", "--base", bert_dir, "--task", "nope"), 2, "unknown task 'nope'")
     assert not (tmp_path / "n").exists()
 
 
@@ -60,7 +45,7 @@ def test_export_command_and_its_main_error(tmp_path, masked_checkpoint):
     result = run("export", masked_checkpoint, tmp_path / "e")
     assert result.exit_code == 0, result.output
     assert "engine ready" in result.output and (tmp_path / "e" / "model.onnx").is_file()
-    assert_one_line_error(run("export", tmp_path / "missing", tmp_path / "e2"), 2, "not a directory")
+    refused(run("export", tmp_path / "missing", tmp_path / "e2"), 2, "not a directory")
     assert not (tmp_path / "e2").exists()
 
 
@@ -77,13 +62,13 @@ def test_predict(engine_dir):
 
 
 def test_predict_errors(tmp_path, engine_dir):
-    assert_one_line_error(run("predict", engine_dir, "fine", "--second", "x"), 2, "drop --second")
-    assert_one_line_error(run("predict", tmp_path, "fine"), 2, "manifest.json: missing")
+    refused(run("predict", engine_dir, "fine", "--second", "x"), 2, "drop --second")
+    refused(run("predict", tmp_path, "fine"), 2, "manifest.json: missing")
     copy = tmp_path / "edited"
     shutil.copytree(engine_dir, copy)
     with open(copy / "model.onnx", "ab") as f:
         f.write(b"junk")
-    assert_one_line_error(run("predict", copy, "fine"), 2, "does not match manifest.json")
+    refused(run("predict", copy, "fine"), 2, "does not match manifest.json")
 
 
 def test_inspect_engine(engine_dir):
@@ -124,14 +109,14 @@ def test_validate_fails_a_threshold_with_exit_1(tmp_path, engine_dir, masked_che
 
 def test_validate_input_errors(tmp_path, engine_dir, masked_checkpoint, sst2_dir):
     args = ("validate", engine_dir, "--checkpoint", masked_checkpoint)
-    assert_one_line_error(run(*args, "--task", "qnli", "--data", sst2_dir), 2, "made for task 'sst2'")
-    assert_one_line_error(run(*args, "--task", "sst2", "--data", tmp_path / "nope"), 2, "no such directory")
+    refused(run(*args, "--task", "qnli", "--data", sst2_dir), 2, "made for task 'sst2'")
+    refused(run(*args, "--task", "sst2", "--data", tmp_path / "nope"), 2, "no such directory")
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "dev.tsv").write_text("text\tlabel\nfine\t1\n")
-    assert_one_line_error(run(*args, "--task", "sst2", "--data", bad), 2, "no column 'sentence'")
+    refused(run(*args, "--task", "sst2", "--data", bad), 2, "no column 'sentence'")
     (bad / "dev.tsv").write_text("sentence\tlabel\nfine\t7\n")
-    assert_one_line_error(run(*args, "--task", "sst2", "--data", bad), 2, "dev.tsv:2: label '7' is not one of 0, 1")
+    refused(run(*args, "--task", "sst2", "--data", bad), 2, "dev.tsv:2: label '7' is not one of 0, 1")
 
 
 def test_optimized_int8_export_records_fusions_and_validate_uses_int8_defaults(tmp_path, masked_checkpoint,
@@ -155,4 +140,4 @@ def test_optimized_int8_export_records_fusions_and_validate_uses_int8_defaults(t
 
 def test_int8_is_refused_for_tensorrt(tmp_path, masked_checkpoint):
     result = run("export", masked_checkpoint, tmp_path / "e", "--format", "tensorrt", "--precision", "int8")
-    assert_one_line_error(result, 2, "ONNX Runtime options")
+    refused(result, 2, "ONNX Runtime options")

@@ -1,7 +1,6 @@
 """Bad artifacts and bad input: every case gets its one-line message and exit code, and no output."""
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -17,19 +16,7 @@ from click.testing import CliRunner
 from prumux_deploy.cli import main
 from prumux_deploy.engine import load_engine
 
-from conftest import write_sst2
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def refused(result, code, text):
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output
-    errors = [l for l in result.output.splitlines() if l.startswith("error:")]
-    assert len(errors) == 1 and text in errors[0], result.output
-    return errors[0]
+from conftest import refused, run_cli as run, write_sst2
 
 
 # --- corrupted engines --------------------------------------------------------------------------

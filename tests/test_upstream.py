@@ -11,15 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 from prumux_deploy.checkpoint import load_checkpoint
-from prumux_deploy.cli import main
 from prumux_deploy.engine import load_engine
 from prumux_deploy.export import compact
 from prumux_deploy.upstream import fold_and_cut, read_upstream
 
 import upstream_layout as ul
+
+from conftest import refused, run_cli as run
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "upstream"
 # (directory, reference form, expected logits file, --tokenizer)
@@ -33,17 +33,6 @@ FIXTURE_CASES = [
     ("prumux_sst2_N2/best/FT-lr2e-5", "compact", "expected_logits.npy", None),
     ("prumux_sst2_N2/best/FT-lr2e-5/best", "compact", "expected_logits.npy", None),
 ]
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def refused(result, code, text):
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output
-    errors = [l for l in result.output.splitlines() if l.startswith("error:")]
-    assert len(errors) == 1 and text in errors[0], result.output
 
 
 def needs_fixtures():
@@ -259,6 +248,12 @@ def test_imported_muxplm_checkpoint_trains_with_prune(tmp_path, sst2_dir):
     pruned = load_checkpoint(tmp_path / "pruned")
     assert pruned.masks and pruned.config.mask_convention == "cofi" and pruned.config.second_embedding_pass
     assert run("export", tmp_path / "pruned", tmp_path / "engine").exit_code == 0
+    result = run("train", "finetune", tmp_path / "ft", "--init", tmp_path / "mux", "--data", sst2_dir,
+                 "--instances", 5, "--batch-size", 10, "--epochs", 1, "--eval-every", 100, "--max-seq-length", 16)
+    assert result.exit_code == 0, result.output
+    tuned = load_checkpoint(tmp_path / "ft")
+    assert tuned.config.demux_kind == "index_pos" and tuned.config.attend_to_padding
+    assert not torch.equal(tuned.demux.classifier.weight, load_checkpoint(tmp_path / "mux").demux.classifier.weight)
 
 
 # --- refusals: one line, exit 2, nothing written --------------------------------------------------------
