@@ -63,7 +63,9 @@ def compact(model: PruMuxModel) -> PruMuxModel:
     """Return a new, mask-free model with pruned structure removed; logits match within fp32 rounding."""
     if model.config.is_compact:
         return copy.deepcopy(model)
-    cfg, masks, sd = model.config, model.masks, model.state_dict()
+    cfg = model.config  # compaction runs on the CPU, wherever the model is
+    masks = {k: v.detach().cpu() for k, v in model.masks.items()}
+    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     cofi = cfg.mask_convention == "cofi"
     D, Hb = cfg.head_dim, cfg.hidden_size
     keep, s_h = _kept(masks.get("hidden_z"), Hb)  # kept hidden dims and their scales

@@ -131,13 +131,13 @@ def save_checkpoint(model: PruMuxModel, path, tokenizer_dir=None, force: bool = 
                     dtype: torch.dtype | None = None):
     """Write the checkpoint directory atomically. dtype=torch.float16 halves the file (weights only)."""
     tokenizer_dir = tokenizer_dir or getattr(model, "tokenizer_dir", None)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     with atomic_dir(path, force=force) as tmp:
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
         if model.masks:
-            save_file({k: v.detach().float().contiguous() for k, v in model.masks.items()},
+            save_file({k: v.detach().float().cpu().contiguous() for k, v in model.masks.items()},
                       str(tmp / "masks.safetensors"))
         # checksums let load_checkpoint refuse weights that were damaged or swapped after saving
         files = {f.name: sha256_file(f) for f in sorted(tmp.glob("*.safetensors"))}

@@ -492,6 +492,8 @@ class PruMuxModel(nn.Module):
         masks = self.masks if masks is None else masks
         if not masks:
             return None
+        device = self.embeddings.word.weight.device
+        masks = {k: v.to(device) for k, v in masks.items()}  # no copy when they are there already
         hidden_z = masks.get("hidden_z")
         if hidden_z is not None:
             masks = dict(masks, _hidden_keep=(hidden_z != 0).nonzero().flatten())

@@ -82,6 +82,17 @@ def sst2_dir(tmp_path):
     return write_sst2(tmp_path / "SST-2", SST2_ROWS)
 
 
+@pytest.fixture
+def glue_dir(tmp_path):
+    """SST-2-like train (70 rows) and dev (11 rows) TSVs for the training tests."""
+    path = tmp_path / "SST-2"
+    path.mkdir()
+    rows = [(s, l) for s, l in SST2_ROWS] * 4 + [(f"{w} {w}", i % 2) for i, w in enumerate(WORDS)]
+    (path / "train.tsv").write_text("sentence\tlabel\n" + "".join(f"{s}\t{l}\n" for s, l in rows))
+    (path / "dev.tsv").write_text("sentence\tlabel\n" + "".join(f"{s}\t{l}\n" for s, l in SST2_ROWS))
+    return path
+
+
 @pytest.fixture(scope="session")
 def masked_checkpoint(tmp_path_factory, bert_dir):
     """A masked N=2 SST-2 checkpoint on the tiny BERT directory (with tokenizer)."""

@@ -18,7 +18,7 @@ from prumux_deploy.train.losses import (ContextHead, LayerAlignment, contextual_
 from prumux_deploy.train.loop import TrainArgs
 from prumux_deploy.train.stages import PruneArgs, finetune, prune, warmup
 
-from conftest import SST2_ROWS, WORDS, masked_model
+from conftest import masked_model
 
 
 def test_hard_concrete_samples_lie_in_0_1_with_the_expected_l0():
@@ -87,16 +87,6 @@ def test_deterministic_masks_keep_the_expected_number_with_fractional_scales():
     assert torch.equal((z > 0).sum(-1).float(), expected)
     kept = z[z > 0]
     assert (kept < 1).all() and (kept > 0).all()
-
-
-@pytest.fixture
-def glue_dir(tmp_path):
-    path = tmp_path / "SST-2"
-    path.mkdir()
-    rows = [(s, l) for s, l in SST2_ROWS] * 4 + [(f"{w} {w}", i % 2) for i, w in enumerate(WORDS)]
-    (path / "train.tsv").write_text("sentence\tlabel\n" + "".join(f"{s}\t{l}\n" for s, l in rows))
-    (path / "dev.tsv").write_text("sentence\tlabel\n" + "".join(f"{s}\t{l}\n" for s, l in SST2_ROWS))
-    return path
 
 
 def tiny_args(glue_dir, **kw):

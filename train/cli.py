@@ -25,7 +25,18 @@ def common_options(fn):
                      help="The task's GLUE TSV directory."),
         click.option("--instances", "-n", default=2, show_default=True, help="N: sentences per forward pass."),
         click.option("--epochs", default=1.0, show_default=True, help="Passes over the (subsampled) train split."),
-        click.option("--batch-size", default=32, show_default=True, help="Sentences per step (a multiple of N)."),
+        click.option("--batch-size", default=32, show_default=True,
+                     help="Sentences per optimizer step over all processes (the global batch; a multiple of "
+                          "processes x --grad-accum x N)."),
+        click.option("--grad-accum", default=1, show_default=True, type=click.IntRange(min=1),
+                     help="Micro-batches per optimizer step: each process runs batch/(processes x K) rows at a "
+                          "time, for large global batches on few devices."),
+        click.option("--device", default="auto", show_default=True,
+                     help="auto (CUDA when available), cpu, cuda or cuda:K. Under torchrun each process takes "
+                          "cuda:LOCAL_RANK."),
+        click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+                     help="Autocast precision of forward passes (weights and optimizer state stay fp32); fp16 "
+                          "adds a gradient scaler and needs CUDA."),
         click.option("--lr", default=5e-5, show_default=True, help="Peak learning rate (linear warm-up and decay)."),
         click.option("--dropout", default=0.0, show_default=True,
                      help="Dropout probability at BERT's dropout sites while training (0 = none)."),
@@ -50,7 +61,8 @@ def _args(kw):
     from .loop import TrainArgs
 
     fields = ("task", "data", "instances", "epochs", "batch_size", "lr", "dropout", "max_train_samples",
-              "max_eval_samples", "max_seq_length", "eval_every", "save_every", "seed", "train_split", "eval_split")
+              "max_eval_samples", "max_seq_length", "eval_every", "save_every", "seed", "train_split", "eval_split",
+              "device", "precision", "grad_accum")
     args = TrainArgs(**{k: kw.pop(k) for k in fields}, demux=kw.pop("demux", None))
     if not 0 <= args.dropout < 1:
         raise PruMuxError(f"--dropout must be in [0, 1), got {args.dropout}")

@@ -70,13 +70,13 @@ class Runtime:
 
     # --- data parallelism ----------------------------------------------------------------------------
     def shard(self, batch: dict, micro_steps: int = 1) -> list[dict]:
-        """This process's rows of a global batch, cut into `micro_steps` equal micro-batches (grad accumulation).
-        Tensors go to the device."""
-        rows = batch["input_ids"].shape[0]
-        per = rows // (self.world_size * micro_steps)
-        start = self.rank * per * micro_steps
-        return [{k: v[start + m * per: start + (m + 1) * per].to(self.device) for k, v in batch.items()}
-                for m in range(micro_steps)]
+        """This process's rows of a global batch for each of `micro_steps` micro-batches (grad accumulation):
+        the batch is cut into micro-batches first, then each micro-batch into one slice per process, so a
+        micro-batch is the same rows whatever the process count. Tensors go to the device."""
+        micro = batch["input_ids"].shape[0] // micro_steps
+        per = micro // self.world_size
+        starts = [m * micro + self.rank * per for m in range(micro_steps)]
+        return [{k: v[s:s + per].to(self.device) for k, v in batch.items()} for s in starts]
 
     def global_sum(self, value) -> torch.Tensor:
         """Sum of a (detached) tensor over all processes; the value itself in a 1-process run."""

@@ -1,5 +1,7 @@
 """The pieces every training stage shares: shuffled multiplexed batches, evaluation, the JSON log, and
-resumable training state (so an interrupted run loses at most --save-every steps)."""
+resumable training state (so an interrupted run loses at most --save-every steps). Under torchrun every
+process calls these the same way; evaluation and teacher logits are split over the processes, and only
+rank 0 writes (see distributed.py)."""
 
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ class TrainArgs:
     data: str = "../shared/data/glue/SST-2"
     instances: int = 2
     epochs: float = 1.0
-    batch_size: int = 32          # sentences per step (batch_size / N multiplexed sequences)
+    batch_size: int = 32          # sentences per optimizer step over all processes (the global batch)
     lr: float = 5e-5
     dropout: float = 0.0          # BERT's dropout sites (model.set_dropout); training only
     demux: str | None = None      # demux kind of a new model, or switch a loaded one to it (None: keep)
@@ -36,6 +38,9 @@ class TrainArgs:
     seed: int = 0
     train_split: str = "train"
     eval_split: str = "dev"
+    device: str = "auto"          # auto (CUDA when available), cpu, cuda
+    precision: str = "fp32"       # fp32, bf16 or fp16 autocast (fp16 with a gradient scaler)
+    grad_accum: int = 1           # micro-steps per optimizer step (the global batch is split into them)
 
 
 class Batches:
@@ -69,7 +74,8 @@ class Batches:
             ids[i, :n] = torch.as_tensor(self.ids[r])
             types[i, :n] = torch.as_tensor(self.types[r])
             mask[i, :n] = 1
-        out = {"input_ids": ids, "attention_mask": mask, "labels": self.labels[rows], "rows": torch.as_tensor(rows)}
+        out = {"input_ids": ids, "attention_mask": mask, "labels": self.labels[rows], "rows": torch.as_tensor(rows),
+               "position": torch.arange(len(rows))}  # place in the global batch (a process keeps a slice)
         if self.with_token_types:
             out["token_type_ids"] = types
         return out
@@ -84,34 +90,48 @@ def model_inputs(batch):
 
 
 @torch.no_grad()
-def evaluate(model, batches: Batches, masks=None) -> float:
-    """Accuracy over the eval rows in file order (consecutive rows are mux groups, as in validate)."""
+def evaluate(model, batches: Batches, masks=None, rt=None) -> float:
+    """Accuracy over the eval rows in file order (consecutive rows are mux groups, as in validate). Under
+    torchrun each process takes every K-th batch and the correct counts are summed."""
+    from .distributed import current
+
+    rt = rt or current()
     was_training = model.training
     model.eval()
     correct = 0
-    for batch in batches.in_order(32 * model.config.num_instances):
-        logits = model(**model_inputs(batch), masks=masks)
-        correct += int((logits.argmax(-1) == batch["labels"]).sum())
+    for b, batch in enumerate(batches.in_order(32 * model.config.num_instances)):
+        if b % rt.world_size != rt.rank:
+            continue
+        with rt.autocast():
+            logits = model(**{k: v.to(rt.device) for k, v in model_inputs(batch).items()}, masks=masks)
+        correct += int((logits.argmax(-1).cpu() == batch["labels"]).sum())
     model.train(was_training)
-    return correct / len(batches.ids)
+    return float(rt.global_sum(correct)) / len(batches.ids)
 
 
 @torch.no_grad()
-def soft_targets(teacher, batches: Batches, batch_size: int = 256) -> torch.Tensor:
+def soft_targets(teacher, batches: Batches, batch_size: int = 256, rt=None) -> torch.Tensor:
     """The teacher's logits for every row of `batches`, in row order: [rows, C]. Computed once before
     training (the teacher is frozen), so distillation costs no teacher forward pass per step. Rows go
-    through shortest first, so each batch pads to a length its rows share (SST-2 phrases are 3-60 tokens)."""
+    through shortest first, so each batch pads to a length its rows share (SST-2 phrases are 3-60 tokens).
+    Under torchrun the processes split the batches and share the result."""
+    from .distributed import current
+
+    rt = rt or current()
     teacher.eval()
     batch_size -= batch_size % teacher.config.num_instances
     by_length = sorted(range(len(batches.ids)), key=lambda r: len(batches.ids[r]))
-    targets = torch.empty(len(by_length), teacher.config.num_labels)
-    bar = progress(len(by_length), 0, "teacher logits", unit="row")
-    for start in range(0, len(by_length), batch_size):
+    targets = torch.zeros(len(by_length), teacher.config.num_labels)
+    bar = progress(len(by_length), 0, "teacher logits", unit="row", disable=not rt.is_main)
+    for b, start in enumerate(range(0, len(by_length), batch_size)):
         rows = by_length[start:start + batch_size]
-        targets[rows] = teacher(**model_inputs(batches.collate(rows))).float()
+        if b % rt.world_size == rt.rank:
+            with rt.autocast():
+                inputs = {k: v.to(rt.device) for k, v in model_inputs(batches.collate(rows)).items()}
+                targets[rows] = teacher(**inputs).float().cpu()
         bar.update(len(rows))
     bar.close()
-    return targets
+    return rt.all_gather_rows(targets)
 
 
 def load_task_data(args: TrainArgs, tokenizer_dir, num_instances: int, with_eval: bool = True):
@@ -128,14 +148,17 @@ def load_task_data(args: TrainArgs, tokenizer_dir, num_instances: int, with_eval
 
 
 class RunState:
-    """OUT/train_state.pt (atomic) and OUT/log.jsonl for one stage."""
+    """OUT.run/train_state.pt (atomic) and OUT.run/log.jsonl for one stage. Every process resumes from the same
+    state; only the main process (rank 0) writes."""
 
-    def __init__(self, out: Path, stage: str, state_file: str = "train_state.pt"):
-        self.out, self.stage = Path(out), stage
+    def __init__(self, out: Path, stage: str, state_file: str = "train_state.pt", main: bool = True):
+        self.out, self.stage, self.main = Path(out), stage, main
         self.file = self.out / state_file
         self.log_file = self.out / "log.jsonl"
 
     def save(self, step: int, objects: dict):
+        if not self.main:
+            return
         self.out.mkdir(parents=True, exist_ok=True)
         state = {"stage": self.stage, "step": step,
                  "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
@@ -148,7 +171,7 @@ class RunState:
     def load(self, objects: dict) -> int:
         if not self.file.is_file():
             raise PruMuxError(f"{self.file}: nothing to resume; run the stage without --resume first")
-        state = torch.load(self.file, weights_only=False)
+        state = torch.load(self.file, weights_only=False, map_location="cpu")
         if state.get("stage") != self.stage:
             raise PruMuxError(f"{self.file}: holds a {state.get('stage')!r} run, not {self.stage!r}")
         for name, obj in objects.items():
@@ -159,18 +182,21 @@ class RunState:
         return int(state["step"])
 
     def log(self, record: dict):
+        if not self.main:
+            return
         self.out.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "a") as f:
             f.write(json.dumps({"stage": self.stage, **record}) + "\n")
 
-    def start(self, args: TrainArgs, resume: bool, fresh_log: bool = True):
-        if fresh_log and not resume and self.log_file.exists():
+    def start(self, args: TrainArgs, resume: bool, fresh_log: bool = True, processes: int = 1):
+        if self.main and fresh_log and not resume and self.log_file.exists():
             self.log_file.unlink()
-        self.log({"event": "start", "resume": resume, "args": asdict(args)})
+        self.log({"event": "start", "resume": resume, "processes": processes, "args": asdict(args)})
 
 
-def progress(total: int, start: int, desc: str, unit: str = "step"):
-    return tqdm(total=total, initial=start, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True)
+def progress(total: int, start: int, desc: str, unit: str = "step", disable: bool = False):
+    return tqdm(total=total, initial=start, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True,
+                disable=disable)
 
 
 def seed_everything(seed: int):

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .distributed import current
+
 
 
 def prediction_distillation(student_logits, teacher_logits, temperature: float = 2.0) -> torch.Tensor:
@@ -26,18 +28,20 @@ class LayerAlignment(nn.Module):
         nn.init.zeros_(self.proj.bias)
         self.teacher_layers = list(range(2, num_layers + 1, 2)) or [num_layers]  # 1-based layer outputs
 
-    def forward(self, student_hidden, teacher_hidden, group_mask) -> torch.Tensor:
+    def forward(self, student_hidden, teacher_hidden, group_mask, rt=None) -> torch.Tensor:
         """student_hidden / teacher_hidden: lists of [G, S, H] (embeddings first, then each layer);
-        group_mask: [G, S], 1 where the multiplexed sequence has a real token."""
+        group_mask: [G, S], 1 where the multiplexed sequence has a real token. Errors are means over every
+        process's real tokens, and the best student layer is chosen on them (rt: distributed.Runtime)."""
+        rt = rt or current()
         w = group_mask.unsqueeze(-1).to(student_hidden[0].dtype)
         denom = w.sum() * student_hidden[0].shape[-1]
         mapped = [self.proj(h) for h in student_hidden[1:]]
         total, first = student_hidden[0].new_zeros(()), 0
         for t in self.teacher_layers:
             target = teacher_hidden[t]
-            errors = torch.stack([((m - target).pow(2) * w).sum() / denom for m in mapped[first:]])
-            best = int(errors.argmin())
-            total = total + errors[best]
+            sums = torch.stack([((m - target).float().pow(2) * w).sum() for m in mapped[first:]])  # local squared errors
+            best = int(rt.global_sum(sums).argmin())
+            total = total + rt.mean_of(sums[best], denom)
             first += best  # later teacher layers map to the same or later student layers
         return total
 
@@ -49,22 +53,33 @@ def _encode_for_demux(model, input_ids, attention_mask):
     return x, model.demux_keys(masks)
 
 
-def retrieval_loss(model, input_ids, attention_mask, generator: torch.Generator | None = None) -> torch.Tensor:
+def retrieval_choice(num_groups: int, seq_len: int, num_instances: int, seed: int, step: int) -> torch.Tensor:
+    """Which instance every position of every group of a global batch retrieves: [G, S], drawn from a
+    generator seeded by (seed, step), so every process count draws the same choices."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    return torch.randint(0, num_instances, (num_groups, seq_len), generator=gen)
+
+
+def retrieval_loss(model, input_ids, attention_mask, choice=None, rt=None) -> torch.Tensor:
     """Token retrieval warm-up (DataMUX / MUX-PLMs): at every position of the multiplexed sequence pick
     one instance at random and predict that instance's token from the encoder output, through the demux
     MLP with the instance's key and a decoder tied to the word embeddings.
 
-    input_ids, attention_mask: [B, S] with B a multiple of N."""
+    input_ids, attention_mask: [B, S] with B a multiple of N. choice: [B / N, S] instance per position
+    (retrieval_choice; drawn here when None). The mean is over the real positions of every process."""
+    rt = rt or current()
     N = model.config.num_instances
     B, S = input_ids.shape
-    x, keys = _encode_for_demux(model, input_ids, attention_mask)  # [G, S, H], [N, H]
+    x, keys = _encode_for_demux(model, input_ids, attention_mask)  # [G, S', H], [N, K]
     G = x.shape[0]
-    choice = torch.randint(0, N, (G, S), generator=generator)  # which instance each position retrieves
+    if choice is None:
+        choice = torch.randint(0, N, (G, S))
+    choice = choice.to(input_ids.device)
     ids = input_ids.view(G, N, S).gather(1, choice[:, None]).squeeze(1)  # [G, S]
     real = attention_mask.view(G, N, S).gather(1, choice[:, None]).squeeze(1).bool()
-    features = model.demux.instance_features(keys[choice][real], x[real])  # [P, Hd]
+    features = model.demux.instance_features(keys[choice][real], x[:, :S][real])  # [P, Hd]
     logits = features @ model.embeddings.word.weight.T  # [P, V], decoder tied to the embeddings
-    return F.cross_entropy(logits, ids[real])
+    return rt.mean_of(F.cross_entropy(logits.float(), ids[real], reduction="sum"), real.sum())
 
 
 class ContextHead(nn.Module):
@@ -83,7 +98,7 @@ class ContextHead(nn.Module):
         return self.proj(features)
 
 
-def contextual_distillation_loss(model, teacher, head: ContextHead, input_ids, attention_mask) -> torch.Tensor:
+def contextual_distillation_loss(model, teacher, head: ContextHead, input_ids, attention_mask, rt=None) -> torch.Tensor:
     """Contextual warm-up: at every real token of every instance, the demux features of that instance
     ([key_i ; h_t] through the demux MLP, then `head`) should equal the final hidden state an unmultiplexed
     `teacher` (N = 1, same tokenizer, same width) computes for that sentence alone. Retrieval only asks the
@@ -95,11 +110,11 @@ def contextual_distillation_loss(model, teacher, head: ContextHead, input_ids, a
     N = model.config.num_instances
     B, S = input_ids.shape
     with torch.no_grad():
-        target, _, _ = teacher.encode(input_ids, attention_mask)  # [B, S, H]
-    x, keys = _encode_for_demux(model, input_ids, attention_mask)  # [G, S, H], [N, H]
+        target = teacher.encode(input_ids, attention_mask)[0][:, :S]  # [B, S, H]
+    x, keys = _encode_for_demux(model, input_ids, attention_mask)  # [G, S', H], [N, K]
     G = x.shape[0]
     real = attention_mask.view(G, N, S).bool()  # [G, N, S]
     which = real.nonzero()  # [P, 3]: group, instance, position of every real token
     features = model.demux.instance_features(keys[which[:, 1]], x[which[:, 0], which[:, 2]])  # [P, Hd]
     wanted = target.view(G, N, S, -1)[real]  # [P, H]
-    return (head(features) - wanted).pow(2).mean() / wanted.pow(2).mean()
+    return (rt or current()).mean_of((head(features) - wanted).pow(2).sum(), wanted.pow(2).sum())

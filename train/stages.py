@@ -1,8 +1,12 @@
 """The training stages: warm-up, fine-tune, prune, and all three in order.
 
 Each stage reads a checkpoint (or a BERT base for the first), trains, and writes a checkpoint directory
-of the contract in prumux_deploy/checkpoint.py to OUT, with OUT/log.jsonl (one JSON record per
-evaluation) and OUT/train_state.pt for --resume.
+of the contract in prumux_deploy/checkpoint.py to OUT, with OUT/train_log.jsonl (one JSON record per
+evaluation, kept while training in OUT.run/log.jsonl) and OUT.run/train_state.pt for --resume.
+
+Every stage runs on --device with --precision autocast, and unchanged under torchrun (distributed.py):
+the trainable modules of a stage and its loss on one micro-batch form one `Objective` module, which
+DistributedDataParallel wraps, so every parameter a loss reaches has its gradient averaged.
 """
 
 from __future__ import annotations
@@ -23,11 +27,12 @@ from prumux_deploy.errors import PruMuxError
 from prumux_deploy.export import compact
 from prumux_deploy.structure import describe
 
+from .distributed import Runtime, runtime
 from .gates import CoFiGates, lagrangian_term
 from .loop import (RunState, TrainArgs, evaluate, load_task_data, model_inputs, progress, seed_everything,
                    soft_targets)
 from .losses import (ContextHead, LayerAlignment, contextual_distillation_loss, prediction_distillation,
-                     retrieval_loss)
+                     retrieval_choice, retrieval_loss)
 
 
 def _linear_schedule(optimizer, total_steps: int, warmup_frac: float = 0.06):
@@ -41,15 +46,53 @@ def _linear_schedule(optimizer, total_steps: int, warmup_frac: float = 0.06):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _apply(loss, optimizers, *schedules) -> None:
-    """One optimisation step: backward through `loss`, step every optimizer, advance the LR schedules."""
+class Objective(torch.nn.Module):
+    """A stage's trainable modules and its loss on one micro-batch, as one module (what DDP wraps):
+    forward(part) -> (loss, {name: float} to log)."""
+
+    def __init__(self, loss_fn, **modules):
+        super().__init__()
+        self.parts = torch.nn.ModuleDict(modules)
+        self.loss_fn = loss_fn
+
+    def forward(self, part):
+        return self.loss_fn(part)
+
+
+def _step(rt: Runtime, objective, batch: dict, args: TrainArgs, optimizers, schedules, scaler) -> dict:
+    """One optimisation step on a global batch: this process's rows in --grad-accum micro-batches, forward
+    under autocast, backward (scaled for fp16; DDP averages the gradients on the last micro-batch), step
+    every optimizer, advance the LR schedules. Returns the losses averaged over micro-batches and processes."""
     for opt in optimizers:
         opt.zero_grad()
-    loss.backward()
+    parts = rt.shard(batch, args.grad_accum)
+    records = []
+    for m, part in enumerate(parts):
+        with rt.no_sync(objective, last_micro_step=m == len(parts) - 1):
+            with rt.autocast():
+                loss, record = objective(part)
+            scaler.scale(loss / len(parts)).backward()
+        records.append(record)
     for opt in optimizers:
-        opt.step()
+        scaler.step(opt)
+    scaler.update()
     for schedule in schedules:
         schedule.step()
+    keys = list(records[0])
+    means = rt.global_sum([sum(r[k] for r in records) / len(records) for k in keys]) / rt.world_size
+    return dict(zip(keys, means.tolist()))
+
+
+def _runtime(args: TrainArgs) -> Runtime:
+    rt = runtime(args.device, args.precision)
+    if args.grad_accum < 1:
+        raise PruMuxError(f"--grad-accum must be at least 1, got {args.grad_accum}")
+    unit = rt.world_size * args.grad_accum * args.instances  # every micro-batch holds whole mux groups
+    if args.batch_size < unit:
+        raise PruMuxError(f"--batch-size {args.batch_size} is smaller than processes x --grad-accum x N = "
+                          f"{rt.world_size} x {args.grad_accum} x {args.instances} = {unit}")
+    args.batch_size -= args.batch_size % unit  # rounded down to whole micro-batches, as N always rounded it
+    return rt
 
 
 def _total_steps(args: TrainArgs, batches) -> int:
@@ -60,7 +103,7 @@ def _is_checkpoint(source: Path) -> bool:
     return (source / "config.json").is_file() and '"prumux-checkpoint"' in (source / "config.json").read_text()
 
 
-def _start_model(source, args: TrainArgs) -> torch.nn.Module:
+def _start_model(source, args: TrainArgs, device=None) -> torch.nn.Module:
     """A checkpoint directory (config.json with our format) or a BERT base directory / 'minilm'."""
     source = Path(source)
     if _is_checkpoint(source):
@@ -75,16 +118,16 @@ def _start_model(source, args: TrainArgs) -> torch.nn.Module:
                              seed=args.seed, id2label=task.id2label, task=task.name,
                              max_seq_length=args.max_seq_length, demux_kind=args.demux or "key_cls")
     model.set_dropout(args.dropout)
-    return model
+    return model.to(device or "cpu")
 
 
 def _train(run: RunState, args: TrainArgs, resume: bool, objects: dict, total: int, step_fn, eval_fn,
-           desc: str, fresh_log: bool = True):
+           desc: str, rt: Runtime, fresh_log: bool = True):
     """The loop every stage shares: resume, step, log/evaluate every --eval-every, save every --save-every
-    and at the end (so resuming a finished phase is a no-op)."""
-    run.start(args, resume, fresh_log)
+    and at the end (so resuming a finished phase is a no-op). Every process runs it; rank 0 writes."""
+    run.start(args, resume, fresh_log, processes=rt.world_size)
     step = run.load(objects) if resume else 0
-    bar = progress(total, step, desc)
+    bar = progress(total, step, desc, disable=not rt.is_main)
     last = {}
     while step < total:
         last = step_fn(step)
@@ -100,16 +143,18 @@ def _train(run: RunState, args: TrainArgs, resume: bool, objects: dict, total: i
 
 
 def _single_model_stage(source, out, args: TrainArgs, force: bool, stage: str, with_eval: bool = True):
-    """What warm-up and fine-tuning both set up: the model, its data, AdamW with the linear schedule, and
-    the run state beside OUT. Refuses an existing OUT before any work."""
+    """What warm-up and fine-tuning both set up: the runtime, the model on its device, its data, AdamW with
+    the linear schedule, and the run state beside OUT. Refuses an existing OUT before any work."""
     check_target(out, force)
+    rt = _runtime(args)
     seed_everything(args.seed)
-    model = _start_model(source, args).train()
+    model = _start_model(source, args, rt.device).train()
     _, batches, dev = load_task_data(args, model.tokenizer_dir, args.instances, with_eval=with_eval)
     total = _total_steps(args, batches)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     schedule = _linear_schedule(optimizer, total)
-    return model, batches, dev, total, optimizer, schedule, RunState(Path(str(out) + ".run"), stage)
+    run = RunState(Path(str(out) + ".run"), stage, main=rt.is_main)
+    return rt, model, batches, dev, total, optimizer, schedule, run
 
 
 # --- 1. warm-up: token retrieval ---------------------------------------------------------------
@@ -120,37 +165,48 @@ def warmup(base, out, args: TrainArgs, resume: bool = False, force: bool = False
     `teacher_dir` (an unmultiplexed encoder: a BERT directory or an N=1 checkpoint), also to
     reproduce the teacher's contextual state of every instance's every token (contextual_distillation_loss)."""
     check_target(out, force)
-    teacher = None if teacher_dir is None else _contextual_teacher(teacher_dir, args)
-    model, batches, _, total, optimizer, schedule, run = _single_model_stage(base, out, args, force, "warmup",
-                                                                             with_eval=False)
+    rt, model, batches, _, total, optimizer, schedule, run = _single_model_stage(base, out, args, force, "warmup",
+                                                                                 with_eval=False)
+    teacher = None if teacher_dir is None else _contextual_teacher(teacher_dir, args, rt.device)
     objects = {"model": model, "optimizer": optimizer, "schedule": schedule}
     optimizers, schedules = [optimizer], [schedule]
+    modules = {"model": model}
     if teacher is not None:
         _check_same_tokenizer(teacher, model, f"--teacher {teacher_dir}")
-        head = ContextHead(model.config.hidden_size, teacher.config.hidden_size)
+        head = ContextHead(model.config.hidden_size, teacher.config.hidden_size).to(rt.device)
         # a fresh linear layer: at the encoder's fine-tuning lr it would take thousands of steps to move
         opt_head = torch.optim.AdamW(head.parameters(), lr=10 * args.lr, weight_decay=0.01)
         schedule_head = _linear_schedule(opt_head, total)
         objects.update(context_head=head, opt_head=opt_head, schedule_head=schedule_head)
         optimizers.append(opt_head)
         schedules.append(schedule_head)
+        modules["head"] = head
+    N = args.instances
+    choices = {}
+
+    def loss_fn(part):
+        choice = choices["global"][part["position"][::N].cpu() // N]  # this micro-batch's groups
+        retrieval = retrieval_loss(model, part["input_ids"], part["attention_mask"], choice, rt)
+        if teacher is None:
+            return retrieval, {"loss": retrieval.item()}
+        context = contextual_distillation_loss(model, teacher, head, part["input_ids"], part["attention_mask"], rt)
+        loss = retrieval + context_weight * context
+        return loss, {"loss": loss.item(), "retrieval": retrieval.item(), "context": context.item()}
+
+    objective, scaler = rt.wrap(Objective(loss_fn, **modules)), rt.grad_scaler()
 
     def step_fn(step):
         batch = batches.batch(step)
-        retrieval = retrieval_loss(model, batch["input_ids"], batch["attention_mask"])
-        if teacher is None:
-            _apply(retrieval, optimizers, *schedules)
-            return {"loss": retrieval.item()}
-        context = contextual_distillation_loss(model, teacher, head, batch["input_ids"], batch["attention_mask"])
-        loss = retrieval + context_weight * context
-        _apply(loss, optimizers, *schedules)
-        return {"loss": loss.item(), "retrieval": retrieval.item(), "context": context.item()}
+        G, S = batch["input_ids"].shape[0] // N, batch["input_ids"].shape[1]
+        choices["global"] = retrieval_choice(G, S, N, args.seed, step)
+        return _step(rt, objective, batch, args, optimizers, schedules, scaler)
 
-    last = _train(run, args, resume, objects, total, step_fn, lambda: {}, "warmup")
-    _save(model, out, run, force)
+    last = _train(run, args, resume, objects, total, step_fn, lambda: {}, "warmup", rt)
+    _save(model, out, run, force, rt)
     context = f", contextual error {last['context']:.3f}" if "context" in last else ""
-    log(f"warmup: {total} steps, final retrieval loss {last.get('retrieval', last.get('loss', float('nan'))):.3f}"
-        f"{context}; wrote {out}")
+    if rt.is_main:
+        log(f"warmup: {total} steps, final retrieval loss "
+            f"{last.get('retrieval', last.get('loss', float('nan'))):.3f}{context}; wrote {out}")
     return model
 
 
@@ -162,31 +218,34 @@ def finetune(init, out, args: TrainArgs, resume: bool = False, force: bool = Fal
     checkpoint of the task, usually the N=1 model), plus distillation from its predictions on the same
     sentences (KL at `temperature`). On SST-2 N=2 it made learning faster, not the end result better
     (docs/results.md)."""
-    model, batches, dev, total, optimizer, schedule, run = _single_model_stage(init, out, args, force, "finetune")
-    targets = None if teacher_dir is None else soft_targets(_distillation_teacher(teacher_dir, model), batches)
+    rt, model, batches, dev, total, optimizer, schedule, run = _single_model_stage(init, out, args, force,
+                                                                                   "finetune")
+    targets = None
+    if teacher_dir is not None:
+        targets = soft_targets(_distillation_teacher(teacher_dir, model, rt.device), batches, rt=rt).to(rt.device)
 
-    def step_fn(step):
-        batch = batches.batch(step)
-        logits = model(**model_inputs(batch))
-        ce = torch.nn.functional.cross_entropy(logits, batch["labels"])
+    def loss_fn(part):
+        logits = model(**model_inputs(part)).float()
+        ce = torch.nn.functional.cross_entropy(logits, part["labels"])
         if targets is None:
-            _apply(ce, [optimizer], schedule)
-            return {"loss": ce.item()}
-        kd = prediction_distillation(logits, targets[batch["rows"]], temperature)
-        _apply(ce + kd, [optimizer], schedule)
-        return {"loss": (ce + kd).item(), "ce": ce.item(), "kd": kd.item()}
+            return ce, {"loss": ce.item()}
+        kd = prediction_distillation(logits, targets[part["rows"]], temperature)
+        return ce + kd, {"loss": (ce + kd).item(), "ce": ce.item(), "kd": kd.item()}
 
+    objective, scaler = rt.wrap(Objective(loss_fn, model=model)), rt.grad_scaler()
     _train(run, args, resume, {"model": model, "optimizer": optimizer, "schedule": schedule}, total,
-           step_fn, lambda: {"accuracy": evaluate(model, dev)}, "finetune")
-    accuracy = evaluate(model, dev)
-    _save(model, out, run, force)
-    log(f"finetune: {total} steps, {args.eval_split} accuracy {accuracy:.2%}; wrote {out}")
+           lambda step: _step(rt, objective, batches.batch(step), args, [optimizer], [schedule], scaler),
+           lambda: {"accuracy": evaluate(model, dev, rt=rt)}, "finetune", rt)
+    accuracy = evaluate(model, dev, rt=rt)
+    _save(model, out, run, force, rt)
+    if rt.is_main:
+        log(f"finetune: {total} steps, {args.eval_split} accuracy {accuracy:.2%}; wrote {out}")
     return model, accuracy
 
 
-def _distillation_teacher(teacher_dir, student):
+def _distillation_teacher(teacher_dir, student, device):
     """A checkpoint whose predictions the student can learn from: same labels, same tokenizer."""
-    teacher = load_checkpoint(teacher_dir)  # only ever run under no_grad (soft_targets): nothing to freeze
+    teacher = load_checkpoint(teacher_dir).to(device)  # only ever run under no_grad (soft_targets)
     if teacher.config.num_labels != student.config.num_labels:
         raise PruMuxError(f"--teacher {teacher_dir} predicts {teacher.config.num_labels} labels, the student "
                           f"{student.config.num_labels}; give a teacher fine-tuned on the same task")
@@ -200,11 +259,11 @@ def _check_same_tokenizer(teacher, student, what: str):
                           f"same base encoder")
 
 
-def _contextual_teacher(source, args: TrainArgs):
+def _contextual_teacher(source, args: TrainArgs, device):
     """The unmultiplexed encoder whose per-token states the contextual warm-up matches (frozen, no dropout)."""
     if _is_checkpoint(Path(source)) and (n := read_config(source).num_instances) != 1:
         raise PruMuxError(f"--teacher {source} is multiplexed (N={n}); give an unmultiplexed (N=1) encoder")
-    teacher = _start_model(source, dataclasses.replace(args, instances=1, demux=None, dropout=0.0)).eval()
+    teacher = _start_model(source, dataclasses.replace(args, instances=1, demux=None, dropout=0.0), device).eval()
     if teacher.masks or teacher.config.is_compact:
         raise PruMuxError(f"--teacher {source}: give an unpruned encoder or checkpoint, not a pruned one")
     for p in teacher.parameters():
@@ -239,8 +298,9 @@ def prune(teacher_dir, out, args: TrainArgs, prune_args: PruneArgs, resume: bool
     if not 0 < prune_args.sparsity < 1:
         raise PruMuxError(f"--sparsity must be in (0, 1), got {prune_args.sparsity}")
     check_target(out, force)
+    rt = _runtime(args)
     seed_everything(args.seed)
-    teacher = _start_model(teacher_dir, args).eval()
+    teacher = _start_model(teacher_dir, args, rt.device).eval()
     if teacher.masks or teacher.config.is_compact:
         raise PruMuxError(f"{teacher_dir}: the teacher must be an unpruned fine-tuned checkpoint")
     for p in teacher.parameters():
@@ -255,93 +315,97 @@ def prune(teacher_dir, out, args: TrainArgs, prune_args: PruneArgs, resume: bool
     final_total = int(math.ceil(prune_args.final_epochs * batches.steps_per_epoch))
     ramp = max(1, int(total * prune_args.warmup_frac))
 
-    gates = CoFiGates(cfg, prune_hidden=prune_args.prune_hidden)
-    align = LayerAlignment(cfg.hidden_size, cfg.num_hidden_layers)
-    lagrange = Lagrangian()
+    gates = CoFiGates(cfg, prune_hidden=prune_args.prune_hidden).to(rt.device)
+    align = LayerAlignment(cfg.hidden_size, cfg.num_hidden_layers).to(rt.device)
+    lagrange = Lagrangian().to(rt.device)
     opt_model = torch.optim.AdamW(list(student.parameters()) + list(align.parameters()), lr=args.lr,
                                   weight_decay=0.01)
     opt_gates = torch.optim.AdamW(gates.parameters(), lr=prune_args.reg_lr, weight_decay=0.0)
     opt_lagrange = torch.optim.AdamW(lagrange.parameters(), lr=prune_args.reg_lr, weight_decay=0.0,
                                      maximize=True)
     schedule = _linear_schedule(opt_model, total)
-    run = RunState(Path(str(out) + ".run"), "prune")
+    run = RunState(Path(str(out) + ".run"), "prune", main=rt.is_main)
+    phase = {"final": False, "step": 0}
+    T = prune_args.distill_temperature
 
     def target_at(step):
         return prune_args.sparsity * min(1.0, step / ramp)
 
-    def distill_losses(batch, masks):
-        inputs = model_inputs(batch)
+    def loss_fn(part):
+        inputs = model_inputs(part)
+        if phase["final"]:  # the masks are fixed: CE + prediction distillation
+            with torch.no_grad():
+                t_logits = teacher(**inputs)
+            logits = student(**inputs).float()
+            ce = torch.nn.functional.cross_entropy(logits, part["labels"])
+            loss = ce + prediction_distillation(logits, t_logits.float(), T)
+            return loss, {"loss": loss.item(), "ce": ce.item()}
+        masks = gates.sample()
         s_hidden, t_hidden = [], []
         with torch.no_grad():
             t_logits = teacher(**inputs, hidden_states=t_hidden)
         s_logits = student(**inputs, masks=masks, hidden_states=s_hidden)
-        _, mask, _ = student.prepare_inputs(batch["input_ids"], batch["attention_mask"])  # as the model pads it
+        _, mask, _ = student.prepare_inputs(part["input_ids"], part["attention_mask"])  # as the model pads it
         group_mask = mask.view(-1, cfg.num_instances, mask.shape[1]).amax(1)
-        kd = prediction_distillation(s_logits, t_logits, prune_args.distill_temperature)
-        layer = align(s_hidden, t_hidden, group_mask)
-        return kd, layer
-
-    step_counter = {"step": 0}
-
-    def prune_step(step):
-        step_counter["step"] = step + 1
-        batch = batches.batch(step)
-        kd, layer = distill_losses(batch, gates.sample())
+        kd = prediction_distillation(s_logits.float(), t_logits.float(), T)
+        layer = align(s_hidden, t_hidden, group_mask, rt)
         expected = gates.expected_sparsity()
-        target = target_at(step)
+        target = target_at(phase["step"])
         lag = lagrangian_term(expected, target, lagrange.lambda_1, lagrange.lambda_2)
         loss = kd + prune_args.layer_distill_weight * layer + lag
-        _apply(loss, [opt_model, opt_gates, opt_lagrange], schedule)
-        return {"loss": loss.item(), "kd": kd.item(), "layer": layer.item(), "lagrangian": lag.item(),
-                "expected_sparsity": expected.item(), "target": target,
-                "lambda_1": lagrange.lambda_1.item(), "lambda_2": lagrange.lambda_2.item()}
+        return loss, {"loss": loss.item(), "kd": kd.item(), "layer": layer.item(), "lagrangian": lag.item(),
+                      "expected_sparsity": expected.item(), "target": target,
+                      "lambda_1": lagrange.lambda_1.item(), "lambda_2": lagrange.lambda_2.item()}
+
+    objective = rt.wrap(Objective(loss_fn, student=student, gates=gates, align=align, lagrange=lagrange))
+    scaler = rt.grad_scaler()
+
+    def prune_step(step):
+        phase["step"] = step
+        out = _step(rt, objective, batches.batch(step), args, [opt_model, opt_gates, opt_lagrange], [schedule],
+                    scaler)
+        phase["step"] = step + 1
+        return out
 
     def prune_eval():
-        masks = gates.deterministic(target=target_at(step_counter["step"]))
-        return {"accuracy": evaluate(student, dev, masks=masks), "actual_sparsity": _actual(student, masks)}
+        masks = gates.deterministic(target=target_at(phase["step"]))
+        return {"accuracy": evaluate(student, dev, masks=masks, rt=rt), "actual_sparsity": _actual(student, masks)}
 
     objects = {"student": student, "gates": gates, "align": align, "lagrange": lagrange, "opt_model": opt_model,
                "opt_gates": opt_gates, "opt_lagrange": opt_lagrange, "schedule": schedule}
-    _train(run, args, resume, objects, total, prune_step, prune_eval, "prune")
+    _train(run, args, resume, objects, total, prune_step, prune_eval, "prune", rt)
 
     # final fine-tune with the deterministic masks fixed (CE + prediction distillation), sized to the target
-    masks = gates.deterministic(target=prune_args.sparsity)
-    student.set_masks(masks)
-    final_args = copy.copy(args)
+    student.set_masks(gates.deterministic(target=prune_args.sparsity))
+    phase["final"] = True
     opt_final = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.01)
     final_schedule = _linear_schedule(opt_final, max(1, final_total))
-    final_run = RunState(Path(str(out) + ".run"), "prune-final", state_file="final_state.pt")
-
-    def final_step(step):
-        batch = batches.batch(total + step)
-        inputs = model_inputs(batch)
-        with torch.no_grad():
-            t_logits = teacher(**inputs)
-        logits = student(**inputs)
-        ce = torch.nn.functional.cross_entropy(logits, batch["labels"])
-        loss = ce + prediction_distillation(logits, t_logits, prune_args.distill_temperature)
-        _apply(loss, [opt_final], final_schedule)
-        return {"loss": loss.item(), "ce": ce.item()}
-
+    final_run = RunState(Path(str(out) + ".run"), "prune-final", state_file="final_state.pt", main=rt.is_main)
     if final_total:
-        _train(final_run, final_args, resume and final_run.file.is_file(),
+        _train(final_run, copy.copy(args), resume and final_run.file.is_file(),
                {"student": student, "opt_final": opt_final, "schedule": final_schedule}, final_total,
-               final_step, lambda: {"accuracy": evaluate(student, dev)}, "prune-final", fresh_log=False)
-    accuracy = evaluate(student, dev)
+               lambda step: _step(rt, objective, batches.batch(total + step), args, [opt_final], [final_schedule],
+                                  scaler),
+               lambda: {"accuracy": evaluate(student, dev, rt=rt)}, "prune-final", rt, fresh_log=False)
+    accuracy = evaluate(student, dev, rt=rt)
     actual = _actual(student, student.masks)
     run.log({"event": "done", "accuracy": accuracy, "actual_sparsity": actual,
              "expected_sparsity": gates.expected_sparsity().item(), "target": prune_args.sparsity})
-    _save(student, out, run, force)
-    log(f"prune: target {prune_args.sparsity:.0%}, actual sparsity {actual:.1%}, {args.eval_split} accuracy "
-        f"{accuracy:.2%}; wrote {out}")
+    _save(student, out, run, force, rt)
+    if rt.is_main:
+        log(f"prune: target {prune_args.sparsity:.0%}, actual sparsity {actual:.1%}, {args.eval_split} accuracy "
+            f"{accuracy:.2%}; wrote {out}")
     return student, accuracy, actual
 
 
-def _save(model, out, run: RunState, force: bool):
-    """The checkpoint, with the stage's JSON log beside it."""
-    save_checkpoint(model.eval(), out, force=force)
-    if run.log_file.is_file():
-        shutil.copyfile(run.log_file, Path(out) / "train_log.jsonl")
+def _save(model, out, run: RunState, force: bool, rt: Runtime):
+    """The checkpoint, with the stage's JSON log beside it; written by rank 0 while the others wait (the next
+    stage of `train all` reads it)."""
+    if rt.is_main:
+        save_checkpoint(model.eval(), out, force=force)
+        if run.log_file.is_file():
+            shutil.copyfile(run.log_file, Path(out) / "train_log.jsonl")
+    rt.barrier()
 
 
 def _actual(model, masks) -> float:
