@@ -28,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 from .checkpoint import create_model, load_checkpoint
+from .devices import device_info, resolve_device, synchronize
 from .errors import PruMuxError
 from .generate import cofi_like_structure, masks_for_structure
 from .model import PruMuxConfig, PruMuxModel
@@ -136,6 +137,7 @@ class BenchConfig:
     seed: int = 0
     base: dict = field(default_factory=lambda: dict(BERT_BASE))
     checkpoints: list[str] = field(default_factory=list)
+    device: str = "cpu"           # cpu, or cuda: PyTorch on the GPU, ONNX Runtime's CUDA provider (IO binding)
 
 
 def generated_model(base: dict, N: int, sparsity: float, seed: int) -> PruMuxModel:
@@ -157,8 +159,16 @@ def _inputs(rows: int, seq: int, vocab: int, seed: int):
 
 
 def _time_torch(model, ids, mask, cfg: BenchConfig):
+    """PyTorch eager (or compiled) on cfg.device, inputs already there, synchronised after every call."""
+    device = torch.device(cfg.device)
+    ids, mask = ids.to(device), mask.to(device)
+
+    def run():
+        model(ids, mask)
+        synchronize(device)
+
     with torch.no_grad(), PeakRSS() as mem:
-        result = throughput(lambda: model(ids, mask), ids.shape[0], cfg.warmup, cfg.repeats, cfg.min_seconds)
+        result = throughput(run, ids.shape[0], cfg.warmup, cfg.repeats, cfg.min_seconds)
     return result, mem.mib
 
 
@@ -191,17 +201,20 @@ def _ort_graphs(model: PruMuxModel, cfg: BenchConfig, backends, tmp: Path) -> di
 def _time_ort(path: Path, model: PruMuxModel, ids, mask, cfg: BenchConfig):
     import onnxruntime as ort
 
+    from .engine import ort_providers, ort_timed_runner
+
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), options, providers=ort_providers(cfg.device))
     feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
     rows = 2 * model.config.num_instances  # a parity spot check on the timed inputs
     with torch.no_grad():
-        want = model(ids[:rows], mask[:rows]).numpy()
+        device = next(model.parameters()).device
+        want = model(ids[:rows].to(device), mask[:rows].to(device)).float().cpu().numpy()
     got = session.run(["logits"], {k: v[:rows] for k, v in feeds.items()})[0]
     error = float(np.abs(got - want).max())
     with PeakRSS() as mem:
-        result = throughput(lambda: session.run(["logits"], feeds), ids.shape[0], cfg.warmup, cfg.repeats,
+        result = throughput(ort_timed_runner(session, feeds), ids.shape[0], cfg.warmup, cfg.repeats,
                             cfg.min_seconds)
     result["max_abs_logit_error"] = error
     return result, mem.mib
@@ -212,7 +225,7 @@ def baseline(cfg: BenchConfig) -> dict:
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(cfg.seed)
-    model = BertForSequenceClassification(BertConfig(**cfg.base, num_labels=2)).eval()
+    model = BertForSequenceClassification(BertConfig(**cfg.base, num_labels=2)).eval().to(cfg.device)
     ids, mask = _inputs(cfg.groups_per_batch, cfg.seq, cfg.base["vocab_size"], cfg.seed)
     result, mem = _time_torch(lambda a, b: model(input_ids=a, attention_mask=b).logits, ids, mask, cfg)
     return {"name": "bert-base dense", "N": 1, "sparsity": 0.0, "backend": "torch",
@@ -234,6 +247,11 @@ def _structures(cfg: BenchConfig):
 
 
 def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and set(cfg.backends) & set(ORT_BACKENDS):
+        from .engine import ort_providers
+
+        ort_providers("cuda")  # refuse before minutes of work when onnxruntime-gpu is missing
     torch.set_num_threads(os.cpu_count() or 1)
     items = list(_structures(cfg))
     bar = tqdm(total=len(items) * len(cfg.backends) + 1, desc="bench", unit="run", disable=not progress,
@@ -248,7 +266,9 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
         flops = prumux_flops_per_sample(model.config, cfg.seq)
         ids, mask = _inputs(cfg.groups_per_batch * N, cfg.seq, model.config.vocab_size, cfg.seed)
         with tempfile.TemporaryDirectory() as tmp:
+            # graphs are exported from the CPU model; PyTorch then runs where the benchmark runs
             graphs = _ort_graphs(model, cfg, cfg.backends, Path(tmp)) if set(cfg.backends) & set(ORT_BACKENDS) else {}
+            model = model.to(device)
             for backend in cfg.backends:
                 bar.set_postfix_str(f"{name} {backend}")
                 if backend == "torch":
@@ -263,9 +283,9 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
                 rows.append(_row(name, N, s, info, backend, result, mem, ids.shape[0], flops, base))
                 bar.update(1)
     bar.close()
-    return {"machine": machine_info(), "protocol": {"seq": cfg.seq, "groups_per_batch": cfg.groups_per_batch,
-                                                    "warmup": cfg.warmup, "repeats": cfg.repeats,
-                                                    "statistic": "median"},
+    return {"machine": machine_info(), "device": device_info(device),
+            "protocol": {"seq": cfg.seq, "groups_per_batch": cfg.groups_per_batch, "device": str(device),
+                         "warmup": cfg.warmup, "repeats": cfg.repeats, "statistic": "median"},
             "base_shape": cfg.base, "baseline": base, "rows": rows}
 
 

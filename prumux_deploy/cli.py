@@ -243,22 +243,32 @@ def export_cmd(checkpoint, out, fmt, opset, max_seq_length, optimize, precision,
               help="Fail if fewer than this fraction of predictions agree [default 0.99; int8 0.97].")
 @click.option("--max-logit-error", type=float, default=None,
               help="Fail if any logit differs by more than this [default 1e-3 fp32, 5e-2 fp16, 1.0 int8].")
-@click.option("--throughput", is_flag=True, help="Also time engine vs PyTorch eager at sequence 128.")
-@click.option("--batch-size", type=int, default=None, help="Rows per batch (default 32*N).")
+@click.option("--throughput", is_flag=True,
+              help="Also time engine vs PyTorch eager on the same device at sequence 128 (batch 32*N on the CPU, "
+                   "128*N on a GPU as in the paper), and end to end from text.")
+@click.option("--min-speedup", type=click.FloatRange(min=0, min_open=True), default=None, metavar="X",
+              help="Fail if engine samples/s / PyTorch fp32 eager samples/s (same device, same run) is below X; "
+                   "implies --throughput.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="Where the PyTorch reference and the engine run: cuda uses ONNX Runtime's CUDA provider "
+                   "(onnxruntime-gpu) or TensorRT, with inputs staged on the GPU for timing.")
+@click.option("--batch-size", type=int, default=None,
+              help="Rows per batch (default 32*N; throughput on cuda defaults to 128*N).")
 @click.option("--no-truncate", is_flag=True, help="Refuse inputs longer than the engine's maximum length "
                                                    "instead of truncating them with a warning.")
 @click.option("--skip-bad-rows", is_flag=True, help="Skip (and count) malformed TSV rows instead of failing.")
 def validate(engine_dir, checkpoint, task, data, split, limit, report, min_accuracy, max_accuracy_drop,
-             min_agreement, max_logit_error, throughput, batch_size, no_truncate, skip_bad_rows):
+             min_agreement, max_logit_error, throughput, min_speedup, device, batch_size, no_truncate, skip_bad_rows):
     """Check ENGINE_DIR against its PyTorch checkpoint on GLUE data; exit 1 if any threshold fails."""
     from .validate import Thresholds, format_report, run_validation, write_report
 
     thresholds = Thresholds.for_engine(engine_dir, min_accuracy=min_accuracy, max_accuracy_drop=max_accuracy_drop,
-                                       min_agreement=min_agreement, max_logit_error=max_logit_error)
+                                       min_agreement=min_agreement, max_logit_error=max_logit_error,
+                                       min_speedup=min_speedup)
     result = run_validation(engine_dir, checkpoint, task, data, split=split, limit=limit,
                             thresholds=thresholds, with_throughput=throughput, batch_size=batch_size,
                             truncate=not no_truncate, skip_bad_rows=skip_bad_rows,
-                            warn=lambda msg: click.echo(msg, err=True))
+                            warn=lambda msg: click.echo(msg, err=True), device=device)
     click.echo(format_report(result))
     if report:
         write_report(result, report)
@@ -368,19 +378,22 @@ def _number_list(kind):
                    "torch.compile, plain ONNX Runtime, with the transformer optimizer, and optimized + int8.")
 @click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(path_type=Path),
               help="Time these trained checkpoints instead of generated structures.")
-@click.option("-b", "--groups-per-batch", type=int, default=None, help="b: batches hold b*N rows (default 32).")
+@click.option("-b", "--groups-per-batch", type=int, default=None, help="b: batches hold b*N rows (default 32; 128 with --device cuda, as in the paper).")
 @click.option("--seq", type=int, default=None, help="Padded sequence length (default 128).")
 @click.option("--repeats", type=int, default=None, help="Timed repeats per measurement (median; default 5).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the generated structures and weights.")
 @click.option("--quick", is_flag=True, help="One-minute smoke run: a small base shape and a 2x2 grid.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="cuda: PyTorch and the baseline on the GPU, ONNX Runtime on its CUDA provider (IO binding), the "
+                   "paper's batch of 128*N by default.")
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path), default=None, help="Write rows as CSV.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write everything as JSON.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None,
               help="Write a PNG: speedup heatmaps and, with --accuracy, the accuracy/throughput Pareto front.")
 @click.option("--accuracy", "accuracy_csv", type=click.Path(path_type=Path), default=None,
               help="CSV with columns N,sparsity,accuracy for the Pareto plot.")
-def bench(instances, sparsities, backends, checkpoints, groups_per_batch, seq, repeats, seed, quick, csv_path,
-          json_path, plot_path, accuracy_csv):
+def bench(instances, sparsities, backends, checkpoints, groups_per_batch, seq, repeats, seed, quick, device,
+          csv_path, json_path, plot_path, accuracy_csv):
     """Throughput of PruMUX structures vs a dense BERT-base baseline, measured side by side in one run.
 
     Structures are CoFi-like and generated at each target sparsity on the BERT-base shape (see
@@ -389,7 +402,9 @@ def bench(instances, sparsities, backends, checkpoints, groups_per_batch, seq, r
     """
     from .bench import QUICK_BASE, BenchConfig, format_table, plot, run_bench, write_outputs
 
-    cfg = BenchConfig(seed=seed, checkpoints=[str(c) for c in checkpoints])
+    cfg = BenchConfig(seed=seed, checkpoints=[str(c) for c in checkpoints], device=device)
+    if device == "cuda":  # the paper's protocol on a GPU
+        cfg.groups_per_batch = 128
     if quick:
         cfg.base, cfg.instances, cfg.sparsities = dict(QUICK_BASE), [1, 2], [0.0, 0.9]
         cfg.groups_per_batch, cfg.seq, cfg.warmup, cfg.repeats, cfg.min_seconds = 2, 32, 1, 2, 0.0

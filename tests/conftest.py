@@ -113,29 +113,34 @@ def engine_dir(tmp_path_factory, masked_checkpoint):
     return out
 
 
-def _gpu_available() -> tuple[bool, str]:
+def _missing(item) -> str | None:
+    """Why a `gpu` test cannot run here (None when it can): every one needs CUDA; those that build or run
+    TensorRT engines (marked `tensorrt` too) also need the tensorrt package; ONNX Runtime on the GPU needs
+    onnxruntime-gpu (marked `ort_cuda`)."""
     try:
         import torch
 
         if not torch.cuda.is_available():
-            return False, "needs an NVIDIA GPU with CUDA (torch.cuda.is_available() is False here)"
+            return "needs an NVIDIA GPU with CUDA (torch.cuda.is_available() is False here)"
     except Exception as e:  # noqa: BLE001
-        return False, f"needs an NVIDIA GPU with CUDA ({e})"
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return False, "needs the tensorrt package: pip install 'prumux-deploy[gpu]'"
-    return True, ""
+        return f"needs an NVIDIA GPU with CUDA ({e})"
+    if "tensorrt" in item.keywords:
+        try:
+            import tensorrt  # noqa: F401
+        except ImportError:
+            return "needs the tensorrt package: pip install 'prumux-deploy[gpu]'"
+    if "ort_cuda" in item.keywords:
+        import onnxruntime
+
+        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+            return "needs onnxruntime-gpu (ONNX Runtime's CUDA provider): pip install 'prumux-deploy[gpu]'"
+    return None
 
 
 def pytest_collection_modifyitems(config, items):
-    ok, reason = _gpu_available()
-    if ok:
-        return
-    skip = pytest.mark.skip(reason=reason)
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        if "gpu" in item.keywords and (reason := _missing(item)):
+            item.add_marker(pytest.mark.skip(reason=reason))
 
 
 def run_cli(*args):

@@ -15,7 +15,8 @@ import torch
 
 from prumux_deploy import load_checkpoint
 from prumux_deploy.errors import PruMuxError
-from prumux_deploy.train.distributed import Runtime, resolve_device, runtime
+from prumux_deploy.devices import resolve_device
+from prumux_deploy.train.distributed import Runtime, runtime
 from prumux_deploy.train.stages import finetune
 
 from conftest import refused, run_cli
@@ -166,3 +167,72 @@ def _args(glue_dir, **kw):
                 max_seq_length=12, eval_every=4, save_every=3, seed=0, device="cpu")
     base.update(kw)
     return TrainArgs(**base)
+
+
+# --- validate and bench on a device, and the throughput gate ---------------------------------------------
+
+def test_validate_min_speedup_gates_on_throughput(tmp_path, engine_dir, masked_checkpoint, sst2_dir):
+    common = ["validate", engine_dir, "--checkpoint", masked_checkpoint, "--task", "sst2", "--data", sst2_dir,
+              "--batch-size", 4]
+    result = run_cli(*common, "--min-speedup", 0.01, "--report", tmp_path / "pass.json")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "pass.json").read_text())
+    gate = [c for c in report["checks"] if c["name"] == "speedup vs PyTorch eager"]
+    assert len(gate) == 1 and gate[0]["passed"] and gate[0]["threshold"] == 0.01
+    assert gate[0]["value"] == report["throughput"]["speedup_vs_eager"] > 0  # --throughput is implied
+    assert report["device"]["device"] == "cpu" and report["device"]["onnxruntime"]
+    assert {"gpu", "driver", "cuda", "cudnn", "tensorrt"} <= set(report["device"])
+    result = run_cli(*common, "--min-speedup", 1000, "--report", tmp_path / "fail.json")
+    assert result.exit_code == 1
+    assert "speedup vs PyTorch eager" in result.output and "FAILED" in result.output
+    failed = [c["name"] for c in json.loads((tmp_path / "fail.json").read_text())["checks"] if not c["passed"]]
+    assert failed == ["speedup vs PyTorch eager"]
+    assert run_cli(*common, "--min-speedup", 0).exit_code == 2  # a ratio must be positive
+
+
+@pytest.mark.skipif(not NO_GPU, reason="checks the refusal on a machine without a GPU")
+def test_validate_and_bench_on_cuda_without_a_gpu_are_one_line(tmp_path, engine_dir, masked_checkpoint, sst2_dir):
+    refused(run_cli("validate", engine_dir, "--checkpoint", masked_checkpoint, "--task", "sst2", "--data", sst2_dir,
+                    "--device", "cuda"), 2, "--device cuda: no CUDA GPU is visible to PyTorch here")
+    refused(run_cli("bench", "--quick", "--device", "cuda"), 2, "--device cuda: no CUDA GPU is visible")
+
+
+@pytest.mark.gpu
+@pytest.mark.ort_cuda
+def test_validate_on_cuda_times_the_engine_against_pytorch_on_the_gpu(tmp_path, engine_dir, masked_checkpoint,
+                                                                     sst2_dir):
+    result = run_cli("validate", engine_dir, "--checkpoint", masked_checkpoint, "--task", "sst2", "--data", sst2_dir,
+                     "--device", "cuda", "--min-speedup", 0.01, "--report", tmp_path / "r.json")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["device"]["gpu"] and report["throughput"]["device"].startswith("cuda")
+    assert report["throughput"]["batch"] == 128 * 2  # the paper's protocol
+    assert report["metrics"]["agreement"] == 1.0
+
+
+@pytest.mark.gpu
+def test_training_on_cuda_in_bf16(tmp_path, bert_dir, glue_dir):
+    result = run_cli("train", "finetune", tmp_path / "gpu", "--init", bert_dir, *train_args(glue_dir)[:-2],
+                     "--device", "cuda", "--precision", "bf16")
+    assert result.exit_code == 0, result.output
+    records = [json.loads(l) for l in (tmp_path / "gpu" / "train_log.jsonl").read_text().splitlines()]
+    assert records[0]["args"]["device"] == "cuda" and records[0]["args"]["precision"] == "bf16"
+
+
+@pytest.mark.gpu
+def test_bench_on_cuda_times_pytorch_and_the_baseline_on_the_gpu(tmp_path):
+    result = run_cli("bench", "--quick", "--device", "cuda", "--backend", "torch", "--json", tmp_path / "b.json")
+    assert result.exit_code == 0, result.output
+    bench = json.loads((tmp_path / "b.json").read_text())
+    assert bench["protocol"]["device"].startswith("cuda") and bench["device"]["gpu"]
+    assert bench["protocol"]["groups_per_batch"] == 2  # --quick's own batch wins over the GPU default
+    assert all(r["samples_per_s"] > 0 for r in bench["rows"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL needs one GPU per process: needs 2 GPUs")
+def test_two_gpus_under_torchrun_equal_one(tmp_path, bert_dir, glue_dir):
+    common = [*train_args(glue_dir)[:-2], "--device", "cuda", "--init", bert_dir]
+    run_processes(1, "train", "finetune", tmp_path / "one", *common)
+    run_processes(2, "train", "finetune", tmp_path / "two", *common)
+    assert max_weight_difference(tmp_path / "one", tmp_path / "two") <= 1e-4

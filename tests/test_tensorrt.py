@@ -58,6 +58,7 @@ def test_profile_flags_are_refused_for_onnx(tmp_path, masked_checkpoint):
 
 
 @pytest.mark.gpu
+@pytest.mark.tensorrt
 def test_tensorrt_engine_matches_pytorch(tmp_path, masked_checkpoint):
     import numpy as np
     import torch

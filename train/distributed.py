@@ -22,23 +22,10 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from prumux_deploy.devices import resolve_device
 from prumux_deploy.errors import PruMuxError
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def resolve_device(device: str) -> torch.device:
-    """'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:K'; a missing GPU is one line, not a traceback."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cpu":
-        return torch.device("cpu")
-    if device == "cuda" or device.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise PruMuxError(f"--device {device}: no CUDA GPU is visible to PyTorch here (torch "
-                              f"{torch.__version__}); use --device cpu, or install a CUDA build of torch")
-        return torch.device(device)
-    raise PruMuxError(f"--device {device!r}: choose auto, cpu or cuda")
 
 
 @dataclass

@@ -1,0 +1,74 @@
+"""Which device PyTorch and the engines run on, and what a report says about it.
+
+`resolve_device` turns the `--device` option into a torch.device (a missing GPU is one line, not a
+traceback); `device_info` is what every report records so a number can be traced to its machine;
+`synchronize` is what timing needs on a GPU (work is queued asynchronously; a timer must wait for it).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+
+import torch
+
+from .errors import PruMuxError
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:K'."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        return torch.device("cpu")
+    if device == "cuda" or device.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise PruMuxError(f"--device {device}: no CUDA GPU is visible to PyTorch here (torch "
+                              f"{torch.__version__}); use --device cpu, or install a CUDA build of torch")
+        return torch.device(device)
+    raise PruMuxError(f"--device {device!r}: choose auto, cpu or cuda")
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _nvidia_driver() -> str | None:
+    try:
+        with open("/proc/driver/nvidia/version") as f:
+            first = f.readline()
+        return next((w for w in first.split() if w[:1].isdigit() and "." in w), first.strip())
+    except OSError:
+        return None
+
+
+def device_info(device: torch.device) -> dict:
+    """Device, GPU name, driver, CUDA, cuDNN, TensorRT and ONNX Runtime versions (None where absent)."""
+    import onnxruntime
+
+    info = {"device": str(device), "cpu": _cpu_name(), "cpus": os.cpu_count(), "platform": platform.platform(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "onnxruntime": onnxruntime.__version__, "onnxruntime_providers": onnxruntime.get_available_providers(),
+            "gpu": None, "driver": _nvidia_driver(), "cuda": torch.version.cuda, "cudnn": None, "tensorrt": None}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cudnn"] = torch.backends.cudnn.version()
+    try:
+        import tensorrt
+
+        info["tensorrt"] = tensorrt.__version__
+    except ImportError:
+        pass
+    return info
