@@ -47,6 +47,22 @@ def test_compact_checkpoint_round_trip_and_fp16(tmp_path):
     assert (logits(small) - logits(half)).abs().max().item() < 5e-2
 
 
+@pytest.mark.parametrize("old, new", [("index", "key_cls"), ("index_pool", "key_pool")])
+def test_demux_kinds_written_before_the_rename_still_load(tmp_path, old, new):
+    """0.1 called our read-outs index / index_pool; upstream's `index` is another demux, so ours were renamed."""
+    model = masked_model(2, demux_kind=new)
+    model.save(tmp_path / "ckpt")
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    added_since = ("num_hidden_demux_layers", "legacy_demuxing", "second_embedding_pass", "attend_to_padding",
+                   "mux_cls_token_id", "ignore_token_type_ids", "mask_convention", "demux_key_size",
+                   "pre_mux_hidden_keep", "imported_from")
+    config = {k: v for k, v in config.items() if k not in added_since}  # a config as 0.1 wrote it
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps({**config, "demux_kind": old}))
+    loaded = load_checkpoint(tmp_path / "ckpt")
+    assert loaded.config.demux_kind == new and loaded.config.mask_convention == "prumux"
+    assert torch.equal(logits(model), logits(loaded))
+
+
 def test_save_refuses_an_existing_directory_without_force(tmp_path):
     model = masked_model(1)
     model.save(tmp_path / "ckpt")
