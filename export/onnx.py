@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 import torch
 
+from prumux_deploy.errors import ParityError
 from prumux_deploy.model import PruMuxModel
 
 DEFAULT_OPSET = 18
@@ -93,12 +94,15 @@ def _version() -> str:
     return __version__
 
 
-def parity_inputs(cfg, uses_token_types: bool, max_len: int, seed: int = 0):
-    """Generated inputs covering batch sizes around multiples of N and lengths from 1 to max."""
+def parity_inputs(cfg, uses_token_types: bool, max_len: int, seed: int = 0, min_batch: int = 1,
+                  max_batch: int | None = None, min_len: int = 1):
+    """Generated inputs covering batch sizes around multiples of N and lengths from 1 to max, kept inside
+    [min_batch, max_batch] and [min_len, max_len] (a TensorRT engine's profile)."""
     N = cfg.num_instances
     gen = np.random.default_rng(seed)
-    batches = sorted({1, N + 1, 2 * N, 7})
-    lengths = sorted({1, max(1, max_len // 2), max_len})
+    top = max_batch or max(7, 2 * N)
+    batches = sorted({min(max(b, min_batch), top) for b in (1, N + 1, 2 * N, 7)})
+    lengths = sorted({max(s, min_len) for s in (1, max(1, max_len // 2), max_len)})
     cases = []
     for b in batches:
         for s in lengths:
@@ -114,14 +118,25 @@ def parity_inputs(cfg, uses_token_types: bool, max_len: int, seed: int = 0):
 
 
 def max_logit_error(run_engine, reference: PruMuxModel, cases) -> float:
-    """Largest |engine - reference| logit over all cases. run_engine: feeds dict -> numpy logits."""
+    """Largest |engine - reference| logit over all cases. run_engine: feeds dict -> numpy logits.
+    Raises ParityError when a shape differs or either side holds NaN or Inf (a running maximum would
+    silently drop a NaN)."""
     worst = 0.0
     for feeds in cases:
         got = run_engine(feeds)
         with torch.no_grad():
             want = reference(*(torch.from_numpy(feeds[k]) for k in feeds)).numpy()
         if got.shape != want.shape:
-            raise AssertionError(f"engine returned logits of shape {list(got.shape)}, expected "
-                                 f"{list(want.shape)}")
+            raise ParityError(f"engine returned logits of shape {list(got.shape)}, expected {list(want.shape)}")
+        if not np.isfinite(want).all():
+            raise ParityError(f"the PyTorch model itself computes NaN or Inf logits ({_non_finite(want)}); its "
+                              "weights overflow, so there is nothing to export")
+        if not np.isfinite(got).all():
+            raise ParityError(f"the engine computes NaN or Inf logits ({_non_finite(got)}) where PyTorch does not "
+                              "(an fp16 overflow? export with --precision fp32)")
         worst = max(worst, float(np.abs(got - want).max()))
     return worst
+
+
+def _non_finite(logits: np.ndarray) -> str:
+    return f"{int((~np.isfinite(logits)).sum())} of {logits.size} values"

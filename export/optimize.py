@@ -48,8 +48,11 @@ FUSED_OP_TYPES = ("Attention", "MultiHeadAttention", "SkipLayerNormalization", "
                   "BiasGelu", "FastGelu", "Gelu", "LayerNormalization")
 QUANT_OP_TYPES = ("DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear", "MatMulInteger",
                   "DynamicQuantizeMatMul", "QAttention", "ConvInteger", "MatMulIntegerToFloat")
-# kept in float32 by convert_fp16 (after the optimizer, Softmax only survives in an attention it could not fuse)
-FP16_OP_BLOCK_LIST = ("LayerNormalization", "SimplifiedLayerNormalization", "Softmax")
+# normalisations, whatever their fused form, in float32 (half-precision variance sums lose digits and
+# overflow on large activations); after the optimizer Softmax only survives in an attention it could not fuse
+NORMALIZATION_OPS = ("LayerNormalization", "SimplifiedLayerNormalization", "SkipLayerNormalization",
+                     "SkipSimplifiedLayerNormalization", "EmbedLayerNormalization")
+FP16_OP_BLOCK_LIST = NORMALIZATION_OPS + ("Softmax",)
 
 
 def expected_fused_ops(cfg, for_gpu: bool = False) -> dict[str, int]:
@@ -432,8 +435,9 @@ def quantize_int8(src, dst, weight_type: str = "QInt8", per_channel: bool = True
 
 def convert_fp16(src, dst) -> dict[str, int]:
     """Half-precision weights and activations (for GPUs), with float32 kept where it matters:
-    LayerNormalization (and any unfused Softmax) run in float32 (op_block_list), the int64 inputs are
-    untouched and `logits` stays float32 (keep_io_types). Returns op counts of the Cast nodes added and
+    every normalisation (LayerNormalization and the fused Skip/Embed/Simplified forms, gamma and beta
+    included) and any unfused Softmax run in float32 (op_block_list; Casts around them), the int64 inputs
+    are untouched and `logits` stays float32 (keep_io_types). Returns op counts of the Cast nodes added and
     the fused ops kept."""
     from onnxruntime.transformers.onnx_model import OnnxModel
 
@@ -447,7 +451,26 @@ def convert_fp16(src, dst) -> dict[str, int]:
         for attr in node.attribute:  # ORT's default -10000 masks just as well and stays finite
             if node.op_type in ("Attention", "MultiHeadAttention") and attr.name == "mask_filter_value":
                 attr.f = max(attr.f, -10000.0)
+    _drop_float_to_float_casts(proto.graph)
+    _prune_dead_nodes(proto.graph)
     proto.producer_name, proto.producer_version = original.producer_name, original.producer_version
     _check_io(original, proto, "fp16 conversion")
     onnx.save_model(proto, str(dst))
     return op_counts(proto, FUSED_OP_TYPES + ("Cast",))
+
+
+def _drop_float_to_float_casts(graph: onnx.GraphProto) -> int:
+    """The fp16 converter puts a Cast to float32 in front of every float32-kept node input, also where the input
+    is a float32 initializer it left unconverted (read only by such nodes): those Casts do nothing. Read the
+    initializer directly instead, in place; returns how many were dropped."""
+    floats = {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    renamed = {}
+    for n in graph.node:
+        to = next((a.i for a in n.attribute if a.name == "to"), None) if n.op_type == "Cast" else None
+        if to == onnx.TensorProto.FLOAT and n.input[0] in floats:
+            renamed[n.output[0]] = n.input[0]
+    for n in graph.node:
+        for i, name in enumerate(n.input):
+            if name in renamed:
+                n.input[i] = renamed[name]
+    return len(renamed)

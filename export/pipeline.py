@@ -6,15 +6,14 @@ engine passed its parity check, so a failed or interrupted export leaves OUT as 
 
 from __future__ import annotations
 
-import json
 import platform
 from dataclasses import dataclass
 from pathlib import Path
 
 from prumux_deploy.atomic import atomic_dir, check_target
-from prumux_deploy.checkpoint import config_dict, copy_tokenizer, load_checkpoint
+from prumux_deploy.checkpoint import check_vocab, config_dict, copy_tokenizer, load_checkpoint
 from prumux_deploy.data import TASKS
-from prumux_deploy.documents import sha256_file
+from prumux_deploy.documents import dumps, sha256_file
 from prumux_deploy.engine import MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION
 from prumux_deploy.errors import ParityError, PruMuxError
 from prumux_deploy.structure import describe
@@ -51,6 +50,7 @@ def build_manifest(cfg, engine_file: Path, kind: str, opset: int, token_types: b
                    for n in input_names(token_types)],
         "outputs": [{"name": "logits", "dtype": "float32", "dims": ["batch", cfg.num_labels]}],
         "num_instances": cfg.num_instances, "task": cfg.task,
+        "vocab_size": cfg.vocab_size, "type_vocab_size": cfg.type_vocab_size,  # engines check ids against these
         "labels": {str(i): cfg.id2label[i] for i in range(cfg.num_labels)},
         "max_seq_length": max_len, "max_position_embeddings": cfg.max_position_embeddings,
         # attend_to_padding: every row is padded to this length inside the graph; longer rows are refused
@@ -97,10 +97,6 @@ def export_checkpoint(checkpoint, out, fmt: str = "onnx", opset: int = DEFAULT_O
                           "itself (use --precision fp16 or fp32 with --format tensorrt)")
     tolerance = PRECISION_TOLERANCE[precision] if tolerance is None else tolerance
     check_target(out, force)  # refuse before spending minutes on the export
-    if fmt == "tensorrt":
-        from .tensorrt import require_tensorrt
-
-        require_tensorrt()
     masked = load_checkpoint(checkpoint)
     cfg = masked.config
     max_len = max_seq_length or cfg.max_seq_length
@@ -110,6 +106,25 @@ def export_checkpoint(checkpoint, out, fmt: str = "onnx", opset: int = DEFAULT_O
     if max_len > cfg.max_position_embeddings:
         raise PruMuxError(f"--max-seq-length {max_len} exceeds the model's position table "
                           f"({cfg.max_position_embeddings}); use at most {cfg.max_position_embeddings}")
+    if masked.tokenizer_dir is not None:
+        from prumux_deploy.data import load_tokenizer
+
+        check_vocab(load_tokenizer(masked.tokenizer_dir), cfg, checkpoint)
+    trt_profile = None
+    if fmt == "tensorrt":  # the profile decides the longest input: the manifest must say the same
+        from .tensorrt import shape_profile
+
+        trt_opts = tensorrt or TensorRTOptions()
+        if max_seq_length and trt_opts.max_seq and max_seq_length != trt_opts.max_seq:
+            raise PruMuxError(f"--max-seq-length {max_seq_length} and --max-seq {trt_opts.max_seq} disagree; the "
+                              "engine's longest input is one number, give one of them")
+        trt_profile = shape_profile(cfg.num_instances, cfg.max_position_embeddings, trt_opts.min_batch,
+                                    trt_opts.opt_batch, trt_opts.max_batch, trt_opts.min_seq, trt_opts.opt_seq,
+                                    trt_opts.max_seq or max_len)
+        max_len = trt_profile.max_seq
+        from .tensorrt import require_tensorrt
+
+        require_tensorrt()
     log(f"compacting {checkpoint} (N={cfg.num_instances}, {'masked' if masked.masks else 'no masks'})")
     model = compact(masked)
     token_types = uses_token_types(cfg)
@@ -125,23 +140,19 @@ def export_checkpoint(checkpoint, out, fmt: str = "onnx", opset: int = DEFAULT_O
 
             convert_fp16(onnx_file, onnx_file)  # strongly typed TensorRT takes its precision from the graph
         if fmt == "tensorrt":
-            from .tensorrt import build_plan, shape_profile
+            from .tensorrt import build_plan
 
-            trt_opts = tensorrt or TensorRTOptions()
-            profile = shape_profile(cfg.num_instances, cfg.max_position_embeddings, trt_opts.min_batch,
-                                    trt_opts.opt_batch, trt_opts.max_batch, trt_opts.min_seq, trt_opts.opt_seq,
-                                    trt_opts.max_seq or max_len)
             engine_file = tmp / "model.plan"
-            extra["tensorrt"] = build_plan(onnx_file, engine_file, profile, input_names(token_types),
+            extra["tensorrt"] = build_plan(onnx_file, engine_file, trt_profile, input_names(token_types),
                                            trt_opts.timing_cache, trt_opts.version_compatible, log)
             onnx_file.unlink()
         manifest = build_manifest(cfg, engine_file, fmt, opset, token_types, max_len, describe(model, masked),
                                   extra)
         write_manifest(tmp, manifest)
         log(f"checking parity of the {fmt} engine against the PyTorch model ({'masked' if masked.masks else 'no masks'})")
-        manifest["parity"] = check_parity(tmp, masked, token_types, max_len, tolerance, out)
+        manifest["parity"] = check_parity(tmp, masked, token_types, max_len, tolerance, out, trt_profile)
         write_manifest(tmp, manifest)
-        (tmp / "config.json").write_text(json.dumps(config_dict(model), indent=2) + "\n")
+        (tmp / "config.json").write_text(dumps(config_dict(model), indent=2) + "\n")
         # one label per line, in class order: what C++ and Triton consumers read without a JSON parser
         (tmp / "labels.txt").write_text("".join(f"{cfg.id2label[i]}\n" for i in range(cfg.num_labels)))
         if getattr(masked, "tokenizer_dir", None):
@@ -161,7 +172,7 @@ def _optimize(onnx_file: Path, precision: str, log) -> dict:
     entries = {"optimized": True, "optimized_for": "gpu" if for_gpu else "cpu",
                "fused_ops": optimize_onnx(onnx_file, onnx_file, for_gpu=for_gpu)}
     if precision == "fp16":
-        log("converting to fp16 (LayerNorm kept in fp32, int64 inputs and fp32 logits kept)")
+        log("converting to fp16 (every normalisation and its gamma/beta kept in fp32, int64 inputs and fp32 logits kept)")
         convert_fp16(onnx_file, onnx_file)
     elif precision == "int8":
         log("quantizing weights to int8 (dynamic quantization, per channel)")
@@ -170,16 +181,23 @@ def _optimize(onnx_file: Path, precision: str, log) -> dict:
 
 
 def write_manifest(engine_dir: Path, manifest: dict):
-    (engine_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    (engine_dir / MANIFEST).write_text(dumps(manifest, indent=2) + "\n")
 
 
-def check_parity(engine_dir: Path, reference, token_types: bool, max_len: int, tolerance: float, out) -> dict:
-    """Run the engine as users will (load_engine) on generated inputs; refuse it past the tolerance."""
+def check_parity(engine_dir: Path, reference, token_types: bool, max_len: int, tolerance: float, out,
+                 profile=None) -> dict:
+    """Run the engine as users will (load_engine) on generated inputs; refuse it past the tolerance. A TensorRT
+    `profile` bounds the batches and lengths tried to the ones the engine was built for."""
     from prumux_deploy.engine import load_engine
 
     engine = load_engine(engine_dir)
-    cases, batches, lengths = parity_inputs(reference.config, token_types, max_len)
-    error = max_logit_error(engine.run_feeds, reference, cases)
+    bounds = {} if profile is None else dict(min_batch=profile.min_batch, max_batch=profile.max_batch,
+                                             min_len=profile.min_seq)
+    cases, batches, lengths = parity_inputs(reference.config, token_types, max_len, **bounds)
+    try:
+        error = max_logit_error(engine.run_feeds, reference, cases)
+    except ParityError as e:
+        raise ParityError(f"{e}; nothing was written to {out}") from None
     if not error <= tolerance:
         raise ParityError(f"engine logits differ from PyTorch by {error:.3g} > {tolerance:g}; "
                           f"nothing was written to {out}")

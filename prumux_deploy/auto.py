@@ -48,7 +48,6 @@ not measured).
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import uuid
@@ -57,7 +56,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .documents import read_versioned_json
+from .documents import dumps, read_versioned_json
 from .errors import PruMuxError
 
 COLUMNS = ("task", "N", "sparsity", "accuracy", "throughput")
@@ -392,7 +391,7 @@ class AutoModel:
             "tasks": {t: {"baseline": self.accuracy[t].baseline,
                           "points": [list(p) for p in self.accuracy[t].points]} for t in self.tasks},
         }
-        return json.dumps(data, indent=2) + "\n"
+        return dumps(data, indent=2) + "\n"
 
     @classmethod
     def from_json(cls, text: str, source: str = "model") -> "AutoModel":

@@ -6,12 +6,13 @@ main group prints as one line with a non-zero exit.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
+from .documents import dumps
 from .errors import PruMuxError
+from .options import COUNT, NON_NEGATIVE
 
 
 def _fmt(value, spec):
@@ -57,9 +58,9 @@ def fit_cmd(csv_path, out, throughput_task, force):
 @auto.command("predict")
 @click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
 @click.option("--task", required=True, help="Task to choose a configuration for.")
-@click.option("--budget", type=float, default=3.0, show_default=True,
+@click.option("--budget", type=NON_NEGATIVE, default=3.0, show_default=True,
               help="Accepted accuracy loss in points below the task's baseline (N=1, s=0).")
-@click.option("--top", type=int, default=3, show_default=True, help="How many configurations to show.")
+@click.option("--top", type=COUNT, default=3, show_default=True, help="How many configurations to show.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def predict_cmd(model_path, task, budget, top, as_json):
     """Rank (N, sparsity) configurations of TASK by predicted speedup within the accuracy budget."""
@@ -74,7 +75,7 @@ def predict_cmd(model_path, task, budget, top, as_json):
         raise PruMuxError(f"no configuration of {task} is predicted to reach accuracy >= "
                           f"{baseline - budget:.2f}; raise --budget")
     if as_json:
-        click.echo(json.dumps({"task": task, "baseline": baseline, "budget": budget,
+        click.echo(dumps({"task": task, "baseline": baseline, "budget": budget,
                                "threshold": baseline - budget, "speedup_task": model.speedup.task,
                                "candidates": [asdict(c) for c in found]}, indent=2))
         return
@@ -98,7 +99,7 @@ def cv_cmd(csv_path, throughput_task, as_json):
 
     result = loo_cv(csv_path, throughput_task=throughput_task)
     if as_json:
-        click.echo(json.dumps(result, indent=2))
+        click.echo(dumps(result, indent=2))
         return
     click.echo(f"leave-one-out: accuracy within {result['accuracy_tolerance']:g} points (M_A), speedup within "
                f"{result['speedup_tolerance']:.0%} (M_T); speedup model fitted on {result['throughput_task']}")

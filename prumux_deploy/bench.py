@@ -13,7 +13,6 @@ time followed FLOPs, and `bound_fraction` how much of that the engine achieves.
 from __future__ import annotations
 
 import csv
-import json
 import os
 import platform
 import sys
@@ -29,6 +28,7 @@ from tqdm import tqdm
 
 from .checkpoint import create_model, load_checkpoint
 from .devices import device_info, resolve_device, synchronize
+from .documents import dumps
 from .errors import PruMuxError
 from .generate import cofi_like_structure, masks_for_structure
 from .model import PruMuxConfig, PruMuxModel
@@ -322,7 +322,7 @@ CSV_FIELDS = ["name", "N", "sparsity", "actual_sparsity", "backend", "samples_pe
 
 def write_outputs(result: dict, csv_path=None, json_path=None):
     if json_path:
-        _atomic_write(json_path, json.dumps(result, indent=2) + "\n")
+        _atomic_write(json_path, dumps(result, indent=2) + "\n")
     if csv_path:
         import io
 

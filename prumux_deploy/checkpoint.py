@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .atomic import atomic_dir
-from .documents import read_versioned_json, sha256_file
+from .documents import dumps, read_versioned_json, sha256_file
 from .errors import CheckpointError
 from .model import MASK_NAMES, NEW_MODEL_DEMUX_KINDS, PruMuxConfig, PruMuxModel
 
@@ -118,6 +117,10 @@ def create_model(base, num_instances: int = 2, num_labels: int = 2, seed: int = 
             raise CheckpointError(f"{base_dir}: BERT weights lack {encoder_missing[0]} "
                                   f"({len(encoder_missing)} missing); is it a BERT encoder?")
         model.tokenizer_dir = base_dir if any((base_dir / f).exists() for f in TOKENIZER_FILES) else None
+        if model.tokenizer_dir is not None:
+            from .data import load_tokenizer
+
+            check_vocab(load_tokenizer(base_dir), cfg, base_dir)
     return model.eval()
 
 
@@ -141,9 +144,18 @@ def save_checkpoint(model: PruMuxModel, path, tokenizer_dir=None, force: bool = 
                       str(tmp / "masks.safetensors"))
         # checksums let load_checkpoint refuse weights that were damaged or swapped after saving
         files = {f.name: sha256_file(f) for f in sorted(tmp.glob("*.safetensors"))}
-        (tmp / "config.json").write_text(json.dumps({**config_dict(model), "files": files}, indent=2) + "\n")
+        (tmp / "config.json").write_text(dumps({**config_dict(model), "files": files}, indent=2) + "\n")
         if tokenizer_dir is not None:
             copy_tokenizer(tokenizer_dir, tmp)
+
+
+def check_vocab(tokenizer, cfg: PruMuxConfig, where) -> None:
+    """Refuse a tokenizer that can produce ids at or beyond the model's embedding table (such an id would be
+    an error in PyTorch, and an out-of-bounds read or a wrapped index in an engine)."""
+    if len(tokenizer) > cfg.vocab_size:
+        raise CheckpointError(f"{where}: the tokenizer has {len(tokenizer)} ids but the model's embedding table has "
+                              f"{cfg.vocab_size} rows, so ids {cfg.vocab_size}..{len(tokenizer) - 1} would index past "
+                              "it; use the tokenizer the encoder was trained with")
 
 
 def copy_tokenizer(src, dst) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import sys
 import traceback
@@ -10,8 +9,10 @@ from pathlib import Path
 
 import click
 
+from .documents import dumps
 from .errors import PruMuxError
 from .model import NEW_MODEL_DEMUX_KINDS
+from .options import COUNT, FRACTION, FRACTION_BELOW_1, NON_NEGATIVE, OPSET, POSITIVE, SEED, number_list
 
 MINILM_ALIAS = "minilm"
 
@@ -26,7 +27,31 @@ def _minilm_dir() -> Path:
 
 
 class PruMuxGroup(click.Group):
-    """Turns PruMuxError (and any unexpected error) into one line on stderr and a non-zero exit."""
+    """Turns PruMuxError (and any unexpected error) into one line on stderr and a non-zero exit; usage errors
+    (a bad or missing option, a value out of range) are one line too, with exit 2."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as e:
+            if not standalone_mode:
+                raise
+            where = f"; see '{e.ctx.command_path} --help'" if e.ctx is not None else ""
+            click.echo(f"error: {' '.join(e.format_message().split()).rstrip('.')}{where}", err=True)
+            sys.exit(e.exit_code)
+        except click.ClickException as e:
+            if not standalone_mode:
+                raise
+            e.show()
+            sys.exit(e.exit_code)
+        except click.exceptions.Abort:
+            if not standalone_mode:
+                raise
+            click.echo("interrupted; no output was written", err=True)
+            sys.exit(130)
+        if standalone_mode:
+            sys.exit(rv if isinstance(rv, int) else 0)
+        return rv
 
     def invoke(self, ctx):
         try:
@@ -77,16 +102,16 @@ def _interrupt(signum, frame):
 @click.option("--base", default=MINILM_ALIAS, show_default=True,
               help="Local BERT directory (config.json + weights + tokenizer), or 'minilm' for the offline "
                    "all-MiniLM-L6-v2 package.")
-@click.option("--instances", "-n", default=2, show_default=True, help="N: sentences multiplexed per forward pass.")
+@click.option("--instances", "-n", type=COUNT, default=2, show_default=True, help="N: sentences multiplexed per forward pass.")
 @click.option("--task", default=None, help="GLUE task (sets labels and whether token_type_ids are used).")
-@click.option("--num-labels", type=int, default=None, help="Number of classes (default: the task's, else 2).")
-@click.option("--seed", default=0, show_default=True, help="Seed for the mux vectors and the new demux weights.")
-@click.option("--max-seq-length", default=128, show_default=True, help="Longest input the engine expects.")
+@click.option("--num-labels", type=COUNT, default=None, help="Number of classes (default: the task's, else 2).")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for the mux vectors and the new demux weights.")
+@click.option("--max-seq-length", type=COUNT, default=128, show_default=True, help="Longest input the engine expects.")
 @click.option("--demux", type=click.Choice(NEW_MODEL_DEMUX_KINDS), default="key_cls", show_default=True,
               help="Demux read-out: 'key_cls' reads [key_i ; h_CLS] (called 'index' before 0.2); 'key_pool' "
                    "averages [key_i ; h_t] features over instance i's own tokens; 'index_pos' is MUX-PLMs' "
                    "RSA demux with its upstream topology (3 demux layers).")
-@click.option("--random-prune", type=float, default=None, metavar="S",
+@click.option("--random-prune", type=FRACTION_BELOW_1, default=None, metavar="S",
               help="Attach random CoFi-like masks removing fraction S of the encoder (a demo / speed-study "
                    "stand-in for a trained pruned model).")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
@@ -183,8 +208,8 @@ def compact_cmd(checkpoint, out, fp16, force):
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["onnx", "tensorrt"]), default="onnx", show_default=True,
               help="onnx: model.onnx for ONNX Runtime; tensorrt: model.plan (needs an NVIDIA GPU and tensorrt).")
-@click.option("--opset", default=18, show_default=True, help="ONNX opset version.")
-@click.option("--max-seq-length", type=int, default=None, help="Longest input (default: the checkpoint's).")
+@click.option("--opset", type=OPSET, default=18, show_default=True, help="ONNX opset version.")
+@click.option("--max-seq-length", type=COUNT, default=None, help="Longest input (default: the checkpoint's).")
 @click.option("--optimize", is_flag=True,
               help="Fuse embeddings + multiplexer (EmbedLayerNormalization per instance) and run ONNX "
                    "Runtime's transformer optimizer (fused Attention, BiasGelu; SkipLayerNorm only for fp16/GPU "
@@ -192,15 +217,15 @@ def compact_cmd(checkpoint, out, fp16, force):
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
               help="fp16 for GPUs (LayerNorm stays fp32); int8: dynamic quantization for CPUs (implies "
                    "--optimize).")
-@click.option("--tolerance", type=float, default=None,
+@click.option("--tolerance", type=NON_NEGATIVE, default=None,
               help="Largest logit difference vs the masked PyTorch model before the export is refused "
                    "[default: 1e-4 fp32, 5e-2 fp16, 1.0 int8].")
-@click.option("--min-batch", type=int, default=None, help="TensorRT profile: smallest batch (default 1).")
-@click.option("--opt-batch", type=int, default=None, help="TensorRT profile: batch to tune for (default 128*N).")
-@click.option("--max-batch", type=int, default=None, help="TensorRT profile: largest batch (default 128*N).")
-@click.option("--min-seq", type=int, default=None, help="TensorRT profile: shortest sequence (default 1).")
-@click.option("--opt-seq", type=int, default=None, help="TensorRT profile: sequence to tune for (default max).")
-@click.option("--max-seq", type=int, default=None, help="TensorRT profile: longest sequence (default --max-seq-length).")
+@click.option("--min-batch", type=COUNT, default=None, help="TensorRT profile: smallest batch (default 1).")
+@click.option("--opt-batch", type=COUNT, default=None, help="TensorRT profile: batch to tune for (default 128*N).")
+@click.option("--max-batch", type=COUNT, default=None, help="TensorRT profile: largest batch (default 128*N).")
+@click.option("--min-seq", type=COUNT, default=None, help="TensorRT profile: shortest sequence (default 1).")
+@click.option("--opt-seq", type=COUNT, default=None, help="TensorRT profile: sequence to tune for (default max).")
+@click.option("--max-seq", type=COUNT, default=None, help="TensorRT profile: longest sequence (default --max-seq-length).")
 @click.option("--timing-cache", type=click.Path(path_type=Path), default=None,
               help="TensorRT timing cache file, read if present and updated after the build.")
 @click.option("--version-compatible", is_flag=True, help="TensorRT: build a version-compatible engine.")
@@ -234,25 +259,25 @@ def export_cmd(checkpoint, out, fmt, opset, max_seq_length, optimize, precision,
 @click.option("--data", required=True, type=click.Path(path_type=Path),
               help="The task's GLUE TSV directory, e.g. ../shared/data/glue/SST-2.")
 @click.option("--split", default="dev", show_default=True, help="Which TSV to read (dev, train, ...).")
-@click.option("--limit", type=int, default=None, help="Use only the first K examples.")
+@click.option("--limit", type=COUNT, default=None, help="Use only the first K examples.")
 @click.option("--report", type=click.Path(path_type=Path), default=None, help="Write the JSON report here.")
-@click.option("--min-accuracy", type=float, default=None, help="Fail if engine accuracy is below A (0..1).")
-@click.option("--max-accuracy-drop", type=float, default=None,
+@click.option("--min-accuracy", type=FRACTION, default=None, help="Fail if engine accuracy is below A (0..1).")
+@click.option("--max-accuracy-drop", type=FRACTION, default=None,
               help="Fail if PyTorch accuracy minus engine accuracy exceeds D (0..1) [default 0.01].")
-@click.option("--min-agreement", type=float, default=None,
+@click.option("--min-agreement", type=FRACTION, default=None,
               help="Fail if fewer than this fraction of predictions agree [default 0.99; int8 0.97].")
-@click.option("--max-logit-error", type=float, default=None,
+@click.option("--max-logit-error", type=NON_NEGATIVE, default=None,
               help="Fail if any logit differs by more than this [default 1e-3 fp32, 5e-2 fp16, 1.0 int8].")
 @click.option("--throughput", is_flag=True,
               help="Also time engine vs PyTorch eager on the same device at sequence 128 (batch 32*N on the CPU, "
                    "128*N on a GPU as in the paper), and end to end from text.")
-@click.option("--min-speedup", type=click.FloatRange(min=0, min_open=True), default=None, metavar="X",
+@click.option("--min-speedup", type=POSITIVE, default=None, metavar="X",
               help="Fail if engine samples/s / PyTorch fp32 eager samples/s (same device, same run) is below X; "
                    "implies --throughput.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="Where the PyTorch reference and the engine run: cuda uses ONNX Runtime's CUDA provider "
                    "(onnxruntime-gpu) or TensorRT, with inputs staged on the GPU for timing.")
-@click.option("--batch-size", type=int, default=None,
+@click.option("--batch-size", type=COUNT, default=None,
               help="Rows per batch (default 32*N; throughput on cuda defaults to 128*N).")
 @click.option("--no-truncate", is_flag=True, help="Refuse inputs longer than the engine's maximum length "
                                                    "instead of truncating them with a warning.")
@@ -306,7 +331,7 @@ def inspect(path, as_json):
             info["imported_from"] = model.config.imported_from
             header += f"\nimported from {model.config.imported_from['source']}: {summary(model)}"
     if as_json:
-        click.echo(json.dumps(info, indent=2))
+        click.echo(dumps(info, indent=2))
     else:
         click.echo(header)
         click.echo(format_table(info))
@@ -341,6 +366,11 @@ def predict(engine_dir, texts, second, as_json, no_truncate, ids_out):
     feeds = tokenize(tokenizer, texts, second or None, max_length=engine.max_seq_length,
                      with_token_types=engine.uses_token_types)
     logits = engine.run_feeds(feeds)
+    bad = [texts[i] for i in np.flatnonzero(~np.isfinite(logits).all(1))]
+    if bad:
+        raise PruMuxError(f"the engine computed NaN or Inf logits for {len(bad)} of {len(texts)} texts (first: "
+                          f"{bad[0][:40]!r}); the engine is broken (an fp16 overflow?): re-export it, or with "
+                          "--precision fp32")
     if ids_out:
         ids_out.write_text("".join(" ".join(map(str, row)) + "\n" for row in feeds["input_ids"]))
     probs = np.exp(logits - logits.max(1, keepdims=True))
@@ -349,28 +379,17 @@ def predict(engine_dir, texts, second, as_json, no_truncate, ids_out):
     for text, p in zip(texts, probs):
         k = int(p.argmax())
         if as_json:
-            click.echo(json.dumps({"text": text, "label": labels[k], "score": float(p[k]),
+            click.echo(dumps({"text": text, "label": labels[k], "score": float(p[k]),
                                    "scores": {labels[j]: float(p[j]) for j in range(len(labels))}}))
         else:
             shown = text if len(text) <= 80 else text[:77] + "..."
             click.echo(f"{labels[k]:<14} {p[k]:.3f}  {shown}")
 
 
-def _number_list(kind):
-    def parse(ctx, param, value):
-        if value is None:
-            return None
-        try:
-            return [kind(v) for v in value.split(",") if v.strip()]
-        except ValueError:
-            raise click.BadParameter(f"expected comma-separated numbers, got {value!r}") from None
-    return parse
-
-
 @main.command()
-@click.option("--instances", "-n", callback=_number_list(int), default=None,
+@click.option("--instances", "-n", callback=number_list(int, 1), default=None,
               help="Comma-separated N values (default 1,2,5,10).")
-@click.option("--sparsities", "-s", callback=_number_list(float), default=None,
+@click.option("--sparsities", "-s", callback=number_list(float, 0.0, 1.0), default=None,
               help="Comma-separated sparsities (default 0,0.6,0.8,0.9,0.95).")
 @click.option("--backend", "backends", multiple=True,
               type=click.Choice(["torch", "torch-compile", "onnxruntime", "onnxruntime-opt", "onnxruntime-int8"]),
@@ -378,10 +397,10 @@ def _number_list(kind):
                    "torch.compile, plain ONNX Runtime, with the transformer optimizer, and optimized + int8.")
 @click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(path_type=Path),
               help="Time these trained checkpoints instead of generated structures.")
-@click.option("-b", "--groups-per-batch", type=int, default=None, help="b: batches hold b*N rows (default 32; 128 with --device cuda, as in the paper).")
-@click.option("--seq", type=int, default=None, help="Padded sequence length (default 128).")
-@click.option("--repeats", type=int, default=None, help="Timed repeats per measurement (median; default 5).")
-@click.option("--seed", default=0, show_default=True, help="Seed of the generated structures and weights.")
+@click.option("-b", "--groups-per-batch", type=COUNT, default=None, help="b: batches hold b*N rows (default 32; 128 with --device cuda, as in the paper).")
+@click.option("--seq", type=COUNT, default=None, help="Padded sequence length (default 128).")
+@click.option("--repeats", type=COUNT, default=None, help="Timed repeats per measurement (median; default 5).")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the generated structures and weights.")
 @click.option("--quick", is_flag=True, help="One-minute smoke run: a small base shape and a 2x2 grid.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="cuda: PyTorch and the baseline on the GPU, ONNX Runtime on its CUDA provider (IO binding), the "
@@ -414,8 +433,6 @@ def bench(instances, sparsities, backends, checkpoints, groups_per_batch, seq, r
     cfg.groups_per_batch = groups_per_batch or cfg.groups_per_batch
     cfg.seq = seq or cfg.seq
     cfg.repeats = repeats or cfg.repeats
-    if any(n < 1 for n in cfg.instances) or any(not 0 <= s < 1 for s in cfg.sparsities):
-        raise PruMuxError("--instances must be >= 1 and --sparsities in [0, 1)")
     accuracies = _read_accuracies(accuracy_csv) if accuracy_csv else None
     result = run_bench(cfg)
     click.echo(format_table(result))

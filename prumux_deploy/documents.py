@@ -5,7 +5,25 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
+
+
+def finite_or_none(value):
+    """A copy of `value` (dicts, lists, tuples, numbers) with every NaN or infinity replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    return value
+
+
+def dumps(value, **kwargs) -> str:
+    """Strict JSON (what every reader accepts): a NaN or infinity becomes null rather than the bare `NaN`
+    Python's json writes by default. Every JSON file and line prumux-deploy writes goes through here."""
+    return json.dumps(finite_or_none(value), allow_nan=False, **kwargs)
 
 
 def sha256_file(path) -> str:

@@ -103,7 +103,37 @@ class Engine:
         for name, value in feeds.items():
             if value.shape != input_ids.shape:
                 raise EngineError(f"{name} has shape {list(value.shape)}, input_ids {list(input_ids.shape)}")
+        self._check_ids(input_ids, "input_ids", self.vocab_size, "the model's vocabulary")
+        if "token_type_ids" in feeds:
+            self._check_ids(feeds["token_type_ids"], "token_type_ids", self.type_vocab_size, "its token types")
         return self._run(feeds)
+
+    @staticmethod
+    def _check_ids(ids: np.ndarray, name: str, size: int, what: str):
+        """Ids outside [0, size) would read past an embedding table (or wrap around, for negative ids)."""
+        bad = (ids < 0) | (ids >= size)
+        if bad.any():
+            row, pos = (int(i) for i in np.argwhere(bad)[0])
+            raise EngineError(f"{name} holds {int(ids[row, pos])} at row {row}, position {pos}; ids must lie in "
+                              f"[0, {size}) ({what}). Tokenize with the engine's own tokenizer")
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.manifest.get("vocab_size") or self._config()["vocab_size"])
+
+    @property
+    def type_vocab_size(self) -> int:
+        return int(self.manifest.get("type_vocab_size") or self._config()["type_vocab_size"])
+
+    def _config(self) -> dict:
+        """The compact model's config.json beside the engine (manifests before 0.2 lack the vocabulary sizes)."""
+        import json
+
+        try:
+            return json.loads((self.dir / "config.json").read_text())
+        except (OSError, ValueError):
+            raise EngineError(f"{self.dir}: manifest.json lacks vocab_size and config.json is unreadable; "
+                              "re-export the engine") from None
 
     def run_feeds(self, feeds: dict) -> np.ndarray:
         return self(**{k: v for k, v in feeds.items() if k in ("input_ids", "attention_mask", "token_type_ids")})
@@ -176,6 +206,16 @@ def ort_providers(device: str) -> list[str]:
     return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
+def profile_chunks(batch: int, min_batch: int, max_batch: int):
+    """(row indices, real rows) of the chunks a batch runs in under a TensorRT profile: at most max_batch rows
+    each (a multiple of N, so mux groups stay whole), and a chunk below min_batch repeats its last row. The
+    graph fills a partial mux group the same way, so the real rows' groups and logits are unchanged; the
+    extra rows' logits are dropped."""
+    for start in range(0, batch, max_batch):
+        rows = min(max_batch, batch - start)
+        yield np.minimum(np.arange(start, start + max(rows, min_batch)), start + rows - 1), rows
+
+
 class TensorRTEngine(Engine):
     """A serialized TensorRT engine (model.plan) run on the GPU. Batches beyond the profile's maximum are
     split into chunks of that size (a multiple of N, so mux groups stay intact)."""
@@ -200,6 +240,7 @@ class TensorRTEngine(Engine):
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.input_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.max_batch = int(self.manifest["tensorrt"]["profile"]["max_batch"])
+        self.min_batch = int(self.manifest["tensorrt"]["profile"].get("min_batch", 1))
         self._lock = threading.Lock()  # one execution context: calls from several threads take turns
 
     def _run(self, feeds):
@@ -208,8 +249,8 @@ class TensorRTEngine(Engine):
         if batch == 0:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
         chunks = []
-        for start in range(0, batch, self.max_batch):
-            part = {k: torch.from_numpy(v[start:start + self.max_batch]).cuda() for k, v in feeds.items()}
+        for pick, rows in profile_chunks(batch, self.min_batch, self.max_batch):
+            part = {k: torch.from_numpy(v[pick]).cuda() for k, v in feeds.items()}
             with self._lock:
                 for name in self.input_names:
                     self._check(self.context.set_input_shape(name, tuple(part[name].shape)), name, part[name].shape)
@@ -220,7 +261,7 @@ class TensorRTEngine(Engine):
                 stream = torch.cuda.current_stream()
                 self.context.execute_async_v3(stream.cuda_stream)
                 stream.synchronize()
-            chunks.append(out.cpu().numpy())
+            chunks.append(out.cpu().numpy()[:rows])
         return np.concatenate(chunks)
 
     def timed_runner(self, feeds: dict):

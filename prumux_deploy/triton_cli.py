@@ -9,16 +9,18 @@ from pathlib import Path
 
 import click
 
+from .options import COUNT
+
 
 @click.command("triton")
 @click.argument("engine_dir", type=click.Path(path_type=Path))
 @click.argument("repo", type=click.Path(path_type=Path))
 @click.option("--name", required=True,
               help="Model name in the repository (the directory REPO/NAME; clients call it by this name).")
-@click.option("--max-batch-size", type=int, default=None,
+@click.option("--max-batch-size", type=COUNT, default=None,
               help="Largest batch Triton sends to one model instance; a positive multiple of N "
                    "[default: 32*N].")
-@click.option("--instances", "-k", type=int, default=1, show_default=True, metavar="K",
+@click.option("--instances", "-k", type=COUNT, default=1, show_default=True, metavar="K",
               help="Model instances (copies) Triton runs in parallel.")
 @click.option("--dynamic-batching/--no-dynamic-batching", default=True, show_default=True,
               help="Let Triton merge requests into batches (preferred sizes 4N, 8N, ... up to the maximum, "

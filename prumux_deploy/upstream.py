@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import TOKENIZER_FILES, bert_to_prumux_name, has_tokenizer, save_checkpoint
+from .checkpoint import TOKENIZER_FILES, bert_to_prumux_name, check_vocab, has_tokenizer, save_checkpoint
 from .errors import CheckpointError
 from .model import PruMuxConfig, PruMuxModel
 
@@ -211,25 +211,24 @@ def find_tokenizer(src: Path, tokenizer=None) -> Path:
 
 
 def load_upstream_tokenizer(directory: Path):
-    """The tokenizer in `directory` as a fast BERT tokenizer (upstream directories often lack the files
-    AutoTokenizer needs to pick a class: then vocab.txt, lower-cased unless tokenizer_config.json says not)."""
+    """The tokenizer in `directory` as transformers loads it; upstream directories often lack what
+    AutoTokenizer needs to pick a class (then BERT's WordPiece over vocab.txt, lower-cased unless
+    tokenizer_config.json says otherwise, as upstream's BertTokenizer(vocab.txt) does)."""
     from transformers import AutoTokenizer, BertTokenizerFast
 
     try:
-        return AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
-    except Exception:  # noqa: BLE001 - no class recorded: read vocab.txt ourselves
-        pass
+        tok = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+    except Exception:  # noqa: BLE001 - no class recorded: BERT's tokenizer over vocab.txt
+        if not (directory / "vocab.txt").is_file():
+            raise CheckpointError(f"{directory}: its tokenizer cannot be loaded and has no vocab.txt") from None
+        tok = BertTokenizerFast.from_pretrained(str(directory), local_files_only=True)
     vocab = directory / "vocab.txt"
-    if not vocab.is_file():
-        raise CheckpointError(f"{directory}: its tokenizer cannot be loaded and has no vocab.txt")
-    lower = True
-    cfg_file = directory / "tokenizer_config.json"
-    if cfg_file.is_file():
-        try:
-            lower = bool(json.loads(cfg_file.read_text()).get("do_lower_case", True))
-        except json.JSONDecodeError:
-            pass
-    return BertTokenizerFast(vocab_file=str(vocab), do_lower_case=lower)
+    if vocab.is_file():
+        lines = sum(1 for line in vocab.read_text(encoding="utf-8").splitlines() if line)
+        if len(tok) < lines:
+            raise CheckpointError(f"{directory}: the tokenizer loaded with {len(tok)} ids but vocab.txt lists {lines}; "
+                                  "its tokenizer files disagree, pass --tokenizer with a consistent one")
+    return tok
 
 
 # --- stage 1: upstream's own fold and cut --------------------------------------------------------
@@ -562,9 +561,7 @@ def import_checkpoint(src, out, reference: str = "compact", tokenizer=None, max_
     model = to_model(up, reference, max_seq_length, mask_padding)
     tok_dir = find_tokenizer(up.path, tokenizer)
     tok = load_upstream_tokenizer(tok_dir)
-    if len(tok) > model.config.vocab_size:
-        raise CheckpointError(f"the tokenizer in {tok_dir} has {len(tok)} ids but the model's embedding table has "
-                              f"{model.config.vocab_size}; pass --tokenizer with the tokenizer it was trained with")
+    check_vocab(tok, model.config, tok_dir)
     with tempfile.TemporaryDirectory() as tmp:
         tok.save_pretrained(tmp)
         save_checkpoint(model, out, tokenizer_dir=tmp, force=force)

@@ -10,7 +10,6 @@ after every call, at the paper's protocol (batch 128*N, sequence 128).
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from dataclasses import asdict, dataclass
@@ -23,6 +22,7 @@ from tqdm import tqdm
 from .checkpoint import load_checkpoint
 from .data import check_lengths, get_task, load_examples, load_tokenizer, tokenize
 from .devices import device_info, resolve_device, synchronize
+from .documents import dumps
 from .engine import load_engine
 from .errors import PruMuxError
 from .timing import throughput as measure
@@ -56,7 +56,7 @@ PRECISION_DEFAULTS = {
 
 
 def _check(name, value, op, threshold, fmt):
-    passed = value >= threshold if op == ">=" else value <= threshold
+    passed = value >= threshold if op == ">=" else value <= threshold  # False for NaN: a NaN never passes
     return {"name": name, "value": value, "op": op, "threshold": threshold, "passed": bool(passed),
             "fmt": fmt}
 
@@ -119,6 +119,9 @@ def run_validation(engine_dir, checkpoint, task_name: str, data_dir, split: str 
         "agreement": float((eng.argmax(1) == pt.argmax(1)).mean()),
         "max_abs_logit_error": float(err.max()),
         "mean_abs_logit_error": float(err.mean()),
+        # a NaN or Inf logit is never a prediction: counted, and any one fails the validation
+        "non_finite_engine_rows": int((~np.isfinite(eng).all(1)).sum()),
+        "non_finite_pytorch_rows": int((~np.isfinite(pt).all(1)).sum()),
     }
     metrics["accuracy_drop"] = metrics["pytorch_accuracy"] - metrics["engine_accuracy"]
 
@@ -126,6 +129,8 @@ def run_validation(engine_dir, checkpoint, task_name: str, data_dir, split: str 
     if thresholds.min_accuracy is not None:
         checks.append(_check("engine accuracy", metrics["engine_accuracy"], ">=", thresholds.min_accuracy, "pct"))
     checks += [
+        _check("rows with NaN/Inf logits", metrics["non_finite_engine_rows"] + metrics["non_finite_pytorch_rows"],
+               "<=", 0, "count"),
         _check("accuracy drop vs PyTorch", metrics["accuracy_drop"], "<=", thresholds.max_accuracy_drop, "pct"),
         _check("prediction agreement", metrics["agreement"], ">=", thresholds.min_agreement, "pct"),
         _check("max |logit error|", metrics["max_abs_logit_error"], "<=", thresholds.max_logit_error, "sci"),
@@ -202,7 +207,7 @@ def _throughput(engine, model, tokenizer, examples, batch, seq_len, device=torch
 
 def format_report(report: dict) -> str:
     def show(value, fmt):
-        return {"pct": f"{value * 100:.2f}%", "x": f"{value:.2f}x"}.get(fmt, f"{value:.2e}")
+        return {"pct": f"{value * 100:.2f}%", "x": f"{value:.2f}x", "count": f"{value:g}"}.get(fmt, f"{value:.2e}")
 
     m = report["metrics"]
     lines = [f"{report['task']} {report['split']}: {report['examples']} examples, N={report['num_instances']}",
@@ -229,5 +234,5 @@ def write_report(report: dict, path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.write_text(dumps(report, indent=2) + "\n")
     os.replace(tmp, path)

@@ -59,7 +59,7 @@ def bert_dir(tmp_path_factory):
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ",", ".", "'", "?", "!"] + WORDS
     vocab += [f"w{i}" for i in range(VOCAB - len(vocab))]
     (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True)
+    tokenizer = BertTokenizerFast.from_pretrained(str(path))  # WordPiece over the vocab.txt just written
     tokenizer.save_pretrained(str(path))
     torch.manual_seed(0)
     BertModel(tiny_bert_config()).save_pretrained(str(path))

@@ -99,7 +99,7 @@ def test_validate_passes_and_writes_a_report(tmp_path, engine_dir, masked_checkp
 def test_validate_fails_a_threshold_with_exit_1(tmp_path, engine_dir, masked_checkpoint, sst2_dir):
     report = tmp_path / "report.json"
     result = run("validate", engine_dir, "--checkpoint", masked_checkpoint, "--task", "sst2", "--data", sst2_dir,
-                 "--min-accuracy", "1.01", "--report", report)
+                 "--min-accuracy", "1.0", "--report", report)
     assert result.exit_code == 1
     assert "FAIL" in result.output and "FAILED" in result.output
     data = json.loads(report.read_text())

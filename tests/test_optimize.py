@@ -14,7 +14,7 @@ import torch
 
 from prumux_deploy.export import compact
 from prumux_deploy.export.onnx import export_onnx
-from prumux_deploy.export.optimize import (convert_fp16, expected_fused_ops, op_counts, optimize_onnx,
+from prumux_deploy.export.optimize import (NORMALIZATION_OPS, convert_fp16, expected_fused_ops, op_counts, optimize_onnx,
                                            quantize_int8)
 
 from conftest import VOCAB, masked_model
@@ -214,13 +214,24 @@ def test_fp16_graph(engines, tmp_path):
     assert [(i.name, i.type.tensor_type.elem_type) for i in graph.graph.input] == [
         ("input_ids", onnx.TensorProto.INT64), ("attention_mask", onnx.TensorProto.INT64)]
     assert graph.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
-    weights = [t for t in graph.graph.initializer if t.data_type in (onnx.TensorProto.FLOAT16,
-                                                                     onnx.TensorProto.FLOAT)]
-    half = [t for t in weights if t.data_type == onnx.TensorProto.FLOAT16]
-    assert len(half) >= 0.9 * len(weights)
-    for node in graph.graph.node:  # LayerNorm kept in float32: fed by a Cast to float
-        if node.op_type == "LayerNormalization":
-            assert next(n for n in graph.graph.node if node.input[0] in n.output).op_type == "Cast"
+    # every float weight is half precision, except the parameters the float32 normalisations read
+    norm_inputs = {i for n in graph.graph.node if n.op_type in NORMALIZATION_OPS for i in n.input}
+    full = [t.name for t in graph.graph.initializer if t.data_type == onnx.TensorProto.FLOAT
+            and t.name not in norm_inputs and len(t.dims) > 0]
+    half = [t for t in graph.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16]
+    assert full == [] and len(half) >= 20, full
+    # every normalisation runs in float32, fused or not: its data input is cast to float32 and its gamma and
+    # beta are float32 initializers (SkipLayerNormalization included: fp16 engines keep that fused form)
+    inits = {t.name: t.data_type for t in graph.graph.initializer}
+    norms = [n for n in graph.graph.node if n.op_type in NORMALIZATION_OPS]
+    assert {n.op_type for n in norms} >= {"SkipLayerNormalization", "EmbedLayerNormalization"}
+    for node in norms:
+        params = [i for i in node.input if i in inits]
+        assert params and all(inits[i] == onnx.TensorProto.FLOAT for i in params), (node.op_type, node.name)
+        if node.op_type != "EmbedLayerNormalization":  # that one reads int32 ids and float32 tables
+            producer = next(n for n in graph.graph.node if node.input[0] in n.output)
+            to = next(a.i for a in producer.attribute if a.name == "to") if producer.op_type == "Cast" else None
+            assert to == onnx.TensorProto.FLOAT, (node.op_type, node.name, producer.op_type)
     # ONNX Runtime's CPU provider runs this graph too (for real use it is a GPU engine)
     s = session(tmp_path / "fp16.onnx")
     f = feeds(7, 12, np.random.default_rng(3))

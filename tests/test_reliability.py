@@ -206,3 +206,138 @@ def test_one_engine_from_eight_threads_matches_sequential_calls(engine_dir):
         threaded = list(pool.map(engine, batches))
     for want, got in zip(sequential, threaded):
         assert np.array_equal(want, got)
+
+
+# --- nothing non-finite passes as success ---------------------------------------------------------------
+
+@pytest.fixture
+def nan_engine(monkeypatch):
+    """Every ONNX engine opened in this test returns NaN for its second row (as a broken engine would)."""
+    from prumux_deploy.engine import OnnxEngine
+
+    real = OnnxEngine._run
+
+    def broken(self, feeds):
+        logits = real(self, feeds)
+        if len(logits) > 1:
+            logits[1] = np.nan
+        return logits
+
+    monkeypatch.setattr(OnnxEngine, "_run", broken)
+
+
+def overflowing_checkpoint(path, bert_dir, scale=1e8):
+    """A tiny N=2 SST-2 model whose first FFN output projection is scaled by `scale`: finite in fp32,
+    beyond fp16's range (65504) once the activations pass through it."""
+    import torch
+
+    from prumux_deploy import create_model
+
+    model = create_model(bert_dir, num_instances=2, num_labels=2, task="sst2", max_seq_length=16)
+    with torch.no_grad():
+        model.layers[0].ffn.down.weight.mul_(scale)
+    model.save(path)
+    return path
+
+
+def test_fp16_overflow_refuses_the_export(tmp_path, bert_dir):
+    """Weights beyond fp16's range: the fp16 engine's logits are wrong (or NaN), and the export says so."""
+    ckpt = overflowing_checkpoint(tmp_path / "big", bert_dir)
+    line = refused(run("export", ckpt, tmp_path / "e", "--precision", "fp16"), 1, "nothing was written to")
+    assert "engine logits differ from PyTorch by" in line or "NaN or Inf" in line
+    assert not (tmp_path / "e").exists()
+    assert run("export", ckpt, tmp_path / "e32").exit_code == 0  # the same model is fine in fp32
+
+
+def test_an_engine_computing_nan_is_never_exported(tmp_path, masked_checkpoint, nan_engine):
+    """The parity check's running maximum used to drop NaN ("max logit error 0.00e+00")."""
+    line = refused(run("export", masked_checkpoint, tmp_path / "e"), 1, "the engine computes NaN or Inf logits (")
+    assert "where PyTorch does not (an fp16 overflow? export with --precision fp32); nothing was written" in line
+    assert not (tmp_path / "e").exists()
+
+
+def test_a_model_that_overflows_in_fp32_is_not_exported(tmp_path, bert_dir):
+    ckpt = overflowing_checkpoint(tmp_path / "huge", bert_dir, scale=1e38)
+    refused(run("export", ckpt, tmp_path / "e"), 1, "the PyTorch model itself computes NaN or Inf logits")
+    assert not (tmp_path / "e").exists()
+
+
+def test_predict_refuses_non_finite_logits(engine_dir, nan_engine):
+    refused(run("predict", engine_dir, "a gorgeous , witty film", "dull", "--json"), 2,
+            "the engine computed NaN or Inf logits for 1 of 2 texts (first: 'dull')")
+
+
+def test_validate_fails_on_non_finite_logits_and_writes_strict_json(tmp_path, engine_dir, masked_checkpoint,
+                                                                     sst2_dir, nan_engine):
+    result = run("validate", engine_dir, "--checkpoint", masked_checkpoint, "--task", "sst2", "--data", sst2_dir,
+                 "--report", tmp_path / "r.json")
+    assert result.exit_code == 1 and "FAILED" in result.output
+    text = (tmp_path / "r.json").read_text()
+    report = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    failed = {c["name"] for c in report["checks"] if not c["passed"]}
+    assert {"rows with NaN/Inf logits", "max |logit error|"} <= failed
+    assert report["metrics"]["non_finite_engine_rows"] >= 1 and report["metrics"]["max_abs_logit_error"] is None
+
+
+def test_strict_json_writer_turns_non_finite_numbers_into_null():
+    from prumux_deploy.documents import dumps
+
+    assert json.loads(dumps({"a": float("nan"), "b": [1.0, float("inf")], "c": (2, -float("inf"))})) == \
+        {"a": None, "b": [1.0, None], "c": [2, None]}
+
+
+# --- ids outside the model ------------------------------------------------------------------------------
+
+def small_vocab_bert(tmp_path, bert_dir, vocab_size=50):
+    """The tiny BERT with a 50-row embedding table beside its 120-id tokenizer."""
+    import torch
+    from transformers import BertModel
+
+    from conftest import tiny_bert_config
+
+    path = tmp_path / "small-vocab"
+    shutil.copytree(bert_dir, path)
+    torch.manual_seed(0)
+    BertModel(tiny_bert_config(vocab_size=vocab_size)).save_pretrained(str(path))
+    return path
+
+
+def test_a_tokenizer_larger_than_the_embedding_table_is_refused_where_it_meets_the_model(tmp_path, bert_dir,
+                                                                                         glue_dir):
+    small = small_vocab_bert(tmp_path, bert_dir)
+    message = "the tokenizer has 120 ids but the model's embedding table has 50 rows, so ids 50..119 would index past it"
+    refused(run("init", tmp_path / "m", "--base", small, "--task", "sst2"), 2, message)
+    refused(run("train", "finetune", tmp_path / "ft", "--init", small, "--data", glue_dir, "--device", "cpu"), 2,
+            message)
+    # a checkpoint whose tokenizer was swapped afterwards is caught by export
+    assert run("init", tmp_path / "ok", "--base", bert_dir, "--task", "sst2").exit_code == 0
+    vocab = (tmp_path / "ok" / "vocab.txt").read_text().splitlines()
+    (tmp_path / "ok" / "vocab.txt").write_text("\n".join(vocab + [f"extra{i}" for i in range(30)]) + "\n")
+    (tmp_path / "ok" / "tokenizer.json").unlink()
+    refused(run("export", tmp_path / "ok", tmp_path / "e"), 2, "the tokenizer has 150 ids")
+    assert not any((tmp_path / p).exists() for p in ("m", "ft", "e"))
+
+
+@pytest.mark.parametrize("ids, types, message", [
+    ([[2, 5, -1]], None, "input_ids holds -1 at row 0, position 2; ids must lie in [0, 120)"),
+    ([[2, 5, 6], [2, 120, 3]], None, "input_ids holds 120 at row 1, position 1; ids must lie in [0, 120)"),
+])
+def test_engines_check_ids_before_running(engine_dir, ids, types, message):
+    from prumux_deploy.errors import EngineError
+
+    engine = load_engine(engine_dir)
+    with pytest.raises(EngineError, match=message.replace("[", r"\[").replace(")", r"\)")):
+        engine(np.array(ids))
+
+
+def test_engines_check_token_types(tmp_path, bert_dir):
+    from prumux_deploy.errors import EngineError
+
+    assert run("init", tmp_path / "qnli", "--base", bert_dir, "--task", "qnli", "--max-seq-length", 16).exit_code == 0
+    assert run("export", tmp_path / "qnli", tmp_path / "e").exit_code == 0
+    engine = load_engine(tmp_path / "e")
+    ids = np.array([[2, 5, 6, 3]])
+    with pytest.raises(EngineError, match=r"token_type_ids holds -1 at row 0, position 3; ids must lie in \[0, 2\)"):
+        engine(ids, token_type_ids=np.array([[0, 0, 1, -1]]))
+    with pytest.raises(EngineError, match=r"token_type_ids holds 2 at row 0, position 0"):
+        engine(ids, token_type_ids=np.array([[2, 0, 0, 0]]))

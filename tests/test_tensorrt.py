@@ -78,3 +78,36 @@ def test_tensorrt_engine_matches_pytorch(tmp_path, masked_checkpoint):
         want = model(torch.from_numpy(ids)).numpy()
     assert np.abs(engine(ids) - want).max() <= 1e-3
     assert engine(ids[:0]).shape == (0, 2)
+    # a profile that does not start at batch 1: parity ran inside it, the manifest's length is the profile's
+    manifest = export_checkpoint(masked_checkpoint, tmp_path / "trt4", fmt="tensorrt", tolerance=1e-3,
+                                 log=lambda m: None, tensorrt=TensorRTOptions(min_batch=4, max_batch=8, max_seq=12))
+    assert manifest["max_seq_length"] == manifest["tensorrt"]["profile"]["max_seq"] == 12
+    assert min(manifest["parity"]["batch_sizes"]) >= 4
+    small = load_engine(tmp_path / "trt4")
+    with torch.no_grad():
+        want3 = model(torch.from_numpy(ids[:3])).numpy()  # row 2 fills its own mux group
+    assert np.abs(small(ids[:3]) - want3).max() <= 1e-3  # 3 rows run as a chunk of 4 inside the profile
+
+
+def test_chunks_stay_inside_the_profile_and_keep_mux_groups():
+    from prumux_deploy.engine import profile_chunks
+
+    chunks = [(list(idx), rows) for idx, rows in profile_chunks(11, min_batch=4, max_batch=8)]
+    assert chunks == [(list(range(8)), 8), ([8, 9, 10, 10], 3)]  # the short tail repeats its last row
+    assert [(list(i), r) for i, r in profile_chunks(2, 1, 8)] == [([0, 1], 2)]
+
+
+def test_parity_inputs_stay_inside_a_profile():
+    from prumux_deploy.export.onnx import parity_inputs
+    from prumux_deploy.model import PruMuxConfig
+
+    cases, batches, lengths = parity_inputs(PruMuxConfig(num_instances=2), False, 64, min_batch=4, max_batch=8,
+                                            min_len=16)
+    assert batches == [4, 7] and lengths == [16, 32, 64]
+    assert all(4 <= c["input_ids"].shape[0] <= 8 and 16 <= c["input_ids"].shape[1] <= 64 for c in cases)
+
+
+def test_max_seq_length_and_max_seq_must_agree(tmp_path, masked_checkpoint):
+    result = CliRunner().invoke(main, ["export", str(masked_checkpoint), str(tmp_path / "e"), "--format", "tensorrt",
+                                       "--max-seq-length", "16", "--max-seq", "12"])
+    assert result.exit_code == 2 and "--max-seq-length 16 and --max-seq 12 disagree" in result.output

@@ -189,13 +189,16 @@ def test_train_cli_refuses_bad_flags(tmp_path, glue_dir):
 
     result = CliRunner().invoke(main, ["train", "prune", str(tmp_path / "o"), "--teacher", str(tmp_path),
                                        "--sparsity", "1.5", "--data", str(glue_dir)])
-    assert result.exit_code == 2 and "--sparsity must be in (0, 1), got 1.5" in result.output
+    assert result.exit_code == 2 and "Invalid value for '--sparsity' / '-s': 1.5 is not in the range 0.0<=x<1.0" in result.output
+    result = CliRunner().invoke(main, ["train", "prune", str(tmp_path / "o"), "--teacher", str(tmp_path),
+                                       "--sparsity", "0", "--data", str(glue_dir)])
+    assert result.exit_code == 2 and "--sparsity must be in (0, 1), got 0.0" in result.output
     result = CliRunner().invoke(main, ["train", "finetune", str(tmp_path / "o"), "--batch-size", "1",
                                        "--instances", "2", "--data", str(glue_dir)])
     assert result.exit_code == 2 and "--batch-size 1 is smaller than N=2" in result.output
     result = CliRunner().invoke(main, ["train", "finetune", str(tmp_path / "o"), "--dropout", "1",
                                        "--data", str(glue_dir)])
-    assert result.exit_code == 2 and "--dropout must be in [0, 1), got 1.0" in result.output
+    assert result.exit_code == 2 and "Invalid value for '--dropout': 1.0 is not in the range 0.0<=x<1.0" in result.output
     assert not (tmp_path / "o").exists()
 
 

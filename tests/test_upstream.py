@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from prumux_deploy.checkpoint import load_checkpoint
+from prumux_deploy.data import load_tokenizer
 from prumux_deploy.engine import load_engine
 from prumux_deploy.export import compact
 from prumux_deploy.upstream import fold_and_cut, read_upstream
@@ -60,6 +61,10 @@ def test_fixture_imports_exports_and_reproduces_upstream_logits(tmp_path, name, 
     want = np.load(src / expected)
     ids, mask, types = fixture_inputs(src)
     longest = int(mask.sum(1).max())
+    # the imported tokenizer turns the fixture's texts into exactly the ids upstream's tokenizer gave
+    texts = json.loads((src / "inputs.json").read_text())["texts"]
+    encoded = load_tokenizer(tmp_path / "ckpt")(texts, padding="max_length", max_length=128, truncation=True)
+    assert np.array_equal(np.array(encoded["input_ids"]), ids)
     for optimize in (False, True):
         engine_dir = tmp_path / f"engine-{optimize}"
         result = run("export", tmp_path / "ckpt", engine_dir, *(["--optimize"] if optimize else []))
@@ -83,7 +88,7 @@ def test_fixture_import_line_and_inspect_say_what_was_found(tmp_path):
         assert part in line, (part, line)
     inspected = run("inspect", tmp_path / "c")
     assert inspected.exit_code == 0
-    assert f"imported from {FIXTURES / 'prumux_sst2_N2'}" in inspected.output
+    assert f"imported from {(FIXTURES / 'prumux_sst2_N2').resolve()}" in inspected.output
     assert "reference compact" in inspected.output
     masked = run("import", FIXTURES / "prumux_sst2_N2", tmp_path / "m", "--reference", "masked")
     assert "masks keep heads [2, 1, 0, 1, 2, 1]/2" in masked.output and "reference masked" in masked.output

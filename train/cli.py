@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from prumux_deploy.errors import PruMuxError
+from prumux_deploy.options import COUNT, FRACTION, FRACTION_BELOW_1, NON_NEGATIVE, POSITIVE, SEED
 
 
 def _base_dir(base: str) -> Path:
@@ -23,12 +24,12 @@ def common_options(fn):
         click.option("--task", default="sst2", show_default=True, help="GLUE task."),
         click.option("--data", default="../shared/data/glue/SST-2", show_default=True,
                      help="The task's GLUE TSV directory."),
-        click.option("--instances", "-n", default=2, show_default=True, help="N: sentences per forward pass."),
-        click.option("--epochs", default=1.0, show_default=True, help="Passes over the (subsampled) train split."),
-        click.option("--batch-size", default=32, show_default=True,
+        click.option("--instances", "-n", type=COUNT, default=2, show_default=True, help="N: sentences per forward pass."),
+        click.option("--epochs", type=POSITIVE, default=1.0, show_default=True, help="Passes over the (subsampled) train split."),
+        click.option("--batch-size", type=COUNT, default=32, show_default=True,
                      help="Sentences per optimizer step over all processes (the global batch; a multiple of "
                           "processes x --grad-accum x N)."),
-        click.option("--grad-accum", default=1, show_default=True, type=click.IntRange(min=1),
+        click.option("--grad-accum", default=1, show_default=True, type=COUNT,
                      help="Micro-batches per optimizer step: each process runs batch/(processes x K) rows at a "
                           "time, for large global batches on few devices."),
         click.option("--device", default="auto", show_default=True,
@@ -37,16 +38,16 @@ def common_options(fn):
         click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
                      help="Autocast precision of forward passes (weights and optimizer state stay fp32); fp16 "
                           "adds a gradient scaler and needs CUDA."),
-        click.option("--lr", default=5e-5, show_default=True, help="Peak learning rate (linear warm-up and decay)."),
-        click.option("--dropout", default=0.0, show_default=True,
+        click.option("--lr", type=POSITIVE, default=5e-5, show_default=True, help="Peak learning rate (linear warm-up and decay)."),
+        click.option("--dropout", type=FRACTION_BELOW_1, default=0.0, show_default=True,
                      help="Dropout probability at BERT's dropout sites while training (0 = none)."),
-        click.option("--max-train-samples", type=int, default=None, help="Use only the first K train rows."),
-        click.option("--max-eval-samples", type=int, default=None, help="Evaluate on the first K dev rows."),
-        click.option("--max-seq-length", default=64, show_default=True, help="Truncate inputs to this many tokens."),
-        click.option("--eval-every", default=200, show_default=True, help="Evaluate and log every K steps."),
-        click.option("--save-every", default=100, show_default=True,
+        click.option("--max-train-samples", type=COUNT, default=None, help="Use only the first K train rows."),
+        click.option("--max-eval-samples", type=COUNT, default=None, help="Evaluate on the first K dev rows."),
+        click.option("--max-seq-length", type=COUNT, default=64, show_default=True, help="Truncate inputs to this many tokens."),
+        click.option("--eval-every", type=COUNT, default=200, show_default=True, help="Evaluate and log every K steps."),
+        click.option("--save-every", type=COUNT, default=100, show_default=True,
                      help="Save resumable state every K steps (an interruption loses at most K)."),
-        click.option("--seed", default=0, show_default=True),
+        click.option("--seed", type=SEED, default=0, show_default=True),
         click.option("--train-split", default="train", show_default=True),
         click.option("--eval-split", default="dev", show_default=True),
         click.option("--resume", is_flag=True, help="Continue from OUT.run/ where an interrupted run stopped."),
@@ -64,10 +65,6 @@ def _args(kw):
               "max_eval_samples", "max_seq_length", "eval_every", "save_every", "seed", "train_split", "eval_split",
               "device", "precision", "grad_accum")
     args = TrainArgs(**{k: kw.pop(k) for k in fields}, demux=kw.pop("demux", None))
-    if not 0 <= args.dropout < 1:
-        raise PruMuxError(f"--dropout must be in [0, 1), got {args.dropout}")
-    if args.instances < 1:
-        raise PruMuxError(f"--instances must be at least 1, got {args.instances}")
     if args.batch_size < args.instances:
         raise PruMuxError(f"--batch-size {args.batch_size} is smaller than N={args.instances}")
     return args
@@ -75,12 +72,12 @@ def _args(kw):
 
 def prune_options(fn):
     options = [
-        click.option("--sparsity", "-s", type=float, default=0.0, show_default=True,
+        click.option("--sparsity", "-s", type=FRACTION_BELOW_1, default=0.0, show_default=True,
                      help="Target fraction of prunable encoder parameters removed."),
-        click.option("--reg-lr", default=0.01, show_default=True, help="Learning rate of gates and multipliers."),
-        click.option("--ramp", default=0.5, show_default=True,
+        click.option("--reg-lr", type=POSITIVE, default=0.01, show_default=True, help="Learning rate of gates and multipliers."),
+        click.option("--ramp", type=FRACTION, default=0.5, show_default=True,
                      help="Fraction of pruning steps over which the target rises linearly from 0."),
-        click.option("--final-epochs", default=0.5, show_default=True,
+        click.option("--final-epochs", type=NON_NEGATIVE, default=0.5, show_default=True,
                      help="Fine-tuning epochs with the final masks fixed."),
         click.option("--no-hidden-pruning", is_flag=True, help="Keep every hidden dim."),
     ]
@@ -169,8 +166,8 @@ def prune_cmd(out, teacher, resume, force, **kw):
 @train.command("all")
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--base", default="minilm", show_default=True, help="BERT directory or 'minilm'.")
-@click.option("--warmup-epochs", default=0.5, show_default=True, help="Epochs of retrieval warm-up (0 skips it).")
-@click.option("--prune-epochs", default=None, type=float, help="Epochs of pruning (default: --epochs).")
+@click.option("--warmup-epochs", type=NON_NEGATIVE, default=0.5, show_default=True, help="Epochs of retrieval warm-up (0 skips it).")
+@click.option("--prune-epochs", default=None, type=POSITIVE, help="Epochs of pruning (default: --epochs).")
 @click.option("--warmup-teacher", default=None,
               help="Contextual warm-up: also match this unmultiplexed encoder's per-token states ('minilm', a "
                    "BERT directory, or an N=1 checkpoint).")

@@ -5,7 +5,6 @@ rank 0 writes (see distributed.py)."""
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import sys
@@ -16,7 +15,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from prumux_deploy.checkpoint import check_vocab
 from prumux_deploy.data import Examples, get_task, load_examples, load_tokenizer
+from prumux_deploy.documents import dumps
 from prumux_deploy.errors import PruMuxError
 
 
@@ -134,9 +135,11 @@ def soft_targets(teacher, batches: Batches, batch_size: int = 256, rt=None) -> t
     return rt.all_gather_rows(targets)
 
 
-def load_task_data(args: TrainArgs, tokenizer_dir, num_instances: int, with_eval: bool = True):
+def load_task_data(args: TrainArgs, tokenizer_dir, num_instances: int, with_eval: bool = True, cfg=None):
     task = get_task(args.task)
     tokenizer = load_tokenizer(tokenizer_dir)
+    if cfg is not None:
+        check_vocab(tokenizer, cfg, tokenizer_dir)
     train = load_examples(task, args.data, args.train_split, args.max_train_samples, skip_bad_rows=True)
     pair = task.is_pair
     train_b = Batches(tokenizer, train, args.batch_size, num_instances, args.max_seq_length, args.seed, pair)
@@ -186,7 +189,7 @@ class RunState:
             return
         self.out.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "a") as f:
-            f.write(json.dumps({"stage": self.stage, **record}) + "\n")
+            f.write(dumps({"stage": self.stage, **record}) + "\n")
 
     def start(self, args: TrainArgs, resume: bool, fresh_log: bool = True, processes: int = 1):
         if self.main and fresh_log and not resume and self.log_file.exists():

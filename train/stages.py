@@ -149,7 +149,7 @@ def _single_model_stage(source, out, args: TrainArgs, force: bool, stage: str, w
     rt = _runtime(args)
     seed_everything(args.seed)
     model = _start_model(source, args, rt.device).train()
-    _, batches, dev = load_task_data(args, model.tokenizer_dir, args.instances, with_eval=with_eval)
+    _, batches, dev = load_task_data(args, model.tokenizer_dir, args.instances, with_eval=with_eval, cfg=model.config)
     total = _total_steps(args, batches)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     schedule = _linear_schedule(optimizer, total)
@@ -310,7 +310,7 @@ def prune(teacher_dir, out, args: TrainArgs, prune_args: PruneArgs, resume: bool
         p.requires_grad_(True)
     student.tokenizer_dir = teacher.tokenizer_dir
     cfg = student.config
-    _, batches, dev = load_task_data(args, student.tokenizer_dir, args.instances)
+    _, batches, dev = load_task_data(args, student.tokenizer_dir, args.instances, cfg=cfg)
     total = _total_steps(args, batches)
     final_total = int(math.ceil(prune_args.final_epochs * batches.steps_per_epoch))
     ramp = max(1, int(total * prune_args.warmup_frac))

@@ -1,0 +1,50 @@
+"""The one place numeric command-line options get their ranges.
+
+Every numeric option of every command uses one of these types (tests/test_options.py walks the command
+tree and checks), so an out-of-range value is a one-line usage error with exit 2 before any work starts,
+never a traceback deep inside, and never a silent fallback (a 0 that quietly meant "the default").
+Floats must also be finite: click's FloatRange lets NaN through (every comparison with NaN is false).
+"""
+
+from __future__ import annotations
+
+import math
+
+import click
+
+
+class FiniteFloatRange(click.FloatRange):
+    """click.FloatRange that also refuses NaN and infinities."""
+
+    def convert(self, value, param, ctx):
+        value = super().convert(value, param, ctx)
+        if not math.isfinite(value):
+            self.fail(f"{value} is not a finite number", param, ctx)
+        return value
+
+
+COUNT = click.IntRange(min=1)                                    # sizes, lengths, steps, rows
+SEED = click.IntRange(min=0)
+FRACTION = FiniteFloatRange(min=0.0, max=1.0)                    # thresholds and shares in [0, 1]
+FRACTION_BELOW_1 = FiniteFloatRange(min=0.0, max=1.0, max_open=True)  # sparsity, dropout: [0, 1)
+POSITIVE = FiniteFloatRange(min=0.0, min_open=True)              # learning rates, epochs, ratios
+NON_NEGATIVE = FiniteFloatRange(min=0.0)                         # tolerances, budgets, optional epochs
+OPSET = click.IntRange(min=18)                                   # the dynamo exporter writes opset 18 and later
+
+
+def number_list(kind, low: float, high: float | None = None, high_open: bool = True):
+    """A callback for comma-separated numbers, each in [low, high) (or [low, high] when not high_open)."""
+    def parse(ctx, param, value):
+        if value is None:
+            return None
+        try:
+            numbers = [kind(v) for v in value.split(",") if v.strip()]
+        except ValueError:
+            raise click.BadParameter(f"expected comma-separated numbers, got {value!r}") from None
+        for n in numbers:
+            too_high = high is not None and (n >= high if high_open else n > high)
+            if not math.isfinite(n) or n < low or too_high:
+                bound = f"[{low:g}, {high:g}{')' if high_open else ']'}" if high is not None else f">= {low:g}"
+                raise click.BadParameter(f"{n:g} is not in {bound}")
+        return numbers
+    return parse
