@@ -12,7 +12,7 @@ from pathlib import Path
 
 from prumux_deploy.atomic import atomic_dir, check_target
 from prumux_deploy.checkpoint import check_vocab, config_dict, copy_tokenizer, load_checkpoint
-from prumux_deploy.data import TASKS
+from prumux_deploy.data import CUSTOM, TASKS
 from prumux_deploy.documents import dumps, sha256_file
 from prumux_deploy.engine import MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION
 from prumux_deploy.errors import ParityError, PruMuxError
@@ -23,6 +23,9 @@ from .onnx import DEFAULT_OPSET, PARITY_TOLERANCE, export_onnx, input_names, max
 
 
 def uses_token_types(cfg) -> bool:
+    """Sentence-pair tasks (GLUE pair tasks, custom tasks with a text_pair column) take token_type_ids."""
+    if cfg.task == CUSTOM:
+        return bool((cfg.task_columns or {}).get("text_pair"))
     task = TASKS.get((cfg.task or "").lower())
     return bool(task and task.is_pair)
 

@@ -70,7 +70,8 @@ def _read_bert_weights(base: Path) -> dict[str, torch.Tensor]:
 
 def create_model(base, num_instances: int = 2, num_labels: int = 2, seed: int = 0,
                  id2label: dict | None = None, task: str | None = None,
-                 max_seq_length: int = 128, demux_kind: str = "key_cls") -> PruMuxModel:
+                 max_seq_length: int = 128, demux_kind: str = "key_cls",
+                 task_columns: dict | None = None) -> PruMuxModel:
     """A fresh PruMUX model on a BERT encoder.
 
     base: a local BERT directory (config.json + weights; its tokenizer files travel with the model) or a
@@ -101,6 +102,7 @@ def create_model(base, num_instances: int = 2, num_labels: int = 2, seed: int = 
         max_position_embeddings=bert.max_position_embeddings, type_vocab_size=bert.type_vocab_size,
         layer_norm_eps=bert.layer_norm_eps, pad_token_id=bert.pad_token_id or 0,
         num_instances=num_instances, num_labels=num_labels, id2label=id2label or {}, task=task,
+        task_columns=task_columns,
         max_seq_length=min(max_seq_length, bert.max_position_embeddings), mux_seed=seed, demux_kind=demux_kind,
     )
     torch.manual_seed(seed)

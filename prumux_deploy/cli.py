@@ -12,7 +12,8 @@ import click
 from .documents import dumps
 from .errors import PruMuxError
 from .model import NEW_MODEL_DEMUX_KINDS
-from .options import COUNT, FRACTION, FRACTION_BELOW_1, NON_NEGATIVE, OPSET, POSITIVE, SEED, number_list
+from .options import (COUNT, FRACTION, FRACTION_BELOW_1, NON_NEGATIVE, OPSET, POSITIVE, SEED, data_options,
+                      column_options, number_list)
 
 MINILM_ALIAS = "minilm"
 
@@ -103,7 +104,10 @@ def _interrupt(signum, frame):
               help="Local BERT directory (config.json + weights + tokenizer), or 'minilm' for the offline "
                    "all-MiniLM-L6-v2 package.")
 @click.option("--instances", "-n", type=COUNT, default=2, show_default=True, help="N: sentences multiplexed per forward pass.")
-@click.option("--task", default=None, help="GLUE task (sets labels and whether token_type_ids are used).")
+@click.option("--task", default=None,
+              help="GLUE task (sets labels and whether token_type_ids are used), or custom with --labels and "
+                   "--text-column (and --text-pair-column for sentence pairs).")
+@column_options
 @click.option("--num-labels", type=COUNT, default=None, help="Number of classes (default: the task's, else 2).")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for the mux vectors and the new demux weights.")
 @click.option("--max-seq-length", type=COUNT, default=128, show_default=True, help="Longest input the engine expects.")
@@ -115,28 +119,30 @@ def _interrupt(signum, frame):
               help="Attach random CoFi-like masks removing fraction S of the encoder (a demo / speed-study "
                    "stand-in for a trained pruned model).")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
-def init(out, base, instances, task, num_labels, seed, max_seq_length, demux, random_prune, force):
+def init(out, base, instances, task, text_column, text_pair_column, label_column, labels, num_labels, seed,
+         max_seq_length, demux, random_prune, force):
     """Create an untrained PruMUX checkpoint in OUT from a BERT encoder."""
     from .atomic import check_target
     from .checkpoint import create_model
-    from .data import get_task
+    from .data import resolve_task
 
     check_target(out, force)
-    id2label = None
+    id2label, t = None, None
     if task:
-        t = get_task(task)
+        t = resolve_task(task, text_column, text_pair_column, label_column, labels)
+        if t.custom and not t.label_names:
+            raise PruMuxError("--task custom needs --labels here (init reads no data); e.g. --labels neg,neu,pos")
         id2label, task = t.id2label, t.name
         if num_labels is not None and num_labels != len(id2label):
             raise PruMuxError(f"--num-labels {num_labels} disagrees with task {task} ({len(id2label)} labels)")
         num_labels = len(id2label)
     base_dir = _minilm_dir() if base == MINILM_ALIAS else Path(base)
     model = create_model(base_dir, num_instances=instances, num_labels=num_labels or 2, seed=seed,
-                         id2label=id2label, task=task, max_seq_length=max_seq_length, demux_kind=demux)
+                         id2label=id2label, task=task, max_seq_length=max_seq_length, demux_kind=demux,
+                         task_columns=t.columns if t is not None and t.custom else None)
     if random_prune is not None:
         from .generate import cofi_like_structure, masks_for_structure
 
-        if not 0 <= random_prune < 1:
-            raise PruMuxError(f"--random-prune must be in [0, 1), got {random_prune}")
         heads, ffn = cofi_like_structure(model.config, random_prune, seed=seed)
         model.set_masks(masks_for_structure(model.config, heads, ffn, seed=seed, fractional=True))
     model.save(out, force=force)
@@ -255,10 +261,13 @@ def export_cmd(checkpoint, out, fmt, opset, max_seq_length, optimize, precision,
 @click.argument("engine_dir", type=click.Path(path_type=Path))
 @click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
               help="The checkpoint the engine was exported from (the PyTorch reference).")
-@click.option("--task", required=True, help="GLUE task: sst2, qnli, mnli, qqp, rte, mrpc, cola, wnli.")
-@click.option("--data", required=True, type=click.Path(path_type=Path),
-              help="The task's GLUE TSV directory, e.g. ../shared/data/glue/SST-2.")
-@click.option("--split", default="dev", show_default=True, help="Which TSV to read (dev, train, ...).")
+@click.option("--task", default=None,
+              help="GLUE task (sst2, qnli, mnli, qqp, rte, mrpc, cola, wnli) or custom [default: the checkpoint's].")
+@click.option("--data", required=True,
+              help="A GLUE TSV directory (e.g. ../shared/data/glue/SST-2), a save_to_disk directory, a .csv / .tsv / "
+                   ".jsonl / .parquet file or a directory of split files, or a hub dataset name (see --data-config).")
+@data_options
+@click.option("--split", default="dev", show_default=True, help="Which split to read: dev (also found as validation), train, test.")
 @click.option("--limit", type=COUNT, default=None, help="Use only the first K examples.")
 @click.option("--report", type=click.Path(path_type=Path), default=None, help="Write the JSON report here.")
 @click.option("--min-accuracy", type=FRACTION, default=None, help="Fail if engine accuracy is below A (0..1).")
@@ -282,9 +291,15 @@ def export_cmd(checkpoint, out, fmt, opset, max_seq_length, optimize, precision,
 @click.option("--no-truncate", is_flag=True, help="Refuse inputs longer than the engine's maximum length "
                                                    "instead of truncating them with a warning.")
 @click.option("--skip-bad-rows", is_flag=True, help="Skip (and count) malformed TSV rows instead of failing.")
-def validate(engine_dir, checkpoint, task, data, split, limit, report, min_accuracy, max_accuracy_drop,
-             min_agreement, max_logit_error, throughput, min_speedup, device, batch_size, no_truncate, skip_bad_rows):
-    """Check ENGINE_DIR against its PyTorch checkpoint on GLUE data; exit 1 if any threshold fails."""
+def validate(engine_dir, checkpoint, task, data, data_config, text_column, text_pair_column, label_column, labels,
+             split, limit, report, min_accuracy, max_accuracy_drop, min_agreement, max_logit_error, throughput,
+             min_speedup, device, batch_size, no_truncate, skip_bad_rows):
+    """Check ENGINE_DIR against its PyTorch checkpoint on task data; exit 1 if any threshold fails.
+
+    Reports accuracy, prediction agreement and logit error for engine and PyTorch, plus the task's metric
+    (F1 for QQP and MRPC, Matthews correlation for CoLA, macro-F1 for custom tasks)."""
+    if labels is not None:
+        raise PruMuxError("--labels applies where a model is made (init, train); validate reads the checkpoint's")
     from .validate import Thresholds, format_report, run_validation, write_report
 
     thresholds = Thresholds.for_engine(engine_dir, min_accuracy=min_accuracy, max_accuracy_drop=max_accuracy_drop,
@@ -293,7 +308,8 @@ def validate(engine_dir, checkpoint, task, data, split, limit, report, min_accur
     result = run_validation(engine_dir, checkpoint, task, data, split=split, limit=limit,
                             thresholds=thresholds, with_throughput=throughput, batch_size=batch_size,
                             truncate=not no_truncate, skip_bad_rows=skip_bad_rows,
-                            warn=lambda msg: click.echo(msg, err=True), device=device)
+                            warn=lambda msg: click.echo(msg, err=True), device=device, data_config=data_config,
+                            columns={"text": text_column, "text_pair": text_pair_column, "label": label_column})
     click.echo(format_report(result))
     if report:
         write_report(result, report)

@@ -1,7 +1,24 @@
-"""GLUE tasks from their TSV directories (the standard glue_data layout), read with `datasets`."""
+"""Classification data: GLUE tasks and a user's own, from GLUE TSV directories or anything `datasets` reads.
+
+A task is a GLUE task by name (its columns, labels and metrics are known) or `custom`: the user names the
+text column, optionally a second text column (sentence pairs) and the label column, and gives the labels
+or lets them be read from the training split (sorted: numerically when every label is a number). The
+checkpoint records the custom columns and labels (config `task_columns`, `id2label`), so validate and
+predict need no more than the checkpoint.
+
+`--data` can be
+    a GLUE TSV directory            train.tsv, dev.tsv (dev_matched.tsv for MNLI), as glue_data lays them out
+    a `datasets` directory          what Dataset(Dict).save_to_disk writes (datasets.load_from_disk)
+    a file                          .csv, .tsv, .jsonl / .json, .parquet: the file is the split asked for
+    a directory of split files      train.csv, validation.csv (or dev.csv), test.csv, in any one of those formats
+    a hub dataset name              e.g. nyu-mll/glue with --data-config sst2 (needs the network or the local
+                                    cache; offline it fails in one line naming both and the forms above)
+Rows keep their order (mux groups are consecutive rows, in validate as in training).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +37,9 @@ class Task:
     label_names: tuple[str, ...]   # what users see
     column_names: tuple[str, ...] | None = None  # for header-less files (CoLA)
     dev_file: str = "dev.tsv"
+    hub_columns: tuple[str, str | None] | None = None  # text columns in `datasets` form, where they differ
+    metric: str | None = None    # GLUE's metric besides accuracy: "f1" (QQP, MRPC) or "mcc" (CoLA)
+    custom: bool = False
 
     @property
     def is_pair(self) -> bool:
@@ -29,27 +49,72 @@ class Task:
     def id2label(self) -> dict[int, str]:
         return dict(enumerate(self.label_names))
 
+    @property
+    def columns(self) -> dict:
+        """What a checkpoint records for a custom task (config task_columns)."""
+        return {"text": self.text_a, "text_pair": self.text_b, "label": self.label_column}
+
+    def with_labels(self, labels) -> "Task":
+        labels = tuple(str(v) for v in labels)
+        return dataclasses.replace(self, label_values=labels, label_names=labels)
+
 
 TASKS = {t.name: t for t in [
     Task("sst2", "sentence", None, "label", ("0", "1"), ("negative", "positive")),
     Task("cola", "sentence", None, "label", ("0", "1"), ("unacceptable", "acceptable"),
-         column_names=("source", "label", "original_label", "sentence")),
+         column_names=("source", "label", "original_label", "sentence"), metric="mcc"),
     Task("qnli", "question", "sentence", "label", ("entailment", "not_entailment"),
          ("entailment", "not_entailment")),
     Task("rte", "sentence1", "sentence2", "label", ("entailment", "not_entailment"),
          ("entailment", "not_entailment")),
     Task("mnli", "sentence1", "sentence2", "gold_label", ("entailment", "neutral", "contradiction"),
-         ("entailment", "neutral", "contradiction"), dev_file="dev_matched.tsv"),
-    Task("qqp", "question1", "question2", "is_duplicate", ("0", "1"), ("not_duplicate", "duplicate")),
-    Task("mrpc", "#1 String", "#2 String", "Quality", ("0", "1"), ("not_equivalent", "equivalent")),
+         ("entailment", "neutral", "contradiction"), dev_file="dev_matched.tsv",
+         hub_columns=("premise", "hypothesis")),
+    Task("qqp", "question1", "question2", "is_duplicate", ("0", "1"), ("not_duplicate", "duplicate"), metric="f1"),
+    Task("mrpc", "#1 String", "#2 String", "Quality", ("0", "1"), ("not_equivalent", "equivalent"),
+         hub_columns=("sentence1", "sentence2"), metric="f1"),
     Task("wnli", "sentence1", "sentence2", "label", ("0", "1"), ("not_entailment", "entailment")),
 ]}
+CUSTOM = "custom"
+DATA_FILE_FORMATS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+SPLIT_NAMES = {"dev": ("dev", "validation", "validation_matched", "val"), "validation": ("validation", "dev", "val"),
+               "train": ("train",), "test": ("test",)}
+
+
+def custom_task(text_column: str, text_pair_column: str | None = None, label_column: str = "label",
+                labels=()) -> Task:
+    """A user's own task; `labels` may stay empty until they are read from the data (read_labels)."""
+    if not text_column:
+        raise DataError("--task custom needs --text-column (the column holding each example's text)")
+    labels = tuple(str(v) for v in labels)
+    if len(set(labels)) != len(labels):
+        raise DataError(f"--labels lists a label twice: {', '.join(labels)}")
+    return Task(CUSTOM, text_column, text_pair_column or None, label_column or "label", labels, labels, custom=True)
+
+
+def resolve_task(name: str | None, text_column=None, text_pair_column=None, label_column=None, labels=None,
+                 config=None) -> Task:
+    """The task of a command: --task (a GLUE name or custom) with its column options, else the checkpoint's
+    (`config`: a PruMuxConfig). Column options override a custom checkpoint's columns."""
+    name = name or (config.task if config is not None else None)
+    if not name:
+        raise DataError("no task: pass --task (a GLUE task name, or custom with --text-column and --label-column)")
+    if name.lower() != CUSTOM:
+        if text_column or text_pair_column or label_column or labels:
+            raise DataError(f"--text-column, --text-pair-column, --label-column and --labels apply to --task custom; "
+                            f"{name} has its own columns")
+        return get_task(name)
+    recorded = (config.task_columns or {}) if config is not None and config.task == CUSTOM else {}
+    if labels is None and config is not None and config.task == CUSTOM:
+        labels = [config.id2label[i] for i in range(config.num_labels)]
+    return custom_task(text_column or recorded.get("text"), text_pair_column or recorded.get("text_pair"),
+                       label_column or recorded.get("label", "label"), labels or ())
 
 
 def get_task(name: str) -> Task:
     key = name.lower().replace("-", "")
     if key not in TASKS:
-        raise DataError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}")
+        raise DataError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}, or custom (your own columns)")
     return TASKS[key]
 
 
@@ -58,7 +123,7 @@ class Examples:
     text_a: list[str]
     text_b: list[str] | None
     labels: np.ndarray  # [n] int64 label ids
-    source: Path
+    source: str         # the file, directory or hub name the rows came from
     skipped: int = 0  # bad rows dropped (--skip-bad-rows)
 
     def __len__(self):
@@ -134,21 +199,218 @@ def _read_rows(file: Path, task: Task, skip_bad_rows: bool) -> tuple[dict[str, l
     return columns, labels, len(bad)
 
 
-def load_examples(task: Task, data_dir, split: str = "dev", limit: int | None = None,
-                  skip_bad_rows: bool = False) -> Examples:
-    """Read one split of a GLUE task into a `datasets.Dataset`; rows keep their file order (mux groups
-    are consecutive rows). `skipped` counts bad rows dropped with skip_bad_rows."""
+def is_glue_tsv_dir(path: Path) -> bool:
+    return path.is_dir() and any((path / f).is_file() for f in ("train.tsv", "dev.tsv", "dev_matched.tsv", "test.tsv"))
+
+
+def load_examples(task: Task, data, split: str = "dev", limit: int | None = None, skip_bad_rows: bool = False,
+                  data_config: str | None = None) -> Examples:
+    """One split of a task, in row order (mux groups are consecutive rows). `data`: see the module docstring.
+    `skipped` counts bad rows dropped with skip_bad_rows; every other bad row is a DataError naming the
+    file and row, and the fix."""
     import datasets
 
-    file = split_file(task, data_dir, split)
-    columns, labels, skipped = _read_rows(file, task, skip_bad_rows)
+    path = Path(data)
+    if is_glue_tsv_dir(path) and not task.custom and data_config is None:
+        file = split_file(task, path, split)
+        columns, labels, skipped = _read_rows(file, task, skip_bad_rows)
+        if not labels:
+            raise DataError(f"{file}: no usable rows" + (f" ({skipped} bad rows skipped)" if skipped else ""))
+        ds = datasets.Dataset.from_dict({**columns, "label": labels})
+        if limit is not None:
+            ds = ds.select(range(min(limit, len(ds))))
+        return Examples(list(ds[task.text_a]), list(ds[task.text_b]) if task.text_b else None,
+                        np.asarray(list(ds["label"]), dtype=np.int64), str(file), skipped)
+    ds, source = open_split(data, split, data_config, limit)
+    return _examples_from_dataset(ds, task, source, skip_bad_rows)
+
+
+def _data_files(directory: Path) -> dict[str, list[str]]:
+    """Split-named data files in a directory: {split: [file]} for one file format."""
+    found: dict[str, dict[str, str]] = {}
+    for file in sorted(directory.iterdir()):
+        fmt = DATA_FILE_FORMATS.get(file.suffix.lower())
+        if fmt and file.is_file():
+            found.setdefault(file.suffix.lower(), {})[file.stem] = str(file)
+    if len(found) > 1:
+        raise DataError(f"{directory}: data files of several formats ({', '.join(sorted(found))}); keep one format "
+                        "per directory")
+    return next(iter(found.values()), {})
+
+
+def _pick_split(available, split: str, where: str) -> str:
+    for name in SPLIT_NAMES.get(split, (split,)):
+        if name in available:
+            return name
+    raise DataError(f"{where}: no {split!r} split (it has {', '.join(sorted(available)) or 'none'}); choose a "
+                    f"--split it has, or name the files train.*, validation.* (or dev.*), test.*")
+
+
+def _reader_options(suffix: str) -> dict:
+    # TSV as GLUE writes it: tab-separated, no quoting (a quote is part of the text)
+    return {"delimiter": "\t", "quoting": 3} if suffix == ".tsv" else {}
+
+
+def open_split(data, split: str, data_config: str | None = None, limit: int | None = None):
+    """(datasets.Dataset, source name) of one split, through `datasets` (see the module docstring)."""
+    import datasets
+
+    path = Path(data)
+    datasets.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    try:
+        if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
+            loaded = datasets.load_from_disk(str(path))
+            if isinstance(loaded, datasets.DatasetDict):
+                loaded = loaded[_pick_split(loaded.keys(), split, str(path))]
+            ds, source = loaded, str(path)
+        elif path.is_dir():
+            files = _data_files(path)
+            if not files:
+                raise DataError(f"{path}: no data here; --data takes a GLUE TSV directory, a save_to_disk directory, "
+                                "split files (train.csv, validation.csv, ... or .tsv .jsonl .parquet) or such a file")
+            name = _pick_split(files, split, str(path))
+            ds, source = _load_file(Path(files[name])), files[name]
+        elif path.is_file():
+            ds, source = _load_file(path), str(path)
+        elif "/" in str(data) and not str(data).startswith((".", "/")) and not path.suffix:
+            ds, source = _load_hub(str(data), data_config, split, limit), f"{data}" + (f" ({data_config})" if data_config else "")
+        else:
+            raise DataError(f"{data}: no such file or directory; --data takes a GLUE TSV directory, a save_to_disk "
+                            "directory, a .csv/.tsv/.jsonl/.parquet file or a directory of them, or a hub dataset name")
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - pyarrow / pandas / datasets parse errors: one line naming the source
+        if "corresponds to no data" in str(e):  # a header and no rows
+            raise DataError(f"{data}: no usable rows; the split is empty") from None
+        raise DataError(f"{data}: cannot be read as a dataset ({type(e).__name__}: "
+                        f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}); check its format") from None
+    if limit is not None and len(ds) > limit:
+        ds = ds.select(range(limit))
+    return ds, source
+
+
+def _load_file(file: Path):
+    import datasets
+
+    fmt = DATA_FILE_FORMATS.get(file.suffix.lower())
+    if fmt is None:
+        raise DataError(f"{file}: unknown data format; use .csv, .tsv, .jsonl (or .json), .parquet")
+    if file.stat().st_size == 0:
+        raise DataError(f"{file}: empty file")
+    return datasets.load_dataset(fmt, data_files=str(file), split="train", **_reader_options(file.suffix.lower()))
+
+
+def _load_hub(name: str, config: str | None, split: str, limit: int | None):
+    """A dataset from the Hugging Face hub (or its local cache); offline without a cached copy it fails in
+    one line. With --limit only the first rows are streamed."""
+    import datasets
+
+    try:
+        builder = datasets.load_dataset_builder(name, config)
+        split_name = _pick_split(builder.info.splits or {}, split, name) if builder.info.splits else split
+        if limit is not None:
+            return datasets.Dataset.from_list(list(datasets.load_dataset(name, config, split=split_name,
+                                                                           streaming=True).take(limit)))
+        return datasets.load_dataset(name, config, split=split_name)
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - connection errors, missing configs, offline mode
+        cache = datasets.config.HF_DATASETS_CACHE
+        raise DataError(f"hub dataset {name}{f' ({config})' if config else ''} cannot be loaded here "
+                        f"({type(e).__name__}: {str(e).strip().splitlines()[0][:120] if str(e).strip() else ''}); "
+                        f"without network only a copy in the local cache ({cache}) works. Elsewhere, save it "
+                        "with save_to_disk or to .parquet/.jsonl/.csv files and pass those to --data") from None
+
+
+def _label_lookup(task: Task, feature) -> dict:
+    """Label as found in the data -> label id. Strings match the label values or names; ints of a
+    ClassLabel column are read through its names; other ints match the labels written as numbers, and for
+    GLUE tasks are label ids."""
+    lookup = {}
+    for i, (value, name) in enumerate(zip(task.label_values, task.label_names)):
+        lookup[value] = lookup[name] = i
+    names = getattr(feature, "names", None)
+    if names:
+        for k, n in enumerate(names):
+            if n in lookup:
+                lookup[k] = lookup[n]
+    for i, value in enumerate(task.label_values):
+        if value.lstrip("-").isdigit():
+            lookup.setdefault(int(value), i)
+    if not task.custom:  # GLUE in `datasets` form stores label ids, in our order
+        for i in range(len(task.label_values)):
+            lookup.setdefault(i, i)
+    return lookup
+
+
+def _columns(task: Task, columns) -> tuple[str, str | None, str]:
+    """The task's text and label columns in this dataset: a GLUE task in its `datasets` form (nyu-mll/glue)
+    has other text column names for some tasks and always calls the label "label"."""
+    if task.custom or (task.text_a in columns and task.label_column in columns):
+        return task.text_a, task.text_b, task.label_column
+    return (*(task.hub_columns or (task.text_a, task.text_b)), "label")
+
+
+def _examples_from_dataset(ds, task: Task, source: str, skip_bad_rows: bool) -> Examples:
+    text_a, text_b, label_column = _columns(task, ds.column_names)
+    for col in [text_a] + ([text_b] if text_b else []) + [label_column]:
+        if col not in ds.column_names:
+            flag = {text_a: "--text-column", text_b: "--text-pair-column", label_column: "--label-column"}[col]
+            fix = f"name the right one with {flag}" if task.custom else f"is this the {task.name} data?"
+            raise DataError(f"{source}: no column {col!r} (columns: {', '.join(ds.column_names)}); {fix}")
+    lookup = _label_lookup(task, ds.features.get(label_column))
+    a, b, labels, bad = [], [] if text_b else None, [], []
+    rows = zip(ds[text_a], ds[text_b] if text_b else [None] * len(ds), ds[label_column])
+    for row, (ta, tb, label) in enumerate(rows, start=1):
+        empty = [c for c, t in ((text_a, ta), (text_b, tb)) if c and (not isinstance(t, str) or not t.strip())]
+        if empty:
+            bad.append((row, f"empty {empty[0]!r}"))
+            continue
+        key = label.strip() if isinstance(label, str) else label
+        if isinstance(key, float) and key.is_integer():
+            key = int(key)
+        if key not in lookup:
+            bad.append((row, f"label {label!r} is not one of {', '.join(task.label_names)}"))
+            continue
+        a.append(ta)
+        if b is not None:
+            b.append(tb)
+        labels.append(lookup[key])
+    if bad and not skip_bad_rows:
+        row, reason = bad[0]
+        more = f" ({len(bad)} bad rows in all)" if len(bad) > 1 else ""
+        fix = " or give every label with --labels" if task.custom and "label" in reason else ""
+        raise DataError(f"{source}: row {row}: {reason}{more}; fix the data{fix} or pass --skip-bad-rows")
     if not labels:
-        raise DataError(f"{file}: no usable rows" + (f" ({skipped} bad rows skipped)" if skipped else ""))
-    ds = datasets.Dataset.from_dict({**columns, "label": labels})
-    if limit is not None:
-        ds = ds.select(range(min(limit, len(ds))))
-    return Examples(list(ds[task.text_a]), list(ds[task.text_b]) if task.text_b else None,
-                    np.asarray(list(ds["label"]), dtype=np.int64), file, skipped)
+        raise DataError(f"{source}: no usable rows" + (f" ({len(bad)} bad rows skipped)" if bad else "") +
+                        "; the split is empty")
+    return Examples(a, b, np.asarray(labels, dtype=np.int64), source, len(bad))
+
+
+def read_labels(task: Task, data, split: str = "train", data_config: str | None = None) -> Task:
+    """A custom task with its labels read from a split, in a stable order: numeric when every label is a
+    number, else sorted as text (ClassLabel columns keep their own order)."""
+    if task.label_names:
+        return task
+    ds, source = open_split(data, split, data_config)
+    if task.label_column not in ds.column_names:
+        raise DataError(f"{source}: no column {task.label_column!r} (columns: {', '.join(ds.column_names)}); name "
+                        "the right one with --label-column")
+    names = getattr(ds.features.get(task.label_column), "names", None)
+    if names:
+        return task.with_labels(names)
+    values = {v.strip() if isinstance(v, str) else v for v in ds[task.label_column] if v is not None and v != ""}
+    values = {int(v) if isinstance(v, float) and v.is_integer() else v for v in values}
+    if not values:
+        raise DataError(f"{source}: the label column {task.label_column!r} is empty; give the labels with --labels")
+    if all(isinstance(v, int) or (isinstance(v, str) and v.lstrip("-").isdigit()) for v in values):
+        ordered = sorted(values, key=lambda v: int(v))
+    else:
+        ordered = sorted(values, key=str)
+    if len(ordered) < 2:
+        raise DataError(f"{source}: the labels hold one value ({ordered[0]!r}); a classifier needs two or more")
+    return task.with_labels(ordered)
 
 
 def load_tokenizer(path):

@@ -106,6 +106,7 @@ class PruMuxConfig:
     num_labels: int = 2
     id2label: dict[int, str] = field(default_factory=dict)
     task: str | None = None
+    task_columns: dict | None = None  # task "custom": the data's {"text", "text_pair", "label"} column names
     max_seq_length: int = 128
     # upstream forward variants (see the module docstring); the defaults are our own models' forward
     second_embedding_pass: bool = False

@@ -1,4 +1,4 @@
-"""The one place numeric command-line options get their ranges.
+"""Command-line options shared by several commands, and the one place numeric options get their ranges.
 
 Every numeric option of every command uses one of these types (tests/test_options.py walks the command
 tree and checks), so an out-of-range value is a one-line usage error with exit 2 before any work starts,
@@ -48,3 +48,38 @@ def number_list(kind, low: float, high: float | None = None, high_open: bool = T
                 raise click.BadParameter(f"{n:g} is not in {bound}")
         return numbers
     return parse
+
+
+def label_list(ctx, param, value):
+    """--labels a,b,c -> ["a", "b", "c"] (None when not given)."""
+    if value is None:
+        return None
+    labels = [v.strip() for v in value.split(",") if v.strip()]
+    if len(labels) < 2:
+        raise click.BadParameter("give at least two comma-separated labels")
+    return labels
+
+
+def column_options(fn):
+    """--task custom: which columns hold the examples, and the labels."""
+    options = [
+        click.option("--text-column", default=None,
+                     help="--task custom: the column holding each example's text [default: the checkpoint's]."),
+        click.option("--text-pair-column", default=None,
+                     help="--task custom: the column holding the second text of sentence-pair tasks."),
+        click.option("--label-column", default=None,
+                     help="--task custom: the column holding the label [default: the checkpoint's, else 'label']."),
+        click.option("--labels", callback=label_list, default=None, metavar="A,B,...",
+                     help="--task custom: the labels in id order [default: the checkpoint's, or read from the "
+                          "training split, sorted: numerically when all are numbers]."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def data_options(fn):
+    """Where a command's examples come from (--data is the command's own) and the custom columns."""
+    fn = column_options(fn)
+    return click.option("--data-config", default=None,
+                        help="Configuration of a hub dataset given as --data (e.g. sst2 for nyu-mll/glue).")(fn)

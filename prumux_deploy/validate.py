@@ -20,10 +20,11 @@ import torch
 from tqdm import tqdm
 
 from .checkpoint import load_checkpoint
-from .data import check_lengths, get_task, load_examples, load_tokenizer, tokenize
+from .data import check_lengths, load_examples, load_tokenizer, resolve_task, tokenize
 from .devices import device_info, resolve_device, synchronize
 from .documents import dumps
 from .engine import load_engine
+from .metrics import metric_names, task_metrics
 from .errors import PruMuxError
 from .timing import throughput as measure
 
@@ -66,23 +67,27 @@ def _torch_logits(model, feeds, device=torch.device("cpu")):
         return model(*(torch.from_numpy(feeds[k]).to(device) for k in feeds)).float().cpu().numpy()
 
 
-def run_validation(engine_dir, checkpoint, task_name: str, data_dir, split: str = "dev",
+def run_validation(engine_dir, checkpoint, task_name: str | None, data_dir, split: str = "dev",
                    limit: int | None = None, thresholds: Thresholds = Thresholds(),
                    with_throughput: bool = False, batch_size: int | None = None,
                    throughput_seq_len: int = 128, progress: bool = True, truncate: bool = True,
                    skip_bad_rows: bool = False, warn=lambda msg: print(msg, file=sys.stderr),
-                   device: str = "cpu") -> dict:
+                   device: str = "cpu", data_config: str | None = None, columns: dict | None = None) -> dict:
     """Validate `engine_dir` against `checkpoint` on a task's split; returns the report (see format_report).
 
+    task_name: a GLUE task, "custom", or None for the checkpoint's own. data_dir: anything data.load_examples
+    reads (data_config: a hub dataset's configuration). columns: a custom task's text / text_pair / label
+    column names where they differ from the checkpoint's record.
     device: where the PyTorch reference runs and which engine backend runs ("cuda": ONNX Runtime's CUDA
     provider or TensorRT). with_throughput (implied by thresholds.min_speedup): also time engine and PyTorch
     eager on that device. Raises PruMuxError (one line) for unusable inputs; threshold failures are in the
     report (`passed`), not exceptions."""
-    task = get_task(task_name)
     dev = resolve_device(device)
     engine = load_engine(engine_dir, device=dev.type)
     model = load_checkpoint(checkpoint).to(dev)
     cfg = model.config
+    columns = columns or {}
+    task = resolve_task(task_name, columns.get("text"), columns.get("text_pair"), columns.get("label"), config=cfg)
     if engine.num_instances != cfg.num_instances:
         raise PruMuxError(f"engine has N={engine.num_instances} but checkpoint has N={cfg.num_instances}; "
                           "validate an engine against the checkpoint it was exported from")
@@ -92,7 +97,7 @@ def run_validation(engine_dir, checkpoint, task_name: str, data_dir, split: str 
     if cfg.task and cfg.task != task.name:
         raise PruMuxError(f"checkpoint was made for task {cfg.task!r}, not {task.name!r}; pass --task {cfg.task}")
     tokenizer = load_tokenizer(engine.dir)
-    examples = load_examples(task, data_dir, split, limit, skip_bad_rows=skip_bad_rows)
+    examples = load_examples(task, data_dir, split, limit, skip_bad_rows=skip_bad_rows, data_config=data_config)
     if examples.skipped:
         warn(f"warning: skipped {examples.skipped} bad rows of {examples.source}")
     N = cfg.num_instances
@@ -124,6 +129,10 @@ def run_validation(engine_dir, checkpoint, task_name: str, data_dir, split: str 
         "non_finite_pytorch_rows": int((~np.isfinite(pt).all(1)).sum()),
     }
     metrics["accuracy_drop"] = metrics["pytorch_accuracy"] - metrics["engine_accuracy"]
+    for who, logits in (("engine", eng), ("pytorch", pt)):  # the task's own metrics (GLUE's, or macro-F1)
+        for name, value in task_metrics(task, logits.argmax(1), labels).items():
+            if name != "accuracy":
+                metrics[f"{who}_{name}"] = value
 
     checks = []
     if thresholds.min_accuracy is not None:
@@ -148,6 +157,7 @@ def run_validation(engine_dir, checkpoint, task_name: str, data_dir, split: str 
 
     report = {
         "engine": str(engine_dir), "checkpoint": str(checkpoint), "task": task.name, "split": split,
+        "task_metrics": metric_names(task), "labels": list(task.label_names),
         "data": str(examples.source), "examples": len(examples),
         "precision": engine.manifest.get("precision", "fp32"), "skipped_rows": examples.skipped, "truncated_rows": truncated, "num_instances": N, "batch_size": batch,
         "metrics": metrics, "thresholds": asdict(thresholds), "checks": checks,
@@ -212,6 +222,8 @@ def format_report(report: dict) -> str:
     m = report["metrics"]
     lines = [f"{report['task']} {report['split']}: {report['examples']} examples, N={report['num_instances']}",
              f"  accuracy  engine {m['engine_accuracy'] * 100:.2f}%   PyTorch {m['pytorch_accuracy'] * 100:.2f}%",
+             *[f"  {name.replace('_', ' ')}  engine {m['engine_' + name] * 100:.2f}   PyTorch "
+               f"{m['pytorch_' + name] * 100:.2f}" for name in report["task_metrics"][1:]],
              f"  logit error  max {m['max_abs_logit_error']:.2e}   mean {m['mean_abs_logit_error']:.2e}", ""]
     lines.append(f"  {'check':<26} {'value':>10}   {'threshold':>12}   result")
     for c in report["checks"]:

@@ -110,7 +110,7 @@ def test_validate_fails_a_threshold_with_exit_1(tmp_path, engine_dir, masked_che
 def test_validate_input_errors(tmp_path, engine_dir, masked_checkpoint, sst2_dir):
     args = ("validate", engine_dir, "--checkpoint", masked_checkpoint)
     refused(run(*args, "--task", "qnli", "--data", sst2_dir), 2, "made for task 'sst2'")
-    refused(run(*args, "--task", "sst2", "--data", tmp_path / "nope"), 2, "no such directory")
+    refused(run(*args, "--task", "sst2", "--data", tmp_path / "nope"), 2, "no such file or directory")
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "dev.tsv").write_text("text\tlabel\nfine\t1\n")

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from prumux_deploy.errors import PruMuxError
-from prumux_deploy.options import COUNT, FRACTION, FRACTION_BELOW_1, NON_NEGATIVE, POSITIVE, SEED
+from prumux_deploy.options import COUNT, FRACTION, FRACTION_BELOW_1, NON_NEGATIVE, POSITIVE, SEED, data_options
 
 
 def _base_dir(base: str) -> Path:
@@ -21,9 +21,11 @@ def _base_dir(base: str) -> Path:
 def common_options(fn):
     """Flags every stage takes (CPU budgets, data, logging and checkpointing)."""
     options = [
-        click.option("--task", default="sst2", show_default=True, help="GLUE task."),
+        click.option("--task", default="sst2", show_default=True,
+                     help="GLUE task, or custom (your own columns and labels: --text-column, --label-column, ...)."),
         click.option("--data", default="../shared/data/glue/SST-2", show_default=True,
-                     help="The task's GLUE TSV directory."),
+                     help="A GLUE TSV directory, a save_to_disk directory, .csv/.tsv/.jsonl/.parquet split files (or "
+                          "a directory of them: train.*, validation.*), or a hub dataset name with --data-config."),
         click.option("--instances", "-n", type=COUNT, default=2, show_default=True, help="N: sentences per forward pass."),
         click.option("--epochs", type=POSITIVE, default=1.0, show_default=True, help="Passes over the (subsampled) train split."),
         click.option("--batch-size", type=COUNT, default=32, show_default=True,
@@ -55,7 +57,7 @@ def common_options(fn):
     ]
     for option in reversed(options):
         fn = option(fn)
-    return fn
+    return data_options(fn)
 
 
 def _args(kw):
@@ -63,7 +65,8 @@ def _args(kw):
 
     fields = ("task", "data", "instances", "epochs", "batch_size", "lr", "dropout", "max_train_samples",
               "max_eval_samples", "max_seq_length", "eval_every", "save_every", "seed", "train_split", "eval_split",
-              "device", "precision", "grad_accum")
+              "device", "precision", "grad_accum", "data_config", "text_column", "text_pair_column",
+              "label_column", "labels")
     args = TrainArgs(**{k: kw.pop(k) for k in fields}, demux=kw.pop("demux", None))
     if args.batch_size < args.instances:
         raise PruMuxError(f"--batch-size {args.batch_size} is smaller than N={args.instances}")

@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from prumux_deploy.checkpoint import check_vocab
-from prumux_deploy.data import Examples, get_task, load_examples, load_tokenizer
+from prumux_deploy.data import Examples, load_examples, load_tokenizer, read_labels, resolve_task
 from prumux_deploy.documents import dumps
 from prumux_deploy.errors import PruMuxError
 
@@ -39,6 +39,11 @@ class TrainArgs:
     seed: int = 0
     train_split: str = "train"
     eval_split: str = "dev"
+    data_config: str | None = None  # a hub dataset's configuration
+    text_column: str | None = None  # task "custom": the data's columns and labels (data.resolve_task)
+    text_pair_column: str | None = None
+    label_column: str | None = None
+    labels: list[str] | None = None
     device: str = "auto"          # auto (CUDA when available), cpu, cuda
     precision: str = "fp32"       # fp32, bf16 or fp16 autocast (fp16 with a gradient scaler)
     grad_accum: int = 1           # micro-steps per optimizer step (the global batch is split into them)
@@ -135,17 +140,32 @@ def soft_targets(teacher, batches: Batches, batch_size: int = 256, rt=None) -> t
     return rt.all_gather_rows(targets)
 
 
+def task_of(args: TrainArgs, config=None):
+    """The task a run trains on: --task and its columns, else the starting checkpoint's (`config`); a custom
+    task without --labels reads them from the training split."""
+    task = resolve_task(args.task, args.text_column, args.text_pair_column, args.label_column, args.labels, config)
+    if task.custom and not task.label_names:
+        task = read_labels(task, args.data, args.train_split, args.data_config)
+    return task
+
+
 def load_task_data(args: TrainArgs, tokenizer_dir, num_instances: int, with_eval: bool = True, cfg=None):
-    task = get_task(args.task)
+    task = task_of(args, cfg)
+    if cfg is not None and list(task.label_names) != [cfg.id2label[i] for i in range(cfg.num_labels)] \
+            and task.custom:
+        raise PruMuxError(f"the data's labels {list(task.label_names)} are not the model's "
+                          f"{[cfg.id2label[i] for i in range(cfg.num_labels)]}; pass --labels in the model's order")
     tokenizer = load_tokenizer(tokenizer_dir)
     if cfg is not None:
         check_vocab(tokenizer, cfg, tokenizer_dir)
-    train = load_examples(task, args.data, args.train_split, args.max_train_samples, skip_bad_rows=True)
-    pair = task.is_pair
+    train = load_examples(task, args.data, args.train_split, args.max_train_samples, skip_bad_rows=True,
+                          data_config=args.data_config)
+    pair = train.text_b is not None
     train_b = Batches(tokenizer, train, args.batch_size, num_instances, args.max_seq_length, args.seed, pair)
     eval_b = None
     if with_eval:
-        dev = load_examples(task, args.data, args.eval_split, args.max_eval_samples, skip_bad_rows=True)
+        dev = load_examples(task, args.data, args.eval_split, args.max_eval_samples, skip_bad_rows=True,
+                            data_config=args.data_config)
         eval_b = Batches(tokenizer, dev, args.batch_size, num_instances, args.max_seq_length, args.seed, pair)
     return task, train_b, eval_b
 

@@ -22,7 +22,7 @@ import torch
 
 from prumux_deploy.atomic import check_target
 from prumux_deploy.checkpoint import create_model, load_checkpoint, read_config, save_checkpoint
-from prumux_deploy.data import get_task, load_tokenizer
+from prumux_deploy.data import load_tokenizer
 from prumux_deploy.errors import PruMuxError
 from prumux_deploy.export import compact
 from prumux_deploy.structure import describe
@@ -30,7 +30,7 @@ from prumux_deploy.structure import describe
 from .distributed import Runtime, runtime
 from .gates import CoFiGates, lagrangian_term
 from .loop import (RunState, TrainArgs, evaluate, load_task_data, model_inputs, progress, seed_everything,
-                   soft_targets)
+                   soft_targets, task_of)
 from .losses import (ContextHead, LayerAlignment, contextual_distillation_loss, prediction_distillation,
                      retrieval_choice, retrieval_loss)
 
@@ -113,10 +113,11 @@ def _start_model(source, args: TrainArgs, device=None) -> torch.nn.Module:
         if args.demux:
             model.set_demux_kind(args.demux)
     else:
-        task = get_task(args.task)
+        task = task_of(args)
         model = create_model(source, num_instances=args.instances, num_labels=len(task.label_names),
                              seed=args.seed, id2label=task.id2label, task=task.name,
-                             max_seq_length=args.max_seq_length, demux_kind=args.demux or "key_cls")
+                             max_seq_length=args.max_seq_length, demux_kind=args.demux or "key_cls",
+                             task_columns=task.columns if task.custom else None)
     model.set_dropout(args.dropout)
     return model.to(device or "cpu")
 
