@@ -84,7 +84,7 @@ PRECISION_TOLERANCE = {"fp32": PARITY_TOLERANCE, "fp16": 5e-2, "int8": 1.0}
 def export_checkpoint(checkpoint, out, fmt: str = "onnx", opset: int = DEFAULT_OPSET,
                       max_seq_length: int | None = None, force: bool = False,
                       tolerance: float | None = None, log=print,
-                      tensorrt: TensorRTOptions | None = None, optimize: bool = False,
+                      tensorrt: TensorRTOptions | None = None, optimize: bool | None = None,
                       precision: str = "fp32") -> dict:
     """Export a checkpoint directory to an engine directory; returns the manifest.
 
@@ -95,6 +95,8 @@ def export_checkpoint(checkpoint, out, fmt: str = "onnx", opset: int = DEFAULT_O
         raise PruMuxError(f"--format {fmt} is not supported; use onnx or tensorrt")
     if precision not in PRECISION_TOLERANCE:
         raise PruMuxError(f"--precision {precision} is not supported; use fp32, fp16 or int8")
+    if optimize is None:  # ONNX Runtime engines are optimized unless asked not to; TensorRT fuses by itself
+        optimize = fmt == "onnx"
     if fmt == "tensorrt" and (optimize or precision == "int8"):
         raise PruMuxError("--optimize and --precision int8 are ONNX Runtime options; TensorRT fuses the graph "
                           "itself (use --precision fp16 or fp32 with --format tensorrt)")

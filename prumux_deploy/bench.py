@@ -32,6 +32,7 @@ from .documents import dumps
 from .errors import PruMuxError
 from .generate import cofi_like_structure, masks_for_structure
 from .model import PruMuxConfig, PruMuxModel
+from .roofline import gemm_rate, int8_capable, model_gemms
 from .structure import describe
 from .timing import throughput
 
@@ -138,6 +139,10 @@ class BenchConfig:
     base: dict = field(default_factory=lambda: dict(BERT_BASE))
     checkpoints: list[str] = field(default_factory=list)
     device: str = "cpu"           # cpu, or cuda: PyTorch on the GPU, ONNX Runtime's CUDA provider (IO binding)
+    gemm: bool = True             # measure the machine's GEMM rate on each model's own products (roofline.py)
+    protocol: str = "ours"        # ours: batches of 32*N (baseline 32); paper: 128*N (baseline 128), as the paper
+    data: str | None = None       # with --checkpoint: also time text -> labels end to end on this data's dev rows
+    task: str | None = None
 
 
 def generated_model(base: dict, N: int, sparsity: float, seed: int) -> PruMuxModel:
@@ -228,9 +233,19 @@ def baseline(cfg: BenchConfig) -> dict:
     model = BertForSequenceClassification(BertConfig(**cfg.base, num_labels=2)).eval().to(cfg.device)
     ids, mask = _inputs(cfg.groups_per_batch, cfg.seq, cfg.base["vocab_size"], cfg.seed)
     result, mem = _time_torch(lambda a, b: model(input_ids=a, attention_mask=b).logits, ids, mask, cfg)
-    return {"name": "bert-base dense", "N": 1, "sparsity": 0.0, "backend": "torch",
-            "samples_per_s": result["samples_per_s"], "batch": ids.shape[0],
-            "flops_per_sample": bert_flops_per_sample(cfg.base, cfg.seq), "peak_mib": mem}
+    row = {"name": "bert-base dense", "N": 1, "sparsity": 0.0, "backend": "torch",
+           "samples_per_s": result["samples_per_s"], "batch": ids.shape[0],
+           "flops_per_sample": bert_flops_per_sample(cfg.base, cfg.seq), "peak_mib": mem}
+    if cfg.gemm and cfg.device == "cpu":
+        dense = PruMuxConfig(**cfg.base, num_instances=1)
+        row.update(_efficiency(row, gemm_rate(model_gemms(dense, cfg.groups_per_batch, cfg.seq))))
+    return row
+
+
+def _efficiency(row: dict, rate: float) -> dict:
+    """Achieved GFLOP/s (FLOPs per sample x samples/s) and its fraction of the measured GEMM rate."""
+    achieved = row["flops_per_sample"] * row["samples_per_s"] / 1e9
+    return {"gemm_gflops": rate, "achieved_gflops": achieved, "gemm_fraction": achieved / rate}
 
 
 def _structures(cfg: BenchConfig):
@@ -259,7 +274,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
     bar.set_postfix_str("baseline")
     base = baseline(cfg)
     bar.update(1)
-    rows = []
+    rows, rates = [], {}
     for name, N, s, model in items:
         model = model or generated_model(cfg.base, N, s, cfg.seed)
         info = describe(model)
@@ -281,12 +296,87 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
                     raise PruMuxError(f"unknown backend {backend!r}; choose from "
                                       f"{', '.join(BACKENDS + EXTRA_BACKENDS)}")
                 rows.append(_row(name, N, s, info, backend, result, mem, ids.shape[0], flops, base))
+                if cfg.data and backend in graphs and getattr(model, "tokenizer_dir", None):
+                    rows[-1].update(_end_to_end(graphs[backend], model, cfg))
+                if cfg.gemm and device.type == "cpu":  # the machine's rate on this model's products, same run
+                    int8 = backend == "onnxruntime-int8" and int8_capable()
+                    key = (id(model), int8)
+                    if key not in rates:
+                        rates[key] = gemm_rate(model_gemms(model.config, cfg.groups_per_batch, cfg.seq), int8)
+                    rows[-1].update(_efficiency(rows[-1], rates[key]), gemm_precision="int8" if int8 else "fp32")
                 bar.update(1)
     bar.close()
     return {"machine": machine_info(), "device": device_info(device),
             "protocol": {"seq": cfg.seq, "groups_per_batch": cfg.groups_per_batch, "device": str(device),
-                         "warmup": cfg.warmup, "repeats": cfg.repeats, "statistic": "median"},
+                         "warmup": cfg.warmup, "repeats": cfg.repeats, "statistic": "median",
+                         "protocol": cfg.protocol},
             "base_shape": cfg.base, "baseline": base, "rows": rows}
+
+
+def _end_to_end(graph: Path, model: PruMuxModel, cfg: BenchConfig) -> dict:
+    """Raw text to labels through this graph on the data's first 4 batches of dev rows: the fast tokenizer
+    batched, rows padded to each batch's longest versus to cfg.seq."""
+    import onnxruntime as ort
+
+    from .data import load_examples, load_tokenizer, resolve_task
+    from .export.pipeline import uses_token_types
+    from .timing import end_to_end
+
+    batch = cfg.groups_per_batch * model.config.num_instances
+    task = resolve_task(cfg.task, config=model.config)
+    examples = load_examples(task, cfg.data, "dev", limit=4 * batch)
+    tokenizer = load_tokenizer(model.tokenizer_dir)
+    session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+
+    def run_feeds(feeds):
+        return session.run(["logits"], {k: v for k, v in feeds.items() if k in names})[0]
+
+    rates = {f"e2e_{kind}_samples_per_s": end_to_end(run_feeds, tokenizer, examples.text_a, examples.text_b, batch,
+                                                     cfg.seq, kind == "fixed", uses_token_types(model.config))
+             for kind in ("longest", "fixed")}
+    return {**rates, "e2e_rows": len(examples)}
+
+
+def run_latency(cfg: BenchConfig, progress: bool = True) -> dict:
+    """Serving latency of the optimized fp32 (and int8, when asked) engines: p50 / p90 / p99 per call for
+    single requests and batches of N and 4N rows at sequence cfg.seq, one call at a time. A lone request
+    still runs a whole mux group (the graph fills it with copies), so it costs what a batch of N costs."""
+    from .engine import ort_timed_runner
+    from .timing import latency
+
+    import onnxruntime as ort
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    backends = [b for b in cfg.backends if b in ("onnxruntime-opt", "onnxruntime-int8")] or ["onnxruntime-opt"]
+    items = list(_structures(cfg))
+    rows = []
+    for name, N, s, model in tqdm(items, desc="latency", disable=not progress, file=sys.stderr):
+        model = model or generated_model(cfg.base, N, s, cfg.seed)
+        with tempfile.TemporaryDirectory() as tmp:
+            graphs = _ort_graphs(model, cfg, backends, Path(tmp))
+            for backend in backends:
+                session = ort.InferenceSession(str(graphs[backend]), providers=["CPUExecutionProvider"])
+                for batch in sorted({1, N, 4 * N}):
+                    ids, mask = _inputs(batch, cfg.seq, model.config.vocab_size, cfg.seed)
+                    result = latency(ort_timed_runner(session, {"input_ids": ids.numpy(),
+                                                                "attention_mask": mask.numpy()}))
+                    rows.append({"name": name, "N": N, "sparsity": s, "backend": backend, "batch": batch,
+                                 "seq": cfg.seq, **result, "per_row_p50_ms": result["p50_ms"] / batch})
+    return {"machine": machine_info(), "protocol": {"seq": cfg.seq, "statistic": "percentiles of single calls",
+                                                    "protocol": "latency"}, "latency": rows}
+
+
+def format_latency(result: dict) -> str:
+    lines = [f"{'structure':<14} {'backend':<17} {'batch':>5} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
+             f"{'ms/row':>8}"]
+    for r in result["latency"]:
+        lines.append(f"{r['name']:<14} {r['backend']:<17} {r['batch']:>5} {r['p50_ms']:>8.2f} {r['p90_ms']:>8.2f} "
+                     f"{r['p99_ms']:>8.2f} {r['per_row_p50_ms']:>8.2f}")
+    m = result["machine"]
+    lines += ["", f"sequence {result['protocol']['seq']}; machine: {m['cpu']} ({m['cores']} cores), onnxruntime "
+                  f"{m['onnxruntime']}; a batch of 1 runs a whole mux group of N rows (copies fill it)"]
+    return "\n".join(lines)
 
 
 def _row(name, N, s, info, backend, result, mem, batch, flops, base) -> dict:
@@ -346,16 +436,26 @@ def _atomic_write(path, text: str):
 
 def format_table(result: dict) -> str:
     base = result["baseline"]
-    lines = [f"baseline: {base['name']} eager, {base['samples_per_s']:.1f} samples/s at batch {base['batch']} x "
-             f"{result['protocol']['seq']}, {base['flops_per_sample'] / 1e9:.1f} GFLOP/sample", "",
+    proto = result["protocol"]
+    lines = [f"protocol {proto.get('protocol', 'ours')}: batches of {proto['groups_per_batch']}*N rows x sequence "
+             f"{proto['seq']}; baseline: {base['name']} eager, {base['samples_per_s']:.1f} samples/s at batch "
+             f"{base['batch']}, {base['flops_per_sample'] / 1e9:.1f} GFLOP/sample", "",
              f"{'structure':<14} {'backend':<17} {'samples/s':>10} {'speedup':>8} {'FLOP bound':>10} "
-             f"{'of bound':>8} {'peak MiB':>9}"]
-    for r in result["rows"]:
-        lines.append(f"{r['name']:<14} {r['backend']:<17} {r['samples_per_s']:>10.1f} {r['speedup']:>7.1f}x "
-                     f"{r['flop_bound_speedup']:>9.1f}x {r['bound_fraction']:>8.0%} {r['peak_mib']:>9.0f}")
+             f"{'of bound':>8} {'GFLOP/s':>8} {'of GEMM':>8} {'peak MiB':>9}"]
+    for r in [base] + result["rows"]:
+        gemm = (f"{r['achieved_gflops']:>8.1f} {r['gemm_fraction']:>8.0%}" if "gemm_fraction" in r
+                else f"{'-':>8} {'-':>8}")
+        speedup = r["samples_per_s"] / base["samples_per_s"]
+        bound = base["flops_per_sample"] / r["flops_per_sample"]
+        lines.append(f"{r['name']:<14} {r['backend']:<17} {r['samples_per_s']:>10.1f} {speedup:>7.1f}x "
+                     f"{bound:>9.1f}x {speedup / bound:>8.0%} {gemm} {r['peak_mib']:>9.0f}")
+        if "e2e_longest_samples_per_s" in r:
+            lines.append(f"{'':<14} {'  text -> labels':<17} {r['e2e_longest_samples_per_s']:>10.1f} (padded to each "
+                         f"batch's longest row), {r['e2e_fixed_samples_per_s']:.1f} (padded to {proto['seq']})")
     m = result["machine"]
     lines += ["", f"machine: {m['cpu']} ({m['cores']} cores), torch {m['torch']}, onnxruntime {m['onnxruntime']}; "
-                  "median of timed repeats after warm-up"]
+                  "median of timed repeats after warm-up; GFLOP/s achieved, and its share of ONNX Runtime's own "
+                  "GEMM rate on the same products (fp32, int8 for int8 rows), measured in the same run"]
     return "\n".join(lines)
 
 

@@ -216,10 +216,11 @@ def compact_cmd(checkpoint, out, fp16, force):
               help="onnx: model.onnx for ONNX Runtime; tensorrt: model.plan (needs an NVIDIA GPU and tensorrt).")
 @click.option("--opset", type=OPSET, default=18, show_default=True, help="ONNX opset version.")
 @click.option("--max-seq-length", type=COUNT, default=None, help="Longest input (default: the checkpoint's).")
-@click.option("--optimize", is_flag=True,
-              help="Fuse embeddings + multiplexer (EmbedLayerNormalization per instance) and run ONNX "
-                   "Runtime's transformer optimizer (fused Attention, BiasGelu; SkipLayerNorm only for fp16/GPU "
-                   "engines, where it is faster); the fused-op counts go into the manifest.")
+@click.option("--optimize/--no-optimize", default=None,
+              help="ONNX engines are optimized by default: embeddings + multiplexer fused (EmbedLayerNormalization "
+                   "per instance) and ONNX Runtime's transformer optimizer run (fused Attention, BiasGelu; "
+                   "SkipLayerNorm only for fp16/GPU engines, where it is faster), with the fused-op counts in the "
+                   "manifest. --no-optimize writes the plain exported graph.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
               help="fp16 for GPUs (LayerNorm stays fp32); int8: dynamic quantization for CPUs (implies "
                    "--optimize).")
@@ -421,14 +422,27 @@ def predict(engine_dir, texts, second, as_json, no_truncate, ids_out):
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="cuda: PyTorch and the baseline on the GPU, ONNX Runtime on its CUDA provider (IO binding), the "
                    "paper's batch of 128*N by default.")
+@click.option("--protocol", type=click.Choice(["ours", "paper"]), default=None,
+              help="Batch protocol: ours (batches of 32*N rows, the baseline 32; the CPU default) or paper (128*N, "
+                   "the baseline 128: the paper's batch; the GPU default). -b overrides both.")
+@click.option("--latency", is_flag=True,
+              help="Serving latency instead of throughput: p50/p90/p99 per call for batches of 1, N and 4N rows "
+                   "on the optimized engine (and int8 with --backend onnxruntime-int8).")
+@click.option("--data", default=None,
+              help="With --checkpoint: also time text -> labels end to end on this data's dev rows (any --data form "
+                   "validate takes), padded to each batch's longest row and to --seq.")
+@click.option("--task", default=None, help="The --data task when it is not the checkpoint's.")
+@click.option("--gemm/--no-gemm", default=True, show_default=True,
+              help="Measure ONNX Runtime's GEMM rate on each model's own matrix products and report every row's "
+                   "achieved GFLOP/s as a fraction of it.")
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path), default=None, help="Write rows as CSV.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write everything as JSON.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None,
               help="Write a PNG: speedup heatmaps and, with --accuracy, the accuracy/throughput Pareto front.")
 @click.option("--accuracy", "accuracy_csv", type=click.Path(path_type=Path), default=None,
               help="CSV with columns N,sparsity,accuracy for the Pareto plot.")
-def bench(instances, sparsities, backends, checkpoints, groups_per_batch, seq, repeats, seed, quick, device,
-          csv_path, json_path, plot_path, accuracy_csv):
+def bench(instances, sparsities, backends, checkpoints, groups_per_batch, seq, repeats, seed, quick, device, protocol,
+          latency, data, task, gemm, csv_path, json_path, plot_path, accuracy_csv):
     """Throughput of PruMUX structures vs a dense BERT-base baseline, measured side by side in one run.
 
     Structures are CoFi-like and generated at each target sparsity on the BERT-base shape (see
@@ -437,8 +451,12 @@ def bench(instances, sparsities, backends, checkpoints, groups_per_batch, seq, r
     """
     from .bench import QUICK_BASE, BenchConfig, format_table, plot, run_bench, write_outputs
 
-    cfg = BenchConfig(seed=seed, checkpoints=[str(c) for c in checkpoints], device=device)
-    if device == "cuda":  # the paper's protocol on a GPU
+    if data and not checkpoints:
+        raise PruMuxError("--data times trained checkpoints end to end: give them with --checkpoint")
+    protocol = protocol or ("paper" if device == "cuda" else "ours")
+    cfg = BenchConfig(seed=seed, checkpoints=[str(c) for c in checkpoints], device=device, protocol=protocol,
+                      data=data, task=task, gemm=gemm)
+    if protocol == "paper":  # the paper times batches of 128*N
         cfg.groups_per_batch = 128
     if quick:
         cfg.base, cfg.instances, cfg.sparsities = dict(QUICK_BASE), [1, 2], [0.0, 0.9]
@@ -450,6 +468,15 @@ def bench(instances, sparsities, backends, checkpoints, groups_per_batch, seq, r
     cfg.seq = seq or cfg.seq
     cfg.repeats = repeats or cfg.repeats
     accuracies = _read_accuracies(accuracy_csv) if accuracy_csv else None
+    if latency:
+        from .bench import format_latency, run_latency
+
+        if csv_path or plot_path or accuracy_csv:
+            raise PruMuxError("--csv, --plot and --accuracy describe throughput runs; with --latency use --json")
+        result = run_latency(cfg)
+        click.echo(format_latency(result))
+        write_outputs(result, None, json_path)
+        return
     result = run_bench(cfg)
     click.echo(format_table(result))
     write_outputs(result, csv_path, json_path)

@@ -26,6 +26,7 @@ from .documents import dumps
 from .engine import load_engine
 from .metrics import metric_names, task_metrics
 from .errors import PruMuxError
+from .timing import end_to_end
 from .timing import throughput as measure
 
 
@@ -198,21 +199,17 @@ def _throughput(engine, model, tokenizer, examples, batch, seq_len, device=torch
         same_precision = {"pytorch_eager_fp16_samples_per_s": half, "speedup_vs_eager_fp16": eng["samples_per_s"] / half}
     rows = min(len(examples), 4 * batch)
 
-    def end_to_end(pad_to_max: bool):
-        def run():
-            for s in range(0, rows, batch):
-                part = tokenize(tokenizer, examples.text_a[s:min(s + batch, rows)],
-                                examples.text_b[s:min(s + batch, rows)] if examples.text_b else None,
-                                max_length=seq_len, pad_to_max=pad_to_max, with_token_types=engine.uses_token_types)
-                engine.run_feeds(part).argmax(1)
-        return measure(run, rows, warmup=1, repeats=3)["samples_per_s"]
+    def e2e(pad_to_max: bool) -> float:
+        return end_to_end(engine.run_feeds, tokenizer, examples.text_a[:rows],
+                          examples.text_b[:rows] if examples.text_b else None, batch, seq_len, pad_to_max,
+                          engine.uses_token_types)
 
     return {"device": str(device), "batch": batch, "sequence": seq_len, "engine_samples_per_s": eng["samples_per_s"],
             "pytorch_eager_compact_samples_per_s": pt["samples_per_s"],
             "speedup_vs_eager": eng["samples_per_s"] / pt["samples_per_s"], "repeats": eng["repeats"],
             **same_precision,
-            "end_to_end_rows": rows, "end_to_end_longest_samples_per_s": end_to_end(False),
-            "end_to_end_fixed_samples_per_s": end_to_end(True)}
+            "end_to_end_rows": rows, "end_to_end_longest_samples_per_s": e2e(False),
+            "end_to_end_fixed_samples_per_s": e2e(True)}
 
 
 def format_report(report: dict) -> str:

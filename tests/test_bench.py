@@ -74,5 +74,48 @@ def test_quick_bench_writes_csv_json_and_plot(tmp_path):
         elif r["backend"] == "onnxruntime-int8":
             assert r["max_abs_logit_error"] < 0.5
     assert data["machine"]["cores"] >= 1
+    for r in data["rows"] + [data["baseline"]]:  # every row beside the machine's GEMM rate on its own products
+        assert r["gemm_gflops"] > 0
+        assert r["achieved_gflops"] == pytest.approx(r["flops_per_sample"] * r["samples_per_s"] / 1e9)
+        assert r["gemm_fraction"] == pytest.approx(r["achieved_gflops"] / r["gemm_gflops"])
+    assert "of GEMM" in result.output
     assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
     assert "speedup" in result.output and "baseline" in result.output
+
+
+def test_model_gemms_are_the_products_encoder_flops_counts():
+    from prumux_deploy.roofline import model_gemms
+
+    cfg = PruMuxConfig(hidden_size=8, num_hidden_layers=2, num_attention_heads=2, intermediate_size=16,
+                       num_instances=2, layer_num_heads=[2, 0], layer_intermediate_size=[16, 4], pruned_hidden_size=8)
+    gemms = model_gemms(cfg, groups=1, seq=3)
+    assert sum(g.flops * n for g, n in gemms.items()) == encoder_flops([2, 0], [16, 4], hidden=8, head_dim=4, seq=3)
+
+
+def test_latency_reports_percentiles_for_single_requests_and_batches(tmp_path, masked_checkpoint):
+    result = CliRunner().invoke(main, ["bench", "--latency", "--checkpoint", str(masked_checkpoint), "--seq", "16",
+                                       "--json", str(tmp_path / "l.json")])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "l.json").read_text())["latency"]
+    assert [(r["backend"], r["batch"]) for r in rows] == [  # 1, N, 4N with N=2, optimized fp32 and int8
+        (b, n) for b in ("onnxruntime-opt", "onnxruntime-int8") for n in (1, 2, 8)]
+    for r in rows:
+        assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] and r["calls"] >= 50
+        assert r["per_row_p50_ms"] == pytest.approx(r["p50_ms"] / r["batch"])
+    assert "p99 ms" in result.output and "a batch of 1 runs a whole mux group" in result.output
+    refused = CliRunner().invoke(main, ["bench", "--latency", "--quick", "--csv", str(tmp_path / "x.csv")])
+    assert refused.exit_code == 2 and "with --latency use --json" in refused.output
+
+
+def test_end_to_end_rows_and_the_paper_protocol(tmp_path, masked_checkpoint, sst2_dir):
+    result = CliRunner().invoke(main, ["bench", "--checkpoint", str(masked_checkpoint), "--data", str(sst2_dir),
+                                       "--backend", "onnxruntime-opt", "--seq", "16", "-b", "2", "--repeats", "2",
+                                       "--protocol", "paper", "--json", str(tmp_path / "b.json")])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "b.json").read_text())
+    assert data["protocol"]["protocol"] == "paper" and data["protocol"]["groups_per_batch"] == 2  # -b wins
+    row = data["rows"][0]
+    assert row["e2e_rows"] == 11 and row["e2e_longest_samples_per_s"] > 0 and row["e2e_fixed_samples_per_s"] > 0
+    assert "text -> labels" in result.output and "protocol paper" in result.output
+    refused = CliRunner().invoke(main, ["bench", "--quick", "--data", str(sst2_dir)])
+    assert refused.exit_code == 2 and "give them with --checkpoint" in refused.output
