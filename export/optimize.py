@@ -433,6 +433,37 @@ def quantize_int8(src, dst, weight_type: str = "QInt8", per_channel: bool = True
     return op_counts(proto, QUANT_OP_TYPES)
 
 
+def quantize_static_int8(src, dst, calibration: list[dict]) -> dict[str, int]:
+    """Static int8 quantization in QDQ form: int8 per-channel weights and int8 activations whose scales are
+    fixed ahead of time from `calibration` (feeds dicts: task train rows as the engine takes them). ONNX
+    Runtime turns the Q/DQ pairs around each MatMul into int8 kernels when it loads the graph. The fused
+    com.microsoft ops (Attention, EmbedLayerNormalization, BiasGelu) stay float. Activations are unsigned
+    (QUInt8): the VNNI kernels multiply u8 activations by s8 weights. Returns the counts of quantization ops."""
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+
+    class Rows(CalibrationDataReader):
+        def __init__(self):
+            self.feeds = iter(calibration)
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    original = onnx.load(str(src))
+    with _quiet(), tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "static.onnx"
+        quantize_static(str(src), str(out), Rows(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"],
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax,
+                        extra_options={"MatMulConstBOnly": True, "ActivationSymmetric": False})
+        proto = onnx.load(str(out))
+    proto.producer_name, proto.producer_version = original.producer_name, original.producer_version
+    _check_io(original, proto, "static int8 quantization")
+    onnx.checker.check_model(proto)
+    onnx.save_model(proto, str(dst))
+    return op_counts(proto, QUANT_OP_TYPES)
+
+
 def convert_fp16(src, dst) -> dict[str, int]:
     """Half-precision weights and activations (for GPUs), with float32 kept where it matters:
     every normalisation (LayerNormalization and the fused Skip/Embed/Simplified forms, gamma and beta

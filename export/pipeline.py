@@ -85,7 +85,7 @@ def export_checkpoint(checkpoint, out, fmt: str = "onnx", opset: int = DEFAULT_O
                       max_seq_length: int | None = None, force: bool = False,
                       tolerance: float | None = None, log=print,
                       tensorrt: TensorRTOptions | None = None, optimize: bool | None = None,
-                      precision: str = "fp32") -> dict:
+                      precision: str = "fp32", data=None, data_config: str | None = None) -> dict:
     """Export a checkpoint directory to an engine directory; returns the manifest.
 
     Steps: compact -> ONNX -> (ORT transformer optimizer, fp16 / int8) or (TensorRT plan) -> write the
@@ -95,6 +95,8 @@ def export_checkpoint(checkpoint, out, fmt: str = "onnx", opset: int = DEFAULT_O
         raise PruMuxError(f"--format {fmt} is not supported; use onnx or tensorrt")
     if precision not in PRECISION_TOLERANCE:
         raise PruMuxError(f"--precision {precision} is not supported; use fp32, fp16 or int8")
+    if data is not None and precision != "int8":
+        raise PruMuxError("--data is for --precision int8 (calibration rows, and the accuracy the int8 choice keeps)")
     if optimize is None:  # ONNX Runtime engines are optimized unless asked not to; TensorRT fuses by itself
         optimize = fmt == "onnx"
     if fmt == "tensorrt" and (optimize or precision == "int8"):
@@ -139,7 +141,15 @@ def export_checkpoint(checkpoint, out, fmt: str = "onnx", opset: int = DEFAULT_O
         export_onnx(model, onnx_file, opset=opset, uses_token_types=token_types, max_seq_length=max_len)
         engine_file, extra = onnx_file, {"precision": precision, "optimized": False}
         if fmt == "onnx" and (optimize or precision != "fp32"):
-            extra.update(_optimize(onnx_file, precision, log))
+            choice = None
+            if precision == "int8" and data is not None:
+                from functools import partial
+
+                from .quantize import choose_int8
+
+                choice = partial(choose_int8, cfg=model.config, tokenizer_dir=masked.tokenizer_dir, data=data,
+                                 token_types=token_types, max_len=max_len, log=log, data_config=data_config)
+            extra.update(_optimize(onnx_file, precision, log, choice))
         elif fmt == "tensorrt" and precision == "fp16":
             from .optimize import convert_fp16
 
@@ -166,9 +176,11 @@ def export_checkpoint(checkpoint, out, fmt: str = "onnx", opset: int = DEFAULT_O
     return manifest
 
 
-def _optimize(onnx_file: Path, precision: str, log) -> dict:
+def _optimize(onnx_file: Path, precision: str, log, int8_choice=None) -> dict:
     """Run ONNX Runtime's transformer optimizer in place, then convert to fp16 or quantize to int8.
-    Returns the manifest entries: fused-op counts (so users see which fusions fired) and quantized ops."""
+    int8_choice: a function (fp32 graph, destination) -> manifest entry that picks dynamic or static int8
+    on task data (export/quantize.py); without it, dynamic. Returns the manifest entries: fused-op counts
+    (so users see which fusions fired), quantized ops, and the int8 method."""
     from .optimize import convert_fp16, optimize_onnx, quantize_int8
 
     log("optimizing with ONNX Runtime's transformer optimizer")
@@ -179,9 +191,13 @@ def _optimize(onnx_file: Path, precision: str, log) -> dict:
     if precision == "fp16":
         log("converting to fp16 (every normalisation and its gamma/beta kept in fp32, int64 inputs and fp32 logits kept)")
         convert_fp16(onnx_file, onnx_file)
+    elif precision == "int8" and int8_choice is not None:
+        entries["quantization"] = int8_choice(onnx_file, onnx_file)
+        entries["quantized_ops"] = entries["quantization"].pop("quantized_ops")
     elif precision == "int8":
-        log("quantizing weights to int8 (dynamic quantization, per channel)")
+        log("quantizing weights to int8 (dynamic quantization, per channel; --data would also try static)")
         entries["quantized_ops"] = quantize_int8(onnx_file, onnx_file)
+        entries["quantization"] = {"method": "dynamic", "reason": "no --data to calibrate static quantization on"}
     return entries
 
 

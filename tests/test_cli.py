@@ -128,6 +128,7 @@ def test_optimized_int8_export_records_fusions_and_validate_uses_int8_defaults(t
     assert manifest["optimized_for"] == "cpu" and manifest["fused_ops"]["EmbedLayerNormalization"] == 2
     assert manifest["fused_ops"]["Attention"] == 3 and manifest["fused_ops"]["LayerNormalization"] == 7
     assert manifest["quantized_ops"]["MatMulInteger"] > 0
+    assert manifest["quantization"] == {"method": "dynamic", "reason": "no --data to calibrate static quantization on"}
     assert manifest["parity"]["tolerance"] == 1.0
     report = tmp_path / "r.json"
     result = run("validate", tmp_path / "e8", "--checkpoint", masked_checkpoint, "--task", "sst2", "--data",
@@ -141,3 +142,41 @@ def test_optimized_int8_export_records_fusions_and_validate_uses_int8_defaults(t
 def test_int8_is_refused_for_tensorrt(tmp_path, masked_checkpoint):
     result = run("export", masked_checkpoint, tmp_path / "e", "--format", "tensorrt", "--precision", "int8")
     refused(result, 2, "ONNX Runtime options")
+
+
+def test_int8_with_data_measures_dynamic_and_static_and_keeps_the_faster_accurate_one(tmp_path, masked_checkpoint,
+                                                                                      sst2_dir):
+    (sst2_dir / "train.tsv").write_text((sst2_dir / "dev.tsv").read_text())
+    result = run("export", masked_checkpoint, tmp_path / "e8", "--precision", "int8", "--data", sst2_dir)
+    assert result.exit_code == 0, result.output
+    q = json.loads((tmp_path / "e8" / "manifest.json").read_text())["quantization"]
+    assert set(q["measured"]) == {"fp32", "dynamic", "static"} and q["calibration_rows"] == q["eval_rows"] == 11
+    fp32 = q["measured"]["fp32"]["accuracy"]
+    within = [m for m in ("dynamic", "static") if q["measured"][m]["accuracy"] >= fp32 - 0.01]
+    if within:  # the rule, checked on the recorded measurements
+        assert q["method"] == max(within, key=lambda m: q["measured"][m]["samples_per_s"])
+    else:
+        assert q["method"] == max(("dynamic", "static"), key=lambda m: q["measured"][m]["accuracy"])
+    assert f"int8: {q['method']}" in result.output
+    refused(run("export", masked_checkpoint, tmp_path / "e", "--data", sst2_dir), 2, "--data is for --precision int8")
+
+
+def test_static_int8_graph_holds_qdq_around_the_matmuls(tmp_path, engine_dir):
+    import numpy as np
+    import onnx
+
+    from prumux_deploy.export.optimize import op_counts, quantize_static_int8
+
+    rng = np.random.default_rng(0)
+    calibration = [{"input_ids": rng.integers(5, 100, (4, 8)), "attention_mask": np.ones((4, 8), dtype=np.int64)}
+                   for _ in range(3)]
+    counts = quantize_static_int8(engine_dir / "model.onnx", tmp_path / "s.onnx", calibration)
+    assert counts["QuantizeLinear"] > 0 and counts["DequantizeLinear"] > counts["QuantizeLinear"]
+    graph = onnx.load(str(tmp_path / "s.onnx")).graph
+    int8 = {t.name: t for t in graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2}
+    assert int8  # int8 weight matrices, each dequantized with one scale per output channel
+    floats = {t.name: t for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    for node in graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0] in int8:
+            assert list(floats[node.input[1]].dims) == [int8[node.input[0]].dims[1]]
+    assert op_counts(tmp_path / "s.onnx")["MatMul"] > 0
