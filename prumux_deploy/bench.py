@@ -138,6 +138,7 @@ class BenchConfig:
     seed: int = 0
     base: dict = field(default_factory=lambda: dict(BERT_BASE))
     checkpoints: list[str] = field(default_factory=list)
+    structure: tuple[list[int], list[int]] | None = None  # heads and FFN widths per layer, instead of sparsities
     device: str = "cpu"           # cpu, or cuda: PyTorch on the GPU, ONNX Runtime's CUDA provider (IO binding)
     gemm: bool = True             # measure the machine's GEMM rate on each model's own products (roofline.py)
     protocol: str = "ours"        # ours: batches of 32*N (baseline 32); paper: 128*N (baseline 128), as the paper
@@ -145,14 +146,15 @@ class BenchConfig:
     task: str | None = None
 
 
-def generated_model(base: dict, N: int, sparsity: float, seed: int) -> PruMuxModel:
-    """A compact PruMUX model with a CoFi-like structure at `sparsity` on the base shape (random weights)."""
+def generated_model(base: dict, N: int, sparsity: float, seed: int, structure=None) -> PruMuxModel:
+    """A compact PruMUX model with a CoFi-like structure at `sparsity` on the base shape (random weights), or
+    with `structure` = (heads per layer, FFN width per layer) as given."""
     from transformers import BertConfig
 
     from prumux_deploy.export import compact
 
     model = create_model(BertConfig(**base), num_instances=N, num_labels=2, seed=seed)
-    heads, ffn = cofi_like_structure(model.config, sparsity, seed=seed)
+    heads, ffn = structure or cofi_like_structure(model.config, sparsity, seed=seed)
     model.set_masks(masks_for_structure(model.config, heads, ffn, seed=seed))
     return compact(model)
 
@@ -237,8 +239,7 @@ def baseline(cfg: BenchConfig) -> dict:
            "samples_per_s": result["samples_per_s"], "batch": ids.shape[0],
            "flops_per_sample": bert_flops_per_sample(cfg.base, cfg.seq), "peak_mib": mem}
     if cfg.gemm and cfg.device == "cpu":
-        dense = PruMuxConfig(**cfg.base, num_instances=1)
-        row.update(_efficiency(row, gemm_rate(model_gemms(dense, cfg.groups_per_batch, cfg.seq))))
+        row.update(_efficiency(row, gemm_rate(model_gemms(PruMuxConfig(**cfg.base), cfg.groups_per_batch, cfg.seq))))
     return row
 
 
@@ -257,6 +258,10 @@ def _structures(cfg: BenchConfig):
     if cfg.checkpoints:
         return
     for N in cfg.instances:
+        if cfg.structure is not None:
+            model = generated_model(cfg.base, N, 0.0, cfg.seed, cfg.structure)
+            yield f"N={N} given", N, round(describe(model)["sparsity"], 4), model
+            continue
         for s in cfg.sparsities:
             yield f"N={N} s={s:g}", N, s, None
 
@@ -298,11 +303,12 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
                 rows.append(_row(name, N, s, info, backend, result, mem, ids.shape[0], flops, base))
                 if cfg.data and backend in graphs and getattr(model, "tokenizer_dir", None):
                     rows[-1].update(_end_to_end(graphs[backend], model, cfg))
-                if cfg.gemm and device.type == "cpu":  # the machine's rate on this model's products, same run
+                if cfg.gemm and device.type == "cpu":  # the machine's rate on this model's dense shapes, same run
                     int8 = backend == "onnxruntime-int8" and int8_capable()
-                    key = (id(model), int8)
+                    dense = model.config.full_size()
+                    key = (dumps(dense.to_dict(), sort_keys=True), int8)
                     if key not in rates:
-                        rates[key] = gemm_rate(model_gemms(model.config, cfg.groups_per_batch, cfg.seq), int8)
+                        rates[key] = gemm_rate(model_gemms(dense, cfg.groups_per_batch, cfg.seq), int8)
                     rows[-1].update(_efficiency(rows[-1], rates[key]), gemm_precision="int8" if int8 else "fp32")
                 bar.update(1)
     bar.close()

@@ -419,6 +419,10 @@ def predict(engine_dir, texts, second, as_json, no_truncate, ids_out):
                    "torch.compile, plain ONNX Runtime, with the transformer optimizer, and optimized + int8.")
 @click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(path_type=Path),
               help="Time these trained checkpoints instead of generated structures.")
+@click.option("--structure", default=None, metavar="HEADS:FFN",
+              help="Time this structure on the base shape instead of generated sparsities: heads per layer and FFN "
+                   "width per layer, e.g. CoFi's s=0.95 average 2,2,1,2,1,1,0,0,2,1,1,1:324,61,138,29,112,29,22,164,"
+                   "99,61,87,138.")
 @click.option("-b", "--groups-per-batch", type=COUNT, default=None, help="b: batches hold b*N rows (default 32; 128 with --device cuda, as in the paper).")
 @click.option("--seq", type=COUNT, default=None, help="Padded sequence length (default 128).")
 @click.option("--repeats", type=COUNT, default=None, help="Timed repeats per measurement (median; default 5).")
@@ -446,8 +450,8 @@ def predict(engine_dir, texts, second, as_json, no_truncate, ids_out):
               help="Write a PNG: speedup heatmaps and, with --accuracy, the accuracy/throughput Pareto front.")
 @click.option("--accuracy", "accuracy_csv", type=click.Path(path_type=Path), default=None,
               help="CSV with columns N,sparsity,accuracy for the Pareto plot.")
-def bench(instances, sparsities, backends, checkpoints, groups_per_batch, seq, repeats, seed, quick, device, protocol,
-          latency, data, task, gemm, csv_path, json_path, plot_path, accuracy_csv):
+def bench(instances, sparsities, backends, checkpoints, structure, groups_per_batch, seq, repeats, seed, quick, device,
+          protocol, latency, data, task, gemm, csv_path, json_path, plot_path, accuracy_csv):
     """Throughput of PruMUX structures vs a dense BERT-base baseline, measured side by side in one run.
 
     Structures are CoFi-like and generated at each target sparsity on the BERT-base shape (see
@@ -466,6 +470,7 @@ def bench(instances, sparsities, backends, checkpoints, groups_per_batch, seq, r
     if quick:
         cfg.base, cfg.instances, cfg.sparsities = dict(QUICK_BASE), [1, 2], [0.0, 0.9]
         cfg.groups_per_batch, cfg.seq, cfg.warmup, cfg.repeats, cfg.min_seconds = 2, 32, 1, 2, 0.0
+    cfg.structure = _structure(structure, cfg.base) if structure else None
     cfg.instances = instances or cfg.instances
     cfg.sparsities = sparsities or cfg.sparsities
     cfg.backends = list(backends) or cfg.backends
@@ -488,6 +493,20 @@ def bench(instances, sparsities, backends, checkpoints, groups_per_batch, seq, r
     if plot_path:
         plot(result, plot_path, accuracies)
         click.echo(f"plot: {plot_path}")
+
+
+def _structure(text: str, base: dict) -> tuple[list[int], list[int]]:
+    """'2,2,1:324,61,138' -> heads and FFN widths per layer, checked against the base shape."""
+    try:
+        heads, ffn = ([int(v) for v in part.split(",")] for part in text.split(":"))
+    except ValueError:
+        raise click.BadParameter(f"expected HEADS:FFN, comma-separated integers per layer, got {text!r}",
+                                 param_hint="'--structure'") from None
+    L, nh, inner = base["num_hidden_layers"], base["num_attention_heads"], base["intermediate_size"]
+    if len(heads) != L or len(ffn) != L or not all(0 <= h <= nh for h in heads) or not all(0 <= f <= inner for f in ffn):
+        raise click.BadParameter(f"needs {L} head counts in 0..{nh} and {L} FFN widths in 0..{inner}",
+                                 param_hint="'--structure'")
+    return heads, ffn
 
 
 def _read_accuracies(path) -> dict:

@@ -170,6 +170,12 @@ class PruMuxConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def full_size(self) -> "PruMuxConfig":
+        """The unpruned model of the same base shape: every head and FFN unit, the full hidden width."""
+        return PruMuxConfig.from_dict({**self.to_dict(), "layer_num_heads": None, "layer_intermediate_size": None,
+                                       "pruned_hidden_size": None, "demux_key_size": None,
+                                       "pre_mux_hidden_keep": None})
+
     @classmethod
     def from_dict(cls, d: dict) -> "PruMuxConfig":
         known = {f.name for f in fields(cls)}

@@ -13,11 +13,8 @@ def _count(module) -> int:
 
 def _full_size(cfg: PruMuxConfig) -> PruMuxModel:
     """The unpruned model of the same base shape, on the meta device (shapes only, no memory)."""
-    full_cfg = PruMuxConfig.from_dict({**cfg.to_dict(), "layer_num_heads": None, "layer_intermediate_size": None,
-                                       "pruned_hidden_size": None, "demux_key_size": None,
-                                       "pre_mux_hidden_keep": None})
     with torch.device("meta"):
-        return PruMuxModel(full_cfg)
+        return PruMuxModel(cfg.full_size())
 
 
 def describe(model: PruMuxModel, reference: PruMuxModel | None = None) -> dict:

@@ -110,15 +110,18 @@ def test_embedding_stack_and_mux_become_one_fused_kernel_per_instance(engines):
 
 
 def test_cpu_graph_is_not_refused_into_skip_layer_norm_at_load(engines, tmp_path):
-    """ONNX Runtime's session would fuse Add -> LayerNormalization into its slow CPU SkipLayerNormalization;
-    the residual Adds are written as Sum so that what runs is what we measured."""
-    _, d, _ = engines
+    """ONNX Runtime's session would fuse a 3-D Add -> LayerNormalization into its slow CPU
+    SkipLayerNormalization; CPU engines run every residual block in 2-D (bias in a Gemm, a plain Add), so what
+    runs is what we measured."""
+    model, d, _ = engines
+    blocks = sum(1 for h in model.config.heads_per_layer if h) + sum(1 for w in model.config.ffn_per_layer if w)
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.optimized_model_filepath = str(tmp_path / "as_loaded.onnx")
     ort.InferenceSession(str(d / "opt.onnx"), options, providers=["CPUExecutionProvider"])
     loaded = op_counts(tmp_path / "as_loaded.onnx")
     assert "SkipLayerNormalization" not in loaded and loaded["LayerNormalization"] == 7
+    assert loaded["Gemm"] == blocks
 
 
 def test_gpu_flavour_keeps_skip_layer_norm(engines, tmp_path):
