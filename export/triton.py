@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import tempfile
+from importlib import resources
 from pathlib import Path
 
 from prumux_deploy.atomic import atomic_dir, check_target
@@ -237,86 +238,14 @@ def _check_options(manifest: dict, engine_dir: Path, name: str, max_batch_size, 
 
 
 # --- the Python-backend tokenizer ---------------------------------------------------------------------
-# Written to REPO/NAME_tokenizer/1/model.py. It runs inside Triton's Python backend, where prumux_deploy is
-# usually not installed, so it is self-contained (numpy + transformers) and mirrors
+# export/triton_tokenizer_model.py, copied to REPO/NAME_tokenizer/1/model.py. It runs inside Triton's Python
+# backend, where prumux_deploy is usually not installed, so it is self-contained (numpy + transformers) and mirrors
 # prumux_deploy.data.tokenize: truncation at the engine's max_seq_length, padding to the longest row of a
 # request. triton_python_backend_utils exists only inside the server, so it is imported in execute().
 
-TOKENIZER_MODEL_PY = '''\
-"""Triton Python backend: text -> token ids for a prumux-deploy engine (written by `prumux-deploy triton`).
-
-Inputs TEXT (and TEXT_PAIR for sentence-pair engines), TYPE_STRING [batch, 1]; outputs input_ids,
-attention_mask (and token_type_ids), TYPE_INT64 [batch, sequence], each request padded to its longest row and
-truncated at the engine's max_seq_length (config.pbtxt parameter max_seq_length). The tokenizer files are in
-tokenizer/ beside this file and are loaded without network access.
-"""
-
-import json
-from pathlib import Path
-
-import numpy as np
-
-TEXT, TEXT_PAIR = "TEXT", "TEXT_PAIR"
-
-
-def _input(request, name):
-    """The named input of a request as a numpy array, or None (what pb_utils.get_input_tensor_by_name does)."""
-    for tensor in request.inputs():
-        if tensor.name() == name:
-            return tensor.as_numpy()
-    return None
-
-
-def _strings(array):
-    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in np.asarray(array).reshape(-1)]
-
-
-class TritonPythonModel:
-    def initialize(self, args):
-        from transformers import AutoTokenizer
-
-        config = json.loads(args["model_config"])
-        self.max_length = int(config["parameters"]["max_seq_length"]["string_value"])
-        self.input_names = [i["name"] for i in config["input"]]
-        self.output_names = [o["name"] for o in config["output"]]
-        self.pair = TEXT_PAIR in self.input_names
-        self.tokenizer = AutoTokenizer.from_pretrained(str(Path(__file__).resolve().parent / "tokenizer"),
-                                                       local_files_only=True)
-
-    def tokenize(self, text, text_pair=None):
-        """Lists of strings -> {output name: int64 [batch, sequence]}."""
-        if self.pair and (text_pair is None or len(text_pair) != len(text)):
-            raise ValueError(f"{TEXT_PAIR} must have one entry per {TEXT} row")
-        enc = self.tokenizer(list(text), list(text_pair) if self.pair else None, truncation=True,
-                             max_length=self.max_length, padding="longest", return_tensors="np",
-                             return_token_type_ids=True)
-        return {name: np.ascontiguousarray(enc[name], dtype=np.int64) for name in self.output_names}
-
-    def tokenize_request(self, request):
-        text = _input(request, TEXT)
-        if text is None:
-            raise ValueError(f"the request has no {TEXT} input")
-        pair = _input(request, TEXT_PAIR) if self.pair else None
-        return self.tokenize(_strings(text), _strings(pair) if pair is not None else None)
-
-    def execute(self, requests):
-        import triton_python_backend_utils as pb_utils
-
-        responses = []
-        for request in requests:
-            try:
-                arrays = self.tokenize_request(request)
-            except Exception as e:  # one bad request fails alone, with a message for the client
-                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(
-                    f"tokenizer: {e}")))
-                continue
-            responses.append(pb_utils.InferenceResponse(
-                output_tensors=[pb_utils.Tensor(name, arrays[name]) for name in self.output_names]))
-        return responses
-
-    def finalize(self):
-        self.tokenizer = None
-'''
+def tokenizer_model_source() -> str:
+    """The source of REPO/NAME_tokenizer/1/model.py, shipped as export/triton_tokenizer_model.py."""
+    return resources.files("prumux_deploy.export").joinpath("triton_tokenizer_model.py").read_text()
 
 
 # --- writing ----------------------------------------------------------------------------------------
@@ -383,6 +312,6 @@ def _write_tokenizer(model_dir: Path, manifest: dict, engine_dir: Path, name: st
     version_dir = model_dir / VERSION
     (version_dir / "tokenizer").mkdir(parents=True)
     copy_tokenizer(engine_dir, version_dir / "tokenizer")
-    (version_dir / "model.py").write_text(TOKENIZER_MODEL_PY)
+    (version_dir / "model.py").write_text(tokenizer_model_source())
     (model_dir / "config.pbtxt").write_text(
         to_pbtxt(tokenizer_config(manifest, name, max_batch_size, instances, dynamic_batching)))

@@ -1,7 +1,8 @@
-"""Atomic output directories: build everything in a temporary sibling, rename into place when complete.
+"""Atomic outputs: build a directory or a file in a temporary sibling, rename it into place when complete.
 
 An interrupted or failed command (Ctrl-C, a parity failure, a full disk) leaves the target as it was:
-absent, or the previous complete version.
+absent, or the previous complete version. An existing target is replaced only with force (--force).
+Every directory and file prumux-deploy writes goes through `atomic_dir` or `atomic_file`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 
 from .errors import PruMuxError
@@ -51,3 +53,29 @@ def atomic_dir(target: str | os.PathLike, force: bool = False):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_file(target: str | os.PathLike, force: bool = False):
+    """Yield a fresh temporary path beside `target` (same folder, so the rename is atomic; created with the
+    usual umask permissions, unlike mkstemp's private ones); on success it replaces `target`."""
+    target = Path(target)
+    if target.is_dir():
+        raise PruMuxError(f"{target} is a directory; choose a file name")
+    if target.exists() and not force:
+        raise PruMuxError(f"{target} already exists; pass --force to replace it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_file(target: str | os.PathLike, text: str, force: bool = False) -> Path:
+    """Write `text` to `target` atomically (see atomic_file)."""
+    with atomic_file(target, force) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(target)

@@ -533,6 +533,61 @@ def loo_cv(rows, throughput_task: str | None = None) -> dict:
             "all": summary(points), "points": points}
 
 
+def compare_methods(rows, task: str | None = None, step: float = 0.5, depth: float = 10.0) -> dict:
+    """The paper's Figure 3 comparison on measured points: for accuracy thresholds from the task's N=1, s=0
+    accuracy down in `step`-point steps (to `depth` points below), the fastest measured configuration of
+    each method whose accuracy reaches the threshold: PruMUX (N > 1 and s > 0), CoFi alone (N = 1, s > 0)
+    and DataMUX alone (N > 1, s = 0). "Fastest" is the throughput column. None where a method has no point
+    that accurate."""
+    if isinstance(rows, (str, os.PathLike)):
+        rows = read_measurements(rows)
+    rows = [r for r in rows if r.accuracy is not None and r.throughput is not None]
+    task = task or _pick_throughput_task(rows, None)
+    rows = [r for r in rows if r.task == task]
+    base = next((r for r in rows if r.N == 1 and r.sparsity == 0), None)
+    if base is None:
+        raise PruMuxError(f"{task}: the comparison needs the N=1, s=0 point (its accuracy is the first threshold)")
+    methods = {"PruMUX": lambda r: r.N > 1 and r.sparsity > 0, "CoFi": lambda r: r.N == 1 and r.sparsity > 0,
+               "DataMUX": lambda r: r.N > 1 and r.sparsity == 0}
+    table = []
+    for k in range(int(round(depth / step)) + 1):
+        threshold = base.accuracy - k * step
+        entry = {"threshold": threshold}
+        for name, member in methods.items():
+            ok = [r for r in rows if member(r) and r.accuracy >= threshold - _EPS]
+            best = max(ok, key=lambda r: r.throughput, default=None)
+            entry[name] = None if best is None else {"N": best.N, "sparsity": best.sparsity,
+                                                    "accuracy": best.accuracy, "throughput": best.throughput}
+        table.append(entry)
+    return {"task": task, "baseline": {"accuracy": base.accuracy, "throughput": base.throughput}, "thresholds": table}
+
+
+def top3_hits(rows, throughput_task: str | None = None, budgets=None, top: int = 3) -> dict:
+    """The paper's Table 3 check: for each accuracy budget, is the truly best measured configuration
+    (fastest measured throughput with measured accuracy >= baseline - budget) among the `top` that
+    Auto-PruMUX, fitted on every point, ranks first among the measured configurations?"""
+    if isinstance(rows, (str, os.PathLike)):
+        rows = read_measurements(rows)
+    model = fit(rows, throughput_task)
+    budgets = [b / 2 for b in range(21)] if budgets is None else budgets
+    out = {}
+    for task in model.tasks:
+        measured = [r for r in rows if r.task == task and r.accuracy is not None and r.throughput is not None]
+        baseline = model.baseline(task)
+        entries = []
+        for b in budgets:
+            ok = [r for r in measured if r.accuracy >= baseline - b - _EPS]
+            if not ok:
+                continue
+            best = max(ok, key=lambda r: r.throughput)
+            ranked = model.rank(task, b, top=top, candidates=[(r.N, r.sparsity) for r in measured])
+            hit = any(c.N == best.N and abs(c.sparsity - best.sparsity) < 1e-6 for c in ranked)
+            entries.append({"budget": b, "best": [best.N, best.sparsity], "top": [[c.N, c.sparsity] for c in ranked],
+                            "hit": hit})
+        out[task] = {"budgets": entries, "hit_rate": (sum(e["hit"] for e in entries) / len(entries)) if entries else None}
+    return out
+
+
 # ----------------------------------------------------------------------------------------------- plot
 
 

@@ -12,7 +12,7 @@ import click
 
 from .documents import dumps
 from .errors import PruMuxError
-from .options import COUNT, NON_NEGATIVE
+from .options import COUNT, NON_NEGATIVE, POSITIVE
 
 
 def _fmt(value, spec):
@@ -108,6 +108,41 @@ def cv_cmd(csv_path, throughput_task, as_json):
     for name, r in rows:
         click.echo(f"{name:<12} {r['n_accuracy']:>6} {_fmt(r['M_A'], '6.3f'):>6} "
                    f"{r['n_speedup']:>6} {_fmt(r['M_T'], '6.3f'):>6}")
+
+
+@auto.command("compare")
+@click.argument("csv_path", metavar="CSV", type=click.Path(path_type=Path))
+@click.option("--task", default=None, help="Task to compare on [default: the task with the most measurements].")
+@click.option("--step", type=POSITIVE, default=0.5, show_default=True, help="Threshold step, in accuracy points.")
+@click.option("--depth", type=POSITIVE, default=5.0, show_default=True,
+              help="How far below the N=1, s=0 accuracy the thresholds go, in points.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (with the top-3 check) instead of tables.")
+def compare_cmd(csv_path, task, step, depth, as_json):
+    """PruMUX against CoFi alone and DataMUX alone on measured points (the paper's Figure 3), and whether
+    Auto-PruMUX's top 3 holds the truly best configuration for budgets 0, 0.5, ..., 10 (its Table 3).
+
+    For each accuracy threshold (the N=1, s=0 accuracy, then lower by --step), the fastest measured point of
+    each method that reaches it: PruMUX (N>1, s>0), CoFi (N=1, s>0), DataMUX (N>1, s=0)."""
+    from .auto import compare_methods, read_measurements, top3_hits
+
+    rows = read_measurements(csv_path)
+    result = compare_methods(rows, task, step, depth)
+    hits = top3_hits(rows)
+    if as_json:
+        click.echo(dumps({**result, "top3": hits}, indent=2))
+        return
+
+    def cell(e):
+        return "-" if e is None else f"{e['throughput']:.1f} (N={e['N']}, s={e['sparsity']:g}, {e['accuracy']:.2f})"
+
+    click.echo(f"{result['task']}: fastest measured point reaching each accuracy (throughput, config, accuracy); "
+               f"N=1 s=0: {result['baseline']['accuracy']:.2f} at {result['baseline']['throughput']:.1f}")
+    click.echo(f"{'threshold':>9}  {'PruMUX':<30} {'CoFi only':<30} {'DataMUX only':<30}")
+    for e in result["thresholds"]:
+        click.echo(f"{e['threshold']:>9.2f}  {cell(e['PruMUX']):<30} {cell(e['CoFi']):<30} {cell(e['DataMUX']):<30}")
+    for t, h in hits.items():
+        click.echo(f"{t}: the truly best measured point is in Auto-PruMUX's top 3 for "
+                   f"{sum(e['hit'] for e in h['budgets'])} of {len(h['budgets'])} budgets (0 to 10 points)")
 
 
 @auto.command("plot")

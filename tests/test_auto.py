@@ -330,3 +330,29 @@ def test_throughput_only_rows_fit_the_speedup_model(tmp_path):
     (tmp_path / "bad.csv").write_text("task,N,sparsity,accuracy,throughput\nsst2,1,0,,\n")
     with pytest.raises(PruMuxError, match="bad.csv:2: accuracy and throughput are both empty"):
         read_measurements(tmp_path / "bad.csv")
+
+
+def test_compare_finds_the_fastest_point_of_each_method_per_threshold(tmp_path):
+    from prumux_deploy.auto import compare_methods, top3_hits
+
+    rows = [Measurement("sst2", 1, 0.0, 88.0, 10.0), Measurement("sst2", 1, 0.6, 87.0, 20.0),
+            Measurement("sst2", 1, 0.9, 85.0, 40.0), Measurement("sst2", 2, 0.0, 86.9, 18.0),
+            Measurement("sst2", 2, 0.6, 86.0, 45.0), Measurement("sst2", 2, 0.9, 84.6, 90.0)]
+    result = compare_methods(rows, step=1.0, depth=4.0)
+    by = {e["threshold"]: e for e in result["thresholds"]}
+    assert sorted(by) == [84.0, 85.0, 86.0, 87.0, 88.0]
+    assert by[88.0]["PruMUX"] is None and by[88.0]["CoFi"] is None and by[88.0]["DataMUX"] is None
+    assert by[87.0]["CoFi"]["sparsity"] == 0.6 and by[87.0]["PruMUX"] is None and by[87.0]["DataMUX"] is None
+    assert by[86.0]["PruMUX"]["throughput"] == 45.0 and by[86.0]["DataMUX"]["throughput"] == 18.0
+    assert by[85.0]["CoFi"]["throughput"] == 40.0
+    assert by[84.0]["PruMUX"]["throughput"] == 90.0  # 84.6 reaches 84
+    hits = top3_hits(rows, budgets=[0.0, 2.0, 4.0])["sst2"]
+    assert [e["best"] for e in hits["budgets"]] == [[1, 0.0], [2, 0.6], [2, 0.9]]
+    assert all(e["hit"] for e in hits["budgets"]) and hits["hit_rate"] == 1.0  # a model fitted on every point
+    csv = write_csv(tmp_path / "m.csv", rows)
+    result = CliRunner().invoke(main, ["auto", "compare", str(csv), "--step", "1", "--depth", "4"])
+    assert result.exit_code == 0, result.output
+    assert "45.0 (N=2, s=0.6, 86.00)" in result.output
+    assert "the truly best measured point is in Auto-PruMUX's top 3 for" in result.output
+    with pytest.raises(PruMuxError, match="needs the N=1, s=0 point"):
+        compare_methods(rows[1:])
