@@ -16,11 +16,11 @@ import numpy as np
 import onnx
 import torch
 
+from prumux_deploy.compare import Comparison, compare_logits, merge
 from prumux_deploy.errors import ParityError
 from prumux_deploy.model import PruMuxModel
 
 DEFAULT_OPSET = 18
-PARITY_TOLERANCE = 1e-4
 
 
 def input_names(uses_token_types: bool) -> list[str]:
@@ -117,25 +117,23 @@ def parity_inputs(cfg, uses_token_types: bool, max_len: int, seed: int = 0, min_
     return cases, batches, lengths
 
 
-def max_logit_error(run_engine, reference: PruMuxModel, cases) -> float:
-    """Largest |engine - reference| logit over all cases. run_engine: feeds dict -> numpy logits.
-    Raises ParityError when a shape differs or either side holds NaN or Inf (a running maximum would
-    silently drop a NaN)."""
-    worst = 0.0
+def parity(run_engine, reference: PruMuxModel, cases) -> Comparison:
+    """Engine against reference logits over all cases (run_engine: feeds dict -> numpy logits). Raises
+    ParityError when a shape differs or either side holds NaN or Inf (which no maximum may hide)."""
+    parts = []
     for feeds in cases:
         got = run_engine(feeds)
         with torch.no_grad():
             want = reference(*(torch.from_numpy(feeds[k]) for k in feeds)).numpy()
-        if got.shape != want.shape:
-            raise ParityError(f"engine returned logits of shape {list(got.shape)}, expected {list(want.shape)}")
-        if not np.isfinite(want).all():
+        c = compare_logits(got, want)
+        if c.non_finite_reference:
             raise ParityError(f"the PyTorch model itself computes NaN or Inf logits ({_non_finite(want)}); its "
                               "weights overflow, so there is nothing to export")
-        if not np.isfinite(got).all():
+        if c.non_finite_engine:
             raise ParityError(f"the engine computes NaN or Inf logits ({_non_finite(got)}) where PyTorch does not "
                               "(an fp16 overflow? export with --precision fp32)")
-        worst = max(worst, float(np.abs(got - want).max()))
-    return worst
+        parts.append(c)
+    return merge(parts)
 
 
 def _non_finite(logits: np.ndarray) -> str:

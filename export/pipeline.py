@@ -13,13 +13,14 @@ from pathlib import Path
 from prumux_deploy.atomic import atomic_dir, check_target
 from prumux_deploy.checkpoint import check_vocab, config_dict, copy_tokenizer, load_checkpoint
 from prumux_deploy.data import CUSTOM, TASKS
+from prumux_deploy.compare import PRECISIONS, tolerance_for
 from prumux_deploy.documents import dumps, sha256_file
 from prumux_deploy.engine import MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION
 from prumux_deploy.errors import ParityError, PruMuxError
 from prumux_deploy.structure import describe
 
 from .compact import compact
-from .onnx import DEFAULT_OPSET, PARITY_TOLERANCE, export_onnx, input_names, max_logit_error, parity_inputs
+from .onnx import DEFAULT_OPSET, export_onnx, input_names, parity, parity_inputs
 
 
 def uses_token_types(cfg) -> bool:
@@ -76,9 +77,6 @@ class TensorRTOptions:
     version_compatible: bool = False
 
 
-# Default parity tolerance per precision: fp32 engines must match PyTorch to rounding; fp16 and int8 trade
-# exactness for speed, so their gate is looser here and the real check is `validate` on task data.
-PRECISION_TOLERANCE = {"fp32": PARITY_TOLERANCE, "fp16": 5e-2, "int8": 1.0}
 
 
 def export_checkpoint(checkpoint, out, fmt: str = "onnx", opset: int = DEFAULT_OPSET,
@@ -93,7 +91,7 @@ def export_checkpoint(checkpoint, out, fmt: str = "onnx", opset: int = DEFAULT_O
     rename the directory into place."""
     if fmt not in ("onnx", "tensorrt"):
         raise PruMuxError(f"--format {fmt} is not supported; use onnx or tensorrt")
-    if precision not in PRECISION_TOLERANCE:
+    if precision not in PRECISIONS:
         raise PruMuxError(f"--precision {precision} is not supported; use fp32, fp16 or int8")
     if data is not None and precision != "int8":
         raise PruMuxError("--data is for --precision int8 (calibration rows, and the accuracy the int8 choice keeps)")
@@ -102,7 +100,7 @@ def export_checkpoint(checkpoint, out, fmt: str = "onnx", opset: int = DEFAULT_O
     if fmt == "tensorrt" and (optimize or precision == "int8"):
         raise PruMuxError("--optimize and --precision int8 are ONNX Runtime options; TensorRT fuses the graph "
                           "itself (use --precision fp16 or fp32 with --format tensorrt)")
-    tolerance = PRECISION_TOLERANCE[precision] if tolerance is None else tolerance
+    tolerance = tolerance_for(precision).max_logit_error if tolerance is None else tolerance
     check_target(out, force)  # refuse before spending minutes on the export
     masked = load_checkpoint(checkpoint)
     cfg = masked.config
@@ -216,11 +214,12 @@ def check_parity(engine_dir: Path, reference, token_types: bool, max_len: int, t
                                              min_len=profile.min_seq)
     cases, batches, lengths = parity_inputs(reference.config, token_types, max_len, **bounds)
     try:
-        error = max_logit_error(engine.run_feeds, reference, cases)
+        result = parity(engine.run_feeds, reference, cases)
     except ParityError as e:
         raise ParityError(f"{e}; nothing was written to {out}") from None
-    if not error <= tolerance:
-        raise ParityError(f"engine logits differ from PyTorch by {error:.3g} > {tolerance:g}; "
+    if not result.within(tolerance):
+        raise ParityError(f"engine logits differ from PyTorch by {result.max_abs_error:.3g} > {tolerance:g}; "
                           f"nothing was written to {out}")
-    return {"max_abs_logit_error": error, "tolerance": tolerance, "reference": "masked PyTorch fp32",
+    return {"max_abs_logit_error": result.max_abs_error, "mean_abs_logit_error": result.mean_abs_error,
+            "agreement": result.agreement, "tolerance": tolerance, "reference": "masked PyTorch fp32",
             "batch_sizes": batches, "lengths": lengths}

@@ -27,6 +27,7 @@ import torch
 from tqdm import tqdm
 
 from .checkpoint import create_model, load_checkpoint
+from .compare import compare_logits
 from .devices import device_info, resolve_device, synchronize
 from .documents import dumps
 from .errors import PruMuxError
@@ -219,7 +220,7 @@ def _time_ort(path: Path, model: PruMuxModel, ids, mask, cfg: BenchConfig):
         device = next(model.parameters()).device
         want = model(ids[:rows].to(device), mask[:rows].to(device)).float().cpu().numpy()
     got = session.run(["logits"], {k: v[:rows] for k, v in feeds.items()})[0]
-    error = float(np.abs(got - want).max())
+    error = compare_logits(got, want).max_abs_error
     with PeakRSS() as mem:
         result = throughput(ort_timed_runner(session, feeds), ids.shape[0], cfg.warmup, cfg.repeats,
                             cfg.min_seconds)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from .compare import describe_defaults
 from .documents import dumps
 from .errors import PruMuxError
 from .model import NEW_MODEL_DEMUX_KINDS
@@ -231,7 +232,7 @@ def compact_cmd(checkpoint, out, fp16, force):
                    "--data dynamic or static, whichever is faster within 1 point of fp32 (implies --optimize).")
 @click.option("--tolerance", type=NON_NEGATIVE, default=None,
               help="Largest logit difference vs the masked PyTorch model before the export is refused "
-                   "[default: 1e-4 fp32, 5e-2 fp16, 1.0 int8].")
+                   f"[default: {describe_defaults('max_logit_error')}].")
 @click.option("--min-batch", type=COUNT, default=None, help="TensorRT profile: smallest batch (default 1).")
 @click.option("--opt-batch", type=COUNT, default=None, help="TensorRT profile: batch to tune for (default 128*N).")
 @click.option("--max-batch", type=COUNT, default=None, help="TensorRT profile: largest batch (default 128*N).")
@@ -278,11 +279,12 @@ def export_cmd(checkpoint, out, fmt, opset, max_seq_length, optimize, data, data
 @click.option("--report", type=click.Path(path_type=Path), default=None, help="Write the JSON report here.")
 @click.option("--min-accuracy", type=FRACTION, default=None, help="Fail if engine accuracy is below A (0..1).")
 @click.option("--max-accuracy-drop", type=FRACTION, default=None,
-              help="Fail if PyTorch accuracy minus engine accuracy exceeds D (0..1) [default 0.01].")
+              help=f"Fail if PyTorch accuracy minus engine accuracy exceeds D (0..1) [default: "
+                   f"{describe_defaults('max_accuracy_drop')}].")
 @click.option("--min-agreement", type=FRACTION, default=None,
-              help="Fail if fewer than this fraction of predictions agree [default 0.99; int8 0.97].")
+              help=f"Fail if fewer than this fraction of predictions agree [default: {describe_defaults('min_agreement')}].")
 @click.option("--max-logit-error", type=NON_NEGATIVE, default=None,
-              help="Fail if any logit differs by more than this [default 1e-3 fp32, 5e-2 fp16, 1.0 int8].")
+              help=f"Fail if any logit differs by more than this [default: {describe_defaults('max_logit_error')}].")
 @click.option("--throughput", is_flag=True,
               help="Also time engine vs PyTorch eager on the same device at sequence 128 (batch 32*N on the CPU, "
                    "128*N on a GPU as in the paper), and end to end from text.")

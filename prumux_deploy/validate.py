@@ -23,6 +23,7 @@ from .checkpoint import load_checkpoint
 from .data import check_lengths, load_examples, load_tokenizer, resolve_task, tokenize
 from .devices import device_info, resolve_device, synchronize
 from .documents import dumps
+from .compare import TOLERANCES, compare_logits, tolerance_for
 from .engine import load_engine
 from .metrics import metric_names, task_metrics
 from .errors import PruMuxError
@@ -33,28 +34,19 @@ from .timing import throughput as measure
 @dataclass
 class Thresholds:
     min_accuracy: float | None = None      # engine accuracy, fraction in [0, 1]
-    max_accuracy_drop: float = 0.01        # PyTorch accuracy - engine accuracy, fraction
-    min_agreement: float = 0.99            # fraction of identical predictions
-    max_logit_error: float = 1e-3          # max |engine - PyTorch| over all logits
+    max_accuracy_drop: float = TOLERANCES["fp32"].max_accuracy_drop  # PyTorch accuracy - engine accuracy
+    min_agreement: float = TOLERANCES["fp32"].min_agreement          # fraction of identical predictions
+    max_logit_error: float = TOLERANCES["fp32"].max_logit_error      # max |engine - PyTorch| over all logits
     min_speedup: float | None = None       # engine samples/s / PyTorch fp32 eager samples/s, same device
 
     @classmethod
     def for_engine(cls, engine_dir, **given) -> "Thresholds":
-        """Defaults by the engine's precision (read from its manifest); thresholds given explicitly win."""
+        """Defaults by the engine's precision (compare.TOLERANCES, read from its manifest); thresholds given
+        explicitly win."""
         from .engine import read_manifest
 
-        precision = read_manifest(engine_dir).get("precision", "fp32")
-        defaults = PRECISION_DEFAULTS.get(precision, PRECISION_DEFAULTS["fp32"])
+        defaults = asdict(tolerance_for(read_manifest(engine_dir).get("precision", "fp32")))
         return cls(**{**defaults, **{k: v for k, v in given.items() if v is not None}})
-
-
-# fp16 and int8 engines round differently from the fp32 PyTorch model: their logits are looser, and a few
-# near-tied predictions may flip; the accuracy drop bound is the same for every precision.
-PRECISION_DEFAULTS = {
-    "fp32": {"max_accuracy_drop": 0.01, "min_agreement": 0.99, "max_logit_error": 1e-3},
-    "fp16": {"max_accuracy_drop": 0.01, "min_agreement": 0.99, "max_logit_error": 5e-2},
-    "int8": {"max_accuracy_drop": 0.01, "min_agreement": 0.97, "max_logit_error": 1.0},
-}
 
 
 def _check(name, value, op, threshold, fmt):
@@ -118,16 +110,16 @@ def run_validation(engine_dir, checkpoint, task_name: str | None, data_dir, spli
         pt_logits.append(_torch_logits(model, feeds, dev))
     eng, pt = np.concatenate(eng_logits), np.concatenate(pt_logits)
     labels = examples.labels
-    err = np.abs(eng - pt)
+    c = compare_logits(eng, pt)
     metrics = {
         "engine_accuracy": float((eng.argmax(1) == labels).mean()),
         "pytorch_accuracy": float((pt.argmax(1) == labels).mean()),
-        "agreement": float((eng.argmax(1) == pt.argmax(1)).mean()),
-        "max_abs_logit_error": float(err.max()),
-        "mean_abs_logit_error": float(err.mean()),
+        "agreement": c.agreement,
+        "max_abs_logit_error": c.max_abs_error,
+        "mean_abs_logit_error": c.mean_abs_error,
         # a NaN or Inf logit is never a prediction: counted, and any one fails the validation
-        "non_finite_engine_rows": int((~np.isfinite(eng).all(1)).sum()),
-        "non_finite_pytorch_rows": int((~np.isfinite(pt).all(1)).sum()),
+        "non_finite_engine_rows": c.non_finite_engine,
+        "non_finite_pytorch_rows": c.non_finite_reference,
     }
     metrics["accuracy_drop"] = metrics["pytorch_accuracy"] - metrics["engine_accuracy"]
     for who, logits in (("engine", eng), ("pytorch", pt)):  # the task's own metrics (GLUE's, or macro-F1)

@@ -5,6 +5,7 @@ import onnx
 import pytest
 import torch
 
+from prumux_deploy.compare import Comparison
 from prumux_deploy.engine import load_engine, sha256_file
 from prumux_deploy.errors import EngineError, ParityError, PruMuxError
 from prumux_deploy.export import pipeline
@@ -90,7 +91,9 @@ def test_pair_task_engine_takes_token_type_ids(tmp_path):
 
 
 def test_parity_failure_writes_nothing(tmp_path, masked_checkpoint, monkeypatch):
-    monkeypatch.setattr(pipeline, "max_logit_error", lambda *a, **k: 0.5)
+    off = Comparison(rows=8, max_abs_error=0.5, mean_abs_error=0.1, agreement=1.0, non_finite_engine=0,
+                     non_finite_reference=0)
+    monkeypatch.setattr(pipeline, "parity", lambda *a, **k: off)
     with pytest.raises(ParityError, match=r"engine logits differ from PyTorch by 0.5 > 0.0001; nothing was written"):
         export_checkpoint(masked_checkpoint, tmp_path / "engine", log=quiet)
     assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,96 @@
+"""Engine logits against PyTorch's: the tolerances per precision, and the one comparison every check uses.
+
+Like Polygraphy's comparators: explicit tolerances, one result object, a pass/fail per check. `export`
+compares on generated inputs (parity) and refuses an engine past `max_logit_error`; `validate` compares
+on task data and turns every field into a check; `bench` spot-checks the inputs it times.
+
+Tolerances (absolute logit difference; prediction agreement and accuracy drop as fractions):
+    fp32  1e-4, 99% agreement: an fp32 engine computes what PyTorch does, up to rounding (measured: at
+          most 7.2e-6 on the trained models, 2.6e-6 on the upstream fixtures)
+    fp16  5e-2, 99%: half-precision activations
+    int8  1.0, 97%: quantized weights and activations; the accuracy on task data is what must hold
+and at most 1 point of accuracy drop for every precision.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .errors import ParityError
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    max_logit_error: float      # max |engine - PyTorch| over all logits
+    min_agreement: float        # fraction of rows whose predicted label is the same
+    max_accuracy_drop: float    # PyTorch accuracy - engine accuracy, fraction
+
+
+TOLERANCES = {
+    "fp32": Tolerance(max_logit_error=1e-4, min_agreement=0.99, max_accuracy_drop=0.01),
+    "fp16": Tolerance(max_logit_error=5e-2, min_agreement=0.99, max_accuracy_drop=0.01),
+    "int8": Tolerance(max_logit_error=1.0, min_agreement=0.97, max_accuracy_drop=0.01),
+}
+PRECISIONS = tuple(TOLERANCES)
+
+
+def tolerance_for(precision: str) -> Tolerance:
+    return TOLERANCES.get(precision, TOLERANCES["fp32"])
+
+
+def describe_defaults(field: str) -> str:
+    """'1e-4 fp32, 5e-2 fp16, 1.0 int8' for a Tolerance field: what --help texts show."""
+    def fmt(v):
+        return f"{v:g}" if field != "max_logit_error" or v >= 1 else f"{v:.0e}".replace("e-0", "e-")
+    return ", ".join(f"{fmt(getattr(t, field))} {p}" for p, t in TOLERANCES.items())
+
+
+@dataclass
+class Comparison:
+    """Engine logits against reference logits, [rows, labels] each."""
+
+    rows: int
+    max_abs_error: float     # NaN when either side holds a non-finite value
+    mean_abs_error: float
+    agreement: float         # fraction of rows with the same argmax
+    non_finite_engine: int   # rows of the engine with a NaN or Inf logit
+    non_finite_reference: int
+
+    @property
+    def finite(self) -> bool:
+        return self.non_finite_engine == 0 and self.non_finite_reference == 0
+
+    def within(self, max_logit_error: float) -> bool:
+        return self.finite and self.max_abs_error <= max_logit_error  # NaN never passes
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def compare_logits(got: np.ndarray, want: np.ndarray) -> Comparison:
+    """Compare two logit arrays of the same shape; ParityError when the shapes differ."""
+    got, want = np.asarray(got), np.asarray(want)
+    if got.shape != want.shape:
+        raise ParityError(f"engine returned logits of shape {list(got.shape)}, expected {list(want.shape)}")
+    rows = got.shape[0]
+    if rows == 0:
+        return Comparison(0, 0.0, 0.0, 1.0, 0, 0)
+    err = np.abs(got.astype(np.float64) - want.astype(np.float64))
+    return Comparison(rows=rows, max_abs_error=float(err.max()), mean_abs_error=float(err.mean()),
+                      agreement=float((got.argmax(1) == want.argmax(1)).mean()),
+                      non_finite_engine=int((~np.isfinite(got).all(1)).sum()),
+                      non_finite_reference=int((~np.isfinite(want).all(1)).sum()))
+
+
+def merge(parts: list[Comparison]) -> Comparison:
+    """One comparison over several batches (rows weighted)."""
+    rows = sum(p.rows for p in parts)
+    if rows == 0:
+        return Comparison(0, 0.0, 0.0, 1.0, 0, 0)
+    return Comparison(rows=rows, max_abs_error=float(np.max([p.max_abs_error for p in parts])),  # NaN stays NaN
+                      mean_abs_error=sum(p.mean_abs_error * p.rows for p in parts) / rows,
+                      agreement=sum(p.agreement * p.rows for p in parts) / rows,
+                      non_finite_engine=sum(p.non_finite_engine for p in parts),
+                      non_finite_reference=sum(p.non_finite_reference for p in parts))
