@@ -27,6 +27,7 @@ import copy
 
 import torch
 
+from prumux_deploy.errors import ModelError
 from prumux_deploy.model import PruMuxConfig, PruMuxModel
 
 
@@ -70,7 +71,7 @@ def compact(model: PruMuxModel) -> PruMuxModel:
     D, Hb = cfg.head_dim, cfg.hidden_size
     keep, s_h = _kept(masks.get("hidden_z"), Hb)  # kept hidden dims and their scales
     if keep.numel() == 0:
-        raise ValueError("hidden_z prunes every hidden dim; nothing would remain")
+        raise ModelError("hidden_z prunes every hidden dim; nothing would remain")
     pruned_hidden = keep.numel() < Hb
 
     out: dict[str, torch.Tensor] = {}

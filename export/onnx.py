@@ -1,4 +1,4 @@
-"""ONNX export: compact, trace with the dynamo exporter, check in ONNX Runtime, write the engine directory.
+"""ONNX export of a compact model (torch.onnx's dynamo exporter), and the parity check's inputs and comparison.
 
 The graph holds everything between token ids and logits: batch padding to a multiple of N, embeddings,
 multiplexer, the per-layer encoder, demultiplexer and classifier. Inputs are int64 [batch, sequence]
@@ -23,19 +23,15 @@ from prumux_deploy.model import PruMuxModel
 DEFAULT_OPSET = 18
 
 
-def input_names(uses_token_types: bool) -> list[str]:
-    return ["input_ids", "attention_mask"] + (["token_type_ids"] if uses_token_types else [])
-
-
 class _OnnxEntry(torch.nn.Module):
     """Positional-argument wrapper so the exporter sees exactly the engine's inputs."""
 
-    def __init__(self, model: PruMuxModel, uses_token_types: bool):
+    def __init__(self, model: PruMuxModel):
         super().__init__()
-        self.model, self.uses_token_types = model, uses_token_types
+        self.model = model
 
     def forward(self, input_ids, attention_mask, token_type_ids=None):
-        return self.model(input_ids, attention_mask, token_type_ids if self.uses_token_types else None)
+        return self.model(input_ids, attention_mask, token_type_ids)
 
 
 @contextlib.contextmanager
@@ -59,12 +55,12 @@ def _quiet_exporter():
     return quiet("torch.onnx", "torch.export", "torch._export", "onnxscript")
 
 
-def export_onnx(model: PruMuxModel, path, opset: int = DEFAULT_OPSET, uses_token_types: bool = False,
-                max_seq_length: int | None = None) -> None:
-    """Write `model` (compact) to `path` as a self-contained ONNX file with dynamic batch and sequence."""
+def export_onnx(model: PruMuxModel, path, opset: int = DEFAULT_OPSET, max_seq_length: int | None = None) -> None:
+    """Write `model` (compact) to `path` as a self-contained ONNX file: inputs config.input_names, each
+    [batch, sequence] int64 with both dimensions dynamic; output logits [batch, num_labels] float32."""
     cfg = model.config
     max_len = max_seq_length or cfg.max_seq_length
-    names = input_names(uses_token_types)
+    names = cfg.input_names
     # example inputs: a batch that is not a multiple of N and a mid-length sequence, so nothing specialises
     example_batch, example_len = 2 * cfg.num_instances + 1, max(2, min(8, max_len))
     gen = torch.Generator().manual_seed(0)
@@ -75,7 +71,7 @@ def export_onnx(model: PruMuxModel, path, opset: int = DEFAULT_OPSET, uses_token
     dynamic = {n: {0: batch, 1: sequence} for n in names}
     with _quiet_exporter(), torch.no_grad():
         program = torch.onnx.export(
-            _OnnxEntry(model.eval(), uses_token_types), example, dynamo=True, input_names=names,
+            _OnnxEntry(model.eval()), example, dynamo=True, input_names=names,
             output_names=["logits"], dynamic_shapes=dynamic, opset_version=opset, optimize=True,
             verbose=False)
     proto = program.model_proto
@@ -94,7 +90,7 @@ def _version() -> str:
     return __version__
 
 
-def parity_inputs(cfg, uses_token_types: bool, max_len: int, seed: int = 0, min_batch: int = 1,
+def parity_inputs(cfg, max_len: int, seed: int = 0, min_batch: int = 1,
                   max_batch: int | None = None, min_len: int = 1):
     """Generated inputs covering batch sizes around multiples of N and lengths from 1 to max, kept inside
     [min_batch, max_batch] and [min_len, max_len] (a TensorRT engine's profile)."""
@@ -111,7 +107,7 @@ def parity_inputs(cfg, uses_token_types: bool, max_len: int, seed: int = 0, min_
             real = gen.integers(1, s + 1, size=b)  # each row's real length; the rest is padding
             mask[np.arange(s)[None, :] >= real[:, None]] = 0
             feeds = {"input_ids": ids, "attention_mask": mask}
-            if uses_token_types:
+            if cfg.uses_token_types:
                 feeds["token_type_ids"] = (np.arange(s)[None, :] >= (real[:, None] // 2)).astype(np.int64)
             cases.append(feeds)
     return cases, batches, lengths
@@ -131,7 +127,7 @@ def parity(run_engine, reference: PruMuxModel, cases) -> Comparison:
                               "weights overflow, so there is nothing to export")
         if c.non_finite_engine:
             raise ParityError(f"the engine computes NaN or Inf logits ({_non_finite(got)}) where PyTorch does not "
-                              "(an fp16 overflow? export with --precision fp32)")
+                              "(an fp16 overflow? export with `precision` fp32)")
         parts.append(c)
     return merge(parts)
 

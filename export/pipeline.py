@@ -7,28 +7,21 @@ engine passed its parity check, so a failed or interrupted export leaves OUT as 
 from __future__ import annotations
 
 import platform
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 from prumux_deploy.atomic import atomic_dir, check_target
-from prumux_deploy.checkpoint import check_vocab, config_dict, copy_tokenizer, load_checkpoint
-from prumux_deploy.data import CUSTOM, TASKS
+from prumux_deploy.checkpoint import check_vocab, config_dict, load_checkpoint
 from prumux_deploy.compare import PRECISIONS, tolerance_for
+from prumux_deploy.data import copy_tokenizer, load_tokenizer
 from prumux_deploy.documents import dumps, sha256_file
 from prumux_deploy.engine import MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION
 from prumux_deploy.errors import ParityError, PruMuxError
 from prumux_deploy.structure import describe
 
 from .compact import compact
-from .onnx import DEFAULT_OPSET, export_onnx, input_names, parity, parity_inputs
-
-
-def uses_token_types(cfg) -> bool:
-    """Sentence-pair tasks (GLUE pair tasks, custom tasks with a text_pair column) take token_type_ids."""
-    if cfg.task == CUSTOM:
-        return bool((cfg.task_columns or {}).get("text_pair"))
-    task = TASKS.get((cfg.task or "").lower())
-    return bool(task and task.is_pair)
+from .onnx import DEFAULT_OPSET, export_onnx, parity, parity_inputs
+from .tensorrt import TensorRTOptions
 
 
 def library_versions() -> dict:
@@ -44,14 +37,14 @@ def library_versions() -> dict:
             "python": platform.python_version()}
 
 
-def build_manifest(cfg, engine_file: Path, kind: str, opset: int, token_types: bool, max_len: int,
-                   structure: dict, extra: dict | None = None) -> dict:
+def build_manifest(cfg, engine_file: Path, kind: str, opset: int, max_len: int, structure: dict,
+                   extra: dict | None = None) -> dict:
     return {
         "format": MANIFEST_FORMAT, "format_version": MANIFEST_VERSION,
         "engine": {"file": engine_file.name, "kind": kind, "opset": opset,
                    "sha256": sha256_file(engine_file), "bytes": engine_file.stat().st_size},
         "inputs": [{"name": n, "dtype": "int64", "dims": ["batch", "sequence"]}
-                   for n in input_names(token_types)],
+                   for n in cfg.input_names],
         "outputs": [{"name": "logits", "dtype": "float32", "dims": ["batch", cfg.num_labels]}],
         "num_instances": cfg.num_instances, "task": cfg.task,
         "vocab_size": cfg.vocab_size, "type_vocab_size": cfg.type_vocab_size,  # engines check ids against these
@@ -63,43 +56,42 @@ def build_manifest(cfg, engine_file: Path, kind: str, opset: int, token_types: b
     }
 
 
-@dataclass
-class TensorRTOptions:
-    """The TensorRT flags of `export --format tensorrt` (None = the default of shape_profile)."""
-
-    min_batch: int | None = None
-    opt_batch: int | None = None
-    max_batch: int | None = None
-    min_seq: int | None = None
-    opt_seq: int | None = None
-    max_seq: int | None = None
-    timing_cache: str | None = None
-    version_compatible: bool = False
-
-
-
-
 def export_checkpoint(checkpoint, out, fmt: str = "onnx", opset: int = DEFAULT_OPSET,
                       max_seq_length: int | None = None, force: bool = False,
                       tolerance: float | None = None, log=print,
                       tensorrt: TensorRTOptions | None = None, optimize: bool | None = None,
                       precision: str = "fp32", data=None, data_config: str | None = None) -> dict:
-    """Export a checkpoint directory to an engine directory; returns the manifest.
+    """Export the checkpoint directory `checkpoint` to the engine directory `out`; returns the manifest.
 
-    Steps: compact -> ONNX -> (ORT transformer optimizer, fp16 / int8) or (TensorRT plan) -> write the
-    manifest -> open the engine as users will and compare its logits with the masked PyTorch model ->
-    rename the directory into place."""
+    Steps: compact -> ONNX -> (ONNX Runtime's transformer optimizer, fp16 / int8) or (TensorRT plan) ->
+    manifest -> open the engine as users will and compare its logits with the masked PyTorch model on
+    generated batches -> rename the directory into place.
+
+    fmt: "onnx" or "tensorrt" (needs a GPU); precision: "fp32", "fp16" or "int8" (ONNX only); optimize:
+    None = optimized ONNX engines, plain TensorRT input graphs; max_seq_length: the longest input in tokens
+    (default: the checkpoint's); tolerance: the largest absolute logit difference accepted (default: the
+    precision's, prumux_deploy/compare.py); tensorrt: the shape profile and builder options; data (with
+    data_config): task data for int8, choosing dynamic or static quantization (export/quantize.py); log:
+    receives progress lines. `out` must not exist unless force.
+
+    Raises PruMuxError for inconsistent arguments (before any work), CheckpointError for an unreadable
+    checkpoint, ParityError when the engine's logits differ from PyTorch's by more than the tolerance or
+    either side computes NaN or Inf; in every case nothing is written to `out`."""
     if fmt not in ("onnx", "tensorrt"):
-        raise PruMuxError(f"--format {fmt} is not supported; use onnx or tensorrt")
+        raise PruMuxError(f"`fmt` {fmt} is not supported; use onnx or tensorrt")
     if precision not in PRECISIONS:
-        raise PruMuxError(f"--precision {precision} is not supported; use fp32, fp16 or int8")
+        raise PruMuxError(f"`precision` {precision} is not supported; use fp32, fp16 or int8")
     if data is not None and precision != "int8":
-        raise PruMuxError("--data is for --precision int8 (calibration rows, and the accuracy the int8 choice keeps)")
+        raise PruMuxError("`data` is for `precision` int8 (calibration rows, and the accuracy the int8 choice keeps)")
     if optimize is None:  # ONNX Runtime engines are optimized unless asked not to; TensorRT fuses by itself
         optimize = fmt == "onnx"
     if fmt == "tensorrt" and (optimize or precision == "int8"):
-        raise PruMuxError("--optimize and --precision int8 are ONNX Runtime options; TensorRT fuses the graph "
-                          "itself (use --precision fp16 or fp32 with --format tensorrt)")
+        raise PruMuxError("`optimize` and `precision` int8 are ONNX Runtime options; TensorRT fuses the graph "
+                          "itself (use `precision` fp16 or fp32 with `fmt` tensorrt)")
+    trt_opts = tensorrt or TensorRTOptions()
+    if fmt != "tensorrt" and not trt_opts.is_default:
+        raise PruMuxError("the batch/sequence profile, `timing_cache` and `version_compatible` apply to TensorRT "
+                          "engines only (`fmt` tensorrt)")
     tolerance = tolerance_for(precision).max_logit_error if tolerance is None else tolerance
     check_target(out, force)  # refuse before spending minutes on the export
     masked = load_checkpoint(checkpoint)
@@ -107,36 +99,32 @@ def export_checkpoint(checkpoint, out, fmt: str = "onnx", opset: int = DEFAULT_O
     max_len = max_seq_length or cfg.max_seq_length
     if cfg.attend_to_padding and max_len != cfg.max_seq_length:
         raise PruMuxError(f"this model attends to padding up to exactly {cfg.max_seq_length} tokens (its logits depend "
-                          f"on that length); leave out --max-seq-length, or re-import with --max-seq-length {max_len}")
+                          f"on that length); leave out `max_seq_length`, or re-import with `max_seq_length` {max_len}")
     if max_len > cfg.max_position_embeddings:
-        raise PruMuxError(f"--max-seq-length {max_len} exceeds the model's position table "
+        raise PruMuxError(f"`max_seq_length` {max_len} exceeds the model's position table "
                           f"({cfg.max_position_embeddings}); use at most {cfg.max_position_embeddings}")
     if masked.tokenizer_dir is not None:
-        from prumux_deploy.data import load_tokenizer
-
         check_vocab(load_tokenizer(masked.tokenizer_dir), cfg, checkpoint)
     trt_profile = None
     if fmt == "tensorrt":  # the profile decides the longest input: the manifest must say the same
-        from .tensorrt import shape_profile
-
-        trt_opts = tensorrt or TensorRTOptions()
-        if max_seq_length and trt_opts.max_seq and max_seq_length != trt_opts.max_seq:
-            raise PruMuxError(f"--max-seq-length {max_seq_length} and --max-seq {trt_opts.max_seq} disagree; the "
+        given = trt_opts.profile
+        if max_seq_length and given.max_seq and max_seq_length != given.max_seq:
+            raise PruMuxError(f"`max_seq_length` {max_seq_length} and `max_seq` {given.max_seq} disagree; the "
                               "engine's longest input is one number, give one of them")
-        trt_profile = shape_profile(cfg.num_instances, cfg.max_position_embeddings, trt_opts.min_batch,
-                                    trt_opts.opt_batch, trt_opts.max_batch, trt_opts.min_seq, trt_opts.opt_seq,
-                                    trt_opts.max_seq or max_len)
+        trt_profile = replace(given, max_seq=given.max_seq or max_len).resolve(cfg.num_instances,
+                                                                              cfg.max_position_embeddings)
         max_len = trt_profile.max_seq
         from .tensorrt import require_tensorrt
 
         require_tensorrt()
     log(f"compacting {checkpoint} (N={cfg.num_instances}, {'masked' if masked.masks else 'no masks'})")
     model = compact(masked)
-    token_types = uses_token_types(cfg)
+    if cfg.task is None:
+        log("the checkpoint names no task: the engine reads single sentences (no token_type_ids)")
     with atomic_dir(out, force=force) as tmp:
         onnx_file = tmp / "model.onnx"
-        log(f"exporting ONNX (opset {opset}, dynamic batch and sequence)")
-        export_onnx(model, onnx_file, opset=opset, uses_token_types=token_types, max_seq_length=max_len)
+        log(f"exporting ONNX (opset {opset}, inputs {', '.join(cfg.input_names)}, dynamic batch and sequence)")
+        export_onnx(model, onnx_file, opset=opset, max_seq_length=max_len)
         engine_file, extra = onnx_file, {"precision": precision, "optimized": False}
         if fmt == "onnx" and (optimize or precision != "fp32"):
             choice = None
@@ -146,7 +134,7 @@ def export_checkpoint(checkpoint, out, fmt: str = "onnx", opset: int = DEFAULT_O
                 from .quantize import choose_int8
 
                 choice = partial(choose_int8, cfg=model.config, tokenizer_dir=masked.tokenizer_dir, data=data,
-                                 token_types=token_types, max_len=max_len, log=log, data_config=data_config)
+                                 max_len=max_len, log=log, data_config=data_config)
             extra.update(_optimize(onnx_file, precision, log, choice))
         elif fmt == "tensorrt" and precision == "fp16":
             from .optimize import convert_fp16
@@ -156,14 +144,12 @@ def export_checkpoint(checkpoint, out, fmt: str = "onnx", opset: int = DEFAULT_O
             from .tensorrt import build_plan
 
             engine_file = tmp / "model.plan"
-            extra["tensorrt"] = build_plan(onnx_file, engine_file, trt_profile, input_names(token_types),
-                                           trt_opts.timing_cache, trt_opts.version_compatible, log)
+            extra["tensorrt"] = build_plan(onnx_file, engine_file, trt_profile, cfg.input_names, trt_opts, log)
             onnx_file.unlink()
-        manifest = build_manifest(cfg, engine_file, fmt, opset, token_types, max_len, describe(model, masked),
-                                  extra)
+        manifest = build_manifest(cfg, engine_file, fmt, opset, max_len, describe(model, masked), extra)
         write_manifest(tmp, manifest)
         log(f"checking parity of the {fmt} engine against the PyTorch model ({'masked' if masked.masks else 'no masks'})")
-        manifest["parity"] = check_parity(tmp, masked, token_types, max_len, tolerance, out, trt_profile)
+        manifest["parity"] = check_parity(tmp, masked, max_len, tolerance, out, trt_profile)
         write_manifest(tmp, manifest)
         (tmp / "config.json").write_text(dumps(config_dict(model), indent=2) + "\n")
         # one label per line, in class order: what C++ and Triton consumers read without a JSON parser
@@ -193,9 +179,9 @@ def _optimize(onnx_file: Path, precision: str, log, int8_choice=None) -> dict:
         entries["quantization"] = int8_choice(onnx_file, onnx_file)
         entries["quantized_ops"] = entries["quantization"].pop("quantized_ops")
     elif precision == "int8":
-        log("quantizing weights to int8 (dynamic quantization, per channel; --data would also try static)")
+        log("quantizing weights to int8 (dynamic quantization, per channel; task data would also try static)")
         entries["quantized_ops"] = quantize_int8(onnx_file, onnx_file)
-        entries["quantization"] = {"method": "dynamic", "reason": "no --data to calibrate static quantization on"}
+        entries["quantization"] = {"method": "dynamic", "reason": "no task data to calibrate static quantization on"}
     return entries
 
 
@@ -203,8 +189,7 @@ def write_manifest(engine_dir: Path, manifest: dict):
     (engine_dir / MANIFEST).write_text(dumps(manifest, indent=2) + "\n")
 
 
-def check_parity(engine_dir: Path, reference, token_types: bool, max_len: int, tolerance: float, out,
-                 profile=None) -> dict:
+def check_parity(engine_dir: Path, reference, max_len: int, tolerance: float, out, profile=None) -> dict:
     """Run the engine as users will (load_engine) on generated inputs; refuse it past the tolerance. A TensorRT
     `profile` bounds the batches and lengths tried to the ones the engine was built for."""
     from prumux_deploy.engine import load_engine
@@ -212,7 +197,7 @@ def check_parity(engine_dir: Path, reference, token_types: bool, max_len: int, t
     engine = load_engine(engine_dir)
     bounds = {} if profile is None else dict(min_batch=profile.min_batch, max_batch=profile.max_batch,
                                              min_len=profile.min_seq)
-    cases, batches, lengths = parity_inputs(reference.config, token_types, max_len, **bounds)
+    cases, batches, lengths = parity_inputs(reference.config, max_len, **bounds)
     try:
         result = parity(engine.run_feeds, reference, cases)
     except ParityError as e:

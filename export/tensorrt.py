@@ -1,4 +1,4 @@
-"""TensorRT engines: one optimization profile from the CLI flags, built from our ONNX with the TensorRT
+"""TensorRT engines: one optimization profile (ShapeProfile), built from our ONNX with the TensorRT
 Python API, serialized to model.plan.
 
 Networks are strongly typed (the TensorRT 10 flag; always on from TensorRT 11): precision comes from the
@@ -11,7 +11,7 @@ plain Python and unit-tested everywhere.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from prumux_deploy.errors import PruMuxError
@@ -21,50 +21,61 @@ INSTALL_HINT = "pip install 'prumux-deploy[gpu]'"
 
 @dataclass(frozen=True)
 class ShapeProfile:
-    """Batch and sequence ranges of the single optimization profile (inclusive)."""
+    """Batch and sequence ranges of the engine's single optimization profile (inclusive). Fields left None
+    take their defaults in `resolve`."""
 
-    min_batch: int
-    opt_batch: int
-    max_batch: int
-    min_seq: int
-    opt_seq: int
-    max_seq: int
+    min_batch: int | None = None
+    opt_batch: int | None = None
+    max_batch: int | None = None
+    min_seq: int | None = None
+    opt_seq: int | None = None
+    max_seq: int | None = None
+
+    def resolve(self, num_instances: int, max_positions: int, default_seq: int = 128) -> "ShapeProfile":
+        """Every field set, following the paper's protocol by default: batches of 128*N rows at sequence
+        min(default_seq, max_positions). Opt and max batch are rounded up to multiples of N, since a mux group
+        is N rows and the graph pads partial groups anyway; min batch stays as given (1 by default: any batch
+        must run). Raises PruMuxError for ranges out of order or past the position table."""
+        N = num_instances
+        max_seq = self.max_seq or min(default_seq, max_positions)
+        opt_batch = _round_up(self.opt_batch or 128 * N, N)
+        resolved = ShapeProfile(min_batch=1 if self.min_batch is None else self.min_batch, opt_batch=opt_batch,
+                                max_batch=_round_up(self.max_batch or max(opt_batch, 128 * N), N),
+                                min_seq=self.min_seq or 1, opt_seq=self.opt_seq or max_seq, max_seq=max_seq)
+        if not 1 <= resolved.min_batch <= resolved.opt_batch <= resolved.max_batch:
+            raise PruMuxError(f"batch range must satisfy 1 <= `min_batch` <= `opt_batch` <= `max_batch`, got "
+                              f"{resolved.min_batch} / {resolved.opt_batch} / {resolved.max_batch} (opt and max "
+                              f"are rounded up to multiples of N={N})")
+        if not 1 <= resolved.min_seq <= resolved.opt_seq <= resolved.max_seq:
+            raise PruMuxError(f"sequence range must satisfy 1 <= `min_seq` <= `opt_seq` <= `max_seq`, got "
+                              f"{resolved.min_seq} / {resolved.opt_seq} / {resolved.max_seq}")
+        if resolved.max_seq > max_positions:
+            raise PruMuxError(f"`max_seq` {resolved.max_seq} exceeds the model's position table ({max_positions})")
+        return resolved
 
     def shapes(self) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
-        """(min, opt, max) shapes of every [batch, sequence] input."""
+        """(min, opt, max) [batch, sequence] shapes of every input, of a resolved profile."""
         return ((self.min_batch, self.min_seq), (self.opt_batch, self.opt_seq), (self.max_batch, self.max_seq))
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class TensorRTOptions:
+    """What a TensorRT export takes besides the model: the shape profile and the builder's options."""
+
+    profile: ShapeProfile = field(default_factory=ShapeProfile)
+    timing_cache: str | None = None    # file read if present and updated after the build
+    version_compatible: bool = False   # TensorRT's VERSION_COMPATIBLE builder flag
+
+    @property
+    def is_default(self) -> bool:
+        return self == TensorRTOptions()
+
+
 def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
-
-
-def shape_profile(num_instances: int, max_positions: int, min_batch=None, opt_batch=None, max_batch=None,
-                  min_seq=None, opt_seq=None, max_seq=None, default_seq: int = 128) -> ShapeProfile:
-    """The profile from the CLI flags. Defaults follow the paper's protocol: batches of 128*N rows at
-    sequence 128. Opt and max batch are rounded up to multiples of N, since a mux group is N rows and the
-    graph pads partial groups anyway; min batch stays as given (1 by default: any batch must run)."""
-    N = num_instances
-    max_seq = max_seq or min(default_seq, max_positions)
-    opt_seq = opt_seq or max_seq
-    min_seq = min_seq or 1
-    opt_batch = _round_up(opt_batch or 128 * N, N)
-    max_batch = _round_up(max_batch or max(opt_batch, 128 * N), N)
-    min_batch = 1 if min_batch is None else min_batch
-    profile = ShapeProfile(min_batch, opt_batch, max_batch, min_seq, opt_seq, max_seq)
-    if not 1 <= profile.min_batch <= profile.opt_batch <= profile.max_batch:
-        raise PruMuxError(f"batch range must satisfy 1 <= --min-batch <= --opt-batch <= --max-batch, got "
-                          f"{profile.min_batch} / {profile.opt_batch} / {profile.max_batch} (opt and max are "
-                          f"rounded up to multiples of N={N})")
-    if not 1 <= profile.min_seq <= profile.opt_seq <= profile.max_seq:
-        raise PruMuxError(f"sequence range must satisfy 1 <= --min-seq <= --opt-seq <= --max-seq, got "
-                          f"{profile.min_seq} / {profile.opt_seq} / {profile.max_seq}")
-    if profile.max_seq > max_positions:
-        raise PruMuxError(f"--max-seq {profile.max_seq} exceeds the model's position table ({max_positions})")
-    return profile
 
 
 def require_tensorrt():
@@ -72,7 +83,7 @@ def require_tensorrt():
     try:
         import tensorrt as trt
     except ImportError:
-        raise PruMuxError(f"--format tensorrt needs the tensorrt package and an NVIDIA GPU: {INSTALL_HINT}") from None
+        raise PruMuxError(f"TensorRT engines need the tensorrt package and an NVIDIA GPU: {INSTALL_HINT}") from None
     try:
         import torch
 
@@ -80,7 +91,7 @@ def require_tensorrt():
     except Exception:  # a CPU-only torch build can fail in odd ways here
         has_gpu = False
     if not has_gpu:
-        raise PruMuxError("--format tensorrt needs an NVIDIA GPU with CUDA, and none is visible here "
+        raise PruMuxError("TensorRT engines need an NVIDIA GPU with CUDA, and none is visible here "
                           "(torch.cuda.is_available() is False); build the engine on the GPU machine it will run on")
     return trt
 
@@ -93,9 +104,11 @@ def gpu_info() -> dict:
             "cuda": torch.version.cuda}
 
 
-def build_plan(onnx_path, plan_path, profile: ShapeProfile, input_names: list[str], timing_cache=None,
-               version_compatible: bool = False, log=print) -> dict:
-    """Build and serialize a TensorRT engine from an ONNX file; returns what the manifest records."""
+def build_plan(onnx_path, plan_path, profile: ShapeProfile, input_names: list[str], options: TensorRTOptions,
+               log=print) -> dict:
+    """Build and serialize a TensorRT engine from an ONNX file with a resolved profile; returns what the
+    manifest records. Raises PruMuxError when TensorRT cannot parse the graph or build the engine."""
+    timing_cache, version_compatible = options.timing_cache, options.version_compatible
     trt = require_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -123,7 +136,7 @@ def build_plan(onnx_path, plan_path, profile: ShapeProfile, input_names: list[st
     log(f"building TensorRT engine (profile {lo} .. {opt} .. {hi})")
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise PruMuxError("TensorRT failed to build the engine; rerun with --debug and see the TensorRT log")
+        raise PruMuxError("TensorRT failed to build the engine; see the TensorRT log above")
     Path(plan_path).write_bytes(bytes(serialized))
     if cache is not None:  # keep the cache for the next build (it is the user's file, not part of OUT)
         Path(timing_cache).write_bytes(bytes(cache.serialize()))

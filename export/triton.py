@@ -32,7 +32,7 @@ from importlib import resources
 from pathlib import Path
 
 from prumux_deploy.atomic import atomic_dir, check_target
-from prumux_deploy.checkpoint import copy_tokenizer, has_tokenizer
+from prumux_deploy.data import copy_tokenizer, has_tokenizer
 from prumux_deploy.documents import sha256_file
 from prumux_deploy.engine import MANIFEST, read_manifest, verify_engine_file
 from prumux_deploy.errors import EngineError, PruMuxError
@@ -136,7 +136,7 @@ def _tensor(entry: dict, where: str) -> dict:
     return {"name": entry["name"], "data_type": Enum(DTYPES[dtype]), "dims": _dims(entry, where)}
 
 
-def model_config(manifest: dict, name: str, max_batch_size: int, instances: int, device: str,
+def model_config(manifest: dict, name: str, max_batch_size: int, copies: int, device: str,
                  dynamic_batching: bool, ort_tensorrt: bool) -> dict:
     platform, _ = PLATFORMS[manifest["engine"]["kind"]]
     outputs = [_tensor(o, "output") for o in manifest["outputs"]]
@@ -145,7 +145,7 @@ def model_config(manifest: dict, name: str, max_batch_size: int, instances: int,
             out["label_filename"] = LABELS_FILE
     config = {"name": name, "platform": platform, "max_batch_size": max_batch_size,
               "input": [_tensor(i, "input") for i in manifest["inputs"]], "output": outputs,
-              "instance_group": [{"count": instances, "kind": Enum(DEVICES[device])}]}
+              "instance_group": [{"count": copies, "kind": Enum(DEVICES[device])}]}
     if dynamic_batching:
         config["dynamic_batching"] = {
             "preferred_batch_size": preferred_batch_sizes(int(manifest["num_instances"]), max_batch_size),
@@ -156,20 +156,20 @@ def model_config(manifest: dict, name: str, max_batch_size: int, instances: int,
     return config
 
 
-def input_names(manifest: dict) -> list[str]:
+def _engine_inputs(manifest: dict) -> list[str]:
     return [i["name"] for i in manifest["inputs"]]
 
 
 def text_inputs(manifest: dict) -> list[str]:
-    return [TEXT, TEXT_PAIR] if "token_type_ids" in input_names(manifest) else [TEXT]
+    return [TEXT, TEXT_PAIR] if "token_type_ids" in _engine_inputs(manifest) else [TEXT]
 
 
-def tokenizer_config(manifest: dict, name: str, max_batch_size: int, instances: int,
+def tokenizer_config(manifest: dict, name: str, max_batch_size: int, copies: int,
                      dynamic_batching: bool) -> dict:
     config = {"name": name, "backend": "python", "max_batch_size": max_batch_size,
               "input": [{"name": t, "data_type": Enum("TYPE_STRING"), "dims": [1]} for t in text_inputs(manifest)],
-              "output": [{"name": n, "data_type": Enum("TYPE_INT64"), "dims": [-1]} for n in input_names(manifest)],
-              "instance_group": [{"count": instances, "kind": Enum("KIND_CPU")}],
+              "output": [{"name": n, "data_type": Enum("TYPE_INT64"), "dims": [-1]} for n in _engine_inputs(manifest)],
+              "instance_group": [{"count": copies, "kind": Enum("KIND_CPU")}],
               "parameters": Map({"max_seq_length": {"string_value": str(int(manifest["max_seq_length"]))}})}
     if dynamic_batching:
         config["dynamic_batching"] = {"max_queue_delay_microseconds": MAX_QUEUE_DELAY_US}
@@ -178,7 +178,7 @@ def tokenizer_config(manifest: dict, name: str, max_batch_size: int, instances: 
 
 def ensemble_config(manifest: dict, name: str, model_name: str, tokenizer_name: str,
                     max_batch_size: int) -> dict:
-    texts, ids = text_inputs(manifest), input_names(manifest)
+    texts, ids = text_inputs(manifest), _engine_inputs(manifest)
     outputs = [_tensor(o, "output") for o in manifest["outputs"]]
     return {"name": name, "platform": "ensemble", "max_batch_size": max_batch_size,
             "input": [{"name": t, "data_type": Enum("TYPE_STRING"), "dims": [1]} for t in texts],
@@ -198,41 +198,41 @@ def default_device(kind: str) -> str:
 
 # --- checks -----------------------------------------------------------------------------------------
 
-def _check_options(manifest: dict, engine_dir: Path, name: str, max_batch_size, instances: int, device,
+def _check_options(manifest: dict, engine_dir: Path, name: str, max_batch_size, copies: int, device,
                    ort_tensorrt: bool, with_tokenizer: bool) -> tuple[int, str]:
     kind = manifest["engine"].get("kind")
     if kind not in PLATFORMS:
         raise EngineError(f"{engine_dir}: engine kind {kind!r} has no Triton backend here "
                           f"(supported: {', '.join(PLATFORMS)})")
     if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise PruMuxError(f"--name {name!r} is not a usable model name; use letters, digits, '_', '-', '.' "
+        raise PruMuxError(f"`name` {name!r} is not a usable model name; use letters, digits, '_', '-', '.' "
                           "(not starting with '.' or '-')")
     n = int(manifest["num_instances"])
     if max_batch_size is None:
         max_batch_size = DEFAULT_BATCHES_PER_N * n
     if max_batch_size < 1:
-        raise PruMuxError(f"--max-batch-size must be at least 1 (a positive multiple of N={n}), "
+        raise PruMuxError(f"`max_batch_size` must be at least 1 (a positive multiple of N={n}), "
                           f"got {max_batch_size}")
     if max_batch_size % n:
         low, high = max_batch_size // n * n, (max_batch_size // n + 1) * n
         hint = f"{low} or {high}" if low else f"{high}"
-        raise PruMuxError(f"--max-batch-size {max_batch_size} is not a multiple of N={n} (the engine "
+        raise PruMuxError(f"`max_batch_size` {max_batch_size} is not a multiple of N={n} (the engine "
                           f"multiplexes {n} rows per pass); use {hint}")
-    if instances < 1:
-        raise PruMuxError(f"--instances must be at least 1, got {instances}")
+    if copies < 1:
+        raise PruMuxError(f"`copies` must be at least 1, got {copies}")
     device = default_device(kind) if device is None else device
     if device not in DEVICES:
-        raise PruMuxError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
+        raise PruMuxError(f"`device` must be one of {', '.join(DEVICES)}, got {device!r}")
     if kind == "tensorrt" and device != "gpu":
-        raise PruMuxError("a TensorRT engine runs only on a GPU; use --device gpu")
+        raise PruMuxError("a TensorRT engine runs only on a GPU; use `device` gpu")
     if ort_tensorrt and kind != "onnx":
-        raise PruMuxError(f"--ort-tensorrt applies to ONNX engines (ONNX Runtime's TensorRT provider); "
+        raise PruMuxError(f"`ort_tensorrt` applies to ONNX engines (ONNX Runtime's TensorRT provider); "
                           f"this engine is {kind!r}")
     if ort_tensorrt and device != "gpu":
-        raise PruMuxError("--ort-tensorrt needs --device gpu (ONNX Runtime's TensorRT provider runs on GPU "
+        raise PruMuxError("`ort_tensorrt` needs `device` gpu (ONNX Runtime's TensorRT provider runs on GPU "
                           "instances only)")
     if with_tokenizer and not has_tokenizer(engine_dir):
-        raise PruMuxError(f"{engine_dir}: no tokenizer files (vocab.txt / tokenizer.json), so --with-tokenizer "
+        raise PruMuxError(f"{engine_dir}: no tokenizer files (vocab.txt / tokenizer.json), so `with_tokenizer` "
                           "cannot build a text front end; export from a checkpoint made from a BERT directory")
     return max_batch_size, device
 
@@ -250,7 +250,7 @@ def tokenizer_model_source() -> str:
 
 # --- writing ----------------------------------------------------------------------------------------
 
-def write_triton_repository(engine_dir, repo, name: str, max_batch_size: int | None = None, instances: int = 1,
+def write_triton_repository(engine_dir, repo, name: str, max_batch_size: int | None = None, copies: int = 1,
                             dynamic_batching: bool = True, with_tokenizer: bool = False, force: bool = False,
                             device: str | None = None, ort_tensorrt: bool = False) -> Path:
     """Write REPO/NAME (and REPO/NAME_tokenizer, REPO/NAME_ensemble with with_tokenizer); returns REPO/NAME.
@@ -262,7 +262,7 @@ def write_triton_repository(engine_dir, repo, name: str, max_batch_size: int | N
     engine_dir, repo = Path(engine_dir), Path(repo)
     manifest = read_manifest(engine_dir)
     engine_file = verify_engine_file(engine_dir, manifest)
-    max_batch_size, device = _check_options(manifest, engine_dir, name, max_batch_size, instances, device,
+    max_batch_size, device = _check_options(manifest, engine_dir, name, max_batch_size, copies, device,
                                             ort_tensorrt, with_tokenizer)
     if repo.exists() and not repo.is_dir():
         raise PruMuxError(f"{repo} exists and is not a directory; REPO must be a model repository directory")
@@ -273,10 +273,10 @@ def write_triton_repository(engine_dir, repo, name: str, max_batch_size: int | N
     repo.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=repo))
     try:
-        _write_model(stage / name, manifest, engine_dir, engine_file, name, max_batch_size, instances, device,
+        _write_model(stage / name, manifest, engine_dir, engine_file, name, max_batch_size, copies, device,
                      dynamic_batching, ort_tensorrt)
         if with_tokenizer:
-            _write_tokenizer(stage / names[1], manifest, engine_dir, names[1], max_batch_size, instances,
+            _write_tokenizer(stage / names[1], manifest, engine_dir, names[1], max_batch_size, copies,
                              dynamic_batching)
             model_dir = stage / names[2]
             (model_dir / VERSION).mkdir(parents=True)  # ensembles need an (empty) version directory
@@ -292,7 +292,7 @@ def write_triton_repository(engine_dir, repo, name: str, max_batch_size: int | N
 
 
 def _write_model(model_dir: Path, manifest: dict, engine_dir: Path, engine_file: Path, name: str,
-                 max_batch_size: int, instances: int, device: str, dynamic_batching: bool,
+                 max_batch_size: int, copies: int, device: str, dynamic_batching: bool,
                  ort_tensorrt: bool):
     _, file_name = PLATFORMS[manifest["engine"]["kind"]]
     (model_dir / VERSION).mkdir(parents=True)
@@ -303,15 +303,15 @@ def _write_model(model_dir: Path, manifest: dict, engine_dir: Path, engine_file:
     shutil.copyfile(engine_dir / MANIFEST, model_dir / MANIFEST)
     labels = manifest["labels"]
     (model_dir / LABELS_FILE).write_text("".join(f"{labels[str(i)]}\n" for i in range(len(labels))))
-    config = model_config(manifest, name, max_batch_size, instances, device, dynamic_batching, ort_tensorrt)
+    config = model_config(manifest, name, max_batch_size, copies, device, dynamic_batching, ort_tensorrt)
     (model_dir / "config.pbtxt").write_text(to_pbtxt(config))
 
 
 def _write_tokenizer(model_dir: Path, manifest: dict, engine_dir: Path, name: str, max_batch_size: int,
-                     instances: int, dynamic_batching: bool):
+                     copies: int, dynamic_batching: bool):
     version_dir = model_dir / VERSION
     (version_dir / "tokenizer").mkdir(parents=True)
     copy_tokenizer(engine_dir, version_dir / "tokenizer")
     (version_dir / "model.py").write_text(tokenizer_model_source())
     (model_dir / "config.pbtxt").write_text(
-        to_pbtxt(tokenizer_config(manifest, name, max_batch_size, instances, dynamic_batching)))
+        to_pbtxt(tokenizer_config(manifest, name, max_batch_size, copies, dynamic_batching)))

@@ -23,10 +23,10 @@ def resolve_device(device: str) -> torch.device:
         return torch.device("cpu")
     if device == "cuda" or device.startswith("cuda:"):
         if not torch.cuda.is_available():
-            raise PruMuxError(f"--device {device}: no CUDA GPU is visible to PyTorch here (torch "
-                              f"{torch.__version__}); use --device cpu, or install a CUDA build of torch")
+            raise PruMuxError(f"`device` {device}: no CUDA GPU is visible to PyTorch here (torch "
+                              f"{torch.__version__}); use `device` cpu, or install a CUDA build of torch")
         return torch.device(device)
-    raise PruMuxError(f"--device {device!r}: choose auto, cpu or cuda")
+    raise PruMuxError(f"`device` {device!r}: choose auto, cpu or cuda")
 
 
 def synchronize(device: torch.device) -> None:

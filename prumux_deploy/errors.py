@@ -23,3 +23,13 @@ class ParityError(PruMuxError):
 
 class DataError(PruMuxError):
     """A data file or text input cannot be used."""
+
+
+class ModelError(PruMuxError, ValueError):
+    """A model configuration or structure that cannot be built or run (an unknown kind, a shape that does not
+    fit). Also a ValueError, as the model code's callers have long caught."""
+
+
+class ExportError(PruMuxError):
+    """A graph transformation broke an invariant (changed the engine's inputs, left a cycle); nothing is
+    written. This is a bug in prumux-deploy or in the library it drives: report it with --debug output."""

@@ -71,6 +71,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .data import task_is_pair
+from .errors import ModelError
+
 MASK_NAMES = ("head_z", "head_layer_z", "intermediate_z", "mlp_z", "hidden_z")
 MUX_KINDS = ("gaussian_hadamard", "binary_hadamard")  # both: instance vectors times embeddings, mean over N
 DEMUX_KINDS = ("key_cls", "key_pool", "index_pos", "pooler")
@@ -81,7 +84,7 @@ MASK_CONVENTIONS = ("prumux", "cofi")
 
 def check_kind(what: str, kind: str, kinds: tuple[str, ...]):
     if kind not in kinds:
-        raise ValueError(f"{what} {kind!r} is unknown; expected one of {', '.join(kinds)}")
+        raise ModelError(f"{what} {kind!r} is unknown; expected one of {', '.join(kinds)}")
 
 
 @dataclass
@@ -132,10 +135,10 @@ class PruMuxConfig:
         check_kind("demux_kind", self.demux_kind, DEMUX_KINDS)
         check_kind("mask_convention", self.mask_convention, MASK_CONVENTIONS)
         if self.demux_kind == "pooler" and self.num_instances != 1:
-            raise ValueError(f"demux_kind 'pooler' reads one [CLS] state and needs num_instances 1, "
+            raise ModelError(f"demux_kind 'pooler' reads one [CLS] state and needs num_instances 1, "
                              f"got {self.num_instances}")
         if self.demux_kind == "index_pos" and not self.legacy_demuxing and self.num_hidden_demux_layers < 2:
-            raise ValueError(f"num_hidden_demux_layers must be at least 2 for the index_pos demux, "
+            raise ModelError(f"num_hidden_demux_layers must be at least 2 for the index_pos demux, "
                              f"got {self.num_hidden_demux_layers}")
 
     @property
@@ -166,6 +169,17 @@ class PruMuxConfig:
     @property
     def key_size(self) -> int:
         return self.demux_key_size or self.model_dim
+
+    @property
+    def uses_token_types(self) -> bool:
+        """Whether inputs carry token_type_ids: sentence-pair tasks (the GLUE pair tasks, custom tasks with a
+        text_pair column). A model without a task reads single sentences."""
+        return task_is_pair(self.task, self.task_columns)
+
+    @property
+    def input_names(self) -> list[str]:
+        """The engine's inputs, each [batch, sequence] int64."""
+        return ["input_ids", "attention_mask"] + (["token_type_ids"] if self.uses_token_types else [])
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -239,7 +253,7 @@ def pad_to_length(input_ids, attention_mask, token_type_ids, length: int, pad_id
     row, so the attended padding is the same whatever the caller's padding was. -> ids, mask, types [B, L]."""
     S = input_ids.shape[1]
     if S > length:
-        raise ValueError(f"sequence length {S} exceeds {length}, the length this model attends over; "
+        raise ModelError(f"sequence length {S} exceeds {length}, the length this model attends over; "
                          f"truncate inputs to {length} tokens")
     real = attention_mask != 0
     input_ids = F.pad(torch.where(real, input_ids, pad_id), (0, length - S), value=pad_id)
@@ -492,7 +506,7 @@ class PruMuxModel(nn.Module):
         """Attach CoFi masks (float tensors; 0 = pruned). Only full-size models can carry masks."""
         masks = {k: v.float() for k, v in (masks or {}).items() if v is not None}
         if masks and self.config.is_compact:
-            raise ValueError("a compact model carries no masks; fold them with export.compact first")
+            raise ModelError("a compact model carries no masks; fold them with export.compact first")
         self.masks = masks
 
     def _resolve_masks(self, masks):
@@ -591,7 +605,7 @@ class PruMuxModel(nn.Module):
         kind = RENAMED_DEMUX_KINDS.get(kind, kind)
         check_kind("demux kind", kind, ("key_cls", "key_pool"))
         if self.config.demux_kind not in ("key_cls", "key_pool"):
-            raise ValueError(f"a {self.config.demux_kind} demux cannot switch to {kind}; only key_cls and "
+            raise ModelError(f"a {self.config.demux_kind} demux cannot switch to {kind}; only key_cls and "
                              "key_pool share weights")
         self.config.demux_kind = kind
         self.demux.pooled = kind == "key_pool"
@@ -602,7 +616,3 @@ class PruMuxModel(nn.Module):
         return sum(p.numel() for n, p in self.layers.named_parameters() if not n.endswith("ln.weight")
                    and not n.endswith("ln.bias"))
 
-    def save(self, path, tokenizer_dir=None, force: bool = False):
-        from .checkpoint import save_checkpoint
-
-        save_checkpoint(self, path, tokenizer_dir=tokenizer_dir, force=force)

@@ -29,7 +29,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import TOKENIZER_FILES, bert_to_prumux_name, check_vocab, has_tokenizer, save_checkpoint
+from .checkpoint import bert_to_prumux_name, check_vocab, save_checkpoint
+from .data import TOKENIZER_FILES, has_tokenizer
 from .errors import CheckpointError
 from .model import PruMuxConfig, PruMuxModel
 
@@ -199,14 +200,14 @@ def find_tokenizer(src: Path, tokenizer=None) -> Path:
     if tokenizer is not None:
         tokenizer = Path(tokenizer)
         if not has_tokenizer(tokenizer):
-            raise CheckpointError(f"--tokenizer {tokenizer}: no tokenizer files ({', '.join(TOKENIZER_FILES[:2])})")
+            raise CheckpointError(f"`tokenizer` {tokenizer}: no tokenizer files ({', '.join(TOKENIZER_FILES[:2])})")
         return tokenizer
     if has_tokenizer(src):
         return src
     if src.name == "best" and has_tokenizer(src.parent):
         return src.parent
     raise CheckpointError(f"{src}: no tokenizer files (vocab.txt / tokenizer.json) here"
-                          f"{' or in its parent' if src.name == 'best' else ''}; pass --tokenizer DIR with the "
+                          f"{' or in its parent' if src.name == 'best' else ''}; pass `tokenizer` DIR with the "
                           "tokenizer the model was trained with (e.g. bert-base-uncased's vocab.txt)")
 
 
@@ -227,7 +228,7 @@ def load_upstream_tokenizer(directory: Path):
         lines = sum(1 for line in vocab.read_text(encoding="utf-8").splitlines() if line)
         if len(tok) < lines:
             raise CheckpointError(f"{directory}: the tokenizer loaded with {len(tok)} ids but vocab.txt lists {lines}; "
-                                  "its tokenizer files disagree, pass --tokenizer with a consistent one")
+                                  "its tokenizer files disagree, pass `tokenizer` with a consistent one")
     return tok
 
 
@@ -407,7 +408,7 @@ def build_config(up: Upstream, w: dict, compact: bool, max_seq_length: int | Non
     max_pos = c.get("max_position_embeddings", 512)
     max_len = max_seq_length or min(128, max_pos)
     if not 1 <= max_len <= max_pos:
-        raise CheckpointError(f"--max-seq-length {max_len} must be between 1 and the position table ({max_pos})")
+        raise CheckpointError(f"`max_seq_length` {max_len} must be between 1 and the position table ({max_pos})")
     mux = up.is_mux
     kw = dict(
         vocab_size=c["vocab_size"], hidden_size=Hb, num_hidden_layers=L, num_attention_heads=nh,
@@ -492,9 +493,9 @@ def to_model(up: Upstream, reference: str = "compact", max_seq_length: int | Non
              mask_padding: bool = False) -> PruMuxModel:
     """Our model for an upstream checkpoint (see the module docstring for `reference`)."""
     if reference not in REFERENCES:
-        raise CheckpointError(f"--reference {reference!r}: choose compact or masked")
+        raise CheckpointError(f"`reference` {reference!r}: choose compact or masked")
     if reference == "masked" and up.kind != "prumux_stage1":
-        raise CheckpointError(f"--reference masked applies to PruMUX stage-1 runs (zs.pt); {up.path} is a "
+        raise CheckpointError(f"`reference` masked applies to PruMUX stage-1 runs (zs.pt); {up.path} is a "
                               f"{KIND_NAMES[up.kind]}, whose only form is the one it holds")
     if up.kind == "prumux_stage1" and reference == "compact":
         w, compact = fold_and_cut(up), True

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import BertConfig
 
-from prumux_deploy import create_model
+from prumux_deploy import create_model, save_checkpoint
 
 LAYERS, HEADS, HIDDEN, FFN, MAX_POS, VOCAB = 4, 4, 32, 64, 24, 120
 
@@ -100,7 +100,7 @@ def masked_checkpoint(tmp_path_factory, bert_dir):
                          id2label={0: "negative", 1: "positive"}, max_seq_length=16)
     model.set_masks(spine_masks(3))
     path = tmp_path_factory.mktemp("ckpt") / "masked"
-    model.save(path)
+    save_checkpoint(model, path)
     return path
 
 

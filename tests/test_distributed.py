@@ -64,9 +64,9 @@ def test_device_plumbing_on_cpu():
     assert rt.device == torch.device("cpu") and rt.world_size == 1 and rt.is_main
     with rt.autocast():
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
-    with pytest.raises(PruMuxError, match="--device 'tpu': choose auto, cpu or cuda"):
+    with pytest.raises(PruMuxError, match="`device` 'tpu': choose auto, cpu or cuda"):
         resolve_device("tpu")
-    with pytest.raises(PruMuxError, match="--precision fp16 needs a CUDA device"):
+    with pytest.raises(PruMuxError, match="`precision` fp16 needs a CUDA device"):
         runtime("cpu", "fp16")
     # a global batch is cut micro-batch first, then by process: micro-batch m of every process count is the same rows
     batch = {"input_ids": torch.arange(16)[:, None], "position": torch.arange(16)}

@@ -5,6 +5,7 @@ import onnx
 import pytest
 import torch
 
+from prumux_deploy import save_checkpoint
 from prumux_deploy.compare import Comparison
 from prumux_deploy.engine import load_engine, sha256_file
 from prumux_deploy.errors import EngineError, ParityError, PruMuxError
@@ -31,7 +32,7 @@ def feeds_for(B, S, seed, token_types=False):
 @pytest.mark.parametrize("N", [1, 2, 5])
 def test_onnx_engine_matches_masked_and_compact_pytorch(tmp_path, N):
     model = masked_model(N)
-    model.save(tmp_path / "ckpt")
+    save_checkpoint(model, tmp_path / "ckpt")
     manifest = export_checkpoint(tmp_path / "ckpt", tmp_path / "engine", log=quiet)
     engine = load_engine(tmp_path / "engine")
     from prumux_deploy.export import compact
@@ -80,7 +81,7 @@ def test_export_is_byte_identical_on_repeat(tmp_path, masked_checkpoint, engine_
 
 def test_pair_task_engine_takes_token_type_ids(tmp_path):
     model = masked_model(2, num_labels=2, task="qnli")
-    model.save(tmp_path / "ckpt")
+    save_checkpoint(model, tmp_path / "ckpt")
     manifest = export_checkpoint(tmp_path / "ckpt", tmp_path / "engine", log=quiet)
     assert [i["name"] for i in manifest["inputs"]] == ["input_ids", "attention_mask", "token_type_ids"]
     engine = load_engine(tmp_path / "engine")
@@ -102,7 +103,7 @@ def test_parity_failure_writes_nothing(tmp_path, masked_checkpoint, monkeypatch)
 def test_existing_target_is_refused_before_work(tmp_path, masked_checkpoint):
     (tmp_path / "engine").mkdir()
     (tmp_path / "engine" / "keep.txt").write_text("mine")
-    with pytest.raises(PruMuxError, match="already exists; pass --force"):
+    with pytest.raises(PruMuxError, match="already exists; pass `force`"):
         export_checkpoint(masked_checkpoint, tmp_path / "engine", log=quiet)
     assert (tmp_path / "engine" / "keep.txt").read_text() == "mine"
 
@@ -128,7 +129,7 @@ def test_engine_refuses_sequences_longer_than_the_position_table(engine_dir):
 def test_pooled_demux_exports_with_parity_plain_and_optimized(tmp_path):
     """key_pool reads every position through attention_mask: the graph must keep that exact, optimized too."""
     model = masked_model(2, demux_kind="key_pool")
-    model.save(tmp_path / "ckpt")
+    save_checkpoint(model, tmp_path / "ckpt")
     for optimize in (False, True):
         out = tmp_path / f"engine-{optimize}"
         manifest = export_checkpoint(tmp_path / "ckpt", out, optimize=optimize, log=quiet)

@@ -7,7 +7,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from prumux_deploy import create_model
+from prumux_deploy import create_model, save_checkpoint
 from prumux_deploy.export import compact
 
 from conftest import tiny_bert_config
@@ -78,7 +78,7 @@ def test_onnx_runtime_agrees_with_the_masked_model(tmp_path_factory, case):
     masks, N, batch, length, seed = case
     model = build(masks, N, seed)
     root = tmp_path_factory.mktemp("prop")
-    model.save(root / "ckpt")
+    save_checkpoint(model, root / "ckpt")
     export_checkpoint(root / "ckpt", root / "engine", log=lambda m: None)
     engine = load_engine(root / "engine")
     ids, mask = inputs(batch, length, seed)

@@ -5,32 +5,32 @@ from click.testing import CliRunner
 
 from prumux_deploy.cli import main
 from prumux_deploy.errors import PruMuxError
-from prumux_deploy.export.tensorrt import shape_profile
+from prumux_deploy.export.tensorrt import ShapeProfile, TensorRTOptions
 
 
 def test_default_profile_follows_the_paper_protocol():
-    p = shape_profile(num_instances=5, max_positions=512)
+    p = ShapeProfile().resolve(num_instances=5, max_positions=512)
     assert (p.min_batch, p.opt_batch, p.max_batch) == (1, 640, 640)
     assert (p.min_seq, p.opt_seq, p.max_seq) == (1, 128, 128)
     assert p.shapes() == ((1, 1), (640, 128), (640, 128))
 
 
 def test_profile_rounds_batches_up_to_multiples_of_n():
-    p = shape_profile(num_instances=4, max_positions=64, min_batch=3, opt_batch=30, max_batch=61,
-                      min_seq=8, opt_seq=32, max_seq=64)
+    p = ShapeProfile(min_batch=3, opt_batch=30, max_batch=61, min_seq=8, opt_seq=32,
+                     max_seq=64).resolve(num_instances=4, max_positions=64)
     assert (p.min_batch, p.opt_batch, p.max_batch) == (3, 32, 64)
     assert (p.min_seq, p.opt_seq, p.max_seq) == (8, 32, 64)
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(min_batch=0), "1 <= --min-batch <= --opt-batch <= --max-batch"),
-    (dict(opt_batch=64, max_batch=32), "1 <= --min-batch <= --opt-batch <= --max-batch"),
-    (dict(min_seq=64, opt_seq=16, max_seq=128), "1 <= --min-seq <= --opt-seq <= --max-seq"),
-    (dict(max_seq=1024), "--max-seq 1024 exceeds the model's position table (512)"),
+    (dict(min_batch=0), "1 <= `min_batch` <= `opt_batch` <= `max_batch`"),
+    (dict(opt_batch=64, max_batch=32), "1 <= `min_batch` <= `opt_batch` <= `max_batch`"),
+    (dict(min_seq=64, opt_seq=16, max_seq=128), "1 <= `min_seq` <= `opt_seq` <= `max_seq`"),
+    (dict(max_seq=1024), "`max_seq` 1024 exceeds the model's position table (512)"),
 ])
 def test_bad_profiles_are_refused(kwargs, message):
     with pytest.raises(PruMuxError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        shape_profile(num_instances=2, max_positions=512, **kwargs)
+        ShapeProfile(**kwargs).resolve(num_instances=2, max_positions=512)
 
 
 def _has_gpu_and_tensorrt():
@@ -47,14 +47,15 @@ def _has_gpu_and_tensorrt():
 def test_tensorrt_export_without_gpu_is_one_clear_line(tmp_path, masked_checkpoint):
     result = CliRunner().invoke(main, ["export", str(masked_checkpoint), str(tmp_path / "e"), "--format", "tensorrt"])
     assert result.exit_code == 2 and "Traceback" not in result.output
-    assert "--format tensorrt needs" in result.output
+    assert "error: TensorRT engines need" in result.output
     assert "pip install 'prumux-deploy[gpu]'" in result.output or "NVIDIA GPU" in result.output
     assert not (tmp_path / "e").exists()
 
 
 def test_profile_flags_are_refused_for_onnx(tmp_path, masked_checkpoint):
     result = CliRunner().invoke(main, ["export", str(masked_checkpoint), str(tmp_path / "e"), "--max-batch", "8"])
-    assert result.exit_code == 2 and "apply to --format tensorrt only" in result.output
+    assert result.exit_code == 2 and ("error: the batch/sequence profile, --timing-cache and --version-compatible apply "
+                                      "to TensorRT engines only (--format tensorrt)") in result.output
 
 
 @pytest.mark.gpu
@@ -65,10 +66,10 @@ def test_tensorrt_engine_matches_pytorch(tmp_path, masked_checkpoint):
 
     from prumux_deploy import load_checkpoint
     from prumux_deploy.engine import load_engine
-    from prumux_deploy.export.pipeline import TensorRTOptions, export_checkpoint
+    from prumux_deploy.export.pipeline import export_checkpoint
 
     manifest = export_checkpoint(masked_checkpoint, tmp_path / "trt", fmt="tensorrt", tolerance=1e-3,
-                                 log=lambda m: None, tensorrt=TensorRTOptions(max_batch=8, max_seq=16))
+                                 log=lambda m: None, tensorrt=TensorRTOptions(ShapeProfile(max_batch=8, max_seq=16)))
     assert manifest["engine"]["kind"] == "tensorrt" and (tmp_path / "trt" / "model.plan").is_file()
     assert manifest["tensorrt"]["profile"]["max_batch"] == 8 and manifest["tensorrt"]["compute_capability"]
     engine = load_engine(tmp_path / "trt")
@@ -80,7 +81,7 @@ def test_tensorrt_engine_matches_pytorch(tmp_path, masked_checkpoint):
     assert engine(ids[:0]).shape == (0, 2)
     # a profile that does not start at batch 1: parity ran inside it, the manifest's length is the profile's
     manifest = export_checkpoint(masked_checkpoint, tmp_path / "trt4", fmt="tensorrt", tolerance=1e-3,
-                                 log=lambda m: None, tensorrt=TensorRTOptions(min_batch=4, max_batch=8, max_seq=12))
+                                 log=lambda m: None, tensorrt=TensorRTOptions(ShapeProfile(min_batch=4, max_batch=8, max_seq=12)))
     assert manifest["max_seq_length"] == manifest["tensorrt"]["profile"]["max_seq"] == 12
     assert min(manifest["parity"]["batch_sizes"]) >= 4
     small = load_engine(tmp_path / "trt4")
@@ -101,7 +102,7 @@ def test_parity_inputs_stay_inside_a_profile():
     from prumux_deploy.export.onnx import parity_inputs
     from prumux_deploy.model import PruMuxConfig
 
-    cases, batches, lengths = parity_inputs(PruMuxConfig(num_instances=2), False, 64, min_batch=4, max_batch=8,
+    cases, batches, lengths = parity_inputs(PruMuxConfig(num_instances=2), 64, min_batch=4, max_batch=8,
                                             min_len=16)
     assert batches == [4, 7] and lengths == [16, 32, 64]
     assert all(4 <= c["input_ids"].shape[0] <= 8 and 16 <= c["input_ids"].shape[1] <= 64 for c in cases)

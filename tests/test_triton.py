@@ -15,13 +15,13 @@ import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 
+from prumux_deploy import save_checkpoint
 from prumux_deploy.cli import main
 from prumux_deploy.data import load_tokenizer, tokenize
 from prumux_deploy.engine import OnnxEngine, read_manifest, sha256_file
 from prumux_deploy.errors import EngineError, PruMuxError
 from prumux_deploy.export import triton as tx
 from prumux_deploy.export.triton import preferred_batch_sizes, write_triton_repository
-from prumux_deploy.triton_cli import triton
 
 from conftest import masked_model
 
@@ -85,7 +85,7 @@ def pair_engine_dir(tmp_path_factory, bert_dir):
     from prumux_deploy.export.pipeline import export_checkpoint
 
     root = tmp_path_factory.mktemp("pair")
-    masked_model(2, num_labels=2, task="qnli").save(root / "ckpt", tokenizer_dir=bert_dir)
+    save_checkpoint(masked_model(2, num_labels=2, task="qnli"), root / "ckpt", tokenizer_dir=bert_dir)
     export_checkpoint(root / "ckpt", root / "engine", log=lambda m: None)
     return root / "engine"
 
@@ -147,7 +147,7 @@ def test_default_repository_matches_the_engine(engine_dir, tmp_path):
 
 def test_options_reach_the_config(any_engine, tmp_path):
     repo = tmp_path / "repo"
-    write_triton_repository(any_engine, repo, "m", max_batch_size=16, instances=3, device="gpu",
+    write_triton_repository(any_engine, repo, "m", max_batch_size=16, copies=3, device="gpu",
                             ort_tensorrt=True)
     config = parse_config(repo / "m")
     check_model_against_engine(repo / "m", any_engine, config)
@@ -182,7 +182,7 @@ def test_tensorrt_engine_gets_the_tensorrt_platform(tmp_path):
     assert [type_name(o.data_type) for o in config.output] == ["TYPE_FP32"] and list(config.output[0].dims) == [3]
     assert sha256_file(repo / "trt" / "1" / "model.plan") == read_manifest(engine)["engine"]["sha256"]
     assert not (repo / "trt" / "1" / "model.onnx").exists()
-    with pytest.raises(PruMuxError, match="--ort-tensorrt applies to ONNX engines"):
+    with pytest.raises(PruMuxError, match="`ort_tensorrt` applies to ONNX engines"):
         write_triton_repository(engine, repo, "x", device="gpu", ort_tensorrt=True)
     with pytest.raises(PruMuxError, match="runs only on a GPU"):
         write_triton_repository(engine, repo, "x", device="cpu")
@@ -192,13 +192,13 @@ def test_tensorrt_engine_gets_the_tensorrt_platform(tmp_path):
 # --- refusals -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"max_batch_size": 0}, "--max-batch-size must be at least 1"),
-    ({"max_batch_size": -4}, "--max-batch-size must be at least 1"),
+    ({"max_batch_size": 0}, "`max_batch_size` must be at least 1"),
+    ({"max_batch_size": -4}, "`max_batch_size` must be at least 1"),
     ({"max_batch_size": 33}, "not a multiple of N=2.*use 32 or 34"),
     ({"max_batch_size": 1}, "not a multiple of N=2.*use 2"),
-    ({"instances": 0}, "--instances must be at least 1"),
-    ({"device": "tpu"}, "--device must be one of cpu, gpu"),
-    ({"ort_tensorrt": True}, "--ort-tensorrt needs --device gpu"),
+    ({"copies": 0}, "`copies` must be at least 1"),
+    ({"device": "tpu"}, "`device` must be one of cpu, gpu"),
+    ({"ort_tensorrt": True}, "`ort_tensorrt` needs `device` gpu"),
     ({"name": "../up"}, "not a usable model name"),
     ({"name": ".hidden"}, "not a usable model name"),
     ({"name": ""}, "not a usable model name"),
@@ -216,10 +216,10 @@ def test_existing_model_is_refused_without_force(engine_dir, tmp_path):
     (repo / "other").mkdir()  # another model in the same repository
     (repo / "other" / "config.pbtxt").write_text('name: "other"\n')
     before = (repo / "m" / "config.pbtxt").read_text()
-    with pytest.raises(PruMuxError, match="already exists; pass --force"):
-        write_triton_repository(engine_dir, repo, "m", instances=4)
+    with pytest.raises(PruMuxError, match="already exists; pass `force`"):
+        write_triton_repository(engine_dir, repo, "m", copies=4)
     assert (repo / "m" / "config.pbtxt").read_text() == before
-    write_triton_repository(engine_dir, repo, "m", instances=4, force=True)
+    write_triton_repository(engine_dir, repo, "m", copies=4, force=True)
     assert parse_config(repo / "m").instance_group[0].count == 4
     assert (repo / "other" / "config.pbtxt").read_text() == 'name: "other"\n'
     assert sorted(p.name for p in repo.iterdir()) == ["m", "other"]
@@ -261,7 +261,7 @@ def test_with_tokenizer_needs_tokenizer_files(engine_dir, tmp_path):
 
 def test_with_tokenizer_writes_three_consistent_models(any_engine, tmp_path):
     repo = tmp_path / "repo"
-    write_triton_repository(any_engine, repo, "cls", with_tokenizer=True, instances=2)
+    write_triton_repository(any_engine, repo, "cls", with_tokenizer=True, copies=2)
     manifest = read_manifest(any_engine)
     pair = "token_type_ids" in [i["name"] for i in manifest["inputs"]]
     configs = all_configs(repo)
@@ -362,7 +362,7 @@ def test_tokenizer_model_matches_data_tokenize(any_engine, tmp_path, monkeypatch
 
     got = model.tokenize_request(request)
     want = tokenize(load_tokenizer(any_engine), TEXTS, PAIRS if pair else None,
-                    max_length=engine.max_seq_length, with_token_types=pair)
+                    max_length=engine.max_seq_length, uses_token_types=pair)
     assert list(got) == [i["name"] for i in engine.manifest["inputs"]] == list(want)
     for name in want:
         assert got[name].dtype == np.int64 and got[name].shape == want[name].shape, name
@@ -381,7 +381,7 @@ def test_tokenizer_model_matches_data_tokenize(any_engine, tmp_path, monkeypatch
     for response, (texts, pairs) in zip([responses[0], responses[2]], [(TEXTS, PAIRS), (TEXTS[:1], PAIRS[:1])]):
         assert response.error is None
         expected = tokenize(load_tokenizer(any_engine), texts, pairs if pair else None,
-                            max_length=engine.max_seq_length, with_token_types=pair)
+                            max_length=engine.max_seq_length, uses_token_types=pair)
         assert [t.name() for t in response.output_tensors] == list(expected)
         for t in response.output_tensors:
             np.testing.assert_array_equal(t.as_numpy(), expected[t.name()])
@@ -394,12 +394,12 @@ def test_tokenizer_model_matches_data_tokenize(any_engine, tmp_path, monkeypatch
 
 def test_hand_written_text_equals_the_protobuf_route(pair_engine_dir, tmp_path, monkeypatch):
     """Without tritonclient the configs are written by hand; they must parse to the same messages."""
-    write_triton_repository(pair_engine_dir, tmp_path / "pb", "m", with_tokenizer=True, instances=2,
+    write_triton_repository(pair_engine_dir, tmp_path / "pb", "m", with_tokenizer=True, copies=2,
                             device="gpu", ort_tensorrt=True)
     monkeypatch.setitem(sys.modules, "tritonclient.grpc", None)  # `from tritonclient.grpc import ...` fails
     with pytest.raises(ImportError):
         from tritonclient.grpc import model_config_pb2 as _  # noqa: F401
-    write_triton_repository(pair_engine_dir, tmp_path / "hand", "m", with_tokenizer=True, instances=2,
+    write_triton_repository(pair_engine_dir, tmp_path / "hand", "m", with_tokenizer=True, copies=2,
                             device="gpu", ort_tensorrt=True)
     monkeypatch.undo()
     pb, hand = all_configs(tmp_path / "pb"), all_configs(tmp_path / "hand")
@@ -414,8 +414,6 @@ def test_hand_written_text_equals_the_protobuf_route(pair_engine_dir, tmp_path, 
 # --- the command line ---------------------------------------------------------------------------
 
 def cli(*args):
-    if "triton" not in main.commands:
-        main.add_command(triton)
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
@@ -423,10 +421,10 @@ def test_cli_happy_path(pair_engine_dir, tmp_path):
     result = cli("triton", "--help")
     assert result.exit_code == 0 and "Usage:" in result.output and "--max-batch-size" in result.output
     repo = tmp_path / "repo"
-    result = cli("triton", pair_engine_dir, repo, "--name", "qnli", "--max-batch-size", 8, "--instances", 2,
+    result = cli("triton", pair_engine_dir, repo, "--name", "qnli", "--max-batch-size", 8, "--copies", 2,
                  "--with-tokenizer", "--no-dynamic-batching")
     assert result.exit_code == 0, result.output
-    assert f"wrote {repo / 'qnli'} (onnxruntime_onnx, N=2, max_batch_size 8, 2 instance(s) on cpu)" in result.output
+    assert f"wrote {repo / 'qnli'} (onnxruntime_onnx, N=2, max_batch_size 8, 2 copies on cpu)" in result.output
     assert f"tritonserver --model-repository {repo}" in result.output
     configs = all_configs(repo)
     assert sorted(configs) == ["qnli", "qnli_ensemble", "qnli_tokenizer"]

@@ -1,5 +1,5 @@
 """Training: token-retrieval warm-up, multiplexed GLUE fine-tuning and CoFi structured pruning.
 
-`prumux-deploy train warmup|finetune|prune|all` (train/cli.py) runs the stages in train/stages.py; each
+`prumux-deploy train warmup|finetune|prune|all` (prumux_deploy/commands/train.py) runs the stages in train/stages.py; each
 writes a checkpoint directory that `prumux-deploy export` reads.
 """

@@ -112,15 +112,15 @@ def runtime(device: str = "auto", precision: str = "fp32") -> Runtime:
     """The process's Runtime; joins torchrun's process group the first time (env:// rendezvous)."""
     global _RUNTIME
     if precision not in PRECISIONS:
-        raise PruMuxError(f"--precision {precision!r}: choose fp32, bf16 or fp16")
+        raise PruMuxError(f"`precision` {precision!r}: choose fp32, bf16 or fp16")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device)
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", local_rank if world > 1 else torch.cuda.current_device())
     if precision == "fp16" and dev.type != "cuda":
-        raise PruMuxError("--precision fp16 needs a CUDA device (half-precision training with a gradient scaler); "
-                          "on the CPU use --precision bf16")
+        raise PruMuxError("`precision` fp16 needs a CUDA device (half-precision training with a gradient scaler); "
+                          "on the CPU use `precision` bf16")
     if world > 1 and not dist.is_initialized():
         if dev.type == "cuda":
             torch.cuda.set_device(dev)

@@ -86,10 +86,10 @@ def _step(rt: Runtime, objective, batch: dict, args: TrainArgs, optimizers, sche
 def _runtime(args: TrainArgs) -> Runtime:
     rt = runtime(args.device, args.precision)
     if args.grad_accum < 1:
-        raise PruMuxError(f"--grad-accum must be at least 1, got {args.grad_accum}")
+        raise PruMuxError(f"`grad_accum` must be at least 1, got {args.grad_accum}")
     unit = rt.world_size * args.grad_accum * args.instances  # every micro-batch holds whole mux groups
     if args.batch_size < unit:
-        raise PruMuxError(f"--batch-size {args.batch_size} is smaller than processes x --grad-accum x N = "
+        raise PruMuxError(f"`batch_size` {args.batch_size} is smaller than processes x `grad_accum` x N = "
                           f"{rt.world_size} x {args.grad_accum} x {args.instances} = {unit}")
     args.batch_size -= args.batch_size % unit  # rounded down to whole micro-batches, as N always rounded it
     return rt
@@ -109,7 +109,7 @@ def _start_model(source, args: TrainArgs, device=None) -> torch.nn.Module:
     if _is_checkpoint(source):
         model = load_checkpoint(source)
         if model.config.num_instances != args.instances:
-            raise PruMuxError(f"{source} has N={model.config.num_instances}, but --instances is {args.instances}")
+            raise PruMuxError(f"{source} has N={model.config.num_instances}, but `instances` is {args.instances}")
         if args.demux:
             model.set_demux_kind(args.demux)
     else:
@@ -164,7 +164,16 @@ def warmup(base, out, args: TrainArgs, resume: bool = False, force: bool = False
            context_weight: float = 1.0):
     """Train mux/demux (and the encoder) to retrieve each instance's tokens from the mixed sequence. With
     `teacher_dir` (an unmultiplexed encoder: a BERT directory or an N=1 checkpoint), also to
-    reproduce the teacher's contextual state of every instance's every token (contextual_distillation_loss)."""
+    reproduce the teacher's contextual state of every instance's every token (contextual_distillation_loss),
+    weighted by `context_weight`.
+
+    base/init/teacher_dir: a checkpoint directory, or a BERT directory for a new model (resolve_base turns
+    "minilm" into one). out: the checkpoint directory to write (refused if it exists, unless force). args: the
+    data, batch (sentences per optimizer step over all processes), learning rate, epochs, device and precision
+    (loop.TrainArgs). resume: continue from out.run/train_state.pt. log: receives progress lines.
+
+    Returns the trained model; writes `out` (a checkpoint) and out/train_log.jsonl. Raises PruMuxError for
+    unusable arguments or data (before training), CheckpointError for an unreadable start."""
     check_target(out, force)
     rt, model, batches, _, total, optimizer, schedule, run = _single_model_stage(base, out, args, force, "warmup",
                                                                                  with_eval=False)
@@ -173,7 +182,7 @@ def warmup(base, out, args: TrainArgs, resume: bool = False, force: bool = False
     optimizers, schedules = [optimizer], [schedule]
     modules = {"model": model}
     if teacher is not None:
-        _check_same_tokenizer(teacher, model, f"--teacher {teacher_dir}")
+        _check_same_tokenizer(teacher, model, f"`teacher` {teacher_dir}")
         head = ContextHead(model.config.hidden_size, teacher.config.hidden_size).to(rt.device)
         # a fresh linear layer: at the encoder's fine-tuning lr it would take thousands of steps to move
         opt_head = torch.optim.AdamW(head.parameters(), lr=10 * args.lr, weight_decay=0.01)
@@ -218,7 +227,16 @@ def finetune(init, out, args: TrainArgs, resume: bool = False, force: bool = Fal
     """Cross-entropy on every instance of randomly formed mux groups. With `teacher_dir` (any fine-tuned
     checkpoint of the task, usually the N=1 model), plus distillation from its predictions on the same
     sentences (KL at `temperature`). On SST-2 N=2 it made learning faster, not the end result better
-    (docs/results.md)."""
+    (docs/results.md).
+
+    base/init/teacher_dir: a checkpoint directory, or a BERT directory for a new model (resolve_base turns
+    "minilm" into one). out: the checkpoint directory to write (refused if it exists, unless force). args: the
+    data, batch (sentences per optimizer step over all processes), learning rate, epochs, device and precision
+    (loop.TrainArgs). resume: continue from out.run/train_state.pt. log: receives progress lines.
+
+    Returns (model, dev accuracy as a fraction); writes `out` and out/train_log.jsonl (dev accuracy at every
+    evaluation).
+    Raises PruMuxError for unusable arguments or data (before training)."""
     rt, model, batches, dev, total, optimizer, schedule, run = _single_model_stage(init, out, args, force,
                                                                                    "finetune")
     targets = None
@@ -248,9 +266,9 @@ def _distillation_teacher(teacher_dir, student, device):
     """A checkpoint whose predictions the student can learn from: same labels, same tokenizer."""
     teacher = load_checkpoint(teacher_dir).to(device)  # only ever run under no_grad (soft_targets)
     if teacher.config.num_labels != student.config.num_labels:
-        raise PruMuxError(f"--teacher {teacher_dir} predicts {teacher.config.num_labels} labels, the student "
+        raise PruMuxError(f"`teacher` {teacher_dir} predicts {teacher.config.num_labels} labels, the student "
                           f"{student.config.num_labels}; give a teacher fine-tuned on the same task")
-    _check_same_tokenizer(teacher, student, f"--teacher {teacher_dir}")
+    _check_same_tokenizer(teacher, student, f"`teacher` {teacher_dir}")
     return teacher
 
 
@@ -263,10 +281,10 @@ def _check_same_tokenizer(teacher, student, what: str):
 def _contextual_teacher(source, args: TrainArgs, device):
     """The unmultiplexed encoder whose per-token states the contextual warm-up matches (frozen, no dropout)."""
     if _is_checkpoint(Path(source)) and (n := read_config(source).num_instances) != 1:
-        raise PruMuxError(f"--teacher {source} is multiplexed (N={n}); give an unmultiplexed (N=1) encoder")
+        raise PruMuxError(f"`teacher` {source} is multiplexed (N={n}); give an unmultiplexed (N=1) encoder")
     teacher = _start_model(source, dataclasses.replace(args, instances=1, demux=None, dropout=0.0), device).eval()
     if teacher.masks or teacher.config.is_compact:
-        raise PruMuxError(f"--teacher {source}: give an unpruned encoder or checkpoint, not a pruned one")
+        raise PruMuxError(f"`teacher` {source}: give an unpruned encoder or checkpoint, not a pruned one")
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher
@@ -295,9 +313,19 @@ class Lagrangian(torch.nn.Module):
 def prune(teacher_dir, out, args: TrainArgs, prune_args: PruneArgs, resume: bool = False, force: bool = False,
           log=print):
     """Learn L0 gates towards the target sparsity while distilling from the fine-tuned teacher (same N),
-    then fine-tune with the deterministic masks; writes a masked checkpoint (fractional kept scales)."""
+    then fine-tune with the deterministic masks; writes a masked checkpoint (fractional kept scales).
+
+    base/init/teacher_dir: a checkpoint directory, or a BERT directory for a new model (resolve_base turns
+    "minilm" into one). out: the checkpoint directory to write (refused if it exists, unless force). args: the
+    data, batch (sentences per optimizer step over all processes), learning rate, epochs, device and precision
+    (loop.TrainArgs). resume: continue from out.run/train_state.pt. log: receives progress lines.
+    prune_args: the target sparsity (a fraction of the prunable encoder parameters, in (0, 1)), the gates'
+    learning rate, the ramp of the target and the epochs with fixed masks (PruneArgs).
+
+    Returns (student, dev accuracy, actual sparsity), fractions; writes `out` and out/train_log.jsonl. Raises PruMuxError for a sparsity outside
+    (0, 1) or a pruned or compact teacher (before training)."""
     if not 0 < prune_args.sparsity < 1:
-        raise PruMuxError(f"--sparsity must be in (0, 1), got {prune_args.sparsity}")
+        raise PruMuxError(f"`sparsity` must be in (0, 1), got {prune_args.sparsity}")
     check_target(out, force)
     rt = _runtime(args)
     seed_everything(args.seed)
