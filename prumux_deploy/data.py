@@ -19,6 +19,7 @@ Rows keep their order (mux groups are consecutive rows, in validate as in traini
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,14 +82,22 @@ SPLIT_NAMES = {"dev": ("dev", "validation", "validation_matched", "val"), "valid
                "train": ("train",), "test": ("test",)}
 
 
+def task_is_pair(name: str | None, columns: dict | None = None) -> bool:
+    """Whether a task (as a config records it: its name, and a custom task's columns) reads sentence pairs."""
+    if name == CUSTOM:
+        return bool((columns or {}).get("text_pair"))
+    task = TASKS.get((name or "").lower().replace("-", ""))
+    return bool(task and task.is_pair)
+
+
 def custom_task(text_column: str, text_pair_column: str | None = None, label_column: str = "label",
                 labels=()) -> Task:
     """A user's own task; `labels` may stay empty until they are read from the data (read_labels)."""
     if not text_column:
-        raise DataError("--task custom needs --text-column (the column holding each example's text)")
+        raise DataError("`task` custom needs `text_column` (the column holding each example's text)")
     labels = tuple(str(v) for v in labels)
     if len(set(labels)) != len(labels):
-        raise DataError(f"--labels lists a label twice: {', '.join(labels)}")
+        raise DataError(f"`labels` lists a label twice: {', '.join(labels)}")
     return Task(CUSTOM, text_column, text_pair_column or None, label_column or "label", labels, labels, custom=True)
 
 
@@ -98,10 +107,10 @@ def resolve_task(name: str | None, text_column=None, text_pair_column=None, labe
     (`config`: a PruMuxConfig). Column options override a custom checkpoint's columns."""
     name = name or (config.task if config is not None else None)
     if not name:
-        raise DataError("no task: pass --task (a GLUE task name, or custom with --text-column and --label-column)")
+        raise DataError("no task: pass `task` (a GLUE task name, or custom with `text_column` and `label_column`)")
     if name.lower() != CUSTOM:
         if text_column or text_pair_column or label_column or labels:
-            raise DataError(f"--text-column, --text-pair-column, --label-column and --labels apply to --task custom; "
+            raise DataError(f"`text_column`, `text_pair_column`, `label_column` and `labels` apply to `task` custom; "
                             f"{name} has its own columns")
         return get_task(name)
     recorded = (config.task_columns or {}) if config is not None and config.task == CUSTOM else {}
@@ -135,10 +144,10 @@ def split_file(task: Task, data_dir, split: str) -> Path:
     name = task.dev_file if split == "dev" else f"{split}.tsv"
     file = data_dir / name
     if not data_dir.is_dir():
-        raise DataError(f"{data_dir}: no such directory; --data must be a GLUE task directory "
+        raise DataError(f"{data_dir}: no such directory; `data` must be a GLUE task directory "
                         f"holding {name}")
     if not file.is_file():
-        raise DataError(f"{file}: missing; choose a --split whose TSV exists in {data_dir}")
+        raise DataError(f"{file}: missing; choose a `split` whose TSV exists in {data_dir}")
     return file
 
 
@@ -195,7 +204,7 @@ def _read_rows(file: Path, task: Task, skip_bad_rows: bool) -> tuple[dict[str, l
     if bad and not skip_bad_rows:
         lineno, reason = bad[0]
         more = f" ({len(bad)} bad rows in all)" if len(bad) > 1 else ""
-        raise DataError(f"{file}:{lineno}: {reason}{more}; fix the file or pass --skip-bad-rows")
+        raise DataError(f"{file}:{lineno}: {reason}{more}; fix the file or pass `skip_bad_rows`")
     return columns, labels, len(bad)
 
 
@@ -243,7 +252,7 @@ def _pick_split(available, split: str, where: str) -> str:
         if name in available:
             return name
     raise DataError(f"{where}: no {split!r} split (it has {', '.join(sorted(available)) or 'none'}); choose a "
-                    f"--split it has, or name the files train.*, validation.* (or dev.*), test.*")
+                    f"`split` it has, or name the files train.*, validation.* (or dev.*), test.*")
 
 
 def _reader_options(suffix: str) -> dict:
@@ -267,7 +276,7 @@ def open_split(data, split: str, data_config: str | None = None, limit: int | No
         elif path.is_dir():
             files = _data_files(path)
             if not files:
-                raise DataError(f"{path}: no data here; --data takes a GLUE TSV directory, a save_to_disk directory, "
+                raise DataError(f"{path}: no data here; `data` takes a GLUE TSV directory, a save_to_disk directory, "
                                 "split files (train.csv, validation.csv, ... or .tsv .jsonl .parquet) or such a file")
             name = _pick_split(files, split, str(path))
             ds, source = _load_file(Path(files[name])), files[name]
@@ -276,7 +285,7 @@ def open_split(data, split: str, data_config: str | None = None, limit: int | No
         elif "/" in str(data) and not str(data).startswith((".", "/")) and not path.suffix:
             ds, source = _load_hub(str(data), data_config, split, limit), f"{data}" + (f" ({data_config})" if data_config else "")
         else:
-            raise DataError(f"{data}: no such file or directory; --data takes a GLUE TSV directory, a save_to_disk "
+            raise DataError(f"{data}: no such file or directory; `data` takes a GLUE TSV directory, a save_to_disk "
                             "directory, a .csv/.tsv/.jsonl/.parquet file or a directory of them, or a hub dataset name")
     except DataError:
         raise
@@ -320,7 +329,7 @@ def _load_hub(name: str, config: str | None, split: str, limit: int | None):
         raise DataError(f"hub dataset {name}{f' ({config})' if config else ''} cannot be loaded here "
                         f"({type(e).__name__}: {str(e).strip().splitlines()[0][:120] if str(e).strip() else ''}); "
                         f"without network only a copy in the local cache ({cache}) works. Elsewhere, save it "
-                        "with save_to_disk or to .parquet/.jsonl/.csv files and pass those to --data") from None
+                        "with save_to_disk or to .parquet/.jsonl/.csv files and pass those to `data`") from None
 
 
 def _label_lookup(task: Task, feature) -> dict:
@@ -356,7 +365,7 @@ def _examples_from_dataset(ds, task: Task, source: str, skip_bad_rows: bool) -> 
     text_a, text_b, label_column = _columns(task, ds.column_names)
     for col in [text_a] + ([text_b] if text_b else []) + [label_column]:
         if col not in ds.column_names:
-            flag = {text_a: "--text-column", text_b: "--text-pair-column", label_column: "--label-column"}[col]
+            flag = {text_a: "`text_column`", text_b: "`text_pair_column`", label_column: "`label_column`"}[col]
             fix = f"name the right one with {flag}" if task.custom else f"is this the {task.name} data?"
             raise DataError(f"{source}: no column {col!r} (columns: {', '.join(ds.column_names)}); {fix}")
     lookup = _label_lookup(task, ds.features.get(label_column))
@@ -380,8 +389,8 @@ def _examples_from_dataset(ds, task: Task, source: str, skip_bad_rows: bool) -> 
     if bad and not skip_bad_rows:
         row, reason = bad[0]
         more = f" ({len(bad)} bad rows in all)" if len(bad) > 1 else ""
-        fix = " or give every label with --labels" if task.custom and "label" in reason else ""
-        raise DataError(f"{source}: row {row}: {reason}{more}; fix the data{fix} or pass --skip-bad-rows")
+        fix = " or give every label with `labels`" if task.custom and "label" in reason else ""
+        raise DataError(f"{source}: row {row}: {reason}{more}; fix the data{fix} or pass `skip_bad_rows`")
     if not labels:
         raise DataError(f"{source}: no usable rows" + (f" ({len(bad)} bad rows skipped)" if bad else "") +
                         "; the split is empty")
@@ -396,14 +405,14 @@ def read_labels(task: Task, data, split: str = "train", data_config: str | None 
     ds, source = open_split(data, split, data_config)
     if task.label_column not in ds.column_names:
         raise DataError(f"{source}: no column {task.label_column!r} (columns: {', '.join(ds.column_names)}); name "
-                        "the right one with --label-column")
+                        "the right one with `label_column`")
     names = getattr(ds.features.get(task.label_column), "names", None)
     if names:
         return task.with_labels(names)
     values = {v.strip() if isinstance(v, str) else v for v in ds[task.label_column] if v is not None and v != ""}
     values = {int(v) if isinstance(v, float) and v.is_integer() else v for v in values}
     if not values:
-        raise DataError(f"{source}: the label column {task.label_column!r} is empty; give the labels with --labels")
+        raise DataError(f"{source}: the label column {task.label_column!r} is empty; give the labels with `labels`")
     if all(isinstance(v, int) or (isinstance(v, str) and v.lstrip("-").isdigit()) for v in values):
         ordered = sorted(values, key=lambda v: int(v))
     else:
@@ -413,28 +422,47 @@ def read_labels(task: Task, data, split: str = "train", data_config: str | None 
     return task.with_labels(ordered)
 
 
+# --- tokenizer files -----------------------------------------------------------------------------
+
+TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json")
+
+
+def has_tokenizer(path) -> bool:
+    """Whether directory `path` holds a Hugging Face tokenizer (any of TOKENIZER_FILES)."""
+    return any((Path(path) / f).is_file() for f in TOKENIZER_FILES)
+
+
+def copy_tokenizer(src, dst) -> bool:
+    """Copy the tokenizer files of directory `src` into directory `dst`; False when `src` has none."""
+    copied = False
+    for name in TOKENIZER_FILES:
+        if (Path(src) / name).is_file():
+            shutil.copyfile(Path(src) / name, Path(dst) / name)
+            copied = True
+    return copied
+
+
 def load_tokenizer(path):
     """The tokenizer saved beside a checkpoint or engine (no hub access)."""
     from transformers import AutoTokenizer
 
-    from .checkpoint import has_tokenizer
-
     if path is None or not has_tokenizer(path):
         raise DataError(f"{path}: no tokenizer files (vocab.txt / tokenizer.json); this model was built "
                         "from a bare config, so it cannot read text. Use a checkpoint made from a BERT "
-                        "directory (prumux-deploy init --base DIR)")
+                        "directory (its tokenizer travels with the model)")
     return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
 
 
 def tokenize(tokenizer, text_a, text_b=None, max_length: int = 128, pad_to_max: bool = False,
-             with_token_types: bool = False) -> dict[str, np.ndarray]:
+             uses_token_types: bool = False) -> dict[str, np.ndarray]:
     """Token ids as int64 numpy arrays [batch, sequence], padded to the longest row or to max_length."""
     enc = tokenizer(list(text_a), list(text_b) if text_b is not None else None, truncation=True,
                     max_length=max_length, padding="max_length" if pad_to_max else "longest",
                     return_tensors="np", return_token_type_ids=True)
     out = {"input_ids": enc["input_ids"].astype(np.int64),
            "attention_mask": enc["attention_mask"].astype(np.int64)}
-    if with_token_types:
+    if uses_token_types:
         out["token_type_ids"] = enc["token_type_ids"].astype(np.int64)
     return out
 
@@ -452,7 +480,7 @@ def check_lengths(tokenizer, text_a, text_b, max_length: int, truncate: bool, wa
     long_rows = too_long_rows(tokenizer, text_a, text_b, max_length)
     if long_rows and not truncate:
         raise DataError(f"{len(long_rows)} of {len(text_a)} inputs are longer than {max_length} tokens "
-                        f"(first: row {long_rows[0] + 1}); shorten them or drop --no-truncate")
+                        f"(first: row {long_rows[0] + 1}); shorten them or allow truncation")
     if long_rows:
         warn(f"warning: {len(long_rows)} of {len(text_a)} inputs are longer than {max_length} tokens and "
              "were truncated (--no-truncate refuses them instead)")

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -305,3 +306,50 @@ def load_engine(engine_dir, device: str = "cpu", **kwargs) -> Engine:
     if device == "cuda":
         kwargs["providers"] = ort_providers(device)
     return OnnxEngine(engine_dir, **kwargs)
+
+
+@dataclass
+class Predictions:
+    """What `classify` returns for B texts."""
+
+    feeds: dict[str, np.ndarray]   # the engine's inputs: input_ids, attention_mask (, token_type_ids), [B, S] int64
+    probabilities: np.ndarray      # [B, C] softmax of the engine's logits
+    labels: list[str]              # the C class names, in id order
+
+    def best(self) -> list[tuple[str, float]]:
+        """(label, probability) of the most likely class of each text."""
+        return [(self.labels[k], float(p[k])) for p, k in zip(self.probabilities, self.probabilities.argmax(1))]
+
+
+def classify(engine: Engine, texts: list[str], second: list[str] | None = None, truncate: bool = True,
+             warn=None) -> Predictions:
+    """Tokenize `texts` (and `second`, the second sentences of a pair task) with the engine's own tokenizer
+    and run the engine once.
+
+    Raises EngineError for texts that do not fit the engine (pairs for a single-sentence engine or the reverse,
+    empty texts), or when the engine computes NaN or Inf (a broken engine must not yield a label);
+    DataError for texts longer than the engine takes when truncate is False. `warn` receives the truncation
+    notice."""
+    from scipy.special import softmax
+
+    from .data import check_lengths, load_tokenizer, tokenize
+
+    second = list(second) if second else None
+    if engine.uses_token_types and (second is None or len(second) != len(texts)):
+        raise EngineError(f"this engine classifies sentence pairs: give `second` once per text ({len(texts)} texts, "
+                          f"{len(second or [])} second sentences)")
+    if second and not engine.uses_token_types:
+        raise EngineError("this engine classifies single sentences; drop `second`")
+    if any(not t.strip() for t in texts):
+        raise EngineError("empty text; every text must contain some words")
+    tokenizer = load_tokenizer(engine.dir)
+    check_lengths(tokenizer, texts, second, engine.max_seq_length, truncate, warn or (lambda msg: None))
+    feeds = tokenize(tokenizer, texts, second, max_length=engine.max_seq_length,
+                     uses_token_types=engine.uses_token_types)
+    logits = engine.run_feeds(feeds)  # [B, C]
+    bad = np.flatnonzero(~np.isfinite(logits).all(1))
+    if bad.size:
+        raise EngineError(f"the engine computed NaN or Inf logits for {bad.size} of {len(texts)} texts (first: "
+                          f"{texts[bad[0]][:40]!r}); the engine is broken (an fp16 overflow?): re-export it, or with "
+                          "`precision` fp32")
+    return Predictions(feeds, softmax(logits.astype(np.float64), axis=1), engine.labels)

@@ -60,6 +60,12 @@ def label_list(ctx, param, value):
     return labels
 
 
+# what --data takes, in every command that reads examples (data.load_examples resolves it)
+DATA_FORMS = ("A GLUE TSV directory (e.g. ../shared/data/glue/SST-2), a save_to_disk directory, a .csv / .tsv / "
+              ".jsonl / .parquet file or a directory of split files (train.*, validation.*), or a hub dataset name "
+              "(see --data-config).")
+
+
 def column_options(fn):
     """--task custom: which columns hold the examples, and the labels."""
     options = [
@@ -83,3 +89,9 @@ def data_options(fn):
     fn = column_options(fn)
     return click.option("--data-config", default=None,
                         help="Configuration of a hub dataset given as --data (e.g. sst2 for nyu-mll/glue).")(fn)
+
+
+def force_option(replaced: str = "OUT if it exists"):
+    """--force: replace an output that exists (outputs are written beside it and renamed into place, so without
+    --force an existing one is never touched; see atomic.py)."""
+    return click.option("--force", is_flag=True, help=f"Replace {replaced}.")

@@ -49,3 +49,35 @@ def format_table(info: dict) -> str:
                 f"params {info['params_total']:,} (encoder {info['params_encoder']:,} of "
                 f"{info['params_encoder_before']:,}), sparsity {info['sparsity']:.1%}")
     return "\n".join(rows)
+
+
+def inspect_path(path) -> tuple[str, dict]:
+    """(header lines, structure) of an engine directory or a checkpoint directory.
+
+    An engine reports the structure its manifest recorded (after checking the engine file's sha256); a
+    checkpoint is compacted in memory and measured (describe). Raises EngineError / CheckpointError for a
+    directory that is neither, or is damaged."""
+    from pathlib import Path
+
+    path = Path(path)
+    if any((path / f).exists() for f in ("manifest.json", "model.onnx", "model.plan")):
+        from .engine import read_manifest, verify_engine_file
+
+        manifest = read_manifest(path)
+        verify_engine_file(path, manifest)
+        header = (f"engine {path}: {manifest['engine']['kind']} {manifest['engine']['file']}, "
+                  f"inputs {[i['name'] for i in manifest['inputs']]}, labels {list(manifest['labels'].values())}")
+        return header, manifest["structure"]
+    from .checkpoint import load_checkpoint
+    from .export import compact
+
+    model = load_checkpoint(path)
+    info = describe(compact(model), model)
+    kind = "compact" if model.config.is_compact else ("masked" if model.masks else "unpruned")
+    header = f"checkpoint {path}: {kind}, task {model.config.task}, labels {list(model.config.id2label.values())}"
+    if model.config.imported_from:
+        from .upstream import summary
+
+        info["imported_from"] = model.config.imported_from
+        header += f"\nimported from {model.config.imported_from['source']}: {summary(model)}"
+    return header, info

@@ -10,23 +10,22 @@ after every call, at the paper's protocol (batch 128*N, sequence 128).
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from .atomic import write_file
 from .checkpoint import load_checkpoint
 from .data import check_lengths, load_examples, load_tokenizer, resolve_task, tokenize
 from .devices import device_info, resolve_device, synchronize
-from .documents import dumps
 from .compare import TOLERANCES, compare_logits, tolerance_for
+from .documents import dumps
 from .engine import load_engine
-from .metrics import metric_names, task_metrics
 from .errors import PruMuxError
+from .metrics import metric_names, task_metrics
 from .timing import end_to_end
 from .timing import throughput as measure
 
@@ -73,8 +72,17 @@ def run_validation(engine_dir, checkpoint, task_name: str | None, data_dir, spli
     column names where they differ from the checkpoint's record.
     device: where the PyTorch reference runs and which engine backend runs ("cuda": ONNX Runtime's CUDA
     provider or TensorRT). with_throughput (implied by thresholds.min_speedup): also time engine and PyTorch
-    eager on that device. Raises PruMuxError (one line) for unusable inputs; threshold failures are in the
-    report (`passed`), not exceptions."""
+    eager on that device. batch_size: rows per batch (default 32*N; 128*N for throughput on a GPU);
+    throughput_seq_len: the padded length timed, in tokens. truncate: cut inputs longer than the engine takes
+    (counted, `warn` told) instead of refusing them; skip_bad_rows: drop (and count) malformed rows.
+
+    Returns the report: engine, checkpoint, task, split, data, examples, precision, num_instances,
+    batch_size, skipped_rows, truncated_rows, device; metrics (engine_accuracy, pytorch_accuracy, agreement
+    and accuracy_drop as fractions, max_abs_logit_error and mean_abs_logit_error in logits, rows with NaN or
+    Inf logits, the task's own metrics); thresholds; checks (name, value, op, threshold, passed); passed; and with
+    throughput, samples/s of engine and PyTorch eager (compact), their ratio and end-to-end rates.
+    Raises PruMuxError (one line) for unusable inputs; threshold failures are in the report (`passed`), not
+    exceptions."""
     dev = resolve_device(device)
     engine = load_engine(engine_dir, device=dev.type)
     model = load_checkpoint(checkpoint).to(dev)
@@ -86,16 +94,16 @@ def run_validation(engine_dir, checkpoint, task_name: str | None, data_dir, spli
                           "validate an engine against the checkpoint it was exported from")
     if cfg.num_labels != len(task.label_names):
         raise PruMuxError(f"checkpoint has {cfg.num_labels} labels but task {task.name} has "
-                          f"{len(task.label_names)}; pass the --task the model was trained for")
+                          f"{len(task.label_names)}; pass the `task` the model was trained for")
     if cfg.task and cfg.task != task.name:
-        raise PruMuxError(f"checkpoint was made for task {cfg.task!r}, not {task.name!r}; pass --task {cfg.task}")
+        raise PruMuxError(f"checkpoint was made for task {cfg.task!r}, not {task.name!r}; pass `task` {cfg.task}")
     tokenizer = load_tokenizer(engine.dir)
     examples = load_examples(task, data_dir, split, limit, skip_bad_rows=skip_bad_rows, data_config=data_config)
     if examples.skipped:
         warn(f"warning: skipped {examples.skipped} bad rows of {examples.source}")
     N = cfg.num_instances
     if batch_size is not None and batch_size < 1:
-        raise PruMuxError(f"--batch-size must be at least 1, got {batch_size}")
+        raise PruMuxError(f"`batch_size` must be at least 1, got {batch_size}")
     batch = batch_size or 32 * N
     max_len = engine.max_seq_length
     truncated = check_lengths(tokenizer, examples.text_a, examples.text_b, max_len, truncate, warn)
@@ -105,7 +113,7 @@ def run_validation(engine_dir, checkpoint, task_name: str | None, data_dir, spli
     for s in tqdm(starts, desc="validate", unit="batch", disable=not progress, file=sys.stderr):
         feeds = tokenize(tokenizer, examples.text_a[s:s + batch],
                          examples.text_b[s:s + batch] if examples.text_b else None,
-                         max_length=max_len, with_token_types=engine.uses_token_types)
+                         max_length=max_len, uses_token_types=engine.uses_token_types)
         eng_logits.append(engine.run_feeds(feeds))
         pt_logits.append(_torch_logits(model, feeds, dev))
     eng, pt = np.concatenate(eng_logits), np.concatenate(pt_logits)
@@ -172,7 +180,7 @@ def _throughput(engine, model, tokenizer, examples, batch, seq_len, device=torch
     idx = np.arange(batch) % len(examples)
     feeds = tokenize(tokenizer, [examples.text_a[i] for i in idx],
                      [examples.text_b[i] for i in idx] if examples.text_b else None,
-                     max_length=seq_len, pad_to_max=True, with_token_types=engine.uses_token_types)
+                     max_length=seq_len, pad_to_max=True, uses_token_types=engine.uses_token_types)
     eager = compact(model).to(device)
     inputs = [torch.from_numpy(feeds[k]).to(device) for k in feeds]
 
@@ -230,10 +238,6 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def write_report(report: dict, path) -> None:
-    """Atomic write: a temporary file beside the target, renamed into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(dumps(report, indent=2) + "\n")
-    os.replace(tmp, path)
+def write_report(report: dict, path, force: bool = False) -> None:
+    """Write the report as JSON, atomically; an existing file is replaced only with force."""
+    write_file(path, dumps(report, indent=2) + "\n", force)

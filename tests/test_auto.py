@@ -12,11 +12,8 @@ from click.testing import CliRunner
 
 from prumux_deploy.auto import (AccuracySurface, AutoModel, Measurement, SpeedupModel, fit, loo_cv, plot,
                                 read_measurements)
-from prumux_deploy.auto_cli import auto
 from prumux_deploy.cli import main
 from prumux_deploy.errors import PruMuxError
-
-main.add_command(auto)  # what the main CLI will do; the error handling (one line, exit 2) lives in `main`
 
 NS = (1, 2, 4, 6, 8, 10)
 SS = (0.0, 0.3, 0.6, 0.8, 0.9, 0.95)

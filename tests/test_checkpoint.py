@@ -21,7 +21,7 @@ def logits(model, seed=0):
 
 def test_masked_checkpoint_round_trip(tmp_path):
     model = masked_model(2)
-    model.save(tmp_path / "ckpt")
+    save_checkpoint(model, tmp_path / "ckpt")
     files = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
     assert files == ["config.json", "masks.safetensors", "model.safetensors"]
     masks = load_file(str(tmp_path / "ckpt" / "masks.safetensors"))
@@ -36,7 +36,7 @@ def test_masked_checkpoint_round_trip(tmp_path):
 
 def test_compact_checkpoint_round_trip_and_fp16(tmp_path):
     small = compact(masked_model(5))
-    small.save(tmp_path / "c32")
+    save_checkpoint(small, tmp_path / "c32")
     save_checkpoint(small, tmp_path / "c16", dtype=torch.float16)
     config = json.loads((tmp_path / "c32" / "config.json").read_text())
     assert config["layer_num_heads"] == [0, 3, 4, 4] and config["pruned_hidden_size"] == HIDDEN // 2
@@ -51,7 +51,7 @@ def test_compact_checkpoint_round_trip_and_fp16(tmp_path):
 def test_demux_kinds_written_before_the_rename_still_load(tmp_path, old, new):
     """0.1 called our read-outs index / index_pool; upstream's `index` is another demux, so ours were renamed."""
     model = masked_model(2, demux_kind=new)
-    model.save(tmp_path / "ckpt")
+    save_checkpoint(model, tmp_path / "ckpt")
     config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
     added_since = ("num_hidden_demux_layers", "legacy_demuxing", "second_embedding_pass", "attend_to_padding",
                    "mux_cls_token_id", "ignore_token_type_ids", "mask_convention", "demux_key_size",
@@ -65,17 +65,17 @@ def test_demux_kinds_written_before_the_rename_still_load(tmp_path, old, new):
 
 def test_save_refuses_an_existing_directory_without_force(tmp_path):
     model = masked_model(1)
-    model.save(tmp_path / "ckpt")
-    with pytest.raises(Exception, match="already exists; pass --force"):
-        model.save(tmp_path / "ckpt")
-    model.save(tmp_path / "ckpt", force=True)
+    save_checkpoint(model, tmp_path / "ckpt")
+    with pytest.raises(Exception, match="already exists; pass `force`"):
+        save_checkpoint(model, tmp_path / "ckpt")
+    save_checkpoint(model, tmp_path / "ckpt", force=True)
     assert load_checkpoint(tmp_path / "ckpt").config.num_instances == 1
 
 
 @pytest.fixture
 def saved(tmp_path):
     path = tmp_path / "ckpt"
-    masked_model(2).save(path)
+    save_checkpoint(masked_model(2), path)
     return path
 
 
@@ -166,7 +166,7 @@ def test_outputs_get_umask_permissions_not_private_temp_ones(tmp_path):
 
     old = os.umask(0o022)
     try:
-        masked_model(1).save(tmp_path / "ckpt")
+        save_checkpoint(masked_model(1), tmp_path / "ckpt")
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "ckpt").stat().st_mode) == 0o755

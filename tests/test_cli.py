@@ -128,7 +128,7 @@ def test_optimized_int8_export_records_fusions_and_validate_uses_int8_defaults(t
     assert manifest["optimized_for"] == "cpu" and manifest["fused_ops"]["EmbedLayerNormalization"] == 2
     assert manifest["fused_ops"]["Attention"] == 3 and manifest["fused_ops"]["LayerNormalization"] == 7
     assert manifest["quantized_ops"]["MatMulInteger"] > 0
-    assert manifest["quantization"] == {"method": "dynamic", "reason": "no --data to calibrate static quantization on"}
+    assert manifest["quantization"] == {"method": "dynamic", "reason": "no task data to calibrate static quantization on"}
     assert manifest["parity"]["tolerance"] == 1.0
     report = tmp_path / "r.json"
     result = run("validate", tmp_path / "e8", "--checkpoint", masked_checkpoint, "--task", "sst2", "--data",

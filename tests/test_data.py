@@ -103,14 +103,14 @@ def test_glue_in_datasets_form_uses_its_column_names_and_class_labels(tmp_path):
 
 @pytest.mark.parametrize("content, message", [
     ({"utterance": ["a", "b"], "label": ["music", "home"]}, "no column 'intent' (columns: utterance, label); "
-                                                            "name the right one with --label-column"),
+                                                            "name the right one with `label_column`"),
     ({"text": ["a", "b"], "intent": ["music", "home"]}, "no column 'utterance' (columns: text, intent); "
-                                                        "name the right one with --text-column"),
+                                                        "name the right one with `text_column`"),
     ({"utterance": ["a", " "], "intent": ["music", "home"]}, "row 2: empty 'utterance'; fix the data or pass "
-                                                             "--skip-bad-rows"),
+                                                             "`skip_bad_rows`"),
     ({"utterance": ["a", "b", "c"], "intent": ["music", "sports", "golf"]},
      "row 2: label 'sports' is not one of home, music, weather (2 bad rows in all); fix the data or give every "
-     "label with --labels or pass --skip-bad-rows"),
+     "label with `labels` or pass `skip_bad_rows`"),
 ])
 def test_bad_data_is_one_line_naming_file_row_and_fix(tmp_path, content, message):
     file = write_split(tmp_path / "dev.csv", "csv", content)
@@ -129,7 +129,7 @@ def test_skip_bad_rows_counts_and_an_empty_split_is_refused(tmp_path):
         load_examples(custom_task("utterance", None, "intent", LABELS_SORTED), tmp_path / "empty.csv", "dev")
     (tmp_path / "only").mkdir()
     write_split(tmp_path / "only" / "train.csv", "csv", rows_dict())
-    with pytest.raises(DataError, match=r"no 'dev' split \(it has train\); choose a --split it has"):
+    with pytest.raises(DataError, match=r"no 'dev' split \(it has train\); choose a `split` it has"):
         load_examples(custom_task("utterance", None, "intent", LABELS_SORTED), tmp_path / "only", "dev")
 
 

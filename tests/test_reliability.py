@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from prumux_deploy import save_checkpoint
 from prumux_deploy.cli import main
 from prumux_deploy.engine import load_engine
 
@@ -236,7 +237,7 @@ def overflowing_checkpoint(path, bert_dir, scale=1e8):
     model = create_model(bert_dir, num_instances=2, num_labels=2, task="sst2", max_seq_length=16)
     with torch.no_grad():
         model.layers[0].ffn.down.weight.mul_(scale)
-    model.save(path)
+    save_checkpoint(model, path)
     return path
 
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from prumux_deploy import load_checkpoint
+from prumux_deploy import load_checkpoint, save_checkpoint
 from prumux_deploy.errors import PruMuxError
 from prumux_deploy.export.pipeline import export_checkpoint
 from prumux_deploy.model import PruMuxConfig
@@ -149,7 +149,7 @@ def test_finetune_refuses_a_teacher_of_another_task(tmp_path, bert_dir, glue_dir
     model = load_checkpoint(tmp_path / "teacher")
     model.config.num_labels, model.config.id2label = 3, {0: "entailment", 1: "neutral", 2: "contradiction"}
     model.demux.classifier = torch.nn.Linear(model.demux.classifier.in_features, 3)
-    model.save(mnli_like)
+    save_checkpoint(model, mnli_like)
     result = CliRunner().invoke(main, ["train", "finetune", str(tmp_path / "o"), "--init", str(bert_dir),
                                        "--teacher", str(mnli_like), "--data", str(glue_dir)])
     assert result.exit_code == 2, result.output
@@ -288,6 +288,6 @@ def test_contextual_warmup_logs_both_losses_and_refuses_a_multiplexed_teacher(tm
     evals = [r for r in records if r.get("event") == "eval"]
     assert evals and all(r["loss"] == pytest.approx(r["retrieval"] + r["context"]) for r in evals)
     assert load_checkpoint(tmp_path / "warm").config.num_instances == 2
-    with pytest.raises(PruMuxError, match=r"--teacher .*warm is multiplexed \(N=2\); give an unmultiplexed \(N=1\) encoder"):
+    with pytest.raises(PruMuxError, match=r"`teacher` .*warm is multiplexed \(N=2\); give an unmultiplexed \(N=1\) encoder"):
         warmup(bert_dir, tmp_path / "again", args, log=lambda m: None, teacher_dir=tmp_path / "warm")
     assert not (tmp_path / "again").exists()

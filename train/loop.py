@@ -5,7 +5,6 @@ rank 0 writes (see distributed.py)."""
 
 from __future__ import annotations
 
-import os
 import random
 import sys
 from dataclasses import asdict, dataclass
@@ -15,6 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from prumux_deploy.atomic import atomic_file
 from prumux_deploy.checkpoint import check_vocab
 from prumux_deploy.data import Examples, load_examples, load_tokenizer, read_labels, resolve_task
 from prumux_deploy.documents import dumps
@@ -54,14 +54,14 @@ class Batches:
     multiple of N (consecutive rows of a batch form the mux groups, so instances are grouped at random)."""
 
     def __init__(self, tokenizer, examples: Examples, batch_size: int, num_instances: int, max_len: int,
-                 seed: int, with_token_types: bool):
+                 seed: int, uses_token_types: bool):
         enc = tokenizer(examples.text_a, examples.text_b, truncation=True, max_length=max_len,
                         return_token_type_ids=True)
         self.ids, self.types = enc["input_ids"], enc["token_type_ids"]
         self.labels = torch.as_tensor(examples.labels)
         self.pad_id = tokenizer.pad_token_id or 0
         self.batch_size = max(num_instances, batch_size - batch_size % num_instances)
-        self.seed, self.with_token_types = seed, with_token_types
+        self.seed, self.uses_token_types = seed, uses_token_types
         self.steps_per_epoch = max(1, len(self.ids) // self.batch_size)
 
     def batch(self, step: int) -> dict[str, torch.Tensor]:
@@ -82,7 +82,7 @@ class Batches:
             mask[i, :n] = 1
         out = {"input_ids": ids, "attention_mask": mask, "labels": self.labels[rows], "rows": torch.as_tensor(rows),
                "position": torch.arange(len(rows))}  # place in the global batch (a process keeps a slice)
-        if self.with_token_types:
+        if self.uses_token_types:
             out["token_type_ids"] = types
         return out
 
@@ -154,7 +154,7 @@ def load_task_data(args: TrainArgs, tokenizer_dir, num_instances: int, with_eval
     if cfg is not None and list(task.label_names) != [cfg.id2label[i] for i in range(cfg.num_labels)] \
             and task.custom:
         raise PruMuxError(f"the data's labels {list(task.label_names)} are not the model's "
-                          f"{[cfg.id2label[i] for i in range(cfg.num_labels)]}; pass --labels in the model's order")
+                          f"{[cfg.id2label[i] for i in range(cfg.num_labels)]}; pass `labels` in the model's order")
     tokenizer = load_tokenizer(tokenizer_dir)
     if cfg is not None:
         check_vocab(tokenizer, cfg, tokenizer_dir)
@@ -187,13 +187,12 @@ class RunState:
                  "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
                          "python": random.getstate()},
                  **{name: obj.state_dict() for name, obj in objects.items()}}
-        tmp = self.file.with_name(self.file.name + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.file)
+        with atomic_file(self.file, force=True) as tmp:  # a kill mid-save keeps the previous state
+            torch.save(state, tmp)
 
     def load(self, objects: dict) -> int:
         if not self.file.is_file():
-            raise PruMuxError(f"{self.file}: nothing to resume; run the stage without --resume first")
+            raise PruMuxError(f"{self.file}: nothing to resume; run the stage without `resume` first")
         state = torch.load(self.file, weights_only=False, map_location="cpu")
         if state.get("stage") != self.stage:
             raise PruMuxError(f"{self.file}: holds a {state.get('stage')!r} run, not {self.stage!r}")

@@ -1,4 +1,4 @@
-"""`prumux-deploy train ...`: the training stages on the command line."""
+"""`prumux-deploy train warmup | finetune | prune | all`: the training stages (prumux_deploy/train/) on the command line."""
 
 from __future__ import annotations
 
@@ -6,16 +6,11 @@ from pathlib import Path
 
 import click
 
-from prumux_deploy.errors import PruMuxError
-from prumux_deploy.options import COUNT, FRACTION, FRACTION_BELOW_1, NON_NEGATIVE, POSITIVE, SEED, data_options
-
-
-def _base_dir(base: str) -> Path:
-    if base == "minilm":
-        from prumux_deploy.cli import _minilm_dir
-
-        return _minilm_dir()
-    return Path(base)
+from ..checkpoint import resolve_base
+from ..errors import PruMuxError
+from ..options import (COUNT, DATA_FORMS, FRACTION, FRACTION_BELOW_1, NON_NEGATIVE, POSITIVE, SEED, data_options,
+                       force_option)
+from ._group import CommandGroup
 
 
 def common_options(fn):
@@ -23,9 +18,7 @@ def common_options(fn):
     options = [
         click.option("--task", default="sst2", show_default=True,
                      help="GLUE task, or custom (your own columns and labels: --text-column, --label-column, ...)."),
-        click.option("--data", default="../shared/data/glue/SST-2", show_default=True,
-                     help="A GLUE TSV directory, a save_to_disk directory, .csv/.tsv/.jsonl/.parquet split files (or "
-                          "a directory of them: train.*, validation.*), or a hub dataset name with --data-config."),
+        click.option("--data", default="../shared/data/glue/SST-2", show_default=True, help=DATA_FORMS),
         click.option("--instances", "-n", type=COUNT, default=2, show_default=True, help="N: sentences per forward pass."),
         click.option("--epochs", type=POSITIVE, default=1.0, show_default=True, help="Passes over the (subsampled) train split."),
         click.option("--batch-size", type=COUNT, default=32, show_default=True,
@@ -53,7 +46,7 @@ def common_options(fn):
         click.option("--train-split", default="train", show_default=True),
         click.option("--eval-split", default="dev", show_default=True),
         click.option("--resume", is_flag=True, help="Continue from OUT.run/ where an interrupted run stopped."),
-        click.option("--force", is_flag=True, help="Replace OUT if it exists."),
+        force_option(),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -61,7 +54,7 @@ def common_options(fn):
 
 
 def _args(kw):
-    from .loop import TrainArgs
+    from ..train.loop import TrainArgs
 
     fields = ("task", "data", "instances", "epochs", "batch_size", "lr", "dropout", "max_train_samples",
               "max_eval_samples", "max_seq_length", "eval_every", "save_every", "seed", "train_split", "eval_split",
@@ -90,7 +83,7 @@ def prune_options(fn):
 
 
 def demux_option(fn):
-    from prumux_deploy.model import NEW_MODEL_DEMUX_KINDS
+    from ..model import NEW_MODEL_DEMUX_KINDS
 
     return click.option("--demux", type=click.Choice(NEW_MODEL_DEMUX_KINDS), default=None,
                         help="Demux read-out of a new model, or switch the starting checkpoint's between key_cls "
@@ -100,7 +93,7 @@ def demux_option(fn):
 
 
 def _prune_args(kw):
-    from .stages import PruneArgs
+    from ..train.stages import PruneArgs
 
     return PruneArgs(sparsity=kw.pop("sparsity"), reg_lr=kw.pop("reg_lr"), warmup_frac=kw.pop("ramp"),
                      final_epochs=kw.pop("final_epochs"), prune_hidden=not kw.pop("no_hidden_pruning"))
@@ -110,7 +103,7 @@ def _echo(msg):
     click.echo(msg, err=True)
 
 
-@click.group()
+@click.group(cls=CommandGroup)
 def train():
     """Train PruMUX models: warm-up, fine-tune, prune (CoFi), or all in order.
 
@@ -130,10 +123,10 @@ def train():
 def warmup_cmd(out, base, teacher, resume, force, **kw):
     """Token-retrieval warm-up of the multiplexer and demultiplexer (plus contextual distillation with
     --teacher)."""
-    from .stages import warmup
+    from ..train.stages import warmup
 
-    warmup(_base_dir(base), out, _args(kw), resume=resume, force=force, log=_echo,
-           teacher_dir=None if teacher is None else _base_dir(teacher))
+    warmup(resolve_base(base), out, _args(kw), resume=resume, force=force, log=_echo,
+           teacher_dir=None if teacher is None else resolve_base(teacher))
 
 
 @train.command("finetune")
@@ -147,9 +140,9 @@ def warmup_cmd(out, base, teacher, resume, force, **kw):
 def finetune_cmd(out, init, teacher, resume, force, **kw):
     """GLUE fine-tuning of the multiplexed model (cross-entropy on every instance, plus distillation from
     --teacher when given)."""
-    from .stages import finetune
+    from ..train.stages import finetune
 
-    finetune(_base_dir(init), out, _args(kw), resume=resume, force=force, log=_echo, teacher_dir=teacher)
+    finetune(resolve_base(init), out, _args(kw), resume=resume, force=force, log=_echo, teacher_dir=teacher)
 
 
 @train.command("prune")
@@ -160,7 +153,7 @@ def finetune_cmd(out, init, teacher, resume, force, **kw):
 @common_options
 def prune_cmd(out, teacher, resume, force, **kw):
     """CoFi structured pruning with distillation, then fine-tuning with the masks fixed."""
-    from .stages import prune
+    from ..train.stages import prune
 
     prune_args = _prune_args(kw)
     prune(teacher, out, _args(kw), prune_args, resume=resume, force=force, log=_echo)
@@ -183,18 +176,18 @@ def all_cmd(out, base, warmup_epochs, prune_epochs, warmup_teacher, finetune_tea
     """warm-up -> fine-tune -> prune; writes OUT/warmup, OUT/finetune, OUT/pruned (s=0 stops after fine-tune)."""
     import copy
 
-    from .stages import finetune, prune, warmup
+    from ..train.stages import finetune, prune, warmup
 
     prune_args = _prune_args(kw)
     args = _args(kw)
     out = Path(out)
-    start = _base_dir(base)
+    start = resolve_base(base)
     if warmup_epochs > 0 and args.instances > 1:
         wargs = copy.copy(args)
         wargs.epochs = warmup_epochs
         if not (resume and (out / "warmup" / "config.json").is_file()):
             warmup(start, out / "warmup", wargs, resume=resume, force=force, log=_echo,
-                   teacher_dir=None if warmup_teacher is None else _base_dir(warmup_teacher))
+                   teacher_dir=None if warmup_teacher is None else resolve_base(warmup_teacher))
         start = out / "warmup"
     if not (resume and (out / "finetune" / "config.json").is_file()):
         finetune(start, out / "finetune", args, resume=resume, force=force, log=_echo,

@@ -1,8 +1,4 @@
-"""`prumux-deploy auto ...`: the Auto-PruMUX commands (fit, predict, cv, plot).
-
-The group is registered on the main CLI with `main.add_command(auto)`; errors are PruMuxError, which the
-main group prints as one line with a non-zero exit.
-"""
+"""`prumux-deploy auto fit | predict | cv | compare | plot`: the Auto-PruMUX commands (prumux_deploy/auto.py)."""
 
 from __future__ import annotations
 
@@ -10,16 +6,17 @@ from pathlib import Path
 
 import click
 
-from .documents import dumps
-from .errors import PruMuxError
-from .options import COUNT, NON_NEGATIVE, POSITIVE
+from ..documents import dumps
+from ..errors import PruMuxError
+from ..options import COUNT, NON_NEGATIVE, POSITIVE, force_option
+from ._group import CommandGroup
 
 
 def _fmt(value, spec):
     return "-" if value is None else format(value, spec)
 
 
-@click.group("auto")
+@click.group("auto", cls=CommandGroup)
 def auto():
     """Auto-PruMUX: predict accuracy and speedup of (N, sparsity) configurations and pick the fastest one
     within an accuracy budget.
@@ -41,10 +38,10 @@ def auto():
 @click.option("--throughput-task", default=None,
               help="Task whose speedups fit the (task-independent) speedup model "
                    "[default: the task with the most throughput measurements].")
-@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@force_option()
 def fit_cmd(csv_path, out, throughput_task, force):
     """Fit the accuracy surfaces and the speedup model on the measurements in CSV and save them to OUT."""
-    from .auto import fit, read_measurements, save_model
+    from ..auto import fit, read_measurements, save_model
 
     rows = read_measurements(csv_path)
     model = fit(rows, throughput_task=throughput_task)
@@ -66,7 +63,7 @@ def predict_cmd(model_path, task, budget, top, as_json):
     """Rank (N, sparsity) configurations of TASK by predicted speedup within the accuracy budget."""
     from dataclasses import asdict
 
-    from .auto import load_model
+    from ..auto import load_model
 
     model = load_model(model_path)
     found = model.rank(task, budget, top=top)
@@ -95,7 +92,7 @@ def predict_cmd(model_path, task, budget, top, as_json):
 def cv_cmd(csv_path, throughput_task, as_json):
     """Leave-one-out cross-validation of both models on CSV: M_A (accuracy within 1.5 points) and
     M_T (speedup within 20%) per task, as in the PruMUX paper's Table 1."""
-    from .auto import loo_cv
+    from ..auto import loo_cv
 
     result = loo_cv(csv_path, throughput_task=throughput_task)
     if as_json:
@@ -123,7 +120,7 @@ def compare_cmd(csv_path, task, step, depth, as_json):
 
     For each accuracy threshold (the N=1, s=0 accuracy, then lower by --step), the fastest measured point of
     each method that reaches it: PruMUX (N>1, s>0), CoFi (N=1, s>0), DataMUX (N>1, s=0)."""
-    from .auto import compare_methods, read_measurements, top3_hits
+    from ..auto import compare_methods, read_measurements, top3_hits
 
     rows = read_measurements(csv_path)
     result = compare_methods(rows, task, step, depth)
@@ -149,10 +146,10 @@ def compare_cmd(csv_path, task, step, depth, as_json):
 @click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path),
               help="Image to write (.png, .pdf, .svg).")
-@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@force_option()
 def plot_cmd(model_path, out, force):
     """Plot each task's predicted accuracy surface and the speedup surface of MODEL (needs matplotlib)."""
-    from .auto import load_model, plot
+    from ..auto import load_model, plot
 
     plot(load_model(model_path), out, force=force)
     click.echo(f"wrote {out}")

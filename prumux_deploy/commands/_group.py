@@ -1,0 +1,56 @@
+"""The click group every command family hangs from: library errors become one line and an exit code."""
+
+from __future__ import annotations
+
+import re
+import traceback
+
+import click
+
+from ..errors import PruMuxError
+
+_PARAMETER = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)`")
+
+
+def in_cli_terms(message: str, command: click.Command | None) -> str:
+    """A library message in the command's terms: each `parameter` that names one of the command's options
+    becomes its flag (`max_seq_length` -> --max-seq-length, `fmt` -> --format), an argument its metavar
+    (`out` -> OUT); other `names` lose their backticks."""
+    names = {}
+    for param in getattr(command, "params", []):
+        if isinstance(param, click.Option):
+            names[param.name] = max(param.opts, key=len)
+        elif isinstance(param, click.Argument):
+            names[param.name] = param.human_readable_name
+    return _PARAMETER.sub(lambda m: names.get(m.group(1), m.group(1)), message)
+
+
+class CommandGroup(click.Group):
+    """Turns PruMuxError (and any unexpected error) from a subcommand into one line on stderr (`error: ...`,
+    in the subcommand's own flags) and its exit code; the traceback only with --debug."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except PruMuxError as e:
+            _traceback_if_debug(ctx)
+            command = self.get_command(ctx, ctx.invoked_subcommand) if ctx.invoked_subcommand else None
+            click.echo(f"error: {in_cli_terms(str(e), command)}", err=True)
+            ctx.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted; no output was written", err=True)
+            ctx.exit(130)
+        except Exception as e:  # a bug or an environment problem: still one line, the traceback with --debug
+            _traceback_if_debug(ctx)
+            msg = str(e).splitlines()[0] if str(e) else ""
+            click.echo(f"error: unexpected {type(e).__name__}: {msg} (rerun with --debug for the traceback)",
+                       err=True)
+            ctx.exit(2)
+
+
+def _traceback_if_debug(ctx):
+    obj = ctx.find_root().obj
+    if obj and obj.get("debug"):
+        traceback.print_exc()

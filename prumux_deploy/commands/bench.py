@@ -1,0 +1,102 @@
+"""`prumux-deploy bench`: throughput (or serving latency) of PruMUX structures and engines, side by side."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import PruMuxError
+from ..options import COUNT, SEED, force_option, number_list
+
+
+def _structure(ctx, param, text):
+    """'2,2,1:324,61,138' -> ([2, 2, 1], [324, 61, 138]); checked against the base shape by BenchConfig."""
+    if text is None:
+        return None
+    try:
+        heads, ffn = ([int(v) for v in part.split(",")] for part in text.split(":"))
+    except ValueError:
+        raise click.BadParameter(f"expected HEADS:FFN, comma-separated integers per layer, got {text!r}") from None
+    return heads, ffn
+
+
+@click.command()
+@click.option("--instances", "-n", callback=number_list(int, 1), default=None,
+              help="Comma-separated N values (default 1,2,5,10).")
+@click.option("--sparsities", "-s", callback=number_list(float, 0.0, 1.0), default=None,
+              help="Comma-separated sparsities (default 0,0.6,0.8,0.9,0.95).")
+@click.option("--backend", "backends", multiple=True,
+              type=click.Choice(["torch", "torch-compile", "onnxruntime", "onnxruntime-opt", "onnxruntime-int8"]),
+              help="Backends to time, repeatable (default: all but torch-compile): PyTorch eager, "
+                   "torch.compile, plain ONNX Runtime, with the transformer optimizer, and optimized + int8.")
+@click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(path_type=Path),
+              help="Time these trained checkpoints instead of generated structures.")
+@click.option("--structure", callback=_structure, default=None, metavar="HEADS:FFN",
+              help="Time this structure on the base shape instead of generated sparsities: heads per layer and FFN "
+                   "width per layer, e.g. CoFi's s=0.95 average 2,2,1,2,1,1,0,0,2,1,1,1:324,61,138,29,112,29,22,164,"
+                   "99,61,87,138.")
+@click.option("-b", "--groups-per-batch", type=COUNT, default=None, help="b: batches hold b*N rows (default 32; 128 with --device cuda, as in the paper).")
+@click.option("--seq", type=COUNT, default=None, help="Padded sequence length (default 128).")
+@click.option("--repeats", type=COUNT, default=None, help="Timed repeats per measurement (median; default 5).")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the generated structures and weights.")
+@click.option("--quick", is_flag=True, help="One-minute smoke run: a small base shape and a 2x2 grid.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="cuda: PyTorch and the baseline on the GPU, ONNX Runtime on its CUDA provider (IO binding), the "
+                   "paper's batch of 128*N by default.")
+@click.option("--protocol", type=click.Choice(["ours", "paper"]), default=None,
+              help="Batch protocol: ours (batches of 32*N rows, the baseline 32; the CPU default) or paper (128*N, "
+                   "the baseline 128: the paper's batch; the GPU default). -b overrides both.")
+@click.option("--latency", is_flag=True,
+              help="Serving latency instead of throughput: p50/p90/p99 per call for batches of 1, N and 4N rows "
+                   "on the optimized engine (and int8 with --backend onnxruntime-int8).")
+@click.option("--data", default=None,
+              help="With --checkpoint: also time text -> labels end to end on this data's dev rows (any --data form "
+                   "validate takes), padded to each batch's longest row and to --seq.")
+@click.option("--task", default=None, help="The --data task when it is not the checkpoint's.")
+@click.option("--gemm/--no-gemm", default=True, show_default=True,
+              help="Measure ONNX Runtime's GEMM rate on each model's own matrix products and report every row's "
+                   "achieved GFLOP/s as a fraction of it.")
+@click.option("--csv", "csv_path", type=click.Path(path_type=Path), default=None, help="Write rows as CSV.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write everything as JSON.")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None,
+              help="Write a PNG: speedup heatmaps and, with --accuracy, the accuracy/throughput Pareto front.")
+@click.option("--accuracy", "accuracy_csv", type=click.Path(path_type=Path), default=None,
+              help="CSV with columns N,sparsity,accuracy for the Pareto plot.")
+@force_option("--csv, --json and --plot files that exist")
+def bench(instances, sparsities, backends, checkpoints, structure, groups_per_batch, seq, repeats, seed, quick, device,
+          protocol, latency, data, task, gemm, csv_path, json_path, plot_path, accuracy_csv, force):
+    """Throughput of PruMUX structures vs a dense BERT-base baseline, measured side by side in one run.
+
+    Structures are CoFi-like and generated at each target sparsity on the BERT-base shape (see
+    prumux_deploy/generate.py), or taken from --checkpoint. Reports samples/s, speedup, FLOPs per sample,
+    the FLOP-bound speedup and the fraction of it achieved, and peak memory.
+    """
+    from ..atomic import check_file_target
+    from ..bench import BenchConfig, format_table, plot, read_accuracies, run_bench, write_outputs
+
+    if data and not checkpoints:
+        raise PruMuxError("--data times trained checkpoints end to end: give them with --checkpoint")
+    if latency and (csv_path or plot_path or accuracy_csv):
+        raise PruMuxError("--csv, --plot and --accuracy describe throughput runs; with --latency use --json")
+    for path in (csv_path, json_path, plot_path):
+        if path:
+            check_file_target(path, force)  # refuse before minutes of timing
+    cfg = BenchConfig.from_options(quick=quick, protocol=protocol, device=device, structure=structure, seed=seed,
+                                   checkpoints=[str(c) for c in checkpoints], data=data, task=task, gemm=gemm,
+                                   instances=instances, sparsities=sparsities, backends=list(backends),
+                                   groups_per_batch=groups_per_batch, seq=seq, repeats=repeats)
+    accuracies = read_accuracies(accuracy_csv) if accuracy_csv else None
+    if latency:
+        from ..bench import format_latency, run_latency
+
+        result = run_latency(cfg)
+        click.echo(format_latency(result))
+        write_outputs(result, None, json_path, force)
+        return
+    result = run_bench(cfg)
+    click.echo(format_table(result))
+    write_outputs(result, csv_path, json_path, force)
+    if plot_path:
+        plot(result, plot_path, accuracies, force)
+        click.echo(f"plot: {plot_path}")

@@ -1,0 +1,113 @@
+"""`prumux-deploy export | triton`: engines from checkpoints, and Triton model repositories from engines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..compare import describe_defaults
+from ..options import COUNT, NON_NEGATIVE, OPSET, force_option
+
+
+@click.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["onnx", "tensorrt"]), default="onnx", show_default=True,
+              help="onnx: model.onnx for ONNX Runtime; tensorrt: model.plan (needs an NVIDIA GPU and tensorrt).")
+@click.option("--opset", type=OPSET, default=18, show_default=True, help="ONNX opset version.")
+@click.option("--max-seq-length", type=COUNT, default=None, help="Longest input (default: the checkpoint's).")
+@click.option("--optimize/--no-optimize", default=None,
+              help="ONNX engines are optimized by default: embeddings + multiplexer fused (EmbedLayerNormalization "
+                   "per instance) and ONNX Runtime's transformer optimizer run (fused Attention, BiasGelu; "
+                   "SkipLayerNorm only for fp16/GPU engines, where it is faster), with the fused-op counts in the "
+                   "manifest. --no-optimize writes the plain exported graph.")
+@click.option("--data", default=None,
+              help="--precision int8: the task's data (any form validate takes). Static (QDQ) int8 is calibrated on "
+                   "its train rows, and dynamic or static is kept, whichever is faster within 1 point of fp32 "
+                   "accuracy on its dev rows (both measured now, recorded in the manifest). Without it: dynamic.")
+@click.option("--data-config", default=None, help="Configuration of a hub dataset given as --data.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+              help="fp16 for GPUs (every normalisation stays fp32); int8 for CPUs: dynamic quantization, or with "
+                   "--data dynamic or static, whichever is faster within 1 point of fp32 (implies --optimize).")
+@click.option("--tolerance", type=NON_NEGATIVE, default=None,
+              help="Largest logit difference vs the masked PyTorch model before the export is refused "
+                   f"[default: {describe_defaults('max_logit_error')}].")
+@click.option("--min-batch", type=COUNT, default=None, help="TensorRT profile: smallest batch (default 1).")
+@click.option("--opt-batch", type=COUNT, default=None, help="TensorRT profile: batch to tune for (default 128*N).")
+@click.option("--max-batch", type=COUNT, default=None, help="TensorRT profile: largest batch (default 128*N).")
+@click.option("--min-seq", type=COUNT, default=None, help="TensorRT profile: shortest sequence (default 1).")
+@click.option("--opt-seq", type=COUNT, default=None, help="TensorRT profile: sequence to tune for (default max).")
+@click.option("--max-seq", type=COUNT, default=None, help="TensorRT profile: longest sequence (default --max-seq-length).")
+@click.option("--timing-cache", type=click.Path(path_type=Path), default=None,
+              help="TensorRT timing cache file, read if present and updated after the build.")
+@click.option("--version-compatible", is_flag=True, help="TensorRT: build a version-compatible engine.")
+@force_option()
+def export(checkpoint, out, fmt, opset, max_seq_length, optimize, data, data_config, precision, tolerance,
+           min_batch, opt_batch, max_batch, min_seq, opt_seq, max_seq, timing_cache, version_compatible, force):
+    """Compact CHECKPOINT and export an engine (ids -> logits, mux/demux inside) to OUT.
+
+    The engine is opened as users will open it and checked on generated batches (sizes not divisible
+    by N included); if its logits differ from PyTorch by more than --tolerance nothing is written.
+    """
+    from ..export.pipeline import export_checkpoint
+    from ..export.tensorrt import ShapeProfile, TensorRTOptions
+
+    trt = TensorRTOptions(ShapeProfile(min_batch, opt_batch, max_batch, min_seq, opt_seq, max_seq),
+                          str(timing_cache) if timing_cache else None, version_compatible)
+    export_checkpoint(checkpoint, out, fmt=fmt, opset=opset, max_seq_length=max_seq_length, force=force,
+                      tolerance=tolerance, log=lambda msg: click.echo(msg, err=True), tensorrt=trt,
+                      optimize=optimize, precision=precision, data=data, data_config=data_config)
+    click.echo(f"engine ready: {out}")
+
+
+@click.command()
+@click.argument("engine_dir", type=click.Path(path_type=Path))
+@click.argument("repo", type=click.Path(path_type=Path))
+@click.option("--name", required=True,
+              help="Model name in the repository (the directory REPO/NAME; clients call it by this name).")
+@click.option("--max-batch-size", type=COUNT, default=None,
+              help="Largest batch Triton sends to one model instance; a positive multiple of N "
+                   "[default: 32*N].")
+@click.option("--copies", "-k", type=COUNT, default=1, show_default=True, metavar="K",
+              help="Copies of the model Triton runs in parallel (its instance_group count).")
+@click.option("--dynamic-batching/--no-dynamic-batching", default=True, show_default=True,
+              help="Let Triton merge requests into batches (preferred sizes 4N, 8N, ... up to the maximum, "
+                   "100 us queue delay).")
+@click.option("--device", type=click.Choice(["cpu", "gpu"]), default=None,
+              help="Where the copies run [default: cpu for ONNX engines, gpu for TensorRT engines].")
+@click.option("--ort-tensorrt", is_flag=True,
+              help="ONNX engines on GPU: run the graph with ONNX Runtime's TensorRT provider in FP16.")
+@click.option("--with-tokenizer", is_flag=True,
+              help="Also write NAME_tokenizer (Python backend: text -> token ids) and NAME_ensemble "
+                   "(text -> logits), so clients can send raw strings.")
+@force_option("the model directories if they exist")
+def triton(engine_dir, repo, name, max_batch_size, copies, dynamic_batching, device, ort_tensorrt,
+           with_tokenizer, force):
+    """Write a Triton model repository entry REPO/NAME for the engine in ENGINE_DIR.
+
+    \b
+    REPO/NAME/config.pbtxt    onnxruntime_onnx (or tensorrt_plan); shapes without the batch axis
+    REPO/NAME/1/model.onnx    the engine file (its sha256 is checked against manifest.json first)
+    REPO/NAME/manifest.json   the engine's manifest, for provenance
+
+    The engine multiplexes N rows per pass, so the maximum and preferred batch sizes are multiples of N.
+    Other models in REPO are left alone; serve it with `tritonserver --model-repository REPO`.
+    """
+    from ..engine import read_manifest
+    from ..export.triton import (DEFAULT_BATCHES_PER_N, ENSEMBLE_SUFFIX, PLATFORMS, TOKENIZER_SUFFIX,
+                                 default_device, write_triton_repository)
+
+    path = write_triton_repository(engine_dir, repo, name, max_batch_size=max_batch_size, copies=copies,
+                                   dynamic_batching=dynamic_batching, with_tokenizer=with_tokenizer,
+                                   force=force, device=device, ort_tensorrt=ort_tensorrt)
+    manifest = read_manifest(path)
+    n = int(manifest["num_instances"])
+    kind = manifest["engine"]["kind"]
+    click.echo(f"wrote {path} ({PLATFORMS[kind][0]}, N={n}, max_batch_size "
+               f"{max_batch_size or DEFAULT_BATCHES_PER_N * n}, {copies} cop{'y' if copies == 1 else 'ies'} on "
+               f"{device or default_device(kind)})")
+    if with_tokenizer:
+        click.echo(f"wrote {repo / (name + TOKENIZER_SUFFIX)} (Python backend tokenizer) and "
+                   f"{repo / (name + ENSEMBLE_SUFFIX)} (text -> logits; call this one with TEXT)")
+    click.echo(f"serve with: tritonserver --model-repository {repo}")
