@@ -40,6 +40,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+from onnxruntime.transformers.onnx_model import OnnxModel
+
+from prumux_deploy.errors import ExportError
 
 from .onnx import quiet
 
@@ -69,20 +72,11 @@ def expected_fused_ops(cfg, for_gpu: bool = False) -> dict[str, int]:
     return {k: v for k, v in sorted(counts.items()) if v}
 
 
-def _nodes(graph: onnx.GraphProto):
-    """Every node of a graph, subgraphs (If branches) included."""
-    for n in graph.node:
-        yield n
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                yield from _nodes(a.g)
-
-
 def op_counts(model: onnx.ModelProto | str | os.PathLike, types=None) -> dict[str, int]:
     """Number of nodes per op type (only `types` when given; subgraphs included), sorted by op type."""
     if not isinstance(model, onnx.ModelProto):
         model = onnx.load(str(model), load_external_data=False)
-    counts = collections.Counter(n.op_type for n in _nodes(model.graph))
+    counts = collections.Counter(n.op_type for n in OnnxModel(model).nodes())
     return {k: counts[k] for k in sorted(counts) if types is None or k in types}
 
 
@@ -108,27 +102,29 @@ def _io_signature(model: onnx.ModelProto):
 
 def _check_io(before: onnx.ModelProto, after: onnx.ModelProto, what: str) -> None:
     if _io_signature(before) != _io_signature(after):
-        raise RuntimeError(f"{what} changed the engine's inputs/outputs: {_io_signature(before)} -> "
-                           f"{_io_signature(after)}")
+        raise ExportError(f"{what} changed the engine's inputs/outputs: {_io_signature(before)} -> "
+                          f"{_io_signature(after)}")
 
 
-def _constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    values = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    for n in model.graph.node:
-        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
-            values[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
-    return values
+def _replace_nodes(model: OnnxModel, dropped: list, added: list) -> None:
+    """Swap nodes of the main graph, in place: remove `dropped`, add `added`, restore a topological order and
+    drop every node and initializer the graph outputs no longer depend on (the graph inputs stay)."""
+    dropped_ids = {id(n) for n in dropped}
+    kept = [n for n in model.graph().node if id(n) not in dropped_ids]
+    del model.graph().node[:]
+    model.graph().node.extend(kept + added)
+    model.topological_sort()
+    model.prune_graph(allow_remove_graph_inputs=False)
 
 
-def _split_unsqueezes(model: onnx.ModelProto) -> int:
+def _split_unsqueezes(model: OnnxModel) -> int:
     """Rewrite Unsqueeze(x, axes=[a0, a1, ...]) (constant, ascending, non-negative axes) as a chain of
     single-axis Unsqueezes, in place. Same result (inserting ascending axes one at a time gives the same
     shape); it is the form the legacy exporter writes and the attention fusion's mask pattern expects.
     Returns how many nodes were split."""
-    values = _constant_values(model)
     nodes, split = [], 0
-    for n in model.graph.node:
-        axes = values.get(n.input[1]) if n.op_type == "Unsqueeze" and len(n.input) == 2 else None
+    for n in model.graph().node:
+        axes = model.get_constant_value(n.input[1]) if n.op_type == "Unsqueeze" and len(n.input) == 2 else None
         if axes is None or axes.size < 2 or (axes < 0).any() or (np.diff(axes.ravel()) <= 0).any():
             nodes.append(n)
             continue
@@ -136,28 +132,22 @@ def _split_unsqueezes(model: onnx.ModelProto) -> int:
         prev, base = n.input[0], n.name or n.output[0]
         for j, a in enumerate(axes.ravel().tolist()):
             const = f"{base}_split_axes_{j}"
-            model.graph.initializer.append(numpy_helper.from_array(np.array([a], dtype=np.int64), const))
+            model.add_initializer(numpy_helper.from_array(np.array([a], dtype=np.int64), const))
             out = n.output[0] if j == axes.size - 1 else f"{base}_split_{j}"
             nodes.append(helper.make_node("Unsqueeze", [prev, const], [out], name=f"{base}_split_{j}"))
             prev = out
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
+    del model.graph().node[:]
+    model.graph().node.extend(nodes)
     return split
 
 
-def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
-    return {o: n for n in graph.node for o in n.output}
+def _producers_and_readers(model: OnnxModel) -> tuple[dict, collections.defaultdict]:
+    """Main-graph maps: tensor name -> the node writing it, and tensor name -> the nodes reading it."""
+    readers = collections.defaultdict(list, model.input_name_to_nodes(exclude_subgraphs=True))
+    return model.output_name_to_node(exclude_subgraphs=True), readers
 
 
-def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
-    uses = collections.defaultdict(list)
-    for n in graph.node:
-        for name in n.input:
-            uses[name].append(n)
-    return uses
-
-
-def _match_embedding_mux(graph: onnx.GraphProto, values: dict[str, np.ndarray]):
+def _match_embedding_mux(model: OnnxModel):
     """Find export_onnx's embedding stack and multiplexer:
 
         LayerNormalization(Add(Add(Gather(word, ids), Unsqueeze(Gather(position, Range(0, S, 1)))),
@@ -166,22 +156,23 @@ def _match_embedding_mux(graph: onnx.GraphProto, values: dict[str, np.ndarray]):
 
     Returns the pieces needed to rewrite it, or None when the graph has another shape (then nothing is
     rewritten: the engine is as correct, only slower)."""
-    producer, uses = _producers(graph), _consumers(graph)
-    for mean in graph.node:
+    producer, uses = _producers_and_readers(model)
+    value = model.get_constant_value
+    for mean in model.graph().node:
         if mean.op_type != "ReduceMean" or len(mean.input) < 2:
             continue
         keepdims = next((a.i for a in mean.attribute if a.name == "keepdims"), 1)
         mul = producer.get(mean.input[0])
-        if keepdims != 0 or values.get(mean.input[1]) is None or values[mean.input[1]].tolist() != [1] \
-                or mul is None or mul.op_type != "Mul":
+        axes = value(mean.input[1])
+        if keepdims != 0 or axes is None or axes.tolist() != [1] or mul is None or mul.op_type != "Mul":
             continue
-        view_name, vectors_name = mul.input if mul.input[1] in values else mul.input[::-1]
-        view, vectors = producer.get(view_name), values.get(vectors_name)
+        view_name, vectors_name = mul.input if value(mul.input[1]) is not None else mul.input[::-1]
+        view, vectors = producer.get(view_name), value(vectors_name)
         if view is None or view.op_type != "Reshape" or vectors is None or vectors.ndim != 4:
             continue
         norm = producer.get(view.input[0])
         if norm is None or norm.op_type != "LayerNormalization" or len(norm.input) < 3 \
-                or norm.input[1] not in values or norm.input[2] not in values:
+                or value(norm.input[1]) is None or value(norm.input[2]) is None:
             continue
         tree, gathers, stack = [], {}, [norm.input[0]]
         while stack:  # the Add / Unsqueeze tree under the LayerNorm, down to the table Gathers
@@ -193,7 +184,7 @@ def _match_embedding_mux(graph: onnx.GraphProto, values: dict[str, np.ndarray]):
                 stack.extend(node.input)
             elif node.op_type == "Unsqueeze":
                 stack.append(node.input[0])
-            elif node.op_type == "Gather" and node.input[0] in values:
+            elif node.op_type == "Gather" and model.get_initializer(node.input[0]) is not None:
                 for key in ("word", "position", "token_type"):
                     if node.input[0].endswith(f"embeddings.{key}.weight"):
                         gathers[key] = node
@@ -203,9 +194,9 @@ def _match_embedding_mux(graph: onnx.GraphProto, values: dict[str, np.ndarray]):
             if set(gathers) != {"word", "position", "token_type"}:
                 continue
             arange = producer.get(gathers["position"].input[1])
-            if arange is None or arange.op_type != "Range" or values.get(arange.input[0]) is None \
-                    or values[arange.input[0]].item() != 0 or values.get(arange.input[2]) is None \
-                    or values[arange.input[2]].item() != 1:
+            start, step = (value(arange.input[i]) if arange is not None and arange.op_type == "Range" else None
+                           for i in (0, 2))
+            if start is None or step is None or start.item() != 0 or step.item() != 1:
                 continue
             private = tree + [norm, view, mul]  # nothing outside the stack may read these
             if any(u not in private + [mean] for n in private for o in n.output for u in uses[o]):
@@ -215,7 +206,7 @@ def _match_embedding_mux(graph: onnx.GraphProto, values: dict[str, np.ndarray]):
     return None
 
 
-def _fuse_embedding_mux(model: onnx.ModelProto) -> bool:
+def _fuse_embedding_mux(model: OnnxModel) -> bool:
     """Rewrite the embedding stack and the multiplexer as one EmbedLayerNormalization per instance, in place.
 
     The multiplexer takes the mean over instances of v_i * LayerNorm(e_i) = gamma * norm(e_i) + beta, so
@@ -225,14 +216,13 @@ def _fuse_embedding_mux(model: onnx.ModelProto) -> bool:
     LayerNorm, Mul and ReduceMean each read or wrote the whole [N*G, S, H] embedding tensor; now only the
     fused kernels write N tensors of [G, S, H] once and Sum reads them once. Same values up to float
     rounding (the export's parity check holds it to the usual tolerance). Returns whether it rewrote."""
-    values = _constant_values(model)
-    match = _match_embedding_mux(model.graph, values)
+    match = _match_embedding_mux(model)
     if match is None:
         return False
-    g, norm, gathers = model.graph, match["norm"], match["gathers"]
+    norm, gathers = match["norm"], match["gathers"]
     vectors = match["vectors"].astype(np.float32)  # [N, H]
     n_inst = vectors.shape[0]
-    gamma, beta = values[norm.input[1]], values[norm.input[2]]
+    gamma, beta = model.get_constant_value(norm.input[1]), model.get_constant_value(norm.input[2])
     eps = next((a.f for a in norm.attribute if a.name == "epsilon"), 1e-5)
     new_nodes, new_inits = [], []
 
@@ -267,52 +257,13 @@ def _fuse_embedding_mux(model: onnx.ModelProto) -> bool:
     if n_inst > 1:
         new_nodes.append(helper.make_node("Sum", parts, [match["out"]], name="mux_embed_sum"))
 
-    kept = [n for n in g.node if not any(n is m for m in match["nodes"])]
-    del g.node[:]
-    g.node.extend(_topological(kept + new_nodes, g))
-    g.initializer.extend(new_inits)
-    _prune_dead_nodes(g)
-    _ensure_ms_domain(model)
+    model.graph().initializer.extend(new_inits)
+    _replace_nodes(model, match["nodes"], new_nodes)
+    _ensure_ms_domain(model.model)
     return True
 
 
-def _topological(nodes: list, graph: onnx.GraphProto) -> list:
-    """Nodes ordered so that every input is produced before it is read (stable for already-ordered runs)."""
-    ready = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
-    produced_by_nodes = {o for n in nodes for o in n.output}
-    ready |= {name for n in nodes for name in n.input if name not in produced_by_nodes}  # outer-scope names
-    ordered, pending = [], list(nodes)
-    while pending:
-        rest = []
-        for n in pending:
-            if all(name in ready for name in n.input):
-                ordered.append(n)
-                ready.update(n.output)
-            else:
-                rest.append(n)
-        if len(rest) == len(pending):
-            raise RuntimeError("graph rewrite left a cycle or a missing input")
-        pending = rest
-    return ordered
-
-
-def _prune_dead_nodes(graph: onnx.GraphProto) -> None:
-    """Drop nodes whose outputs nothing reads (after a rewrite), and initializers nothing reads."""
-    while True:
-        used = {name for n in graph.node for name in n.input} | {o.name for o in graph.output}
-        dead = [n for n in graph.node if not any(o in used for o in n.output)]
-        if not dead:
-            break
-        kept = [n for n in graph.node if not any(n is d for d in dead)]
-        del graph.node[:]
-        graph.node.extend(kept)
-    used = {name for n in graph.node for name in n.input}
-    kept_inits = [i for i in graph.initializer if i.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept_inits)
-
-
-def _residual_blocks_2d(model: onnx.ModelProto) -> tuple[int, int]:
+def _residual_blocks_2d(model: OnnxModel) -> tuple[int, int]:
     """Run every sub-layer's output projection, residual add and LayerNorm on 2-D [tokens, H] tensors, in place
     (CPU engines).
 
@@ -329,21 +280,20 @@ def _residual_blocks_2d(model: onnx.ModelProto) -> tuple[int, int]:
     LayerNormalization take 1.4 ms. A LayerNorm whose input is not that pattern keeps a 3-D residual Add,
     written as a two-input Sum so that the load-time fusion leaves it alone too. The Reshapes are free (they
     alias their input). Returns (blocks rewritten to 2-D, residual Adds written as Sum)."""
-    g = model.graph
-    producer, uses = _producers(g), _consumers(g)
-    inits = {i.name: i for i in g.initializer}
-    new_nodes, dropped, blocks, sums = [], set(), 0, 0
+    producer, uses = _producers_and_readers(model)
+    inits = {i.name: i for i in model.graph().initializer}
+    new_nodes, dropped, blocks, sums = [], [], 0, 0
 
     def shape_const(name, dims):
         if name not in inits:
             inits[name] = numpy_helper.from_array(np.array(dims, dtype=np.int64), name)
-            g.initializer.append(inits[name])
+            model.add_initializer(inits[name])
         return name
 
     def only_reader(name):
         return len(uses[name]) == 1
 
-    for ln in list(g.node):
+    for ln in list(model.graph().node):
         res = producer.get(ln.input[0]) if ln.op_type == "LayerNormalization" else None
         if res is None or res.op_type != "Add" or len(res.input) != 2 or not only_reader(res.output[0]):
             continue
@@ -377,12 +327,9 @@ def _residual_blocks_2d(model: onnx.ModelProto) -> tuple[int, int]:
             helper.make_node("Shape", [residual], [shape], name=f"{base}_2d_shape"),
             helper.make_node("Reshape", [normed, shape], [ln.output[0]], name=f"{base}_2d_back"),
         ]
-        dropped |= {id(mm), id(bias_add), id(res), id(ln)}
+        dropped += [mm, bias_add, res, ln]
         blocks += 1
-    kept = [n for n in g.node if id(n) not in dropped]
-    del g.node[:]
-    g.node.extend(_topological(kept + new_nodes, g))
-    _prune_dead_nodes(g)
+    _replace_nodes(model, dropped, new_nodes)
     return blocks, sums
 
 
@@ -407,18 +354,18 @@ def optimize_onnx(src, dst, num_heads_hint: int | None = None, for_gpu: bool = F
     from onnxruntime.transformers.optimizer import optimize_model
 
     original = onnx.load(str(src))
-    model = onnx.load(str(src))
+    model = OnnxModel(onnx.load(str(src)))
     _split_unsqueezes(model)
     _fuse_embedding_mux(model)
     options = FusionOptions("bert")
     options.attention_mask_format = AttentionMaskFormat.AttentionMask  # raw 0/1 mask: any padding works
     options.enable_skip_layer_norm = options.enable_bias_skip_layer_norm = for_gpu
     with _quiet():
-        optimized = optimize_model(model, model_type="bert", num_heads=num_heads_hint or 0, hidden_size=0,
+        optimized = optimize_model(model.model, model_type="bert", num_heads=num_heads_hint or 0, hidden_size=0,
                                    optimization_options=options, opt_level=0)
-    proto = optimized.model
     if not for_gpu:
-        _residual_blocks_2d(proto)
+        _residual_blocks_2d(optimized)
+    proto = optimized.model
     proto.producer_name, proto.producer_version = original.producer_name, original.producer_version
     _ensure_ms_domain(proto)
     _check_io(original, proto, "the transformer optimizer")
@@ -530,20 +477,18 @@ def convert_fp16(src, dst) -> dict[str, int]:
     included) and any unfused Softmax run in float32 (op_block_list; Casts around them), the int64 inputs
     are untouched and `logits` stays float32 (keep_io_types). Returns op counts of the Cast nodes added and
     the fused ops kept."""
-    from onnxruntime.transformers.onnx_model import OnnxModel
-
     original = onnx.load(str(src))
     model = OnnxModel(onnx.load(str(src)))
     with _quiet():
         model.convert_float_to_float16(use_symbolic_shape_infer=True, keep_io_types=True,
                                        op_block_list=list(FP16_OP_BLOCK_LIST))
-    proto = model.model
-    for node in proto.graph.node:  # the fp32 mask value (float32 min) is -inf in half precision;
+    for node in model.graph().node:  # the fp32 mask value (float32 min) is -inf in half precision;
         for attr in node.attribute:  # ORT's default -10000 masks just as well and stays finite
             if node.op_type in ("Attention", "MultiHeadAttention") and attr.name == "mask_filter_value":
                 attr.f = max(attr.f, -10000.0)
-    _drop_float_to_float_casts(proto.graph)
-    _prune_dead_nodes(proto.graph)
+    _drop_float_to_float_casts(model.graph())
+    model.prune_graph(allow_remove_graph_inputs=False)
+    proto = model.model
     proto.producer_name, proto.producer_version = original.producer_name, original.producer_version
     _check_io(original, proto, "fp16 conversion")
     onnx.save_model(proto, str(dst))

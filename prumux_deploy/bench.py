@@ -12,6 +12,7 @@ time followed FLOPs, and `bound_fraction` how much of that the engine achieves.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import platform
@@ -26,8 +27,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .atomic import atomic_file, write_file
 from .checkpoint import create_model, load_checkpoint
 from .compare import compare_logits
+from .counts import bert_flops_per_sample, prumux_flops_per_sample
 from .devices import device_info, resolve_device, synchronize
 from .documents import dumps
 from .errors import PruMuxError
@@ -41,52 +44,6 @@ BERT_BASE = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_at
                  intermediate_size=3072, max_position_embeddings=512)
 QUICK_BASE = dict(vocab_size=1000, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
                   intermediate_size=512, max_position_embeddings=128)
-
-
-# --- FLOPs ---------------------------------------------------------------------------------------
-
-def encoder_flops(heads: list[int], ffn: list[int], hidden: int, head_dim: int, seq: int) -> int:
-    """FLOPs of one encoder pass over one sequence of length `seq` (matmuls only; 2 per multiply-add)."""
-    total = 0
-    for nh, w in zip(heads, ffn):
-        inner = nh * head_dim
-        if nh:
-            total += 2 * seq * hidden * inner * 3      # Q, K, V projections
-            total += 2 * seq * seq * inner * 2         # scores and context
-            total += 2 * seq * inner * hidden          # output projection
-        if w:
-            total += 2 * seq * hidden * w * 2          # FFN up and down
-    return total
-
-
-def prumux_flops_per_sample(cfg: PruMuxConfig, seq: int) -> float:
-    """One mux group carries N samples: encoder FLOPs / N, plus each sample's own demux and classifier
-    (the demux MLP runs once per sample on [CLS], or at every position with the key_pool read-out). A model
-    that attends to padding (imported upstream models) always runs at its fixed length."""
-    seq = cfg.max_seq_length if cfg.attend_to_padding else seq
-    return encoder_flops(cfg.heads_per_layer, cfg.ffn_per_layer, cfg.model_dim, cfg.head_dim,
-                         seq) / cfg.num_instances + demux_flops_per_sample(cfg, seq)
-
-
-def demux_flops_per_sample(cfg: PruMuxConfig, seq: int) -> float:
-    """Matrix FLOPs of one sample's demux read-out and classifier (model.py's demux kinds)."""
-    H, K, Hd, C = cfg.model_dim, cfg.key_size, cfg.hidden_size, cfg.num_labels
-    if cfg.demux_kind == "pooler":
-        return 2 * H * Hd + 2 * Hd * C
-    if cfg.demux_kind == "index_pos":  # dense_1, dense_2 .. dense_{D-1} (or none, legacy), pre_decoder
-        hidden = 0 if cfg.legacy_demuxing else cfg.num_hidden_demux_layers - 2
-        mlp = 2 * (K + H) * Hd + (hidden + 1) * 2 * Hd * Hd
-    else:  # key_cls / key_pool: dense1, dense2
-        mlp = 2 * (K + H) * Hd + 2 * Hd * Hd
-    positions = seq if cfg.demux_kind == "key_pool" else 1
-    return positions * mlp + 2 * Hd * C
-
-
-def bert_flops_per_sample(cfg: dict, seq: int, num_labels: int = 2) -> float:
-    """Dense BERT: encoder, pooler and classifier for one sequence."""
-    L, H, nh, I = cfg["num_hidden_layers"], cfg["hidden_size"], cfg["num_attention_heads"], cfg["intermediate_size"]
-    enc = encoder_flops([nh] * L, [I] * L, H, H // nh, seq)
-    return enc + 2 * H * H + 2 * H * num_labels
 
 
 # --- peak memory ---------------------------------------------------------------------------------
@@ -145,6 +102,61 @@ class BenchConfig:
     protocol: str = "ours"        # ours: batches of 32*N (baseline 32); paper: 128*N (baseline 128), as the paper
     data: str | None = None       # with --checkpoint: also time text -> labels end to end on this data's dev rows
     task: str | None = None
+
+
+    @classmethod
+    def from_options(cls, quick: bool = False, protocol: str | None = None, device: str = "cpu",
+                     structure: tuple[list[int], list[int]] | None = None, **given) -> "BenchConfig":
+        """The run the command line describes: the defaults, then the protocol's batch (paper: 128*N rows, the
+        GPU default; ours: 32*N, the CPU default), then `quick`'s one-minute shapes (a small base, N 1 and 2,
+        s 0 and 0.9, short sequences), then every field given (None = not given). `structure` is checked
+        against the base shape. Raises PruMuxError for a structure that does not fit it."""
+        cfg = cls(device=device, protocol=protocol or ("paper" if device == "cuda" else "ours"))
+        if cfg.protocol == "paper":
+            cfg.groups_per_batch = 128
+        if quick:
+            cfg.base, cfg.instances, cfg.sparsities = dict(QUICK_BASE), [1, 2], [0.0, 0.9]
+            cfg.groups_per_batch, cfg.seq, cfg.warmup, cfg.repeats, cfg.min_seconds = 2, 32, 1, 2, 0.0
+        for name, value in given.items():
+            if value is not None and value != []:
+                setattr(cfg, name, value)
+        if structure is not None:
+            cfg.structure = check_structure(structure, cfg.base)
+        return cfg
+
+
+def check_structure(structure: tuple[list[int], list[int]], base: dict) -> tuple[list[int], list[int]]:
+    """(heads per layer, FFN width per layer), checked against the base shape."""
+    heads, ffn = structure
+    L, nh, inner = base["num_hidden_layers"], base["num_attention_heads"], base["intermediate_size"]
+    if len(heads) != L or len(ffn) != L or not all(0 <= h <= nh for h in heads) or not all(0 <= f <= inner for f in ffn):
+        raise PruMuxError(f"`structure` needs {L} head counts in 0..{nh} and {L} FFN widths in 0..{inner}, got "
+                          f"{len(heads)} and {len(ffn)}")
+    return list(heads), list(ffn)
+
+
+def read_accuracies(path) -> dict[tuple[int, float], float]:
+    """{(N, sparsity): accuracy} from a CSV with columns N,sparsity,accuracy (for the Pareto plot)."""
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as e:
+        raise PruMuxError(f"{path}: cannot be read ({e.strerror})") from None
+    try:
+        return {(int(r["N"]), float(r["sparsity"])): float(r["accuracy"]) for r in rows}
+    except (KeyError, TypeError, ValueError) as e:
+        raise PruMuxError(f"{path}: needs numeric columns N,sparsity,accuracy ({e})") from None
+
+
+@contextlib.contextmanager
+def all_cores():
+    """PyTorch on every core while timing (its default is the physical cores), restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def generated_model(base: dict, N: int, sparsity: float, seed: int, structure=None) -> PruMuxModel:
@@ -267,13 +279,23 @@ def _structures(cfg: BenchConfig):
             yield f"N={N} s={s:g}", N, s, None
 
 
+@all_cores()
 def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
+    """Time every structure of `cfg` (generated at each sparsity for each N, cfg.structure, or
+    cfg.checkpoints) on each backend, side by side with the dense BERT-base baseline, in one run.
+
+    Returns {"machine", "device", "protocol", "base_shape", "baseline", "rows"}: one row per structure and backend with
+    samples_per_s (median over cfg.repeats timed runs of a batch of cfg.groups_per_batch*N rows at sequence
+    cfg.seq), speedup over the baseline, flops_per_sample (FLOPs), flop_bound_speedup, bound_fraction,
+    achieved GFLOP/s and its share of the GEMM rate measured here (roofline.py), peak_mib (resident memory
+    growth, MiB) and max_abs_logit_error of ONNX rows against PyTorch; with cfg.data, end-to-end text -> labels
+    rates. Raises PruMuxError (a missing GPU or onnxruntime-gpu for cfg.device cuda) before any timing.
+    PyTorch uses every core while it runs; the thread count is restored afterwards."""
     device = resolve_device(cfg.device)
     if device.type == "cuda" and set(cfg.backends) & set(ORT_BACKENDS):
         from .engine import ort_providers
 
         ort_providers("cuda")  # refuse before minutes of work when onnxruntime-gpu is missing
-    torch.set_num_threads(os.cpu_count() or 1)
     items = list(_structures(cfg))
     bar = tqdm(total=len(items) * len(cfg.backends) + 1, desc="bench", unit="run", disable=not progress,
                file=sys.stderr)
@@ -326,7 +348,6 @@ def _end_to_end(graph: Path, model: PruMuxModel, cfg: BenchConfig) -> dict:
     import onnxruntime as ort
 
     from .data import load_examples, load_tokenizer, resolve_task
-    from .export.pipeline import uses_token_types
     from .timing import end_to_end
 
     batch = cfg.groups_per_batch * model.config.num_instances
@@ -340,11 +361,12 @@ def _end_to_end(graph: Path, model: PruMuxModel, cfg: BenchConfig) -> dict:
         return session.run(["logits"], {k: v for k, v in feeds.items() if k in names})[0]
 
     rates = {f"e2e_{kind}_samples_per_s": end_to_end(run_feeds, tokenizer, examples.text_a, examples.text_b, batch,
-                                                     cfg.seq, kind == "fixed", uses_token_types(model.config))
+                                                     cfg.seq, kind == "fixed", model.config.uses_token_types)
              for kind in ("longest", "fixed")}
     return {**rates, "e2e_rows": len(examples)}
 
 
+@all_cores()
 def run_latency(cfg: BenchConfig, progress: bool = True) -> dict:
     """Serving latency of the optimized fp32 (and int8, when asked) engines: p50 / p90 / p99 per call for
     single requests and batches of N and 4N rows at sequence cfg.seq, one call at a time. A lone request
@@ -354,7 +376,6 @@ def run_latency(cfg: BenchConfig, progress: bool = True) -> dict:
 
     import onnxruntime as ort
 
-    torch.set_num_threads(os.cpu_count() or 1)
     backends = [b for b in cfg.backends if b in ("onnxruntime-opt", "onnxruntime-int8")] or ["onnxruntime-opt"]
     items = list(_structures(cfg))
     rows = []
@@ -417,9 +438,10 @@ CSV_FIELDS = ["name", "N", "sparsity", "actual_sparsity", "backend", "samples_pe
               "flops_per_sample", "flop_bound_speedup", "bound_fraction", "peak_mib", "max_abs_logit_error"]
 
 
-def write_outputs(result: dict, csv_path=None, json_path=None):
+def write_outputs(result: dict, csv_path=None, json_path=None, force: bool = False):
+    """Write the result as JSON and/or its rows as CSV, each atomically (replacing a file only with force)."""
     if json_path:
-        _atomic_write(json_path, dumps(result, indent=2) + "\n")
+        write_file(json_path, dumps(result, indent=2) + "\n", force)
     if csv_path:
         import io
 
@@ -430,15 +452,7 @@ def write_outputs(result: dict, csv_path=None, json_path=None):
         writer.writerow({**base, "speedup": 1.0, "flop_bound_speedup": 1.0, "bound_fraction": 1.0})
         for row in result["rows"]:
             writer.writerow(row)
-        _atomic_write(csv_path, buf.getvalue())
-
-
-def _atomic_write(path, text: str):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+        write_file(csv_path, buf.getvalue(), force)
 
 
 def format_table(result: dict) -> str:
@@ -466,7 +480,7 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(result: dict, path, accuracies: dict | None = None):
+def plot(result: dict, path, accuracies: dict | None = None, force: bool = False):
     """Speedup heatmap over (N, s) per backend; with accuracies, accuracy vs throughput and its Pareto front."""
     try:
         import matplotlib
@@ -474,7 +488,7 @@ def plot(result: dict, path, accuracies: dict | None = None):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise PruMuxError("--plot needs matplotlib: pip install 'prumux-deploy[plot]'") from None
+        raise PruMuxError("plotting needs matplotlib: pip install 'prumux-deploy[plot]'") from None
     rows = [r for r in result["rows"] if r["sparsity"] is not None]
     backends = sorted({r["backend"] for r in rows})
     Ns = sorted({r["N"] for r in rows})
@@ -518,7 +532,8 @@ def plot(result: dict, path, accuracies: dict | None = None):
         ax.set_ylabel("accuracy (%)")
         ax.legend()
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        with atomic_file(path, force) as tmp:
+            fig.savefig(tmp, format="png", dpi=120)
+    finally:
+        plt.close(fig)

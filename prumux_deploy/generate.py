@@ -11,19 +11,9 @@ from __future__ import annotations
 
 import torch
 
+from .counts import encoder_params
+from .errors import ModelError
 from .model import PruMuxConfig
-
-
-def encoder_params(heads: list[int], ffn: list[int], hidden: int, head_dim: int) -> int:
-    """Prunable encoder parameters (attention and FFN projections with biases; LayerNorms excluded).
-    Matches PruMuxModel.num_encoder_params for a compact model with these widths."""
-    total = 0
-    for nh, w in zip(heads, ffn):
-        if nh:
-            total += 4 * hidden * nh * head_dim + 3 * nh * head_dim + hidden
-        if w:
-            total += 2 * hidden * w + w + hidden
-    return total
 
 
 def _widths(t: float, att_imp, ffn_imp, num_heads: int, ffn_size: int):
@@ -35,7 +25,7 @@ def _widths(t: float, att_imp, ffn_imp, num_heads: int, ffn_size: int):
 def cofi_like_structure(cfg: PruMuxConfig, sparsity: float, seed: int = 0) -> tuple[list[int], list[int]]:
     """Per-layer (heads, FFN widths) whose encoder sparsity is `sparsity` (to within rounding)."""
     if not 0.0 <= sparsity < 1.0:
-        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+        raise ModelError(f"sparsity must be in [0, 1), got {sparsity}")
     L, nh, I, H, D = (cfg.num_hidden_layers, cfg.num_attention_heads, cfg.intermediate_size, cfg.hidden_size,
                       cfg.head_dim)
     full = encoder_params([nh] * L, [I] * L, H, D)

@@ -2,7 +2,7 @@
 
 `model_gemms(cfg, groups, seq)` lists every matrix product of one encoder pass over a batch of `groups`
 multiplexed sequences (per layer: the Q, K, V and output projections, attention scores and context as
-batched products, FFN up and down; T = groups * seq tokens), the same products `bench.encoder_flops`
+batched products, FFN up and down; T = groups * seq tokens), the same products `counts.encoder_flops`
 counts. `gemm_rate` times each distinct product alone in ONNX Runtime, with the threads the engines get,
 and returns total FLOPs / total time.
 

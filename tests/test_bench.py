@@ -6,10 +6,11 @@ from click.testing import CliRunner
 from transformers import BertConfig
 
 from prumux_deploy import create_model
-from prumux_deploy.bench import BERT_BASE, bert_flops_per_sample, encoder_flops, prumux_flops_per_sample
+from prumux_deploy.bench import BERT_BASE
+from prumux_deploy.counts import bert_flops_per_sample, encoder_flops, encoder_params, prumux_flops_per_sample
 from prumux_deploy.cli import main
 from prumux_deploy.export import compact
-from prumux_deploy.generate import cofi_like_structure, encoder_params, masks_for_structure
+from prumux_deploy.generate import cofi_like_structure, masks_for_structure
 from prumux_deploy.model import PruMuxConfig
 from prumux_deploy.structure import describe
 

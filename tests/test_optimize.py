@@ -134,6 +134,8 @@ def test_gpu_flavour_keeps_skip_layer_norm(engines, tmp_path):
 
 
 def test_embedding_fusion_leaves_other_graphs_alone():
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
     from prumux_deploy.export.optimize import _fuse_embedding_mux
 
     x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 4])
@@ -141,7 +143,7 @@ def test_embedding_fusion_leaves_other_graphs_alone():
     graph = onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
     model = onnx.helper.make_model(graph)
     before = model.SerializeToString()
-    assert _fuse_embedding_mux(model) is False and model.SerializeToString() == before
+    assert _fuse_embedding_mux(OnnxModel(model)) is False and model.SerializeToString() == before
 
 
 def test_optimized_graph_keeps_inputs_outputs_and_dynamic_axes(engines):
@@ -181,7 +183,8 @@ def test_optimize_is_deterministic(engines, tmp_path):
 
 def test_sentence_pair_graph_optimizes_too(tmp_path):
     model = compact_model(2, task="mnli")
-    export_onnx(model, tmp_path / "plain.onnx", uses_token_types=True)
+    assert model.config.input_names == ["input_ids", "attention_mask", "token_type_ids"]
+    export_onnx(model, tmp_path / "plain.onnx")
     assert optimize_onnx(tmp_path / "plain.onnx", tmp_path / "opt.onnx") == expected(2)
     s = session(tmp_path / "opt.onnx")
     rng = np.random.default_rng(1)

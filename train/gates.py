@@ -13,6 +13,7 @@ import math
 import torch
 from torch import nn
 
+from prumux_deploy.counts import prunable_weights
 from prumux_deploy.model import PruMuxConfig
 
 LIMIT_L, LIMIT_R, TEMPERATURE = -0.1, 1.1, 2.0 / 3.0
@@ -147,8 +148,8 @@ def expected_sparsity(cfg: PruMuxConfig, keep_prob: dict[str, torch.Tensor]) -> 
     head = keep_prob.get("head_z", ones(L, heads)) * keep_prob.get("head_layer_z", ones(L))[:, None]
     unit = keep_prob.get("intermediate_z", ones(L, I)) * keep_prob.get("mlp_z", ones(L))[:, None]
     hidden = keep_prob.get("hidden_z", ones(H)).sum()
-    expected = 4 * D * hidden * head.sum() + 2 * hidden * unit.sum()
-    total = L * (4 * H * H + 2 * H * I)
+    expected = prunable_weights(head.sum(), unit.sum(), hidden, D)
+    total = prunable_weights(L * heads, L * I, H, D)
     return 1 - expected / total
 
 
