@@ -170,6 +170,11 @@ def load_task_data(args: TrainArgs, tokenizer_dir, num_instances: int, with_eval
     return task, train_b, eval_b
 
 
+def run_dir(out) -> Path:
+    """Where a stage writing checkpoint `out` keeps its resumable state and log while it runs: OUT.run."""
+    return Path(str(out) + ".run")
+
+
 class RunState:
     """OUT.run/train_state.pt (atomic) and OUT.run/log.jsonl for one stage. Every process resumes from the same
     state; only the main process (rank 0) writes."""

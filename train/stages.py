@@ -29,8 +29,8 @@ from prumux_deploy.structure import describe
 
 from .distributed import Runtime, runtime
 from .gates import CoFiGates, lagrangian_term
-from .loop import (RunState, TrainArgs, evaluate, load_task_data, model_inputs, progress, seed_everything,
-                   soft_targets, task_of)
+from .loop import (RunState, TrainArgs, evaluate, load_task_data, model_inputs, progress, run_dir,
+                   seed_everything, soft_targets, task_of)
 from .losses import (ContextHead, LayerAlignment, contextual_distillation_loss, prediction_distillation,
                      retrieval_choice, retrieval_loss)
 
@@ -154,7 +154,7 @@ def _single_model_stage(source, out, args: TrainArgs, force: bool, stage: str, w
     total = _total_steps(args, batches)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     schedule = _linear_schedule(optimizer, total)
-    run = RunState(Path(str(out) + ".run"), stage, main=rt.is_main)
+    run = RunState(run_dir(out), stage, main=rt.is_main)
     return rt, model, batches, dev, total, optimizer, schedule, run
 
 
@@ -322,8 +322,8 @@ def prune(teacher_dir, out, args: TrainArgs, prune_args: PruneArgs, resume: bool
     prune_args: the target sparsity (a fraction of the prunable encoder parameters, in (0, 1)), the gates'
     learning rate, the ramp of the target and the epochs with fixed masks (PruneArgs).
 
-    Returns (student, dev accuracy, actual sparsity), fractions; writes `out` and out/train_log.jsonl. Raises PruMuxError for a sparsity outside
-    (0, 1) or a pruned or compact teacher (before training)."""
+    Returns (student, dev accuracy, actual sparsity), fractions; writes `out` and out/train_log.jsonl.
+    Raises PruMuxError for a sparsity outside (0, 1) or a pruned or compact teacher (before training)."""
     if not 0 < prune_args.sparsity < 1:
         raise PruMuxError(f"`sparsity` must be in (0, 1), got {prune_args.sparsity}")
     check_target(out, force)
@@ -353,7 +353,7 @@ def prune(teacher_dir, out, args: TrainArgs, prune_args: PruneArgs, resume: bool
     opt_lagrange = torch.optim.AdamW(lagrange.parameters(), lr=prune_args.reg_lr, weight_decay=0.0,
                                      maximize=True)
     schedule = _linear_schedule(opt_model, total)
-    run = RunState(Path(str(out) + ".run"), "prune", main=rt.is_main)
+    run = RunState(run_dir(out), "prune", main=rt.is_main)
     phase = {"final": False, "step": 0}
     T = prune_args.distill_temperature
 
@@ -409,7 +409,7 @@ def prune(teacher_dir, out, args: TrainArgs, prune_args: PruneArgs, resume: bool
     phase["final"] = True
     opt_final = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.01)
     final_schedule = _linear_schedule(opt_final, max(1, final_total))
-    final_run = RunState(Path(str(out) + ".run"), "prune-final", state_file="final_state.pt", main=rt.is_main)
+    final_run = RunState(run_dir(out), "prune-final", state_file="final_state.pt", main=rt.is_main)
     if final_total:
         _train(final_run, copy.copy(args), resume and final_run.file.is_file(),
                {"student": student, "opt_final": opt_final, "schedule": final_schedule}, final_total,
