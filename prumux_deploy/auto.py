@@ -48,6 +48,7 @@ not measured).
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -174,6 +175,80 @@ def _parse(path, reader) -> list[Measurement]:
     if accuracies and all(a <= 1 for a in accuracies):
         raise PruMuxError(f"{path}: every accuracy is <= 1; give accuracy in percent (91.2, not 0.912)")
     return rows
+
+
+# ------------------------------------------------------------------------------------------- collecting
+
+def _read_json(path, what: str) -> dict:
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PruMuxError(f"{path}: no such file; give {what}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise PruMuxError(f"{path}: not a readable JSON file ({e}); give {what}") from None
+    if not isinstance(value, dict):
+        raise PruMuxError(f"{path}: expected a JSON object; give {what}")
+    return value
+
+
+def _same_path(a, b) -> bool:
+    return Path(a).resolve() == Path(b).resolve()
+
+
+def collect_measurements(reports, bench=None, backend: str = "onnxruntime-opt",
+                         sparsity_decimals: int = 2) -> list[Measurement]:
+    """The measurement rows of trained checkpoints, from the files `prumux-deploy` writes about them.
+
+    reports: paths of `validate --report` files, one per trained (N, s) point: the row's task, N and accuracy
+    (the engine's, in percent). Sparsity is measured on the report's checkpoint (structure.inspect_path:
+    removed share of the prunable encoder parameters), rounded to `sparsity_decimals` (the prune stage meets
+    its target to within rounding, so s=0.6 models share one column of the grid). bench: path of a
+    `bench --checkpoint ... --json` file; a row's throughput is the speedup over BERT-base of its checkpoint's
+    `backend` row there (matched by path), empty when bench is None or has no such row.
+    Raises PruMuxError for unreadable files, a report that is not a validate report, two reports of the same
+    (task, N, s), or a backend the bench file did not time."""
+    from .structure import inspect_path
+
+    speedups = {}
+    if bench is not None:
+        result = _read_json(bench, "the --json file of `prumux-deploy bench --checkpoint ...`")
+        rows = result.get("rows")
+        if not isinstance(rows, list):
+            raise PruMuxError(f"{bench}: no 'rows'; give the --json file of `prumux-deploy bench`")
+        timed = [r for r in rows if r.get("backend") == backend]
+        if not timed:
+            found = sorted({str(r.get("backend")) for r in rows})
+            raise PruMuxError(f"{bench}: no {backend} rows (it timed {', '.join(found) or 'nothing'}); "
+                              "choose one of those as `backend`")
+        speedups = {r["name"]: r["speedup"] for r in timed}
+    measured, seen = [], {}
+    for path in reports:
+        report = _read_json(path, "a --report file of `prumux-deploy validate`")
+        try:
+            checkpoint, task, N = report["checkpoint"], report["task"], int(report["num_instances"])
+            accuracy = 100 * float(report["metrics"]["engine_accuracy"])
+        except (KeyError, TypeError, ValueError):
+            raise PruMuxError(f"{path}: not a validate report (needs checkpoint, task, num_instances and "
+                              "metrics.engine_accuracy); write one with `prumux-deploy validate --report`") from None
+        _, structure = inspect_path(checkpoint)
+        sparsity = round(structure["sparsity"], sparsity_decimals)
+        key = (task, N, sparsity)
+        if key in seen:
+            raise PruMuxError(f"{path}: task {task}, N={N}, sparsity {sparsity:g} again (also {seen[key]}); "
+                              "give one report per trained point")
+        seen[key] = path
+        throughput = next((v for name, v in speedups.items() if _same_path(name, checkpoint)), None)
+        measured.append(Measurement(task, N, sparsity, accuracy, throughput))
+    return sorted(measured, key=lambda m: (m.task, m.N, m.sparsity))
+
+
+def write_measurements(rows: list[Measurement], path, force: bool = False) -> Path:
+    """Write rows as the measurement CSV (COLUMNS; empty cells for missing values), atomically."""
+    def cell(value):
+        return "" if value is None else f"{value:.6g}" if isinstance(value, float) else str(value)
+
+    lines = [",".join(COLUMNS)] + [",".join(cell(getattr(r, c)) for c in COLUMNS) for r in rows]
+    return write_file(path, "\n".join(lines) + "\n", force)
 
 
 # --------------------------------------------------------------------------------------- accuracy model

@@ -263,11 +263,11 @@ def _efficiency(row: dict, rate: float) -> dict:
 
 
 def _structures(cfg: BenchConfig):
-    for path in cfg.checkpoints:
+    for path in cfg.checkpoints:  # named by path (auto collect matches them); s: measured, to 0.01 like a grid
         from prumux_deploy.export import compact
 
-        masked = load_checkpoint(path)
-        yield f"{Path(path).name}", masked.config.num_instances, None, compact(masked)
+        model = compact(load_checkpoint(path))
+        yield str(path), model.config.num_instances, round(describe(model)["sparsity"], 2), model
     if cfg.checkpoints:
         return
     for N in cfg.instances:

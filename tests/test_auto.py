@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import refused, run_cli
 
 from prumux_deploy.auto import (AccuracySurface, AutoModel, Measurement, SpeedupModel, fit, loo_cv, plot,
                                 read_measurements)
@@ -353,3 +354,46 @@ def test_compare_finds_the_fastest_point_of_each_method_per_threshold(tmp_path):
     assert "the truly best measured point is in Auto-PruMUX's top 3 for" in result.output
     with pytest.raises(PruMuxError, match="needs the N=1, s=0 point"):
         compare_methods(rows[1:])
+
+
+# --- auto collect: the CSV from validate reports and a bench run over the same checkpoints ---------------------------
+
+def test_collect_joins_validate_reports_and_bench_rows(tmp_path, engine_dir, masked_checkpoint, sst2_dir):
+    from prumux_deploy.checkpoint import load_checkpoint
+    from prumux_deploy.export import compact
+    from prumux_deploy.structure import describe
+
+    report, bench_json, out = tmp_path / "report.json", tmp_path / "bench.json", tmp_path / "m.csv"
+    assert run_cli("validate", engine_dir, "--checkpoint", masked_checkpoint, "--data", sst2_dir,
+                   "--report", report).exit_code == 0
+    done = run_cli("bench", "--checkpoint", masked_checkpoint, "--backend", "onnxruntime-opt", "--seq", 16, "-b", 2,
+                   "--repeats", 2, "--no-gemm", "--json", bench_json)
+    assert done.exit_code == 0, done.output
+    sparsity = round(describe(compact(load_checkpoint(masked_checkpoint)))["sparsity"], 2)
+    bench_row = json.loads(bench_json.read_text())["rows"][0]
+    assert bench_row["name"] == str(masked_checkpoint) and bench_row["sparsity"] == sparsity > 0
+
+    done = run_cli("auto", "collect", report, "--bench", bench_json, "-o", out)
+    assert done.exit_code == 0, done.output
+    assert f"wrote {out}: 1 rows (sst2), 1 with throughput" in done.output
+    accuracy = 100 * json.loads(report.read_text())["metrics"]["engine_accuracy"]
+    header, row = out.read_text().splitlines()
+    assert header == "task,N,sparsity,accuracy,throughput"
+    task, N, s, acc, speedup = row.split(",")
+    assert (task, int(N), float(s)) == ("sst2", 2, sparsity)
+    assert float(acc) == pytest.approx(accuracy, rel=1e-5)
+    assert float(speedup) == pytest.approx(bench_row["speedup"], rel=1e-5)
+    rows = read_measurements(out)  # what cv, fit and compare read
+    assert [(r.task, r.N, r.sparsity) for r in rows] == [("sst2", 2, sparsity)]
+
+    # without --bench: accuracy only; bad input: one line each, and the CSV is left as it was
+    assert run_cli("auto", "collect", report, "-o", tmp_path / "acc.csv").exit_code == 0
+    assert (tmp_path / "acc.csv").read_text().splitlines()[1].endswith(",")
+    before = out.read_text()
+    refused(run_cli("auto", "collect", report, "-o", out), 2, "already exists")
+    refused(run_cli("auto", "collect", report, report, "-o", out, "--force"), 2, "again (also")
+    refused(run_cli("auto", "collect", report, "--bench", bench_json, "--backend", "torch", "-o", out, "--force"),
+            2, "no torch rows (it timed onnxruntime-opt)")
+    refused(run_cli("auto", "collect", bench_json, "-o", out, "--force"), 2, "not a validate report")
+    refused(run_cli("auto", "collect", tmp_path / "nope.json", "-o", out, "--force"), 2, "no such file")
+    assert out.read_text() == before

@@ -1,4 +1,4 @@
-"""`prumux-deploy auto fit | predict | cv | compare | plot`: the Auto-PruMUX commands (prumux_deploy/auto.py)."""
+"""`prumux-deploy auto collect | fit | predict | cv | compare | plot`: the Auto-PruMUX commands (prumux_deploy/auto.py)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ def auto():
     throughput = speedup over BERT-base, empty where not measured).
 
     \b
+      prumux-deploy auto collect runs/*/report.json --bench bench.json -o measurements.csv
       prumux-deploy auto cv measurements.csv
       prumux-deploy auto fit measurements.csv -o auto.json
       prumux-deploy auto predict auto.json --task sst2 --budget 3
@@ -82,6 +83,35 @@ def predict_cmd(model_path, task, budget, top, as_json):
     for k, c in enumerate(found, 1):
         click.echo(f"{k:>4}  {c.N:>3}  {c.sparsity:>5.2f}  {c.accuracy:>8.2f}  {c.speedup:>7.2f}x  "
                    f"{'yes' if c.trained else 'no'}")
+
+
+@auto.command("collect")
+@click.argument("reports", metavar="REPORT...", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--bench", "bench_json", type=click.Path(path_type=Path), default=None,
+              help="The --json file of `prumux-deploy bench --checkpoint ...` over the same checkpoints: each row's "
+                   "throughput is its checkpoint's speedup over BERT-base there [default: no throughput column].")
+@click.option("--backend", default="onnxruntime-opt", show_default=True,
+              help="Which of the bench file's backends gives the throughput.")
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Where to write the CSV.")
+@force_option("--out if it exists")
+def collect_cmd(reports, bench_json, backend, out, force):
+    """Write the measurement CSV of trained checkpoints: one row per REPORT (a `validate --report` file).
+
+    Task, N and accuracy (the engine's, percent) come from the report; sparsity is measured on the report's
+    checkpoint, to 0.01; throughput from --bench.
+
+    \b
+      prumux-deploy auto collect runs/*/report.json --bench bench.json -o measurements.csv
+    """
+    from ..atomic import check_file_target
+    from ..auto import collect_measurements, write_measurements
+
+    check_file_target(out, force)
+    rows = collect_measurements(reports, bench_json, backend)
+    write_measurements(rows, out, force)
+    with_throughput = sum(r.throughput is not None for r in rows)
+    click.echo(f"wrote {out}: {len(rows)} rows ({', '.join(sorted({r.task for r in rows}))}), "
+               f"{with_throughput} with throughput")
 
 
 @auto.command("cv")

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Everything docs/results.md reports about the trained grid, from its checkpoints (examples/sst2-grid/train.sh):
+# per point an fp32 (optimized) and an int8 engine, each validated on SST-2 dev against PyTorch; one bench run over
+# all points (pause any training first: it is timed); the Auto-PruMUX measurement CSV, its leave-one-out scores
+# and the PruMUX / CoFi / DataMUX comparison. Points that have not finished training are left out.
+# Usage (from the repository root): examples/sst2-grid/report.sh [RUNS_DIR] (default runs/grid).
+set -eu
+R=${1:-runs/grid}
+D=${DATA:-../shared/data/glue/SST-2}
+OUT=$R/report
+mkdir -p "$OUT"
+points=()
+for p in "$R"/n*/finetune "$R"/n*/s*; do
+  [ -f "$p/config.json" ] && points+=("$p")
+done
+[ ${#points[@]} -gt 0 ] || { echo "no finished points under $R" >&2; exit 1; }
+reports=()
+for p in "${points[@]}"; do
+  prumux-deploy export "$p" "$p.engine" --force
+  prumux-deploy validate "$p.engine" --checkpoint "$p" --data "$D" --report "$p.report.json" --force
+  prumux-deploy export "$p" "$p.int8" --precision int8 --data "$D" --force
+  prumux-deploy validate "$p.int8" --checkpoint "$p" --data "$D" --report "$p.int8.report.json" --force
+  reports+=("$p.report.json")
+done
+prumux-deploy auto collect "${reports[@]}" -o "$OUT/accuracy.csv" --force
+checkpoints=(); for p in "${points[@]}"; do checkpoints+=(--checkpoint "$p"); done
+prumux-deploy bench "${checkpoints[@]}" --backend torch --backend onnxruntime-opt --backend onnxruntime-int8 \
+  --json "$OUT/bench.json" --csv "$OUT/bench.csv" --plot "$OUT/pareto.png" --accuracy "$OUT/accuracy.csv" --force \
+  | tee "$OUT/bench.txt"
+prumux-deploy auto collect "${reports[@]}" --bench "$OUT/bench.json" -o "$OUT/measurements.csv" --force
+prumux-deploy auto cv "$OUT/measurements.csv" | tee "$OUT/cv.txt"
+prumux-deploy auto compare "$OUT/measurements.csv" | tee "$OUT/compare.txt"
+echo "written: $OUT"
