@@ -395,11 +395,17 @@ def run_latency(cfg: BenchConfig, progress: bool = True) -> dict:
                                                     "protocol": "latency"}, "latency": rows}
 
 
+def _name_width(rows) -> int:
+    """Width of the structure column: checkpoint rows are named by their path."""
+    return max([15] + [len(r["name"]) for r in rows])
+
+
 def format_latency(result: dict) -> str:
-    lines = [f"{'structure':<14} {'backend':<17} {'batch':>5} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
+    w = _name_width(result["latency"])
+    lines = [f"{'structure':<{w}} {'backend':<17} {'batch':>5} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
              f"{'ms/row':>8}"]
     for r in result["latency"]:
-        lines.append(f"{r['name']:<14} {r['backend']:<17} {r['batch']:>5} {r['p50_ms']:>8.2f} {r['p90_ms']:>8.2f} "
+        lines.append(f"{r['name']:<{w}} {r['backend']:<17} {r['batch']:>5} {r['p50_ms']:>8.2f} {r['p90_ms']:>8.2f} "
                      f"{r['p99_ms']:>8.2f} {r['per_row_p50_ms']:>8.2f}")
     m = result["machine"]
     lines += ["", f"sequence {result['protocol']['seq']}; machine: {m['cpu']} ({m['cores']} cores), onnxruntime "
@@ -458,20 +464,21 @@ def write_outputs(result: dict, csv_path=None, json_path=None, force: bool = Fal
 def format_table(result: dict) -> str:
     base = result["baseline"]
     proto = result["protocol"]
+    w = _name_width([base] + result["rows"])
     lines = [f"protocol {proto.get('protocol', 'ours')}: batches of {proto['groups_per_batch']}*N rows x sequence "
              f"{proto['seq']}; baseline: {base['name']} eager, {base['samples_per_s']:.1f} samples/s at batch "
              f"{base['batch']}, {base['flops_per_sample'] / 1e9:.1f} GFLOP/sample", "",
-             f"{'structure':<14} {'backend':<17} {'samples/s':>10} {'speedup':>8} {'FLOP bound':>10} "
+             f"{'structure':<{w}} {'backend':<17} {'samples/s':>10} {'speedup':>8} {'FLOP bound':>10} "
              f"{'of bound':>8} {'GFLOP/s':>8} {'of GEMM':>8} {'peak MiB':>9}"]
     for r in [base] + result["rows"]:
         gemm = (f"{r['achieved_gflops']:>8.1f} {r['gemm_fraction']:>8.0%}" if "gemm_fraction" in r
                 else f"{'-':>8} {'-':>8}")
         speedup = r["samples_per_s"] / base["samples_per_s"]
         bound = base["flops_per_sample"] / r["flops_per_sample"]
-        lines.append(f"{r['name']:<14} {r['backend']:<17} {r['samples_per_s']:>10.1f} {speedup:>7.1f}x "
+        lines.append(f"{r['name']:<{w}} {r['backend']:<17} {r['samples_per_s']:>10.1f} {speedup:>7.1f}x "
                      f"{bound:>9.1f}x {speedup / bound:>8.0%} {gemm} {r['peak_mib']:>9.0f}")
         if "e2e_longest_samples_per_s" in r:
-            lines.append(f"{'':<14} {'  text -> labels':<17} {r['e2e_longest_samples_per_s']:>10.1f} (padded to each "
+            lines.append(f"{'':<{w}} {'  text -> labels':<17} {r['e2e_longest_samples_per_s']:>10.1f} (padded to each "
                          f"batch's longest row), {r['e2e_fixed_samples_per_s']:.1f} (padded to {proto['seq']})")
     m = result["machine"]
     lines += ["", f"machine: {m['cpu']} ({m['cores']} cores), torch {m['torch']}, onnxruntime {m['onnxruntime']}; "

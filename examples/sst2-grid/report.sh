@@ -29,5 +29,5 @@ prumux-deploy bench "${checkpoints[@]}" --backend torch --backend onnxruntime-op
   | tee "$OUT/bench.txt"
 prumux-deploy auto collect "${reports[@]}" --bench "$OUT/bench.json" -o "$OUT/measurements.csv" --force
 prumux-deploy auto cv "$OUT/measurements.csv" | tee "$OUT/cv.txt"
-prumux-deploy auto compare "$OUT/measurements.csv" | tee "$OUT/compare.txt"
+prumux-deploy auto compare "$OUT/measurements.csv" --depth 10 | tee "$OUT/compare.txt"
 echo "written: $OUT"
