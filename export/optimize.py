@@ -113,7 +113,10 @@ def _replace_nodes(model: OnnxModel, dropped: list, added: list) -> None:
     kept = [n for n in model.graph().node if id(n) not in dropped_ids]
     del model.graph().node[:]
     model.graph().node.extend(kept + added)
-    model.topological_sort()
+    try:
+        model.topological_sort()
+    except RuntimeError as e:  # ONNX Runtime's "Graph is not a DAG": a rewrite read a name nothing writes
+        raise ExportError(f"a graph rewrite left a cycle or a missing input ({e})") from None
     model.prune_graph(allow_remove_graph_inputs=False)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from prumux_deploy.atomic import atomic_file
 from prumux_deploy.errors import PruMuxError
 
 INSTALL_HINT = "pip install 'prumux-deploy[gpu]'"
@@ -139,6 +140,7 @@ def build_plan(onnx_path, plan_path, profile: ShapeProfile, input_names: list[st
         raise PruMuxError("TensorRT failed to build the engine; see the TensorRT log above")
     Path(plan_path).write_bytes(bytes(serialized))
     if cache is not None:  # keep the cache for the next build (it is the user's file, not part of OUT)
-        Path(timing_cache).write_bytes(bytes(cache.serialize()))
+        with atomic_file(timing_cache, force=True) as tmp:
+            tmp.write_bytes(bytes(cache.serialize()))
     return {"tensorrt": trt.__version__, **gpu_info(), "strongly_typed": bool(flags),
             "version_compatible": version_compatible, "profile": profile.to_dict()}

@@ -1,5 +1,6 @@
-"""Parameter and FLOP counts of encoder structures: the one place for the formulas that sparsity (generate.py,
-structure.py), the pruning objective (train/gates.py) and the benchmark's FLOP bound (bench.py) use.
+"""Parameter and FLOP counts of encoder structures: the one place for the formulas that generated structures
+(generate.py), the pruning objective (train/gates.py) and the benchmark's FLOP bound (bench.py) use. (A built
+model counts its own tensors: PruMuxModel.num_encoder_params, which encoder_params matches.)
 
 A structure is given per layer: heads[l] attention heads of width head_dim, ffn[l] FFN units, over a
 hidden width H. "Prunable" parameters are the attention and FFN projections (CoFi's accounting):

@@ -483,5 +483,5 @@ def check_lengths(tokenizer, text_a, text_b, max_length: int, truncate: bool, wa
                         f"(first: row {long_rows[0] + 1}); shorten them or allow truncation")
     if long_rows:
         warn(f"warning: {len(long_rows)} of {len(text_a)} inputs are longer than {max_length} tokens and "
-             "were truncated (--no-truncate refuses them instead)")
+             "were truncated (with truncation off they are refused instead)")
     return len(long_rows)

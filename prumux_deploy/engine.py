@@ -350,6 +350,6 @@ def classify(engine: Engine, texts: list[str], second: list[str] | None = None, 
     bad = np.flatnonzero(~np.isfinite(logits).all(1))
     if bad.size:
         raise EngineError(f"the engine computed NaN or Inf logits for {bad.size} of {len(texts)} texts (first: "
-                          f"{texts[bad[0]][:40]!r}); the engine is broken (an fp16 overflow?): re-export it, or with "
-                          "`precision` fp32")
+                          f"{texts[bad[0]][:40]!r}); the engine is broken (an fp16 overflow?): re-export it, as fp32 "
+                          "if it is fp16 (prumux-deploy export --precision fp32)")
     return Predictions(feeds, softmax(logits.astype(np.float64), axis=1), engine.labels)

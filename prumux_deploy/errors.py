@@ -32,4 +32,5 @@ class ModelError(PruMuxError, ValueError):
 
 class ExportError(PruMuxError):
     """A graph transformation broke an invariant (changed the engine's inputs, left a cycle); nothing is
-    written. This is a bug in prumux-deploy or in the library it drives: report it with --debug output."""
+    written. This is a bug in prumux-deploy or in the library it drives: report it with the traceback (the CLI
+    prints it with --debug)."""

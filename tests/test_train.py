@@ -18,7 +18,7 @@ from prumux_deploy.train.losses import (ContextHead, LayerAlignment, contextual_
 from prumux_deploy.train.loop import TrainArgs
 from prumux_deploy.train.stages import PruneArgs, finetune, prune, warmup
 
-from conftest import masked_model
+from conftest import masked_model, refused, run_cli
 
 
 def test_hard_concrete_samples_lie_in_0_1_with_the_expected_l0():
@@ -291,3 +291,8 @@ def test_contextual_warmup_logs_both_losses_and_refuses_a_multiplexed_teacher(tm
     with pytest.raises(PruMuxError, match=r"`teacher` .*warm is multiplexed \(N=2\); give an unmultiplexed \(N=1\) encoder"):
         warmup(bert_dir, tmp_path / "again", args, log=lambda m: None, teacher_dir=tmp_path / "warm")
     assert not (tmp_path / "again").exists()
+    # `train all` has two teachers: the error names the one given (--warmup-teacher), not the stage's --teacher
+    refused(run_cli("train", "all", tmp_path / "all", "--base", bert_dir, "--warmup-teacher", tmp_path / "warm",
+                    "--data", glue_dir, "--max-seq-length", 12), 2,
+            "--warmup-teacher " + str(tmp_path / "warm") + " is multiplexed (N=2)")
+    assert not (tmp_path / "all").exists()

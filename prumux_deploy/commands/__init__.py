@@ -5,7 +5,8 @@
     validate.py  validate                          engine against PyTorch on task data: the release gate
     predict.py   predict                           classify texts with an engine
     bench.py     bench                             throughput and latency, side by side
-    auto.py      auto fit|predict|cv|compare|plot  Auto-PruMUX
+    auto.py      auto collect|fit|predict|cv|compare|plot
+                                                   Auto-PruMUX
     train.py     train warmup|finetune|prune|all   training
 
 Each module defines plain click commands and registers nothing; prumux_deploy/cli.py owns the group and

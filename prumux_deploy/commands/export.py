@@ -67,7 +67,7 @@ def export(checkpoint, out, fmt, opset, max_seq_length, optimize, data, data_con
 @click.option("--name", required=True,
               help="Model name in the repository (the directory REPO/NAME; clients call it by this name).")
 @click.option("--max-batch-size", type=COUNT, default=None,
-              help="Largest batch Triton sends to one model instance; a positive multiple of N "
+              help="Largest batch Triton sends to one model copy; a positive multiple of N "
                    "[default: 32*N].")
 @click.option("--copies", "-k", type=COUNT, default=1, show_default=True, metavar="K",
               help="Copies of the model Triton runs in parallel (its instance_group count).")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import click
@@ -159,6 +160,17 @@ def prune_cmd(out, teacher, resume, force, **kw):
     prune(teacher, out, _args(kw), prune_args, resume=resume, force=force, log=_echo)
 
 
+@contextlib.contextmanager
+def _stage_parameter(parameter: str, option: str):
+    """Errors of one stage of `train all` in this command's terms: the stage's `teacher` is `warmup_teacher`
+    (--warmup-teacher) or `finetune_teacher` here."""
+    try:
+        yield
+    except PruMuxError as e:
+        e.args = (str(e).replace(f"`{parameter}`", f"`{option}`"),)
+        raise
+
+
 @train.command("all")
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--base", default="minilm", show_default=True, help="BERT directory or 'minilm'.")
@@ -186,12 +198,14 @@ def all_cmd(out, base, warmup_epochs, prune_epochs, warmup_teacher, finetune_tea
         wargs = copy.copy(args)
         wargs.epochs = warmup_epochs
         if not (resume and (out / "warmup" / "config.json").is_file()):
-            warmup(start, out / "warmup", wargs, resume=resume, force=force, log=_echo,
-                   teacher_dir=None if warmup_teacher is None else resolve_base(warmup_teacher))
+            with _stage_parameter("teacher", "warmup_teacher"):
+                warmup(start, out / "warmup", wargs, resume=resume, force=force, log=_echo,
+                       teacher_dir=None if warmup_teacher is None else resolve_base(warmup_teacher))
         start = out / "warmup"
     if not (resume and (out / "finetune" / "config.json").is_file()):
-        finetune(start, out / "finetune", args, resume=resume, force=force, log=_echo,
-                 teacher_dir=finetune_teacher)
+        with _stage_parameter("teacher", "finetune_teacher"):
+            finetune(start, out / "finetune", args, resume=resume, force=force, log=_echo,
+                     teacher_dir=finetune_teacher)
     if prune_args.sparsity > 0:
         pargs = copy.copy(args)
         pargs.epochs = prune_epochs if prune_epochs is not None else args.epochs
