@@ -191,10 +191,6 @@ def _read_json(path, what: str) -> dict:
     return value
 
 
-def _same_path(a, b) -> bool:
-    return Path(a).resolve() == Path(b).resolve()
-
-
 def collect_measurements(reports, bench=None, backend: str = "onnxruntime-opt",
                          sparsity_decimals: int = 2) -> list[Measurement]:
     """The measurement rows of trained checkpoints, from the files `prumux-deploy` writes about them.
@@ -220,7 +216,7 @@ def collect_measurements(reports, bench=None, backend: str = "onnxruntime-opt",
             found = sorted({str(r.get("backend")) for r in rows})
             raise PruMuxError(f"{bench}: no {backend} rows (it timed {', '.join(found) or 'nothing'}); "
                               "choose one of those as `backend`")
-        speedups = {r["name"]: r["speedup"] for r in timed}
+        speedups = {Path(r["name"]).resolve(): r["speedup"] for r in timed}  # checkpoint rows: name = path
     measured, seen = [], {}
     for path in reports:
         report = _read_json(path, "a --report file of `prumux-deploy validate`")
@@ -237,18 +233,23 @@ def collect_measurements(reports, bench=None, backend: str = "onnxruntime-opt",
             raise PruMuxError(f"{path}: task {task}, N={N}, sparsity {sparsity:g} again (also {seen[key]}); "
                               "give one report per trained point")
         seen[key] = path
-        throughput = next((v for name, v in speedups.items() if _same_path(name, checkpoint)), None)
+        throughput = speedups.get(Path(checkpoint).resolve())
         measured.append(Measurement(task, N, sparsity, accuracy, throughput))
     return sorted(measured, key=lambda m: (m.task, m.N, m.sparsity))
 
 
 def write_measurements(rows: list[Measurement], path, force: bool = False) -> Path:
     """Write rows as the measurement CSV (COLUMNS; empty cells for missing values), atomically."""
-    def cell(value):
-        return "" if value is None else f"{value:.6g}" if isinstance(value, float) else str(value)
+    import io
 
-    lines = [",".join(COLUMNS)] + [",".join(cell(getattr(r, c)) for c in COLUMNS) for r in rows]
-    return write_file(path, "\n".join(lines) + "\n", force)
+    def cell(value):
+        return "" if value is None else f"{value:.6g}" if isinstance(value, float) else value
+
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")  # quotes a task name that holds a comma
+    writer.writerow(COLUMNS)
+    writer.writerows([cell(getattr(r, c)) for c in COLUMNS] for r in rows)
+    return write_file(path, text.getvalue(), force)
 
 
 # --------------------------------------------------------------------------------------- accuracy model
