@@ -487,8 +487,51 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(result: dict, path, accuracies: dict | None = None, force: bool = False):
-    """Speedup heatmap over (N, s) per backend; with accuracies, accuracy vs throughput and its Pareto front."""
+def accuracy_points(result: dict, accuracies: dict, backend: str) -> dict[str, list[tuple[float, float, int, float]]]:
+    """{method: [(speedup, accuracy, N, s), ...] fastest first} for the points of `accuracies` ({(N, s): %})
+    that `backend` timed in `result`; methods as in the paper's Figure 3 (auto.method_of)."""
+    from .auto import method_of
+
+    points = {}
+    for r in result["rows"]:
+        key = (r["N"], r["sparsity"])
+        if r["backend"] == backend and key in accuracies:
+            points.setdefault(method_of(*key), []).append((r["speedup"], accuracies[key], *key))
+    return {m: sorted(p, reverse=True) for m, p in points.items()}
+
+
+def pareto_front(points):
+    """The points no faster point is as accurate as: [(speedup, accuracy, ...), ...] given fastest first."""
+    front, top = [], -np.inf
+    for p in points:
+        if p[1] > top:
+            front.append(p)
+            top = p[1]
+    return front
+
+
+def draw_methods(ax, points: dict, backend: str):
+    """The paper's Figure 3 on one axis: accuracy against speedup, each method's points and Pareto front."""
+    colors = {"baseline": "black", "CoFi": "tab:orange", "DataMUX": "tab:green", "PruMUX": "tab:blue"}
+    for method, pts in points.items():
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], color=colors[method], label=method)
+        front = pareto_front(pts)
+        # between two front points only the slower one's accuracy is reached at the faster one's speed: steps
+        ax.plot([p[0] for p in front], [p[1] for p in front], color=colors[method], drawstyle="steps-post")
+        for sp, acc, n, s in pts:
+            ax.annotate(f"N={n} s={s:g}", (sp, acc), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"speedup over BERT-base ({backend})")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("accuracy vs speedup per method")
+    ax.legend()
+
+
+def plot(result: dict, path, accuracies: dict | None = None, force: bool = False,
+         accuracy_backend: str = "onnxruntime-opt"):
+    """Speedup heatmap over (N, s) per backend; with accuracies ({(N, s): %}), accuracy against
+    `accuracy_backend`'s speedup per method (PruMUX, CoFi, DataMUX: the paper's Figure 3) with each
+    method's Pareto front. Raises PruMuxError when matplotlib is missing or no accuracy point was timed."""
     try:
         import matplotlib
 
@@ -496,6 +539,9 @@ def plot(result: dict, path, accuracies: dict | None = None, force: bool = False
         import matplotlib.pyplot as plt
     except ImportError:
         raise PruMuxError("plotting needs matplotlib: pip install 'prumux-deploy[plot]'") from None
+    if accuracies and not accuracy_points(result, accuracies, accuracy_backend):
+        raise PruMuxError(f"no (N, sparsity) of the accuracy CSV was timed on {accuracy_backend}; give the "
+                          "checkpoints it was measured on with --checkpoint")
     rows = [r for r in result["rows"] if r["sparsity"] is not None]
     backends = sorted({r["backend"] for r in rows})
     Ns = sorted({r["N"] for r in rows})
@@ -519,25 +565,7 @@ def plot(result: dict, path, accuracies: dict | None = None, force: bool = False
                     ax.text(j, i, f"{grid[i, j]:.1f}x", ha="center", va="center", color="white", fontsize=8)
         fig.colorbar(im, ax=ax)
     if accuracies:
-        ax = axes[0][-1]
-        best = {}
-        for r in rows:
-            key = (r["N"], r["sparsity"])
-            if key in accuracies:
-                best[key] = max(best.get(key, 0), r["speedup"])
-        pts = sorted(((best[k], accuracies[k], k) for k in best), reverse=True)
-        ax.scatter([p[0] for p in pts], [p[1] for p in pts], color="tab:blue")
-        front, top = [], -np.inf
-        for sp, acc, key in pts:  # fastest first: a point is on the front if no faster point is as accurate
-            if acc > top:
-                front.append((sp, acc))
-                top = acc
-            ax.annotate(f"N={key[0]} s={key[1]:g}", (sp, acc), fontsize=7)
-        ax.plot([f[0] for f in front], [f[1] for f in front], color="tab:red", label="Pareto front")
-        ax.set_xscale("log")
-        ax.set_xlabel("speedup over BERT-base")
-        ax.set_ylabel("accuracy (%)")
-        ax.legend()
+        draw_methods(axes[0][-1], accuracy_points(result, accuracies, accuracy_backend), accuracy_backend)
     fig.tight_layout()
     try:
         with atomic_file(path, force) as tmp:

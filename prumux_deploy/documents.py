@@ -1,5 +1,6 @@
 """The files prumux-deploy writes and reads back: versioned JSON documents (checkpoint config.json, engine
-manifest.json, Auto-PruMUX model) and the sha256 digests that tie weight and engine files to them."""
+manifest.json, Auto-PruMUX model), the sha256 digests that tie weight and engine files to them, and the
+JSON one command writes for another (`bench --json`, `validate --report`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import hashlib
 import json
 import math
 from pathlib import Path
+
+from .errors import PruMuxError
 
 
 def finite_or_none(value):
@@ -52,3 +55,25 @@ def read_versioned_json(source: Path | str, text: str | None, error: type[Except
         raise error(f"{source}: {version_key} {data.get(version_key)!r} is not supported (this prumux-deploy "
                     f"reads version {version}); {fix_version}")
     return data
+
+
+def read_json_object(path, what: str) -> dict:
+    """A JSON object from `path` (a file another command wrote); PruMuxError naming `what` to give instead."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PruMuxError(f"{path}: no such file; give {what}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise PruMuxError(f"{path}: not a readable JSON file ({e}); give {what}") from None
+    if not isinstance(value, dict):
+        raise PruMuxError(f"{path}: expected a JSON object; give {what}")
+    return value
+
+
+def read_bench_result(path) -> dict:
+    """A throughput run saved with `bench --json` (rows, baseline, protocol, machine); PruMuxError otherwise."""
+    what = "the --json file of a `prumux-deploy bench` throughput run"
+    result = read_json_object(path, what)
+    if not isinstance(result.get("rows"), list) or not isinstance(result.get("baseline"), dict):
+        raise PruMuxError(f"{path}: no throughput 'rows' and 'baseline' (a --latency run?); give {what}")
+    return result

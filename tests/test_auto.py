@@ -22,7 +22,9 @@ COEF = (0.05, 0.9, 0.8, -0.05)  # log speedup = a + b log N + c log 1/(1-s) + d 
 
 
 def bilinear_acc(n, s, top=90.0):
-    return top - 0.5 * n - 10.0 * s - 0.8 * n * s
+    """Bilinear in the accuracy model's coordinates, log N and s."""
+    ln = math.log(n)
+    return top - 1.5 * ln - 10.0 * s - 2.0 * ln * s
 
 
 def parametric_speedup(n, s):
@@ -36,7 +38,7 @@ def synthetic_rows():
     for n in NS:
         for s in SS:
             rows.append(Measurement("qqp", n, s, bilinear_acc(n, s), parametric_speedup(n, s)))
-            rows.append(Measurement("sst2", n, s, bilinear_acc(n, s, top=93.0) - 0.3 * n, None))
+            rows.append(Measurement("sst2", n, s, bilinear_acc(n, s, top=93.0) - 0.3 * math.log(n), None))
     return rows
 
 
@@ -56,14 +58,17 @@ def test_interpolation_exact_at_grid_points_and_bilinear_between():
     f = AccuracySurface(SQUARE)
     for n, s, a in SQUARE:
         assert f(n, s) == a
-    # hand computation: tN = (1.5-1)/2 = 0.25, ts = 0.1/0.5 = 0.2
-    # 0.75*0.8*90 + 0.25*0.8*86 + 0.75*0.2*80 + 0.25*0.2*70 = 54 + 17.2 + 12 + 3.5
-    assert f(1.5, 0.1) == pytest.approx(86.7, abs=1e-12)
-    assert f(2, 0.25) == pytest.approx((90 + 86 + 80 + 70) / 4, abs=1e-12)
-    assert f(2, 0.0) == pytest.approx(88.0, abs=1e-12)  # on an edge: linear
-    # bilinear: linear along each axis inside a cell
+    # in log N: N=sqrt(3) sits half-way between 1 and 3
+    assert f(math.sqrt(3), 0.25) == pytest.approx((90 + 86 + 80 + 70) / 4, abs=1e-12)
+    assert f(math.sqrt(3), 0.0) == pytest.approx(88.0, abs=1e-12)  # on an edge: linear
+    # hand computation: tN = log 1.5 / log 3 = 0.36907, ts = 0.1 / 0.5 = 0.2
+    # (1-tN)(1-ts)*90 + tN(1-ts)*86 + (1-tN)ts*80 + tN*ts*70 = 86.0808
+    assert f(1.5, 0.1) == pytest.approx(86.0808, abs=1e-4)
+    # bilinear: linear along each axis inside a cell, in its coordinate
     s = np.linspace(0, 0.5, 11)
     assert np.allclose(np.diff(f(np.full(11, 2.2), s), 2), 0, atol=1e-10)
+    n = np.exp(np.linspace(0, math.log(3), 11))  # evenly spaced in log N
+    assert np.allclose(np.diff(f(n, np.full(11, 0.3)), 2), 0, atol=1e-10)
 
 
 def test_interpolation_on_a_larger_grid_matches_each_cell():
@@ -71,15 +76,16 @@ def test_interpolation_on_a_larger_grid_matches_each_cell():
     f = AccuracySurface(pts)
     for n, s, a in pts:
         assert f(n, s) == a
-    # (3, 0.7) is the middle of the cell N in [2, 4], s in [0.6, 0.8]; its corner (4, 0.8) carries +0.7
-    expected = bilinear_acc(3, 0.7) + 0.5 * 0.5 * 0.7
-    assert f(3, 0.7) == pytest.approx(expected, abs=1e-10)
+    # (3, 0.7) lies in the cell N in [2, 4], s in [0.6, 0.8], whose corner (4, 0.8) carries +0.7, weighted
+    # by its position in the cell: log(3/2) / log 2 along N and half-way along s
+    t_n = math.log(1.5) / math.log(2)
+    assert f(3, 0.7) == pytest.approx(bilinear_acc(3, 0.7) + t_n * 0.5 * 0.7, abs=1e-10)
 
 
 def test_outside_the_grid_clamps_to_the_edge():
     f = AccuracySurface(SQUARE)
     assert f(20, 0.9) == 70.0            # beyond both: the far corner
-    assert f(2, 0.99) == pytest.approx(75.0)  # beyond s: the s=0.5 edge at N=2
+    assert f(2, 0.99) == pytest.approx(80 - 10 * math.log(2) / math.log(3))  # beyond s: the s=0.5 edge at N=2
     assert f(10, 0.25) == pytest.approx(78.0)  # beyond N: the N=3 edge at s=0.25
     g = AccuracySurface([(2, 0.3, 85.0), (4, 0.3, 81.0), (2, 0.6, 80.0), (4, 0.6, 70.0)])
     assert g(1, 0.0) == 85.0             # below both
@@ -104,9 +110,12 @@ def test_missing_cells_extrapolate_at_most_one_step():
     # two close points at N=1, 2 must not drag the N=10 cell along their slope (92.7 - 9*1.5 = 79.2)
     f = AccuracySurface([(1, 0.0, 92.7), (2, 0.0, 91.2), (10, 0.9, 82.0)])
     assert f(10, 0.0) == pytest.approx((91.2 + 82.0) / 2)  # nearest along N and along s
-    # one step beyond two points is a straight line: (1, 0.5) from (2, 0.5) and (3, 0.5)
-    g = AccuracySurface([(2, 0.5, 88.0), (3, 0.5, 85.0), (1, 0.0, 92.0), (2, 0.0, 91.0), (3, 0.0, 90.0)])
+    # one step (in log N) beyond two points is a straight line: (1, 0.5) from (2, 0.5) and (4, 0.5)
+    g = AccuracySurface([(2, 0.5, 88.0), (4, 0.5, 85.0), (1, 0.0, 92.0), (2, 0.0, 91.0), (4, 0.0, 90.0)])
     assert g(1, 0.5) == pytest.approx(91.0)  # s direction: (1, 0) is alone, so N's line wins
+    # further out the value is held: (1, 0.5) from (2, 0.5) and (3, 0.5) is log 2 / log 1.5 = 1.7 steps away
+    h = AccuracySurface([(2, 0.5, 88.0), (3, 0.5, 85.0), (1, 0.0, 92.0), (2, 0.0, 91.0), (3, 0.0, 90.0)])
+    assert h(1, 0.5) == pytest.approx((88.0 + 92.0) / 2)
 
 
 def test_baseline_is_n1_s0_else_best():
@@ -158,7 +167,7 @@ def test_rank_respects_the_budget_and_more_budget_never_slows_down():
     best = []
     for task in ("qqp", "sst2"):
         baseline = model.baseline(task)
-        assert baseline == bilinear_acc(1, 0.0, top=90.0 if task == "qqp" else 93.0) - (0.3 if task == "sst2" else 0)
+        assert baseline == bilinear_acc(1, 0.0, top=90.0 if task == "qqp" else 93.0)
         best_here = []
         for budget in (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 15.0, 40.0):
             found = model.rank(task, budget, top=5)
@@ -276,14 +285,14 @@ def test_cli_fit_predict_cv(tmp_path):
     result = run("predict", tmp_path / "auto.json", "--task", "sst2", "--budget", "3.0", "--top", "3")
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert "baseline accuracy 92.20" in lines[0] and "accuracy >= 89.20" in lines[0]
+    assert "baseline accuracy 93.00" in lines[0] and "accuracy >= 90.00" in lines[0]
     table = [l.split() for l in lines[2:]]
     assert [r[0] for r in table] == ["1", "2", "3"]
     model = fit(csv_path)
     best = model.rank("sst2", 3.0, top=3)
     for row, c in zip(table, best):
         assert (int(row[1]), float(row[2])) == (c.N, round(c.sparsity, 2))
-        assert float(row[3]) >= 89.2 - 0.005
+        assert float(row[3]) >= 90.0 - 0.005
     result = run("predict", tmp_path / "auto.json", "--task", "sst2", "--budget", "3", "--json")
     assert json.loads(result.output)["candidates"][0]["N"] == best[0].N
 
@@ -347,11 +356,20 @@ def test_compare_finds_the_fastest_point_of_each_method_per_threshold(tmp_path):
     hits = top3_hits(rows, budgets=[0.0, 2.0, 4.0])["sst2"]
     assert [e["best"] for e in hits["budgets"]] == [[1, 0.0], [2, 0.6], [2, 0.9]]
     assert all(e["hit"] for e in hits["budgets"]) and hits["hit_rate"] == 1.0  # a model fitted on every point
+    # held out, (1, 0.6) is interpolated along N=1 between 88 (s=0) and 85 (s=0.9), two thirds of the way:
+    # 86.0 < 87, so at budget 1 (threshold 87) the best point is not even a candidate; N=1, s=0 always is
+    held = top3_hits(rows, budgets=[0.0, 1.0], held_out=True)["sst2"]["budgets"]
+    assert [e["best"] for e in held] == [[1, 0.0], [1, 0.6]]
+    assert held[0]["hit"] and held[0]["top"] == [[1, 0.0]]
+    assert not held[1]["hit"] and held[1]["top"] == [[2, 0.0], [1, 0.0]]  # (2, 0) is predicted at 87.0
     csv = write_csv(tmp_path / "m.csv", rows)
     result = CliRunner().invoke(main, ["auto", "compare", str(csv), "--step", "1", "--depth", "4"])
     assert result.exit_code == 0, result.output
     assert "45.0 (N=2, s=0.6, 86.00)" in result.output
-    assert "the truly best measured point is in Auto-PruMUX's top 3 for" in result.output
+    # budgets 0, 0.5, ..., 10: held out, the best point is missed at budgets 1 and 1.5 (above), and at 2 and 2.5,
+    # where (2, 0.6) is interpolated along N=2 between 86.9 and 84.6 to 85.37 < 85.5
+    assert "top 3 for 21 of 21 budgets (0 to 10 points) fitted on every point;" in result.output
+    assert "sst2: for 17 of 21 ranked by leave-one-out predictions" in result.output
     with pytest.raises(PruMuxError, match="needs the N=1, s=0 point"):
         compare_methods(rows[1:])
 

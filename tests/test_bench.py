@@ -3,6 +3,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from conftest import refused
 from transformers import BertConfig
 
 from prumux_deploy import create_model
@@ -82,6 +83,42 @@ def test_quick_bench_writes_csv_json_and_plot(tmp_path):
     assert "of GEMM" in result.output
     assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
     assert "speedup" in result.output and "baseline" in result.output
+
+    # --from-json renders the saved run again without timing: the same table and CSV, and the accuracy panel
+    (tmp_path / "acc.csv").write_text("N,sparsity,accuracy\n1,0,90\n1,0.9,85\n2,0,88\n2,0.9,84\n")
+    again = CliRunner().invoke(main, ["bench", "--from-json", str(tmp_path / "b.json"), "--csv", str(tmp_path / "c.csv"),
+                                      "--plot", str(tmp_path / "acc.png"), "--accuracy", str(tmp_path / "acc.csv")])
+    assert again.exit_code == 0, again.output
+    table = result.output[result.output.index("protocol ours"):result.output.index("plot:")]
+    assert again.output.startswith(table)
+    assert (tmp_path / "c.csv").read_text() == (tmp_path / "b.csv").read_text()
+    assert (tmp_path / "acc.png").read_bytes()[:4] == b"\x89PNG"
+    for extra, message in [(["--quick"], "--quick chooses what to time and does not apply"),
+                           (["--json", str(tmp_path / "x.json")], "--json would only copy it"),
+                           (["--plot", str(tmp_path / "x.png"), "--accuracy", str(tmp_path / "acc.csv"),
+                             "--accuracy-backend", "torch-compile"],
+                            "--accuracy-backend torch-compile is not in")]:
+        refused(CliRunner().invoke(main, ["bench", "--from-json", str(tmp_path / "b.json"), *extra]), 2, message)
+    refused(CliRunner().invoke(main, ["bench", "--from-json", str(tmp_path / "acc.csv")]), 2, "not a readable JSON file")
+    assert not (tmp_path / "x.png").exists() and not (tmp_path / "x.json").exists()
+
+
+def test_accuracy_panel_points_per_method_and_their_fronts():
+    from prumux_deploy.bench import accuracy_points, pareto_front
+
+    rows = [{"N": n, "sparsity": s, "backend": b, "speedup": sp} for n, s, b, sp in [
+        (1, 0.0, "onnxruntime-opt", 8.0), (1, 0.6, "onnxruntime-opt", 20.0), (1, 0.9, "onnxruntime-opt", 60.0),
+        (2, 0.0, "onnxruntime-opt", 17.0), (2, 0.6, "onnxruntime-opt", 41.0), (2, 0.9, "onnxruntime-opt", 125.0),
+        (2, 0.9, "onnxruntime-int8", 220.0), (5, 0.9, "onnxruntime-opt", 340.0)]]
+    accuracies = {(1, 0.0): 87.6, (1, 0.6): 80.2, (1, 0.9): 79.4, (2, 0.0): 74.8, (2, 0.6): 73.7, (2, 0.9): 67.4,
+                  (5, 0.9): 68.0}
+    points = accuracy_points({"rows": rows}, accuracies, "onnxruntime-opt")
+    assert points == {"baseline": [(8.0, 87.6, 1, 0.0)], "CoFi": [(60.0, 79.4, 1, 0.9), (20.0, 80.2, 1, 0.6)],
+                      "DataMUX": [(17.0, 74.8, 2, 0.0)],
+                      "PruMUX": [(340.0, 68.0, 5, 0.9), (125.0, 67.4, 2, 0.9), (41.0, 73.7, 2, 0.6)]}
+    # (2, 0.9) is slower and less accurate than (5, 0.9): off the front
+    assert pareto_front(points["PruMUX"]) == [(340.0, 68.0, 5, 0.9), (41.0, 73.7, 2, 0.6)]
+    assert pareto_front(points["CoFi"]) == points["CoFi"]
 
 
 def test_model_gemms_are_the_products_encoder_flops_counts():

@@ -21,6 +21,34 @@ def _structure(ctx, param, text):
     return heads, ffn
 
 
+def _from_json(ctx, saved, csv_path, json_path, plot_path, accuracies, accuracy_backend, force):
+    """bench --from-json: the table, --csv and --plot of a saved run; refuses options that choose what to time."""
+    from click.core import ParameterSource
+
+    from ..bench import format_table, plot, write_outputs
+    from ..documents import read_bench_result
+
+    timing = [p for p in ctx.command.params if p.name not in _RENDER_OPTIONS
+              and ctx.get_parameter_source(p.name) is not ParameterSource.DEFAULT]
+    if timing:
+        raise PruMuxError(f"--from-json renders a saved run; {timing[0].opts[-1]} chooses what to time and does "
+                          "not apply (drop it, or time a new run without --from-json)")
+    if json_path:
+        raise PruMuxError("--from-json reads a saved run; --json would only copy it")
+    result = read_bench_result(saved)
+    timed = sorted({r.get("backend") for r in result["rows"]})
+    if accuracies and plot_path and accuracy_backend not in timed:
+        raise PruMuxError(f"--accuracy-backend {accuracy_backend} is not in {saved}; choose one of {', '.join(timed)}")
+    click.echo(format_table(result))
+    write_outputs(result, csv_path, None, force)
+    if plot_path:
+        plot(result, plot_path, accuracies, force, accuracy_backend)
+        click.echo(f"plot: {plot_path}")
+
+
+_RENDER_OPTIONS = {"saved_json", "csv_path", "json_path", "plot_path", "accuracy_csv", "accuracy_backend", "force"}
+
+
 @click.command()
 @click.option("--instances", "-n", callback=number_list(int, 1), default=None,
               help="Comma-separated N values (default 1,2,5,10).")
@@ -60,12 +88,21 @@ def _structure(ctx, param, text):
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path), default=None, help="Write rows as CSV.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write everything as JSON.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None,
-              help="Write a PNG: speedup heatmaps and, with --accuracy, the accuracy/throughput Pareto front.")
+              help="Write a PNG: speedup heatmaps and, with --accuracy, accuracy against speedup per method.")
 @click.option("--accuracy", "accuracy_csv", type=click.Path(path_type=Path), default=None,
-              help="CSV with columns N,sparsity,accuracy for the Pareto plot.")
+              help="CSV with columns N,sparsity,accuracy (e.g. `auto collect`'s) for the plot's accuracy panel: "
+                   "each method's points (PruMUX, CoFi alone, DataMUX alone) and Pareto front, as the paper's "
+                   "Figure 3.")
+@click.option("--accuracy-backend", default="onnxruntime-opt", show_default=True,
+              type=click.Choice(["torch", "torch-compile", "onnxruntime", "onnxruntime-opt", "onnxruntime-int8"]),
+              help="Whose speedups the accuracy panel plots: the engine the --accuracy numbers were measured on.")
+@click.option("--from-json", "saved_json", type=click.Path(path_type=Path), default=None,
+              help="Time nothing: print the table of a run saved with --json and write its --csv / --plot (e.g. "
+                   "to plot it with --accuracy later). The options that choose what to time do not apply.")
 @force_option("--csv, --json and --plot files that exist")
 def bench(instances, sparsities, backends, checkpoints, structure, groups_per_batch, seq, repeats, seed, quick, device,
-          protocol, latency, data, task, gemm, csv_path, json_path, plot_path, accuracy_csv, force):
+          protocol, latency, data, task, gemm, csv_path, json_path, plot_path, accuracy_csv, accuracy_backend,
+          saved_json, force):
     """Throughput of PruMUX structures vs a dense BERT-base baseline, measured side by side in one run.
 
     Structures are CoFi-like and generated at each target sparsity on the BERT-base shape (see
@@ -75,18 +112,25 @@ def bench(instances, sparsities, backends, checkpoints, structure, groups_per_ba
     from ..atomic import check_file_target
     from ..bench import BenchConfig, format_table, plot, read_accuracies, run_bench, write_outputs
 
+    for path in (csv_path, json_path, plot_path):
+        if path:
+            check_file_target(path, force)  # refuse before minutes of timing
+    accuracies = read_accuracies(accuracy_csv) if accuracy_csv else None
+    if saved_json:
+        _from_json(click.get_current_context(), saved_json, csv_path, json_path, plot_path, accuracies,
+                   accuracy_backend, force)
+        return
     if data and not checkpoints:
         raise PruMuxError("--data times trained checkpoints end to end: give them with --checkpoint")
     if latency and (csv_path or plot_path or accuracy_csv):
         raise PruMuxError("--csv, --plot and --accuracy describe throughput runs; with --latency use --json")
-    for path in (csv_path, json_path, plot_path):
-        if path:
-            check_file_target(path, force)  # refuse before minutes of timing
     cfg = BenchConfig.from_options(quick=quick, protocol=protocol, device=device, structure=structure, seed=seed,
                                    checkpoints=[str(c) for c in checkpoints], data=data, task=task, gemm=gemm,
                                    instances=instances, sparsities=sparsities, backends=list(backends),
                                    groups_per_batch=groups_per_batch, seq=seq, repeats=repeats)
-    accuracies = read_accuracies(accuracy_csv) if accuracy_csv else None
+    if accuracies and plot_path and accuracy_backend not in cfg.backends:
+        raise PruMuxError(f"--accuracy-backend {accuracy_backend} is not timed in this run; add --backend "
+                          f"{accuracy_backend} or choose one of {', '.join(cfg.backends)}")
     if latency:
         from ..bench import format_latency, run_latency
 
@@ -98,5 +142,5 @@ def bench(instances, sparsities, backends, checkpoints, structure, groups_per_ba
     click.echo(format_table(result))
     write_outputs(result, csv_path, json_path, force)
     if plot_path:
-        plot(result, plot_path, accuracies, force)
+        plot(result, plot_path, accuracies, force, accuracy_backend)
         click.echo(f"plot: {plot_path}")
