@@ -366,10 +366,10 @@ def test_compare_finds_the_fastest_point_of_each_method_per_threshold(tmp_path):
     result = CliRunner().invoke(main, ["auto", "compare", str(csv), "--step", "1", "--depth", "4"])
     assert result.exit_code == 0, result.output
     assert "45.0 (N=2, s=0.6, 86.00)" in result.output
-    # budgets 0, 0.5, ..., 10: held out, the best point is missed at budgets 1 and 1.5 (above), and at 2 and 2.5,
-    # where (2, 0.6) is interpolated along N=2 between 86.9 and 84.6 to 85.37 < 85.5
-    assert "top 3 for 21 of 21 budgets (0 to 10 points) fitted on every point;" in result.output
-    assert "sst2: for 17 of 21 ranked by leave-one-out predictions" in result.output
+    # budgets follow the thresholds (0, 1, ..., 4): held out, the best point is missed at budget 1 (above) and 2,
+    # where (2, 0.6) is interpolated along N=2 between 86.9 and 84.6 to 85.37 < 86
+    assert "top 3 for 5 of 5 budgets (0 to 4 points) fitted on every point;" in result.output
+    assert "sst2: for 3 of 5 ranked by leave-one-out predictions" in result.output
     with pytest.raises(PruMuxError, match="needs the N=1, s=0 point"):
         compare_methods(rows[1:])
 

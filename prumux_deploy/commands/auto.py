@@ -146,8 +146,9 @@ def cv_cmd(csv_path, throughput_task, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (with both top-3 checks) instead of tables.")
 def compare_cmd(csv_path, task, step, depth, as_json):
     """PruMUX against CoFi alone and DataMUX alone on measured points (the paper's Figure 3), and whether
-    Auto-PruMUX's top 3 holds the truly best configuration for budgets 0, 0.5, ..., 10 (its Table 3), with
-    the models fitted on every point and with each point predicted with its own measurement left out.
+    Auto-PruMUX's top 3 holds the truly best configuration for the same budgets (0, --step, ..., --depth
+    points; the paper's Table 3 uses 0, 0.5, ..., 10), with the models fitted on every point and with each
+    point predicted with its own measurement left out.
 
     For each accuracy threshold (the N=1, s=0 accuracy, then lower by --step), the fastest measured point of
     each method that reaches it: PruMUX (N>1, s>0), CoFi (N=1, s>0), DataMUX (N>1, s=0)."""
@@ -155,7 +156,8 @@ def compare_cmd(csv_path, task, step, depth, as_json):
 
     rows = read_measurements(csv_path)
     result = compare_methods(rows, task, step, depth)
-    hits, held_out = top3_hits(rows), top3_hits(rows, held_out=True)
+    budgets = [k * step for k in range(len(result["thresholds"]))]  # 0, step, ..., depth: as the thresholds
+    hits, held_out = top3_hits(rows, budgets=budgets), top3_hits(rows, budgets=budgets, held_out=True)
     if as_json:
         click.echo(dumps({**result, "top3": hits, "top3_held_out": held_out}, indent=2))
         return
@@ -171,7 +173,8 @@ def compare_cmd(csv_path, task, step, depth, as_json):
     for t, h in hits.items():
         n = len(h["budgets"])
         click.echo(f"{t}: the truly best measured point is in Auto-PruMUX's top 3 for "
-                   f"{sum(e['hit'] for e in h['budgets'])} of {n} budgets (0 to 10 points) fitted on every point;\n"
+                   f"{sum(e['hit'] for e in h['budgets'])} of {n} budgets ({budgets[0]:g} to {budgets[-1]:g} points) "
+                   f"fitted on every point;\n"
                    f"{t}: for {sum(e['hit'] for e in held_out[t]['budgets'])} of {n} ranked by leave-one-out "
                    f"predictions (each point's own measurement held out)")
 
