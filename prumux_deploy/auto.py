@@ -642,8 +642,9 @@ def top3_hits(rows, throughput_task: str | None = None, budgets=None, top: int =
     held_out=False ranks with the models fitted on every point, so measured accuracies are reproduced and
     only the speedup model can miss. held_out=True ranks each configuration by its leave-one-out
     predictions (`loo_cv`: accuracy and speedup predicted with that configuration's own measurement left
-    out), which asks whether Auto-PruMUX would have pointed at it before it was trained. The baseline
-    (N=1, s=0) is measured in both: it is always trained, since it defines the budget."""
+    out), which asks whether Auto-PruMUX would have pointed at it before it was trained. The baseline's
+    (N=1, s=0) accuracy is the measured one in both: it is always trained, since it defines the budget.
+    A task without an N=1, s=0 point takes its best accuracy as the baseline (AccuracySurface.baseline)."""
     if isinstance(rows, (str, os.PathLike)):
         rows = read_measurements(rows)
     model = fit(rows, throughput_task)

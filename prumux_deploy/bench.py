@@ -492,11 +492,14 @@ def accuracy_points(result: dict, accuracies: dict, backend: str) -> dict[str, l
     that `backend` timed in `result`; methods as in the paper's Figure 3 (auto.method_of)."""
     from .auto import method_of
 
-    points = {}
+    speedups = {}  # the fastest row per (N, s): two checkpoints may round to the same point
     for r in result["rows"]:
         key = (r["N"], r["sparsity"])
         if r["backend"] == backend and key in accuracies:
-            points.setdefault(method_of(*key), []).append((r["speedup"], accuracies[key], *key))
+            speedups[key] = max(speedups.get(key, 0.0), r["speedup"])
+    points = {}
+    for key, speedup in speedups.items():
+        points.setdefault(method_of(*key), []).append((speedup, accuracies[key], *key))
     return {m: sorted(p, reverse=True) for m, p in points.items()}
 
 
@@ -516,7 +519,8 @@ def draw_methods(ax, points: dict, backend: str):
     for method, pts in points.items():
         ax.scatter([p[0] for p in pts], [p[1] for p in pts], color=colors[method], label=method)
         front = pareto_front(pts)
-        # between two front points only the slower one's accuracy is reached at the faster one's speed: steps
+        # between two front points only the faster one's accuracy is available; the slower one's is reached
+        # only at its own speed: a staircase
         ax.plot([p[0] for p in front], [p[1] for p in front], color=colors[method], drawstyle="steps-post")
         for sp, acc, n, s in pts:
             ax.annotate(f"N={n} s={s:g}", (sp, acc), fontsize=7)
@@ -540,8 +544,9 @@ def plot(result: dict, path, accuracies: dict | None = None, force: bool = False
     except ImportError:
         raise PruMuxError("plotting needs matplotlib: pip install 'prumux-deploy[plot]'") from None
     if accuracies and not accuracy_points(result, accuracies, accuracy_backend):
-        raise PruMuxError(f"no (N, sparsity) of the accuracy CSV was timed on {accuracy_backend}; give the "
-                          "checkpoints it was measured on with --checkpoint")
+        raise PruMuxError(f"no (N, sparsity) of the accuracy CSV was timed on {accuracy_backend}; choose another "
+                          "--accuracy-backend or time the checkpoints it was measured on (--checkpoint); the saved "
+                          "--json can be plotted again with --from-json")
     rows = [r for r in result["rows"] if r["sparsity"] is not None]
     backends = sorted({r["backend"] for r in rows})
     Ns = sorted({r["N"] for r in rows})

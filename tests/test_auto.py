@@ -107,7 +107,7 @@ def test_missing_cells_are_filled_exactly_for_a_bilinear_surface():
 
 
 def test_missing_cells_extrapolate_at_most_one_step():
-    # two close points at N=1, 2 must not drag the N=10 cell along their slope (92.7 - 9*1.5 = 79.2)
+    # two close points at N=1, 2 must not drag the N=10 cell along their slope (in log N: 92.7 - 1.5 * log2(10) = 87.7)
     f = AccuracySurface([(1, 0.0, 92.7), (2, 0.0, 91.2), (10, 0.9, 82.0)])
     assert f(10, 0.0) == pytest.approx((91.2 + 82.0) / 2)  # nearest along N and along s
     # one step (in log N) beyond two points is a straight line: (1, 0.5) from (2, 0.5) and (4, 0.5)

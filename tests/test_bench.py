@@ -7,9 +7,10 @@ from conftest import refused
 from transformers import BertConfig
 
 from prumux_deploy import create_model
-from prumux_deploy.bench import BERT_BASE
+from prumux_deploy.bench import BERT_BASE, plot, read_accuracies
 from prumux_deploy.counts import bert_flops_per_sample, encoder_flops, encoder_params, prumux_flops_per_sample
 from prumux_deploy.cli import main
+from prumux_deploy.errors import PruMuxError
 from prumux_deploy.export import compact
 from prumux_deploy.generate import cofi_like_structure, masks_for_structure
 from prumux_deploy.model import PruMuxConfig
@@ -94,12 +95,22 @@ def test_quick_bench_writes_csv_json_and_plot(tmp_path):
     assert (tmp_path / "c.csv").read_text() == (tmp_path / "b.csv").read_text()
     assert (tmp_path / "acc.png").read_bytes()[:4] == b"\x89PNG"
     for extra, message in [(["--quick"], "--quick chooses what to time and does not apply"),
+                           (["--instances", "1,2"], "--instances/-n chooses what to time"),
+                           (["--no-gemm"], "--gemm/--no-gemm chooses what to time"),
+                           (["--accuracy", str(tmp_path / "acc.csv")], "--accuracy only feeds the plot; add --plot"),
                            (["--json", str(tmp_path / "x.json")], "--json would only copy it"),
                            (["--plot", str(tmp_path / "x.png"), "--accuracy", str(tmp_path / "acc.csv"),
                              "--accuracy-backend", "torch-compile"],
                             "--accuracy-backend torch-compile is not in")]:
         refused(CliRunner().invoke(main, ["bench", "--from-json", str(tmp_path / "b.json"), *extra]), 2, message)
     refused(CliRunner().invoke(main, ["bench", "--from-json", str(tmp_path / "acc.csv")]), 2, "not a readable JSON file")
+    again = CliRunner().invoke(main, ["bench", "--from-json", str(tmp_path / "b.json"), "--csv", str(tmp_path / "c.csv"),
+                                      "--force"])
+    assert again.exit_code == 0, again.output  # rendering options, --force included, are not timing options
+    (tmp_path / "other.csv").write_text("N,sparsity,accuracy\n3,0.5,80\n")
+    with pytest.raises(PruMuxError, match="no \\(N, sparsity\\) of the accuracy CSV was timed on onnxruntime-opt"):
+        plot(data, tmp_path / "none.png", read_accuracies(tmp_path / "other.csv"))
+    assert not (tmp_path / "none.png").exists()
     assert not (tmp_path / "x.png").exists() and not (tmp_path / "x.json").exists()
 
 
@@ -109,7 +120,8 @@ def test_accuracy_panel_points_per_method_and_their_fronts():
     rows = [{"N": n, "sparsity": s, "backend": b, "speedup": sp} for n, s, b, sp in [
         (1, 0.0, "onnxruntime-opt", 8.0), (1, 0.6, "onnxruntime-opt", 20.0), (1, 0.9, "onnxruntime-opt", 60.0),
         (2, 0.0, "onnxruntime-opt", 17.0), (2, 0.6, "onnxruntime-opt", 41.0), (2, 0.9, "onnxruntime-opt", 125.0),
-        (2, 0.9, "onnxruntime-int8", 220.0), (5, 0.9, "onnxruntime-opt", 340.0)]]
+        (2, 0.9, "onnxruntime-int8", 220.0), (5, 0.9, "onnxruntime-opt", 340.0),
+        (2, 0.9, "onnxruntime-opt", 110.0)]]  # a second checkpoint rounding to (2, 0.9): the faster one is kept
     accuracies = {(1, 0.0): 87.6, (1, 0.6): 80.2, (1, 0.9): 79.4, (2, 0.0): 74.8, (2, 0.6): 73.7, (2, 0.9): 67.4,
                   (5, 0.9): 68.0}
     points = accuracy_points({"rows": rows}, accuracies, "onnxruntime-opt")

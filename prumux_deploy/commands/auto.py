@@ -141,7 +141,7 @@ def cv_cmd(csv_path, throughput_task, as_json):
 @click.argument("csv_path", metavar="CSV", type=click.Path(path_type=Path))
 @click.option("--task", default=None, help="Task to compare on [default: the task with the most measurements].")
 @click.option("--step", type=POSITIVE, default=0.5, show_default=True, help="Threshold step, in accuracy points.")
-@click.option("--depth", type=POSITIVE, default=5.0, show_default=True,
+@click.option("--depth", type=POSITIVE, default=10.0, show_default=True,
               help="How far below the N=1, s=0 accuracy the thresholds go, in points.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (with both top-3 checks) instead of tables.")
 def compare_cmd(csv_path, task, step, depth, as_json):

@@ -31,10 +31,9 @@ def _from_json(ctx, saved, csv_path, json_path, plot_path, accuracies, accuracy_
     timing = [p for p in ctx.command.params if p.name not in _RENDER_OPTIONS
               and ctx.get_parameter_source(p.name) is not ParameterSource.DEFAULT]
     if timing:
-        raise PruMuxError(f"--from-json renders a saved run; {timing[0].opts[-1]} chooses what to time and does "
-                          "not apply (drop it, or time a new run without --from-json)")
-    if json_path:
-        raise PruMuxError("--from-json reads a saved run; --json would only copy it")
+        name = "/".join(timing[0].opts + timing[0].secondary_opts)
+        raise PruMuxError(f"--from-json renders a saved run; {name} chooses what to time and does not apply "
+                          "(drop it, or time a new run without --from-json)")
     result = read_bench_result(saved)
     timed = sorted({r.get("backend") for r in result["rows"]})
     if accuracies and plot_path and accuracy_backend not in timed:
@@ -112,6 +111,10 @@ def bench(instances, sparsities, backends, checkpoints, structure, groups_per_ba
     from ..atomic import check_file_target
     from ..bench import BenchConfig, format_table, plot, read_accuracies, run_bench, write_outputs
 
+    if saved_json and json_path:
+        raise PruMuxError("--from-json reads a saved run and --json would only copy it; drop --json")
+    if accuracy_csv and not plot_path:
+        raise PruMuxError("--accuracy only feeds the plot; add --plot FILE.png")
     for path in (csv_path, json_path, plot_path):
         if path:
             check_file_target(path, force)  # refuse before minutes of timing
@@ -122,8 +125,8 @@ def bench(instances, sparsities, backends, checkpoints, structure, groups_per_ba
         return
     if data and not checkpoints:
         raise PruMuxError("--data times trained checkpoints end to end: give them with --checkpoint")
-    if latency and (csv_path or plot_path or accuracy_csv):
-        raise PruMuxError("--csv, --plot and --accuracy describe throughput runs; with --latency use --json")
+    if latency and (csv_path or plot_path):
+        raise PruMuxError("--csv and --plot describe throughput runs; with --latency use --json")
     cfg = BenchConfig.from_options(quick=quick, protocol=protocol, device=device, structure=structure, seed=seed,
                                    checkpoints=[str(c) for c in checkpoints], data=data, task=task, gemm=gemm,
                                    instances=instances, sparsities=sparsities, backends=list(backends),
