@@ -627,7 +627,7 @@ def compare_methods(rows, task: str | None = None, step: float = 0.5, depth: flo
 def _held_out_guess(r: Measurement, loo_point: dict) -> Candidate | None:
     """The candidate Auto-PruMUX would have seen for r before r was trained: its leave-one-out predictions.
     N=1, s=0 is the exception: it defines the budget, so it is always trained and keeps its measurements."""
-    if r.N == 1 and r.sparsity == 0:
+    if method_of(r.N, r.sparsity) == "baseline":
         return Candidate(r.N, r.sparsity, r.accuracy, r.throughput, True, False)
     acc, speed = loo_point["predicted_accuracy"], loo_point["predicted_speedup"]
     return None if acc is None or speed is None else Candidate(r.N, r.sparsity, acc, speed, False, False)
@@ -656,6 +656,8 @@ def top3_hits(rows, throughput_task: str | None = None, budgets=None, top: int =
     for task in model.tasks:
         measured = [r for r in rows if r.task == task and r.accuracy is not None and r.throughput is not None]
         baseline = model.baseline(task)
+        if held_out:  # the same guesses for every budget
+            guesses = [_held_out_guess(r, loo[(task, r.N, round(r.sparsity, 9))]) for r in measured]
         entries = []
         for b in budgets:
             ok = [r for r in measured if r.accuracy >= baseline - b - _EPS]
@@ -663,7 +665,6 @@ def top3_hits(rows, throughput_task: str | None = None, budgets=None, top: int =
                 continue
             best = max(ok, key=lambda r: r.throughput)
             if held_out:
-                guesses = [_held_out_guess(r, loo[(task, r.N, round(r.sparsity, 9))]) for r in measured]
                 found = [c for c in guesses if c is not None and c.accuracy >= baseline - b - _EPS]
                 ranked = sorted(found, key=_fastest_first)[:top]
             else:

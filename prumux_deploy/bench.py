@@ -543,7 +543,8 @@ def plot(result: dict, path, accuracies: dict | None = None, force: bool = False
         import matplotlib.pyplot as plt
     except ImportError:
         raise PruMuxError("plotting needs matplotlib: pip install 'prumux-deploy[plot]'") from None
-    if accuracies and not accuracy_points(result, accuracies, accuracy_backend):
+    points = accuracy_points(result, accuracies, accuracy_backend) if accuracies else None
+    if accuracies and not points:
         raise PruMuxError(f"no (N, sparsity) of the accuracy CSV was timed on {accuracy_backend}; choose another "
                           "--accuracy-backend or time the checkpoints it was measured on (--checkpoint); the saved "
                           "--json can be plotted again with --from-json")
@@ -570,7 +571,7 @@ def plot(result: dict, path, accuracies: dict | None = None, force: bool = False
                     ax.text(j, i, f"{grid[i, j]:.1f}x", ha="center", va="center", color="white", fontsize=8)
         fig.colorbar(im, ax=ax)
     if accuracies:
-        draw_methods(axes[0][-1], accuracy_points(result, accuracies, accuracy_backend), accuracy_backend)
+        draw_methods(axes[0][-1], points, accuracy_backend)
     fig.tight_layout()
     try:
         with atomic_file(path, force) as tmp:

@@ -21,7 +21,7 @@ def _structure(ctx, param, text):
     return heads, ffn
 
 
-def _from_json(ctx, saved, csv_path, json_path, plot_path, accuracies, accuracy_backend, force):
+def _from_json(ctx, saved, csv_path, plot_path, accuracies, accuracy_backend, force):
     """bench --from-json: the table, --csv and --plot of a saved run; refuses options that choose what to time."""
     from click.core import ParameterSource
 
@@ -36,7 +36,7 @@ def _from_json(ctx, saved, csv_path, json_path, plot_path, accuracies, accuracy_
                           "(drop it, or time a new run without --from-json)")
     result = read_bench_result(saved)
     timed = sorted({r.get("backend") for r in result["rows"]})
-    if accuracies and plot_path and accuracy_backend not in timed:
+    if accuracies and accuracy_backend not in timed:
         raise PruMuxError(f"--accuracy-backend {accuracy_backend} is not in {saved}; choose one of {', '.join(timed)}")
     click.echo(format_table(result))
     write_outputs(result, csv_path, None, force)
@@ -120,8 +120,8 @@ def bench(instances, sparsities, backends, checkpoints, structure, groups_per_ba
             check_file_target(path, force)  # refuse before minutes of timing
     accuracies = read_accuracies(accuracy_csv) if accuracy_csv else None
     if saved_json:
-        _from_json(click.get_current_context(), saved_json, csv_path, json_path, plot_path, accuracies,
-                   accuracy_backend, force)
+        _from_json(click.get_current_context(), saved_json, csv_path, plot_path, accuracies, accuracy_backend,
+                   force)
         return
     if data and not checkpoints:
         raise PruMuxError("--data times trained checkpoints end to end: give them with --checkpoint")
@@ -131,7 +131,7 @@ def bench(instances, sparsities, backends, checkpoints, structure, groups_per_ba
                                    checkpoints=[str(c) for c in checkpoints], data=data, task=task, gemm=gemm,
                                    instances=instances, sparsities=sparsities, backends=list(backends),
                                    groups_per_batch=groups_per_batch, seq=seq, repeats=repeats)
-    if accuracies and plot_path and accuracy_backend not in cfg.backends:
+    if accuracies and accuracy_backend not in cfg.backends:
         raise PruMuxError(f"--accuracy-backend {accuracy_backend} is not timed in this run; add --backend "
                           f"{accuracy_backend} or choose one of {', '.join(cfg.backends)}")
     if latency:
