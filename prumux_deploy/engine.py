@@ -322,9 +322,14 @@ class Predictions:
 
 
 def classify(engine: Engine, texts: list[str], second: list[str] | None = None, truncate: bool = True,
-             warn=None) -> Predictions:
+             warn=None, isolation: str = "shared") -> Predictions:
     """Tokenize `texts` (and `second`, the second sentences of a pair task) with the engine's own tokenizer
     and run the engine once.
+
+    isolation: "shared" (default) groups the texts N at a time as given, so a text's answer depends on the
+    texts it shares a mux group with; "request" treats every text as a request of its own (its group is
+    filled with copies of itself, prumux_deploy/isolation.py), so its answer is what classifying it alone
+    gives, bit for bit, at the cost of up to N times the compute.
 
     Raises EngineError for texts that do not fit the engine (pairs for a single-sentence engine or the reverse,
     empty texts), or when the engine computes NaN or Inf (a broken engine must not yield a label);
@@ -333,7 +338,10 @@ def classify(engine: Engine, texts: list[str], second: list[str] | None = None, 
     from scipy.special import softmax
 
     from .data import check_lengths, load_tokenizer, tokenize
+    from .isolation import MODES, run_isolated
 
+    if isolation not in MODES:
+        raise EngineError(f"isolation {isolation!r} is not one of {', '.join(MODES)}")
     second = list(second) if second else None
     if engine.uses_token_types and (second is None or len(second) != len(texts)):
         raise EngineError(f"this engine classifies sentence pairs: give `second` once per text ({len(texts)} texts, "
@@ -346,7 +354,7 @@ def classify(engine: Engine, texts: list[str], second: list[str] | None = None, 
     check_lengths(tokenizer, texts, second, engine.max_seq_length, truncate, warn or (lambda msg: None))
     feeds = tokenize(tokenizer, texts, second, max_length=engine.max_seq_length,
                      uses_token_types=engine.uses_token_types)
-    logits = engine.run_feeds(feeds)  # [B, C]
+    logits = run_isolated(engine.run_feeds, feeds, [1] * len(texts), engine.num_instances, isolation)  # [B, C]
     bad = np.flatnonzero(~np.isfinite(logits).all(1))
     if bad.size:
         raise EngineError(f"the engine computed NaN or Inf logits for {bad.size} of {len(texts)} texts (first: "

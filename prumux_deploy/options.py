@@ -25,6 +25,7 @@ class FiniteFloatRange(click.FloatRange):
 
 COUNT = click.IntRange(min=1)                                    # sizes, lengths, steps, rows
 SEED = click.IntRange(min=0)
+COUNT_OR_ZERO = click.IntRange(min=0)                            # counts where 0 means "none"
 FRACTION = FiniteFloatRange(min=0.0, max=1.0)                    # thresholds and shares in [0, 1]
 FRACTION_BELOW_1 = FiniteFloatRange(min=0.0, max=1.0, max_open=True)  # sparsity, dropout: [0, 1)
 POSITIVE = FiniteFloatRange(min=0.0, min_open=True)              # learning rates, epochs, ratios

@@ -26,6 +26,7 @@ from .documents import dumps
 from .engine import load_engine
 from .errors import PruMuxError
 from .metrics import metric_names, task_metrics
+from .partners import DEFAULT_DRAWS, partner_sensitivity
 from .timing import end_to_end
 from .timing import throughput as measure
 
@@ -37,6 +38,7 @@ class Thresholds:
     min_agreement: float = TOLERANCES["fp32"].min_agreement          # fraction of identical predictions
     max_logit_error: float = TOLERANCES["fp32"].max_logit_error      # max |engine - PyTorch| over all logits
     min_speedup: float | None = None       # engine samples/s / PyTorch fp32 eager samples/s, same device
+    max_flip_rate: float | None = None     # partner_flip_rate (prumux_deploy/partners.py), fraction
 
     @classmethod
     def for_engine(cls, engine_dir, **given) -> "Thresholds":
@@ -64,7 +66,8 @@ def run_validation(engine_dir, checkpoint, task_name: str | None, data_dir, spli
                    with_throughput: bool = False, batch_size: int | None = None,
                    throughput_seq_len: int = 128, progress: bool = True, truncate: bool = True,
                    skip_bad_rows: bool = False, warn=lambda msg: print(msg, file=sys.stderr),
-                   device: str = "cpu", data_config: str | None = None, columns: dict | None = None) -> dict:
+                   device: str = "cpu", data_config: str | None = None, columns: dict | None = None,
+                   partners: int = 0, partner_seed: int = 0) -> dict:
     """Validate `engine_dir` against `checkpoint` on a task's split; returns the report (see format_report).
 
     task_name: a GLUE task, "custom", or None for the checkpoint's own. data_dir: anything data.load_examples
@@ -75,12 +78,15 @@ def run_validation(engine_dir, checkpoint, task_name: str | None, data_dir, spli
     eager on that device. batch_size: rows per batch (default 32*N; 128*N for throughput on a GPU);
     throughput_seq_len: the padded length timed, in tokens. truncate: cut inputs longer than the engine takes
     (counted, `warn` told) instead of refusing them; skip_bad_rows: drop (and count) malformed rows.
+    partners: K > 0 (implied by thresholds.max_flip_rate, then 8) also runs every row with K seeded random
+    partner draws and alone, and reports partner sensitivity (prumux_deploy/partners.py) under "partners".
 
     Returns the report: engine, checkpoint, task, split, data, examples, precision, num_instances,
     batch_size, skipped_rows, truncated_rows, device; metrics (engine_accuracy, pytorch_accuracy, agreement
     and accuracy_drop as fractions, max_abs_logit_error and mean_abs_logit_error in logits, rows with NaN or
     Inf logits, the task's own metrics); thresholds; checks (name, value, op, threshold, passed); passed; and with
-    throughput, samples/s of engine and PyTorch eager (compact), their ratio and end-to-end rates.
+    throughput, samples/s of engine and PyTorch eager (compact), their ratio and end-to-end rates; with
+    partners, the partner-sensitivity figures.
     Raises PruMuxError (one line) for unusable inputs; threshold failures are in the report (`passed`), not
     exceptions."""
     dev = resolve_device(device)
@@ -145,6 +151,14 @@ def run_validation(engine_dir, checkpoint, task_name: str | None, data_dir, spli
         _check("prediction agreement", metrics["agreement"], ">=", thresholds.min_agreement, "pct"),
         _check("max |logit error|", metrics["max_abs_logit_error"], "<=", thresholds.max_logit_error, "sci"),
     ]
+    if thresholds.max_flip_rate is not None and not partners:
+        partners = DEFAULT_DRAWS
+    sensitivity = None
+    if partners:
+        sensitivity = _partner_sensitivity(engine, tokenizer, examples, batch, partners, partner_seed, progress)
+        if thresholds.max_flip_rate is not None:
+            checks.append(_check("partner flip rate", sensitivity["partner_flip_rate"], "<=",
+                                 thresholds.max_flip_rate, "pct"))
     with_throughput = with_throughput or thresholds.min_speedup is not None
     throughput = None
     if with_throughput:
@@ -167,7 +181,34 @@ def run_validation(engine_dir, checkpoint, task_name: str | None, data_dir, spli
     }
     if throughput is not None:
         report["throughput"] = throughput
+    if sensitivity is not None:
+        report["partners"] = sensitivity
     return report
+
+
+def _partner_sensitivity(engine, tokenizer, examples, batch, draws, seed, progress) -> dict:
+    """partners.partner_sensitivity on the task rows: each order is tokenized and run in chunks of whole
+    mux groups (batch rounded up to a multiple of N), padded to each chunk's longest row."""
+    N = engine.num_instances
+    chunk = -(-batch // N) * N
+    bar = tqdm(total=(draws + N) * len(examples), desc="partners", unit="row", disable=not progress,
+               file=sys.stderr)
+
+    def run_rows(order):
+        out = []
+        for s in range(0, len(order), chunk):
+            pick = order[s:s + chunk]
+            feeds = tokenize(tokenizer, [examples.text_a[i] for i in pick],
+                             [examples.text_b[i] for i in pick] if examples.text_b else None,
+                             max_length=engine.max_seq_length, uses_token_types=engine.uses_token_types)
+            out.append(engine.run_feeds(feeds))
+            bar.update(len(pick))
+        return np.concatenate(out)
+
+    try:
+        return partner_sensitivity(run_rows, np.asarray(examples.labels), N, draws, seed)
+    finally:
+        bar.close()
 
 
 def _throughput(engine, model, tokenizer, examples, batch, seq_len, device=torch.device("cpu")) -> dict:
@@ -234,6 +275,15 @@ def format_report(report: dict) -> str:
                   f"  end to end (text -> labels, {t['end_to_end_rows']} rows, batch {t['batch']}): "
                   f"{t['end_to_end_longest_samples_per_s']:.1f}/s padded to each batch's longest row, "
                   f"{t['end_to_end_fixed_samples_per_s']:.1f}/s padded to {t['sequence']}"]
+    if "partners" in report:
+        p = report["partners"]
+        auc = "n/a (N=1)" if p["leakage_auc"] is None else f"{p['leakage_auc']:.3f} (0.5: none)"
+        lines += ["", f"  partner sensitivity ({p['draws']} random partner draws, seed {p['seed']}, and each row "
+                      f"alone): {p['partner_flip_rate'] * 100:.2f}% of rows change label with the partner, "
+                      f"{p['lone_flip_rate'] * 100:.2f}% differ from their lone answer",
+                  f"    accuracy over draws {p['accuracy_min'] * 100:.2f}%-{p['accuracy_max'] * 100:.2f}% (alone "
+                  f"{p['accuracy_lone'] * 100:.2f}%), |margin shift| mean {p['margin_shift_mean']:.3f} max "
+                  f"{p['margin_shift_max']:.3f} logits, partner-label leakage AUC {auc}"]
     lines += ["", "PASSED" if report["passed"] else "FAILED"]
     return "\n".join(lines)
 

@@ -4,6 +4,7 @@ on fake requests against prumux_deploy.data.tokenize."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import shutil
@@ -24,6 +25,10 @@ from prumux_deploy.export import triton as tx
 from prumux_deploy.export.triton import preferred_batch_sizes, write_triton_repository
 
 from conftest import masked_model
+
+# the engine model's own config and files: the layout of --isolation shared (request isolation puts a
+# Python-backend front before it; tests/test_isolation.py)
+write_shared = functools.partial(write_triton_repository, isolation="shared")
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
 from google.protobuf import json_format, text_format  # noqa: E402  (after the guard on purpose)
@@ -126,7 +131,7 @@ def check_model_against_engine(model_dir, engine_dir, config):
 
 def test_default_repository_matches_the_engine(engine_dir, tmp_path):
     repo = tmp_path / "repo"
-    path = write_triton_repository(engine_dir, repo, "sst2")
+    path = write_shared(engine_dir, repo, "sst2")
     assert path == repo / "sst2"
     assert sorted(p.name for p in repo.iterdir()) == ["sst2"]  # nothing else, no temp dirs left
     assert sorted(str(p.relative_to(path)) for p in path.rglob("*")) == [
@@ -147,7 +152,7 @@ def test_default_repository_matches_the_engine(engine_dir, tmp_path):
 
 def test_options_reach_the_config(any_engine, tmp_path):
     repo = tmp_path / "repo"
-    write_triton_repository(any_engine, repo, "m", max_batch_size=16, copies=3, device="gpu",
+    write_shared(any_engine, repo, "m", max_batch_size=16, copies=3, device="gpu",
                             ort_tensorrt=True)
     config = parse_config(repo / "m")
     check_model_against_engine(repo / "m", any_engine, config)
@@ -157,7 +162,7 @@ def test_options_reach_the_config(any_engine, tmp_path):
     (accelerator,) = config.optimization.execution_accelerators.gpu_execution_accelerator
     assert accelerator.name == "tensorrt" and dict(accelerator.parameters) == {"precision_mode": "FP16"}
 
-    write_triton_repository(any_engine, repo, "plain", max_batch_size=2, dynamic_batching=False)
+    write_shared(any_engine, repo, "plain", max_batch_size=2, dynamic_batching=False)
     config = parse_config(repo / "plain")
     assert config.max_batch_size == 2 and not config.HasField("dynamic_batching")
 
@@ -174,7 +179,7 @@ def test_preferred_batch_sizes_are_multiples_of_n(n, max_batch_size, expected):
 def test_tensorrt_engine_gets_the_tensorrt_platform(tmp_path):
     engine = fake_engine(tmp_path)
     repo = tmp_path / "repo"
-    write_triton_repository(engine, repo, "trt")
+    write_shared(engine, repo, "trt")
     config = parse_config(repo / "trt")
     assert config.platform == "tensorrt_plan"
     assert kind_name(config.instance_group[0].kind) == "KIND_GPU"  # a plan runs only on a GPU
@@ -183,9 +188,9 @@ def test_tensorrt_engine_gets_the_tensorrt_platform(tmp_path):
     assert sha256_file(repo / "trt" / "1" / "model.plan") == read_manifest(engine)["engine"]["sha256"]
     assert not (repo / "trt" / "1" / "model.onnx").exists()
     with pytest.raises(PruMuxError, match="`ort_tensorrt` applies to ONNX engines"):
-        write_triton_repository(engine, repo, "x", device="gpu", ort_tensorrt=True)
+        write_shared(engine, repo, "x", device="gpu", ort_tensorrt=True)
     with pytest.raises(PruMuxError, match="runs only on a GPU"):
-        write_triton_repository(engine, repo, "x", device="cpu")
+        write_shared(engine, repo, "x", device="cpu")
     assert not (repo / "x").exists()
 
 
@@ -206,20 +211,20 @@ def test_tensorrt_engine_gets_the_tensorrt_platform(tmp_path):
 def test_bad_options_are_refused_before_writing(engine_dir, tmp_path, kwargs, message):
     kwargs = {"name": "m", **kwargs}
     with pytest.raises(PruMuxError, match=message):
-        write_triton_repository(engine_dir, tmp_path / "repo", **kwargs)
+        write_shared(engine_dir, tmp_path / "repo", **kwargs)
     assert not (tmp_path / "repo").exists()
 
 
 def test_existing_model_is_refused_without_force(engine_dir, tmp_path):
     repo = tmp_path / "repo"
-    write_triton_repository(engine_dir, repo, "m")
+    write_shared(engine_dir, repo, "m")
     (repo / "other").mkdir()  # another model in the same repository
     (repo / "other" / "config.pbtxt").write_text('name: "other"\n')
     before = (repo / "m" / "config.pbtxt").read_text()
     with pytest.raises(PruMuxError, match="already exists; pass `force`"):
-        write_triton_repository(engine_dir, repo, "m", copies=4)
+        write_shared(engine_dir, repo, "m", copies=4)
     assert (repo / "m" / "config.pbtxt").read_text() == before
-    write_triton_repository(engine_dir, repo, "m", copies=4, force=True)
+    write_shared(engine_dir, repo, "m", copies=4, force=True)
     assert parse_config(repo / "m").instance_group[0].count == 4
     assert (repo / "other" / "config.pbtxt").read_text() == 'name: "other"\n'
     assert sorted(p.name for p in repo.iterdir()) == ["m", "other"]
@@ -229,7 +234,7 @@ def test_existing_ensemble_blocks_the_whole_tokenizer_repository(engine_dir, tmp
     repo = tmp_path / "repo"
     (repo / "m_ensemble").mkdir(parents=True)
     with pytest.raises(PruMuxError, match="m_ensemble already exists"):
-        write_triton_repository(engine_dir, repo, "m", with_tokenizer=True)
+        write_shared(engine_dir, repo, "m", with_tokenizer=True)
     assert sorted(p.name for p in repo.iterdir()) == ["m_ensemble"]  # the engine model was not written either
 
 
@@ -239,12 +244,12 @@ def test_tampered_engine_is_refused(engine_dir, tmp_path):
     data[len(data) // 2] ^= 0xFF
     (engine / "model.onnx").write_bytes(bytes(data))
     with pytest.raises(EngineError, match="does not match manifest.json"):
-        write_triton_repository(engine, tmp_path / "repo", "m")
+        write_shared(engine, tmp_path / "repo", "m")
     (engine / "model.onnx").unlink()
     with pytest.raises(EngineError, match="missing"):
-        write_triton_repository(engine, tmp_path / "repo", "m")
+        write_shared(engine, tmp_path / "repo", "m")
     with pytest.raises(EngineError, match="not a directory"):
-        write_triton_repository(tmp_path / "nowhere", tmp_path / "repo", "m")
+        write_shared(tmp_path / "nowhere", tmp_path / "repo", "m")
     assert not (tmp_path / "repo").exists()
 
 
@@ -253,7 +258,7 @@ def test_with_tokenizer_needs_tokenizer_files(engine_dir, tmp_path):
     for f in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         (engine / f).unlink(missing_ok=True)
     with pytest.raises(PruMuxError, match="no tokenizer files"):
-        write_triton_repository(engine, tmp_path / "repo", "m", with_tokenizer=True)
+        write_shared(engine, tmp_path / "repo", "m", with_tokenizer=True)
     assert not (tmp_path / "repo").exists()
 
 
@@ -261,7 +266,7 @@ def test_with_tokenizer_needs_tokenizer_files(engine_dir, tmp_path):
 
 def test_with_tokenizer_writes_three_consistent_models(any_engine, tmp_path):
     repo = tmp_path / "repo"
-    write_triton_repository(any_engine, repo, "cls", with_tokenizer=True, copies=2)
+    write_shared(any_engine, repo, "cls", with_tokenizer=True, copies=2)
     manifest = read_manifest(any_engine)
     pair = "token_type_ids" in [i["name"] for i in manifest["inputs"]]
     configs = all_configs(repo)
@@ -354,7 +359,7 @@ def load_tokenizer_model(model_dir):
 
 def test_tokenizer_model_matches_data_tokenize(any_engine, tmp_path, monkeypatch):
     repo = tmp_path / "repo"
-    write_triton_repository(any_engine, repo, "cls", with_tokenizer=True)
+    write_shared(any_engine, repo, "cls", with_tokenizer=True)
     engine = OnnxEngine(any_engine)
     pair = engine.uses_token_types
     model = load_tokenizer_model(repo / "cls_tokenizer")
@@ -394,12 +399,12 @@ def test_tokenizer_model_matches_data_tokenize(any_engine, tmp_path, monkeypatch
 
 def test_hand_written_text_equals_the_protobuf_route(pair_engine_dir, tmp_path, monkeypatch):
     """Without tritonclient the configs are written by hand; they must parse to the same messages."""
-    write_triton_repository(pair_engine_dir, tmp_path / "pb", "m", with_tokenizer=True, copies=2,
+    write_shared(pair_engine_dir, tmp_path / "pb", "m", with_tokenizer=True, copies=2,
                             device="gpu", ort_tensorrt=True)
     monkeypatch.setitem(sys.modules, "tritonclient.grpc", None)  # `from tritonclient.grpc import ...` fails
     with pytest.raises(ImportError):
         from tritonclient.grpc import model_config_pb2 as _  # noqa: F401
-    write_triton_repository(pair_engine_dir, tmp_path / "hand", "m", with_tokenizer=True, copies=2,
+    write_shared(pair_engine_dir, tmp_path / "hand", "m", with_tokenizer=True, copies=2,
                             device="gpu", ort_tensorrt=True)
     monkeypatch.undo()
     pb, hand = all_configs(tmp_path / "pb"), all_configs(tmp_path / "hand")
@@ -421,7 +426,7 @@ def test_cli_happy_path(pair_engine_dir, tmp_path):
     result = cli("triton", "--help")
     assert result.exit_code == 0 and "Usage:" in result.output and "--max-batch-size" in result.output
     repo = tmp_path / "repo"
-    result = cli("triton", pair_engine_dir, repo, "--name", "qnli", "--max-batch-size", 8, "--copies", 2,
+    result = cli("triton", "--isolation", "shared", pair_engine_dir, repo, "--name", "qnli", "--max-batch-size", 8, "--copies", 2,
                  "--with-tokenizer", "--no-dynamic-batching")
     assert result.exit_code == 0, result.output
     assert f"wrote {repo / 'qnli'} (onnxruntime_onnx, N=2, max_batch_size 8, 2 copies on cpu)" in result.output
@@ -431,7 +436,7 @@ def test_cli_happy_path(pair_engine_dir, tmp_path):
     check_model_against_engine(repo / "qnli", pair_engine_dir, configs["qnli"])
     assert configs["qnli"].max_batch_size == 8 and configs["qnli"].instance_group[0].count == 2
     assert not configs["qnli"].HasField("dynamic_batching")
-    result = cli("triton", pair_engine_dir, repo, "--name", "qnli", "--with-tokenizer", "--force",
+    result = cli("triton", "--isolation", "shared", pair_engine_dir, repo, "--name", "qnli", "--with-tokenizer", "--force",
                  "--device", "gpu", "--ort-tensorrt")
     assert result.exit_code == 0, result.output
     assert parse_config(repo / "qnli").optimization.execution_accelerators.gpu_execution_accelerator[0].name \
@@ -442,7 +447,7 @@ def test_cli_errors_are_one_line(engine_dir, tmp_path):
     for args, text in [(["--max-batch-size", 3], "--max-batch-size 3 is not a multiple of N=2 (the engine "
                                                  "multiplexes 2 rows per pass); use 2 or 4"),
                        (["--ort-tensorrt"], "--ort-tensorrt needs --device gpu")]:
-        result = cli("triton", engine_dir, tmp_path / "repo", "--name", "m", *args)
+        result = cli("triton", "--isolation", "shared", engine_dir, tmp_path / "repo", "--name", "m", *args)
         assert result.exit_code == 2, result.output
         assert "Traceback" not in result.output
         lines = [line for line in result.output.splitlines() if line.startswith("error:")]

@@ -21,13 +21,17 @@ always stopped (its process group killed) and every wait is bounded.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -64,23 +68,37 @@ PROBE = ("import sys, numpy, onnxruntime, pytriton.triton, google.protobuf.text_
          "from tritonclient.grpc import model_config_pb2; print(sys.base_prefix)")
 
 SERVER_PY = r'''
-"""Serve REPO/NAME (written by prumux-deploy triton) with pytriton: the Python backend runs 1/model.onnx
-with ONNX Runtime, bound with config.pbtxt's tensors, max_batch_size, instances and dynamic batching."""
+"""Serve REPO/NAME (written by prumux-deploy triton) with pytriton. The engine's 1/model.onnx runs with
+ONNX Runtime in the Python backend, bound with config.pbtxt's tensors, max_batch_size, instances and dynamic
+batching. --isolation shared: NAME is the engine; the requests of one execute are concatenated (what Triton's
+ONNX Runtime backend does). --isolation request: NAME is the shipped isolation front (NAME/1/model.py), whose
+answer_requests runs here with the engine call in-process instead of a BLS request to NAME_engine. Every
+execute logs how many requests the dynamic batcher handed it."""
+import importlib.util
 import sys
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 from google.protobuf import text_format
-from pytriton.decorators import batch
 from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
 from pytriton.triton import Triton, TritonConfig
 from tritonclient.grpc import model_config_pb2 as mc
 
 repo, name, port, workspace = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
 config = text_format.Parse((repo / name / "config.pbtxt").read_text(), mc.ModelConfig())
-if config.platform != "onnxruntime_onnx" or config.name != name:
-    sys.exit(f"config.pbtxt: platform {config.platform!r}, name {config.name!r}; expected onnxruntime_onnx, {name}")
+parameters = {k: v.string_value for k, v in config.parameters.items()}
+front = None
+if config.backend == "python" and "engine_model" in parameters:
+    spec = importlib.util.spec_from_file_location("front", repo / name / "1" / "model.py")
+    front = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(front)
+    engine_name = parameters["engine_model"]
+else:
+    engine_name = name
+engine_config = text_format.Parse((repo / engine_name / "config.pbtxt").read_text(), mc.ModelConfig())
+if engine_config.platform != "onnxruntime_onnx" or engine_config.name != engine_name:
+    sys.exit(f"{engine_name}/config.pbtxt: platform {engine_config.platform!r}, name {engine_config.name!r}")
 DTYPES = {"TYPE_INT64": np.int64, "TYPE_INT32": np.int32, "TYPE_FP32": np.float32, "TYPE_FP16": np.float16}
 
 
@@ -91,16 +109,29 @@ def tensors(entries):
 options = ort.SessionOptions()
 options.intra_op_num_threads = options.inter_op_num_threads = 1
 options.log_severity_level = 3
-session = ort.InferenceSession(str(repo / name / "1" / "model.onnx"), options, providers=["CPUExecutionProvider"])
+session = ort.InferenceSession(str(repo / engine_name / "1" / "model.onnx"), options,
+                               providers=["CPUExecutionProvider"])
 input_names = [e.name for e in config.input]
 output_names = [e.name for e in config.output]
 if sorted(input_names) != sorted(i.name for i in session.get_inputs()):
     sys.exit(f"config.pbtxt inputs {input_names} != model.onnx inputs {[i.name for i in session.get_inputs()]}")
 
 
-@batch
-def infer(**inputs):
-    return dict(zip(output_names, session.run(output_names, {n: inputs[n] for n in input_names})))
+def run_engine(feeds):
+    return session.run(["logits"], {n: feeds[n] for n in input_names})[0]
+
+
+def infer(requests):
+    print(f"execute: {len(requests)} requests", flush=True)
+    feeds = [{n: np.asarray(r[n], dtype=np.int64) for n in input_names} for r in requests]
+    if front is not None:
+        answers = front.answer_requests(feeds, run_engine, int(parameters["num_instances"]),
+                                        int(parameters["max_batch_size"]))
+    else:  # the engine served directly: the requests' rows concatenated into one batch
+        sizes = [len(f[input_names[0]]) for f in feeds]
+        logits = run_engine({n: np.concatenate([f[n] for f in feeds]) for n in input_names})
+        answers = np.split(logits, np.cumsum(sizes)[:-1])
+    return [{output_names[0]: a} for a in answers]
 
 
 batcher = DynamicBatcher()
@@ -115,7 +146,8 @@ with Triton(config=triton_config, workspace=workspace) as triton:
                 outputs=tensors(config.output), strict=True,
                 config=ModelConfig(batching=config.max_batch_size > 0, max_batch_size=config.max_batch_size,
                                    batcher=batcher))
-    print(f"bound {name}: max_batch_size {config.max_batch_size}, {instances} instance(s)", flush=True)
+    print(f"bound {name}: max_batch_size {config.max_batch_size}, {instances} instance(s), "
+          f"{'request isolation front' if front is not None else 'engine served directly'}", flush=True)
     triton.serve()
 '''
 
@@ -267,42 +299,133 @@ def _predict(engine_dir, texts) -> list[dict]:
     return rows
 
 
-# --- the test -------------------------------------------------------------------------------------
+# --- the server as a context ----------------------------------------------------------------------
 
-def test_live_triton_serves_the_repository_engine(tmp_path, engine_dir, triton_python):
-    try:  # without the [http] extra, tritonclient.http raises RuntimeError, not ImportError
-        import tritonclient.http as httpclient
-    except (ImportError, RuntimeError):
-        pytest.skip("needs tritonclient's HTTP client in this venv: pip install 'tritonclient[grpc,http]>=2.50'")
-
-    engine = load_engine(engine_dir)
-    assert engine.num_instances == 2 and not engine.uses_token_types
-    tokenizer = load_tokenizer(engine_dir)
-    repo = tmp_path / "repo"
-    model_dir = write_triton_repository(engine_dir, repo, MODEL)
-    labels = (model_dir / LABELS_FILE).read_text().splitlines()
-    assert labels == engine.labels
-
-    script = tmp_path / "serve.py"
+@contextlib.contextmanager
+def served(repo: Path, name: str, triton_python: Path, work: Path):
+    """Start the server script on REPO/NAME; yields (port, log path); always stops it."""
+    script = work / "serve.py"
     script.write_text(SERVER_PY)
-    log = tmp_path / "server.log"
+    log = work / f"server-{name}.log"
     port = _free_port()
     workspace_root = Path(tempfile.mkdtemp(prefix="prumux-triton-"))  # short: pytriton puts IPC sockets there
     env = _clean_env()
     env["PYTRITON_HOME"] = str(workspace_root / "home")
     with open(log, "wb") as out:
-        proc = subprocess.Popen([str(triton_python), str(script), str(repo), MODEL, str(port),
+        proc = subprocess.Popen([str(triton_python), str(script), str(repo), name, str(port),
                                  str(workspace_root / "ws")], stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, cwd=tmp_path, env=env, start_new_session=True)
+                                stdin=subprocess.DEVNULL, cwd=work, env=env, start_new_session=True)
     try:
-        _wait_ready(proc, port, MODEL, log)
-        client = httpclient.InferenceServerClient(url=f"127.0.0.1:{port}", connection_timeout=10,
-                                                  network_timeout=REQUEST_TIMEOUT_S)
+        _wait_ready(proc, port, name, log)
+        yield port, log
+    finally:
+        _stop(proc)
+        shutil.rmtree(workspace_root, ignore_errors=True)
+    assert proc.returncode is not None
+
+
+def _client(port: int):
+    import tritonclient.http as httpclient
+
+    return httpclient.InferenceServerClient(url=f"127.0.0.1:{port}", connection_timeout=10,
+                                            network_timeout=REQUEST_TIMEOUT_S)
+
+
+def _http_client_or_skip():
+    try:  # without the [http] extra, tritonclient.http raises RuntimeError, not ImportError
+        import tritonclient.http  # noqa: F401
+    except (ImportError, RuntimeError):
+        pytest.skip("needs tritonclient's HTTP client in this venv: pip install 'tritonclient[grpc,http]>=2.50'")
+
+
+def requests_per_execute(log: Path) -> list[int]:
+    """How many requests the dynamic batcher handed each execute, from the server's log."""
+    return [int(m) for m in re.findall(r"^execute: (\d+) requests", log.read_text(errors="replace"), re.M)]
+
+
+# --- a bounded concurrent load ----------------------------------------------------------------------
+
+LOAD_SIZES = (1, 3, 2, 5, 1, 4, 3, 1)  # N=2: single rows, odd sizes, N+1, whole groups
+LOAD_CLIENTS, LOAD_REQUESTS_PER_CLIENT, LOAD_DEADLINE_S = 4, 16, 120
+
+
+def load_requests(tokenizer, count: int, seed: int, max_length: int, sizes=LOAD_SIZES) -> list[dict]:
+    """`count` requests {id, texts, feeds}: sizes cycling through `sizes`, texts drawn (seeded) from TEXTS,
+    token ids padded to max_length so that Triton may merge any of them into one batch."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(count):
+        texts = [TEXTS[k] for k in rng.integers(0, len(TEXTS), sizes[i % len(sizes)])]
+        feeds = tokenize(tokenizer, texts, max_length=max_length, pad_to_max=True)
+        out.append({"id": f"r{seed}-{i}", "texts": texts, "feeds": feeds})
+    return out
+
+
+def run_load(port: int, name: str, per_client: list[list[dict]], deadline_s: float = LOAD_DEADLINE_S) -> dict:
+    """Every client (a thread with its own connection) sends its requests one after another, as fast as
+    answers come; returns {request id: (logits, echoed id, latency s)} and the wall time. Bounded: each
+    request has a timeout and the whole load a deadline."""
+    import tritonclient.http as httpclient
+
+    answers, lock = {}, threading.Lock()
+    stop_at = time.monotonic() + deadline_s
+
+    def client_loop(requests):
+        client = _client(port)
         try:
-            served = client.get_model_config(MODEL)
-            assert served["max_batch_size"] == 2 * 32  # config.pbtxt's default, 32 * N
-            assert [i["name"] for i in served["input"]] == ["input_ids", "attention_mask"]
-            assert [o["name"] for o in served["output"]] == ["logits"]
+            for r in requests:
+                if time.monotonic() > stop_at:
+                    return
+                inputs = []
+                for key, value in r["feeds"].items():
+                    tensor = httpclient.InferInput(key, list(value.shape), "INT64")
+                    tensor.set_data_from_numpy(value)
+                    inputs.append(tensor)
+                t0 = time.perf_counter()
+                result = client.infer(name, inputs, request_id=r["id"],
+                                      outputs=[httpclient.InferRequestedOutput("logits")])
+                latency = time.perf_counter() - t0
+                with lock:
+                    assert r["id"] not in answers, f"request {r['id']} answered twice"
+                    answers[r["id"]] = (result.as_numpy("logits"), result.get_response().get("id"), latency)
+        finally:
+            client.close()
+
+    t0 = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(len(per_client)) as pool:
+        for future in [pool.submit(client_loop, reqs) for reqs in per_client]:
+            future.result(timeout=deadline_s + REQUEST_TIMEOUT_S)
+    return {"answers": answers, "wall_s": time.perf_counter() - t0}
+
+
+def load_figures(load: dict, requests: list[dict]) -> dict:
+    latencies = np.array([a[2] for a in load["answers"].values()])
+    rows = sum(len(r["texts"]) for r in requests if r["id"] in load["answers"])
+    return {"requests": len(load["answers"]), "requests_per_s": len(load["answers"]) / load["wall_s"],
+            "rows_per_s": rows / load["wall_s"], "p50_ms": float(np.percentile(latencies, 50) * 1e3),
+            "p99_ms": float(np.percentile(latencies, 99) * 1e3)}
+
+
+# --- the tests ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("isolation", ["shared", "request"])
+def test_live_triton_serves_the_repository_engine(tmp_path, engine_dir, triton_python, isolation):
+    _http_client_or_skip()
+    engine = load_engine(engine_dir)
+    assert engine.num_instances == 2 and not engine.uses_token_types
+    tokenizer = load_tokenizer(engine_dir)
+    repo = tmp_path / "repo"
+    model_dir = write_triton_repository(engine_dir, repo, MODEL, isolation=isolation)
+    labels = (model_dir / LABELS_FILE).read_text().splitlines()
+    assert labels == engine.labels
+
+    with served(repo, MODEL, triton_python, tmp_path) as (port, log):
+        client = _client(port)
+        try:
+            served_config = client.get_model_config(MODEL)
+            assert served_config["max_batch_size"] == 2 * 32  # config.pbtxt's default, 32 * N
+            assert [i["name"] for i in served_config["input"]] == ["input_ids", "attention_mask"]
+            assert [o["name"] for o in served_config["output"]] == ["logits"]
             for size in BATCH_SIZES:
                 texts = TEXTS[:size]
                 feeds = tokenize(tokenizer, texts, max_length=engine.max_seq_length)
@@ -318,7 +441,70 @@ def test_live_triton_serves_the_repository_engine(tmp_path, engine_dir, triton_p
                     np.testing.assert_allclose([row["scores"][l] for l in labels], p, rtol=0, atol=ATOL)
         finally:
             client.close()
-    finally:
-        _stop(proc)
-        shutil.rmtree(workspace_root, ignore_errors=True)
-    assert proc.returncode is not None
+
+
+@pytest.mark.parametrize("isolation", ["shared", "request"])
+def test_live_load_loses_nothing_and_request_isolation_is_bit_exact(tmp_path, engine_dir, triton_python,
+                                                                     isolation):
+    """4 concurrent clients x 16 mixed requests (1, 2, 3 = N+1, 4, 5 rows), all padded to one length so the
+    dynamic batcher may merge any of them. Every request is answered once, under its own id, with one row
+    of logits per row sent; the batcher did merge requests (else nothing would be proven); and with request
+    isolation every answer equals the engine run on that request alone, bit for bit."""
+    _http_client_or_skip()
+    engine = load_engine(engine_dir)
+    tokenizer = load_tokenizer(engine_dir)
+    repo = tmp_path / "repo"
+    write_triton_repository(engine_dir, repo, MODEL, isolation=isolation)
+    per_client = [load_requests(tokenizer, LOAD_REQUESTS_PER_CLIENT, seed, engine.max_seq_length)
+                  for seed in range(LOAD_CLIENTS)]
+    requests = [r for reqs in per_client for r in reqs]
+    with served(repo, MODEL, triton_python, tmp_path) as (port, log):
+        load = run_load(port, MODEL, per_client)
+    merged = requests_per_execute(log)
+
+    answers = load["answers"]
+    assert sorted(answers) == sorted(r["id"] for r in requests)  # none lost, none duplicated
+    differs = 0
+    for r in requests:
+        logits, echoed, _ = answers[r["id"]]
+        assert echoed == r["id"]
+        assert logits.shape == (len(r["texts"]), len(engine.labels)) and logits.dtype == np.float32
+        alone = engine.run_feeds(r["feeds"])  # the request alone: its partial group filled with its own rows
+        if isolation == "request":
+            assert np.array_equal(logits, alone), (r["id"], np.abs(logits - alone).max())
+        differs += not np.array_equal(logits, alone)
+    assert max(merged) > 1, f"the dynamic batcher never merged requests ({merged[:20]}); the load proved nothing"
+    print(f"{isolation}: {len(requests)} requests, up to {max(merged)} per execute, {differs} answers differ "
+          f"from the request alone; {load_figures(load, requests)}")
+
+
+# --- the benchmark (not a test): python tests/test_triton_live.py ENGINE_DIR ------------------------
+
+def benchmark(engine_dir: Path, clients: int = 4, per_client: int = 60) -> list[dict]:
+    """Requests/s, rows/s and p50/p99 latency of both isolation modes for single-row and 4-row requests,
+    one server at a time on loopback (1 model copy, ONNX Runtime on 1 thread)."""
+    python = _venv_python()
+    engine = load_engine(engine_dir)
+    tokenizer = load_tokenizer(engine_dir)
+    rows_out = []
+    with tempfile.TemporaryDirectory() as work:
+        work = Path(work)
+        for isolation in ("shared", "request"):
+            repo = work / isolation
+            write_triton_repository(engine_dir, repo, MODEL, isolation=isolation)
+            with served(repo, MODEL, python, work) as (port, log):
+                for size in (1, 4):
+                    load_per_client = [load_requests(tokenizer, per_client, 100 * size + c, 64, sizes=(size,))
+                                       for c in range(clients)]
+                    run_load(port, MODEL, [reqs[:4] for reqs in load_per_client])  # warm-up
+                    load = run_load(port, MODEL, load_per_client, deadline_s=300)
+                    figures = load_figures(load, [r for reqs in load_per_client for r in reqs])
+                    rows_out.append({"isolation": isolation, "rows_per_request": size, **figures})
+                    print(rows_out[-1], flush=True)
+    return rows_out
+
+
+if __name__ == "__main__":
+    import sys
+
+    benchmark(Path(sys.argv[1]))

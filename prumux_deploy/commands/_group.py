@@ -42,12 +42,29 @@ class CommandGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted; no output was written", err=True)
             ctx.exit(130)
+        except BrokenPipeError:
+            reader_went_away()
         except Exception as e:  # a bug or an environment problem: still one line, the traceback with --debug
             _traceback_if_debug(ctx)
             msg = str(e).splitlines()[0] if str(e) else ""
             click.echo(f"error: unexpected {type(e).__name__}: {msg} (rerun with --debug for the traceback)",
                        err=True)
             ctx.exit(2)
+
+
+def reader_went_away():
+    """The reader of stdout closed it early (`prumux-deploy predict ... | head -1`): end quietly with the
+    status a process killed by SIGPIPE has (128 + 13), as other Unix tools do. Python would otherwise print
+    an error when it flushes stdout again at exit, so stdout is pointed at /dev/null first."""
+    import os
+    import sys
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout without a file descriptor (a test runner's buffer)
+        pass
+    sys.exit(141)
 
 
 def _traceback_if_debug(ctx):

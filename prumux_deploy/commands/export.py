@@ -81,9 +81,14 @@ def export(checkpoint, out, fmt, opset, max_seq_length, optimize, data, data_con
 @click.option("--with-tokenizer", is_flag=True,
               help="Also write NAME_tokenizer (Python backend: text -> token ids) and NAME_ensemble "
                    "(text -> logits), so clients can send raw strings.")
+@click.option("--isolation", type=click.Choice(["shared", "request"]), default="request", show_default=True,
+              help="request: no mux group ever holds rows of two requests (a Python-backend front pads each "
+                   "request with its own rows before the engine, served as NAME_engine), so an answer never "
+                   "depends on other clients; shared: the engine is served directly and the batcher's merged "
+                   "requests share groups (more throughput for single-row traffic of one trusted client).")
 @force_option("the model directories if they exist")
 def triton(engine_dir, repo, name, max_batch_size, copies, dynamic_batching, device, ort_tensorrt,
-           with_tokenizer, force):
+           with_tokenizer, isolation, force):
     """Write a Triton model repository entry REPO/NAME for the engine in ENGINE_DIR.
 
     \b
@@ -91,20 +96,27 @@ def triton(engine_dir, repo, name, max_batch_size, copies, dynamic_batching, dev
     REPO/NAME/1/model.onnx    the engine file (its sha256 is checked against manifest.json first)
     REPO/NAME/manifest.json   the engine's manifest, for provenance
 
+    With --isolation request (the default) REPO/NAME is a Python-backend front that keeps each request in
+    mux groups of its own and calls the engine, REPO/NAME_engine; clients call NAME either way.
+
     The engine multiplexes N rows per pass, so the maximum and preferred batch sizes are multiples of N.
     Other models in REPO are left alone; serve it with `tritonserver --model-repository REPO`.
     """
     from ..engine import read_manifest
-    from ..export.triton import (DEFAULT_BATCHES_PER_N, ENSEMBLE_SUFFIX, PLATFORMS, TOKENIZER_SUFFIX,
+    from ..export.triton import (DEFAULT_BATCHES_PER_N, ENGINE_SUFFIX, ENSEMBLE_SUFFIX, PLATFORMS, TOKENIZER_SUFFIX,
                                  default_device, write_triton_repository)
 
     path = write_triton_repository(engine_dir, repo, name, max_batch_size=max_batch_size, copies=copies,
                                    dynamic_batching=dynamic_batching, with_tokenizer=with_tokenizer,
-                                   force=force, device=device, ort_tensorrt=ort_tensorrt)
+                                   force=force, device=device, ort_tensorrt=ort_tensorrt, isolation=isolation)
     manifest = read_manifest(path)
     n = int(manifest["num_instances"])
     kind = manifest["engine"]["kind"]
-    click.echo(f"wrote {path} ({PLATFORMS[kind][0]}, N={n}, max_batch_size "
+    if isolation == "request":
+        click.echo(f"wrote {path} (request isolation front, Python backend) in front of "
+                   f"{repo / (name + ENGINE_SUFFIX)}:")
+    click.echo(f"wrote {repo / (name + ENGINE_SUFFIX) if isolation == 'request' else path} ({PLATFORMS[kind][0]}, "
+               f"N={n}, max_batch_size "
                f"{max_batch_size or DEFAULT_BATCHES_PER_N * n}, {copies} cop{'y' if copies == 1 else 'ies'} on "
                f"{device or default_device(kind)})")
     if with_tokenizer:

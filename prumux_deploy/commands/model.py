@@ -24,7 +24,9 @@ from ..options import COUNT, FRACTION_BELOW_1, SEED, column_options, force_optio
 @column_options
 @click.option("--num-labels", type=COUNT, default=None, help="Number of classes (default: the task's, else 2).")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for the mux vectors and the new demux weights.")
-@click.option("--max-seq-length", type=COUNT, default=128, show_default=True, help="Longest input the engine expects.")
+@click.option("--max-seq-length", type=COUNT, default=None,
+              help="Longest input the engine expects, in tokens [default: 128, or the base model's position "
+                   "table where smaller; a longer one is refused].")
 @click.option("--demux", type=click.Choice(NEW_MODEL_DEMUX_KINDS), default="key_cls", show_default=True,
               help="Demux read-out: 'key_cls' reads [key_i ; h_CLS] (called 'index' before 0.2); 'key_pool' "
                    "averages [key_i ; h_t] features over instance i's own tokens; 'index_pos' is MUX-PLMs' "

@@ -9,7 +9,8 @@ import click
 
 from ..compare import describe_defaults
 from ..errors import PruMuxError
-from ..options import COUNT, DATA_FORMS, FRACTION, NON_NEGATIVE, POSITIVE, data_options, force_option
+from ..options import COUNT, COUNT_OR_ZERO, DATA_FORMS, FRACTION, NON_NEGATIVE, POSITIVE, SEED, data_options, force_option
+from ..partners import DEFAULT_DRAWS
 
 
 @click.command()
@@ -47,13 +48,23 @@ from ..options import COUNT, DATA_FORMS, FRACTION, NON_NEGATIVE, POSITIVE, data_
 @click.option("--no-truncate", is_flag=True, help="Refuse inputs longer than the engine's maximum length "
                                                    "instead of truncating them with a warning.")
 @click.option("--skip-bad-rows", is_flag=True, help="Skip (and count) malformed TSV rows instead of failing.")
+@click.option("--partners", type=COUNT_OR_ZERO, default=0, show_default=True, metavar="K",
+              help="Also run every row with K random partner draws (seeded) and alone, and report partner "
+                   "sensitivity: the fraction of rows whose label changes with the partner, accuracy over the "
+                   "draws, margin shift and partner-label leakage AUC (0 = today's grouping only).")
+@click.option("--partner-seed", type=SEED, default=0, show_default=True, help="Seed of the partner draws.")
+@click.option("--max-flip-rate", type=FRACTION, default=None, metavar="X",
+              help="Fail if more than this fraction of rows (0..1) change label with their partner; implies "
+                   f"--partners {DEFAULT_DRAWS} when --partners is not given.")
 def validate(engine_dir, checkpoint, task, data, data_config, text_column, text_pair_column, label_column, labels,
              split, limit, report, force, min_accuracy, max_accuracy_drop, min_agreement, max_logit_error,
-             throughput, min_speedup, device, batch_size, no_truncate, skip_bad_rows):
+             throughput, min_speedup, device, batch_size, no_truncate, skip_bad_rows, partners, partner_seed,
+             max_flip_rate):
     """Check ENGINE_DIR against its PyTorch checkpoint on task data; exit 1 if any threshold fails.
 
     Reports accuracy, prediction agreement and logit error for engine and PyTorch, plus the task's metric
-    (F1 for QQP and MRPC, Matthews correlation for CoLA, macro-F1 for custom tasks)."""
+    (F1 for QQP and MRPC, Matthews correlation for CoLA, macro-F1 for custom tasks). With --partners, also
+    how much a row's answer depends on the rows it shares a mux group with (gate it with --max-flip-rate)."""
     from ..atomic import check_file_target
     from ..validate import Thresholds, format_report, run_validation, write_report
 
@@ -63,12 +74,13 @@ def validate(engine_dir, checkpoint, task, data, data_config, text_column, text_
         check_file_target(report, force)  # refuse before minutes of validation
     thresholds = Thresholds.for_engine(engine_dir, min_accuracy=min_accuracy, max_accuracy_drop=max_accuracy_drop,
                                        min_agreement=min_agreement, max_logit_error=max_logit_error,
-                                       min_speedup=min_speedup)
+                                       min_speedup=min_speedup, max_flip_rate=max_flip_rate)
     result = run_validation(engine_dir, checkpoint, task, data, split=split, limit=limit,
                             thresholds=thresholds, with_throughput=throughput, batch_size=batch_size,
                             truncate=not no_truncate, skip_bad_rows=skip_bad_rows,
                             warn=lambda msg: click.echo(msg, err=True), device=device, data_config=data_config,
-                            columns={"text": text_column, "text_pair": text_pair_column, "label": label_column})
+                            columns={"text": text_column, "text_pair": text_pair_column, "label": label_column},
+                            partners=partners, partner_seed=partner_seed)
     click.echo(format_report(result))
     if report:
         write_report(result, report, force)
