@@ -47,7 +47,9 @@ objective
 
 The measurement CSV has columns task,N,sparsity,accuracy,throughput (extra columns are ignored):
 accuracy in percent, sparsity as a fraction in [0, 1), throughput = speedup over BERT-base (empty where
-not measured).
+not measured). An optional flip_rate column carries partner sensitivity (`validate --partners`: percent of
+rows whose label changes with their mux partner), so a choice of (N, s) shows stability beside accuracy
+and speed; the models here do not use it.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ from .documents import dumps, read_bench_result, read_json_object, read_versione
 from .errors import PruMuxError
 
 COLUMNS = ("task", "N", "sparsity", "accuracy", "throughput")
+OPTIONAL_COLUMNS = ("flip_rate",)
 MODEL_FORMAT = "prumux-auto-model"
 MODEL_VERSION = 1
 DEFAULT_N = (1, 2, 3, 4, 5, 6, 8, 10)
@@ -86,6 +89,7 @@ class Measurement:
     accuracy: float | None  # None: a throughput-only row (a speed measurement of an untrained structure)
     throughput: float | None = None
     line: int | None = None  # CSV line, for error messages
+    flip_rate: float | None = None  # percent of rows whose label changes with the partner (validate --partners)
 
 
 @dataclass(frozen=True)
@@ -172,7 +176,11 @@ def _parse(path, reader) -> list[Measurement]:
             raise PruMuxError(f"{path}:{line}: duplicate row for task {task}, N={n}, sparsity={s:g} "
                               f"(first on line {seen[key]})")
         seen[key] = line
-        rows.append(Measurement(task, n, s, acc, tp, line))
+        flips = cells[names.index("flip_rate")].strip() if "flip_rate" in names else ""
+        flip_rate = _number(path, line, "flip_rate", flips) if flips else None
+        if flip_rate is not None and not 0 <= flip_rate <= 100:
+            raise PruMuxError(f"{path}:{line}: flip_rate must be in percent (0..100), got {flips}")
+        rows.append(Measurement(task, n, s, acc, tp, line, flip_rate))
     if not rows:
         raise PruMuxError(f"{path}: no measurements after the header")
     # a budget is in accuracy points, so fractions (0.91 for 91%) would make every budget huge
@@ -193,7 +201,8 @@ def collect_measurements(reports, bench=None, backend: str = "onnxruntime-opt",
     removed share of the prunable encoder parameters), rounded to `sparsity_decimals` (the prune stage meets
     its target to within rounding, so s=0.6 models share one column of the grid). bench: path of a
     `bench --checkpoint ... --json` file; a row's throughput is the speedup over BERT-base of its checkpoint's
-    `backend` row there (matched by path), empty when bench is None or has no such row.
+    `backend` row there (matched by path), empty when bench is None or has no such row. flip_rate: the
+    report's partner flip rate in percent where it was run with --partners, else empty.
     Raises PruMuxError for unreadable files, a report that is not a validate report, two reports of the same
     (task, N, s), or a backend the bench file did not time."""
     from .structure import inspect_path
@@ -224,12 +233,14 @@ def collect_measurements(reports, bench=None, backend: str = "onnxruntime-opt",
                               "give one report per trained point")
         seen[key] = path
         throughput = speedups.get(Path(checkpoint).resolve())
-        measured.append(Measurement(task, N, sparsity, accuracy, throughput))
+        partners = report.get("partners")
+        flip_rate = 100 * float(partners["partner_flip_rate"]) if isinstance(partners, dict) else None
+        measured.append(Measurement(task, N, sparsity, accuracy, throughput, flip_rate=flip_rate))
     return sorted(measured, key=lambda m: (m.task, m.N, m.sparsity))
 
 
 def write_measurements(rows: list[Measurement], path, force: bool = False) -> Path:
-    """Write rows as the measurement CSV (COLUMNS; empty cells for missing values), atomically."""
+    """Write rows as the measurement CSV (COLUMNS and flip_rate; empty cells for missing values), atomically."""
     import io
 
     def cell(value):
@@ -237,8 +248,8 @@ def write_measurements(rows: list[Measurement], path, force: bool = False) -> Pa
 
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")  # quotes a task name that holds a comma
-    writer.writerow(COLUMNS)
-    writer.writerows([cell(getattr(r, c)) for c in COLUMNS] for r in rows)
+    writer.writerow(COLUMNS + OPTIONAL_COLUMNS)
+    writer.writerows([cell(getattr(r, c)) for c in COLUMNS + OPTIONAL_COLUMNS] for r in rows)
     return write_file(path, text.getvalue(), force)
 
 

@@ -383,7 +383,7 @@ def test_collect_joins_validate_reports_and_bench_rows(tmp_path, engine_dir, mas
 
     report, bench_json, out = tmp_path / "report.json", tmp_path / "bench.json", tmp_path / "m.csv"
     assert run_cli("validate", engine_dir, "--checkpoint", masked_checkpoint, "--data", sst2_dir,
-                   "--report", report).exit_code == 0
+                   "--report", report, "--partners", 2).exit_code == 0
     done = run_cli("bench", "--checkpoint", masked_checkpoint, "--backend", "onnxruntime-opt", "--seq", 16, "-b", 2,
                    "--repeats", 2, "--no-gemm", "--json", bench_json)
     assert done.exit_code == 0, done.output
@@ -396,17 +396,20 @@ def test_collect_joins_validate_reports_and_bench_rows(tmp_path, engine_dir, mas
     assert f"wrote {out}: 1 rows (sst2), 1 with throughput" in done.output
     accuracy = 100 * json.loads(report.read_text())["metrics"]["engine_accuracy"]
     header, row = out.read_text().splitlines()
-    assert header == "task,N,sparsity,accuracy,throughput"
-    task, N, s, acc, speedup = row.split(",")
+    assert header == "task,N,sparsity,accuracy,throughput,flip_rate"
+    task, N, s, acc, speedup, flips = row.split(",")
+    assert float(flips) == pytest.approx(100 * json.loads(report.read_text())["partners"]["partner_flip_rate"],
+                                         abs=1e-4)
     assert (task, int(N), float(s)) == ("sst2", 2, sparsity)
     assert float(acc) == pytest.approx(accuracy, rel=1e-5)
     assert float(speedup) == pytest.approx(bench_row["speedup"], rel=1e-5)
     rows = read_measurements(out)  # what cv, fit and compare read
     assert [(r.task, r.N, r.sparsity) for r in rows] == [("sst2", 2, sparsity)]
+    assert rows[0].flip_rate == pytest.approx(float(flips))
 
     # without --bench: accuracy only; bad input: one line each, and the CSV is left as it was
     assert run_cli("auto", "collect", report, "-o", tmp_path / "acc.csv").exit_code == 0
-    assert (tmp_path / "acc.csv").read_text().splitlines()[1].endswith(",")
+    assert (tmp_path / "acc.csv").read_text().splitlines()[1].split(",")[4] == ""  # no throughput
     before = out.read_text()
     refused(run_cli("auto", "collect", report, "-o", out), 2, "already exists")
     refused(run_cli("auto", "collect", report, report, "-o", out, "--force"), 2, "again (also")

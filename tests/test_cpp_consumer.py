@@ -62,6 +62,34 @@ def test_cpp_consumer_matches_predict(prumux_infer, engine_dir, tmp_path):
         np.testing.assert_allclose(probs, list(want["scores"].values()), atol=1e-5)
 
 
+def test_cpp_consumer_request_isolation_matches_predict(prumux_infer, engine_dir, tmp_path):
+    """--isolation request: every row answered as if alone, as `predict --isolation request` does."""
+    texts = ["a gorgeous , witty film", "dull", "the plot is thin"]
+    ids = tmp_path / "ids.txt"
+    result = CliRunner().invoke(main, ["predict", str(engine_dir), *texts, "--json", "--isolation", "request",
+                                       "--ids-out", str(ids)])
+    assert result.exit_code == 0, result.output
+    expected = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
+    outputs = {}
+    for mode in ("request", "shared"):
+        done = subprocess.run([str(prumux_infer), "--isolation", mode, str(engine_dir), str(ids)],
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        outputs[mode] = done.stdout.splitlines()
+    assert len(outputs["request"]) == 3
+    for line, want in zip(outputs["request"], expected):
+        label, *logits = line.split()
+        logits = np.array(logits, dtype=np.float64)
+        probs = np.exp(logits - logits.max())
+        probs /= probs.sum()
+        assert label == want["label"]
+        np.testing.assert_allclose(probs, list(want["scores"].values()), atol=1e-5)
+    assert outputs["request"] != outputs["shared"]  # the tiny N=2 engine depends on its partner
+    bad = subprocess.run([str(prumux_infer), "--isolation", "private", str(engine_dir), str(ids)],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("usage: prumux_infer [--isolation shared|request]")
+
+
 def test_cpp_consumer_errors(prumux_infer, engine_dir, tmp_path):
     missing = subprocess.run([str(prumux_infer), str(engine_dir), str(tmp_path / "nope.txt")],
                              capture_output=True, text=True)
@@ -71,4 +99,5 @@ def test_cpp_consumer_errors(prumux_infer, engine_dir, tmp_path):
     done = subprocess.run([str(prumux_infer), str(engine_dir), str(ragged)], capture_output=True, text=True)
     assert done.returncode == 1 and "rows must have the same length (pad with 0)" in done.stderr
     usage = subprocess.run([str(prumux_infer)], capture_output=True, text=True)
-    assert usage.returncode == 2 and usage.stderr.startswith("usage: prumux_infer ENGINE_DIR IDS_FILE")
+    assert usage.returncode == 2 and usage.stderr.startswith("usage: prumux_infer [--isolation shared|request] "
+                                                            "ENGINE_DIR IDS_FILE")
