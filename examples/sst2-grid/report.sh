@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything docs/results.md reports about the trained grid, from its checkpoints (examples/sst2-grid/train.sh):
-# per point an fp32 (optimized) and an int8 engine, each validated on SST-2 dev against PyTorch; one bench run over
+# per point an fp32 (optimized) and an int8 engine, each validated on SST-2 dev against PyTorch (with partner
+# sensitivity, --partners 8); one bench run over
 # all points (pause any training first: it is timed); the Auto-PruMUX measurement CSV, its leave-one-out scores
 # and the PruMUX / CoFi / DataMUX comparison. Points that have not finished training are left out.
 # Usage (from the repository root): examples/sst2-grid/report.sh [RUNS_DIR] (default runs/grid).
@@ -22,7 +23,7 @@ for p in "${points[@]}"; do
   for e in engine int8; do
     if [ $e = int8 ]; then prumux-deploy export "$p" "$p.int8" --precision int8 --data "$D" --force; fi
     rc=0
-    prumux-deploy validate "$p.$e" --checkpoint "$p" --data "$D" --report "$p.$e.report.json" --force || rc=$?
+    prumux-deploy validate "$p.$e" --checkpoint "$p" --data "$D" --partners 8 --report "$p.$e.report.json" --force || rc=$?
     if [ $rc -eq 1 ]; then echo "note: $p.$e did not pass validation; see $p.$e.report.json" >&2
     elif [ $rc -ne 0 ]; then exit $rc; fi
   done
