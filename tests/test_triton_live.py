@@ -349,14 +349,17 @@ LOAD_SIZES = (1, 3, 2, 5, 1, 4, 3, 1)  # N=2: single rows, odd sizes, N+1, whole
 LOAD_CLIENTS, LOAD_REQUESTS_PER_CLIENT, LOAD_DEADLINE_S = 4, 16, 120
 
 
-def load_requests(tokenizer, count: int, seed: int, max_length: int, sizes=LOAD_SIZES) -> list[dict]:
-    """`count` requests {id, texts, feeds}: sizes cycling through `sizes`, texts drawn (seeded) from TEXTS,
-    token ids padded to max_length so that Triton may merge any of them into one batch."""
+def load_requests(tokenizer, count: int, seed: int, max_length: int, sizes=LOAD_SIZES, pairs: bool = False
+                  ) -> list[dict]:
+    """`count` requests {id, texts, feeds}: sizes cycling through `sizes`, texts (and second sentences for a
+    pair engine) drawn (seeded) from TEXTS, token ids padded to max_length so that Triton may merge any of
+    them into one batch."""
     rng = np.random.default_rng(seed)
     out = []
     for i in range(count):
         texts = [TEXTS[k] for k in rng.integers(0, len(TEXTS), sizes[i % len(sizes)])]
-        feeds = tokenize(tokenizer, texts, max_length=max_length, pad_to_max=True)
+        second = [TEXTS[k] for k in rng.integers(0, len(TEXTS), len(texts))] if pairs else None
+        feeds = tokenize(tokenizer, texts, second, max_length=max_length, pad_to_max=True, uses_token_types=pairs)
         out.append({"id": f"r{seed}-{i}", "texts": texts, "feeds": feeds})
     return out
 
@@ -443,20 +446,38 @@ def test_live_triton_serves_the_repository_engine(tmp_path, engine_dir, triton_p
             client.close()
 
 
+@pytest.fixture(scope="module")
+def pair_engine(tmp_path_factory, bert_dir):
+    """An N=2 QNLI (sentence pairs: token_type_ids) engine with the tiny tokenizer."""
+    from prumux_deploy import save_checkpoint
+    from prumux_deploy.export.pipeline import export_checkpoint
+
+    from conftest import masked_model
+
+    root = tmp_path_factory.mktemp("pair")
+    save_checkpoint(masked_model(2, num_labels=2, task="qnli"), root / "ckpt", tokenizer_dir=bert_dir)
+    export_checkpoint(root / "ckpt", root / "engine", log=lambda m: None)
+    return root / "engine"
+
+
+@pytest.mark.parametrize("task", ["single", "pair"])
 @pytest.mark.parametrize("isolation", ["shared", "request"])
-def test_live_load_loses_nothing_and_request_isolation_is_bit_exact(tmp_path, engine_dir, triton_python,
-                                                                     isolation):
-    """4 concurrent clients x 16 mixed requests (1, 2, 3 = N+1, 4, 5 rows), all padded to one length so the
-    dynamic batcher may merge any of them. Every request is answered once, under its own id, with one row
-    of logits per row sent; the batcher did merge requests (else nothing would be proven); and with request
-    isolation every answer equals the engine run on that request alone, bit for bit."""
+def test_live_load_loses_nothing_and_request_isolation_is_bit_exact(tmp_path, request, triton_python,
+                                                                     isolation, task):
+    """4 concurrent clients x 16 mixed requests (1, 2, 3 = N+1, 4, 5 rows; sentence pairs for a pair engine),
+    all padded to one length so the dynamic batcher may merge any of them. Every request is answered once,
+    under its own id, with one row of logits per row sent; the batcher did merge requests (else nothing
+    would be proven); and with request isolation every answer equals the engine run on that request alone,
+    bit for bit."""
     _http_client_or_skip()
+    engine_dir = request.getfixturevalue("engine_dir" if task == "single" else "pair_engine")
     engine = load_engine(engine_dir)
+    assert engine.uses_token_types == (task == "pair")
     tokenizer = load_tokenizer(engine_dir)
     repo = tmp_path / "repo"
     write_triton_repository(engine_dir, repo, MODEL, isolation=isolation)
-    per_client = [load_requests(tokenizer, LOAD_REQUESTS_PER_CLIENT, seed, engine.max_seq_length)
-                  for seed in range(LOAD_CLIENTS)]
+    per_client = [load_requests(tokenizer, LOAD_REQUESTS_PER_CLIENT, seed, engine.max_seq_length,
+                                pairs=task == "pair") for seed in range(LOAD_CLIENTS)]
     requests = [r for reqs in per_client for r in reqs]
     with served(repo, MODEL, triton_python, tmp_path) as (port, log):
         load = run_load(port, MODEL, per_client)
@@ -474,7 +495,7 @@ def test_live_load_loses_nothing_and_request_isolation_is_bit_exact(tmp_path, en
             assert np.array_equal(logits, alone), (r["id"], np.abs(logits - alone).max())
         differs += not np.array_equal(logits, alone)
     assert max(merged) > 1, f"the dynamic batcher never merged requests ({merged[:20]}); the load proved nothing"
-    print(f"{isolation}: {len(requests)} requests, up to {max(merged)} per execute, {differs} answers differ "
+    print(f"{task} {isolation}: {len(requests)} requests, up to {max(merged)} per execute, {differs} answers differ "
           f"from the request alone; {load_figures(load, requests)}")
 
 
