@@ -60,7 +60,8 @@ def export_checkpoint(checkpoint, out, fmt: str = "onnx", opset: int = DEFAULT_O
                       max_seq_length: int | None = None, force: bool = False,
                       tolerance: float | None = None, log=print,
                       tensorrt: TensorRTOptions | None = None, optimize: bool | None = None,
-                      precision: str = "fp32", data=None, data_config: str | None = None) -> dict:
+                      precision: str = "fp32", data=None, data_config: str | None = None,
+                      runtime: str = "onnxruntime") -> dict:
     """Export the checkpoint directory `checkpoint` to the engine directory `out`; returns the manifest.
 
     Steps: compact -> ONNX -> (ONNX Runtime's transformer optimizer, fp16 / int8) or (TensorRT plan) ->
@@ -72,7 +73,10 @@ def export_checkpoint(checkpoint, out, fmt: str = "onnx", opset: int = DEFAULT_O
     (default: the checkpoint's); tolerance: the largest absolute logit difference accepted (default: the
     precision's, prumux_deploy/compare.py); tensorrt: the shape profile and builder options; data (with
     data_config): task data for int8, choosing dynamic or static quantization (export/quantize.py); log:
-    receives progress lines. `out` must not exist unless force.
+    receives progress lines. `out` must not exist unless force. runtime: what runs the ONNX engine,
+    "onnxruntime", "openvino" (prumux_deploy/runtime_openvino.py; fp32 or bf16) or "auto": every runtime
+    installed is checked for parity and timed at batch 32*N x sequence min(128, max length), and the fastest
+    is kept (the manifest's runtime.choice records the measurements); bf16 is OpenVINO's.
 
     Raises PruMuxError for inconsistent arguments (before any work), CheckpointError for an unreadable
     checkpoint, ParityError when the engine's logits differ from PyTorch's by more than the tolerance or
@@ -80,7 +84,7 @@ def export_checkpoint(checkpoint, out, fmt: str = "onnx", opset: int = DEFAULT_O
     if fmt not in ("onnx", "tensorrt"):
         raise PruMuxError(f"`fmt` {fmt} is not supported; use onnx or tensorrt")
     if precision not in PRECISIONS:
-        raise PruMuxError(f"`precision` {precision} is not supported; use fp32, fp16 or int8")
+        raise PruMuxError(f"`precision` {precision} is not supported; use fp32, fp16, int8 or bf16")
     if data is not None and precision != "int8":
         raise PruMuxError("`data` is for `precision` int8 (calibration rows, and the accuracy the int8 choice keeps)")
     if optimize is None:  # ONNX Runtime engines are optimized unless asked not to; TensorRT fuses by itself
@@ -92,6 +96,7 @@ def export_checkpoint(checkpoint, out, fmt: str = "onnx", opset: int = DEFAULT_O
     if fmt != "tensorrt" and not trt_opts.is_default:
         raise PruMuxError("the batch/sequence profile, `timing_cache` and `version_compatible` apply to TensorRT "
                           "engines only (`fmt` tensorrt)")
+    runtime = _check_runtime(runtime, fmt, precision)
     tolerance = tolerance_for(precision).max_logit_error if tolerance is None else tolerance
     check_target(out, force)  # refuse before spending minutes on the export
     masked = load_checkpoint(checkpoint)
@@ -147,7 +152,14 @@ def export_checkpoint(checkpoint, out, fmt: str = "onnx", opset: int = DEFAULT_O
             extra["tensorrt"] = build_plan(onnx_file, engine_file, trt_profile, cfg.input_names, trt_opts, log)
             onnx_file.unlink()
         manifest = build_manifest(cfg, engine_file, fmt, opset, max_len, describe(model, masked), extra)
+        if runtime == "openvino":
+            from prumux_deploy.runtime_openvino import runtime_entry
+
+            manifest["runtime"] = runtime_entry(precision)
         write_manifest(tmp, manifest)
+        if runtime == "auto":
+            manifest["runtime"] = choose_runtime(tmp, manifest, masked, max_len, tolerance, out, log)
+            write_manifest(tmp, manifest)
         log(f"checking parity of the {fmt} engine against the PyTorch model ({'masked' if masked.masks else 'no masks'})")
         manifest["parity"] = check_parity(tmp, masked, max_len, tolerance, out, trt_profile)
         write_manifest(tmp, manifest)
@@ -189,12 +201,74 @@ def write_manifest(engine_dir: Path, manifest: dict):
     (engine_dir / MANIFEST).write_text(dumps(manifest, indent=2) + "\n")
 
 
-def check_parity(engine_dir: Path, reference, max_len: int, tolerance: float, out, profile=None) -> dict:
-    """Run the engine as users will (load_engine) on generated inputs; refuse it past the tolerance. A TensorRT
-    `profile` bounds the batches and lengths tried to the ones the engine was built for."""
+def _check_runtime(runtime: str, fmt: str, precision: str) -> str:
+    """The runtime asked for, checked against the format and precision before any work; "auto" with bf16
+    is OpenVINO's (the only runtime with bf16 on the CPU), with fp16 or int8 ONNX Runtime's."""
+    from prumux_deploy.runtime_openvino import available, check_bf16, require_openvino
+
+    if runtime not in ("onnxruntime", "openvino", "auto"):
+        raise PruMuxError(f"`runtime` {runtime!r} is not one of onnxruntime, openvino, auto")
+    if fmt == "tensorrt":
+        if runtime == "openvino":
+            raise PruMuxError("`runtime` openvino runs ONNX engines; TensorRT plans run in TensorRT (`fmt` onnx)")
+        return "onnxruntime"
+    if precision == "bf16":
+        if runtime == "onnxruntime":
+            raise PruMuxError("`precision` bf16 runs in OpenVINO on the CPU; use `runtime` openvino (or auto)")
+        require_openvino()
+        check_bf16()
+        return "openvino"
+    if runtime == "openvino" and precision != "fp32":
+        raise PruMuxError(f"`runtime` openvino runs fp32 and bf16 engines here; {precision} engines run in "
+                          "ONNX Runtime (`runtime` onnxruntime)")
+    if runtime == "openvino":
+        require_openvino()
+    if runtime == "auto" and (precision != "fp32" or not available()):
+        return "onnxruntime"  # nothing to choose between
+    return runtime
+
+
+def choose_runtime(engine_dir: Path, manifest: dict, reference, max_len: int, tolerance: float, out, log) -> dict:
+    """`runtime` auto: check each runtime's parity on the written engine and time it at batch 32*N x sequence
+    min(128, max_len) (median of repeats, prumux_deploy/timing.py); the fastest that passes is kept. Returns
+    the manifest's runtime entry with choice = {runtime: samples/s, ..., chosen, reason}."""
+    import numpy as np
+
+    from prumux_deploy.engine import load_engine
+    from prumux_deploy.runtime_openvino import runtime_entry
+    from prumux_deploy.timing import throughput
+
+    cfg = reference.config
+    batch, seq = 32 * cfg.num_instances, min(128, max_len)
+    rng = np.random.default_rng(0)
+    feeds = {"input_ids": rng.integers(5, cfg.vocab_size, (batch, seq)).astype(np.int64),
+             "attention_mask": np.ones((batch, seq), dtype=np.int64)}
+    if cfg.uses_token_types:
+        feeds["token_type_ids"] = np.zeros((batch, seq), dtype=np.int64)
+    measured = {}
+    for runtime in ("onnxruntime", "openvino"):
+        check_parity(engine_dir, reference, max_len, tolerance, out, runtime=runtime)
+        engine = load_engine(engine_dir, runtime=runtime)
+        measured[runtime] = throughput(engine.timed_runner(feeds), batch, warmup=2, repeats=5)["samples_per_s"]
+    chosen = max(measured, key=measured.get)
+    other = min(measured, key=measured.get)
+    ratio = measured[chosen] / measured[other]
+    log(f"runtime auto: {chosen} ({measured[chosen]:.1f} samples/s at {batch}x{seq}, {ratio:.2f}x {other}); "
+        "both within parity")
+    entry = runtime_entry("fp32") if chosen == "openvino" else {"name": "onnxruntime"}
+    entry["choice"] = {"samples_per_s": measured, "batch": batch, "sequence": seq, "chosen": chosen,
+                       "reason": f"fastest of the runtimes whose parity holds ({ratio:.2f}x {other})"}
+    return entry
+
+
+def check_parity(engine_dir: Path, reference, max_len: int, tolerance: float, out, profile=None,
+                 runtime: str | None = None) -> dict:
+    """Run the engine as users will (load_engine, with the manifest's runtime or `runtime`) on generated
+    inputs; refuse it past the tolerance. A TensorRT `profile` bounds the batches and lengths tried to the
+    ones the engine was built for."""
     from prumux_deploy.engine import load_engine
 
-    engine = load_engine(engine_dir)
+    engine = load_engine(engine_dir, runtime=runtime)
     bounds = {} if profile is None else dict(min_batch=profile.min_batch, max_batch=profile.max_batch,
                                              min_len=profile.min_seq)
     cases, batches, lengths = parity_inputs(reference.config, max_len, **bounds)

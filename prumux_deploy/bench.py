@@ -197,8 +197,15 @@ ORT_BACKENDS = {  # name -> (transformer optimizer, precision)
     "onnxruntime-opt": (True, "fp32"),
     "onnxruntime-int8": (True, "int8"),
 }
+OPENVINO_BACKENDS = {  # name -> OpenVINO inference precision, on the optimized graph `export` writes
+    "openvino": "fp32",
+    "openvino-bf16": "bf16",
+}
 BACKENDS = ("torch", *ORT_BACKENDS)
-EXTRA_BACKENDS = ("torch-compile",)  # not in the default set: compiling costs a minute or more per structure
+# not in the default set: compiling costs a minute or more per structure; OpenVINO is an optional extra
+EXTRA_BACKENDS = ("torch-compile", *OPENVINO_BACKENDS)
+# --peers: the same compact model in every runtime a user could pick, at each precision
+PEER_BACKENDS = ("torch", "torch-compile", "onnxruntime-opt", "openvino", "openvino-bf16", "onnxruntime-int8")
 
 
 def _ort_graphs(model: PruMuxModel, cfg: BenchConfig, backends, tmp: Path) -> dict[str, Path]:
@@ -209,13 +216,43 @@ def _ort_graphs(model: PruMuxModel, cfg: BenchConfig, backends, tmp: Path) -> di
     raw = tmp / "raw.onnx"
     export_onnx(model, raw, max_seq_length=cfg.seq)
     graphs = {"onnxruntime": raw}
-    if "onnxruntime-opt" in backends or "onnxruntime-int8" in backends:
+    if {"onnxruntime-opt", "onnxruntime-int8", *OPENVINO_BACKENDS} & set(backends):
         graphs["onnxruntime-opt"] = tmp / "opt.onnx"
         optimize_onnx(raw, graphs["onnxruntime-opt"])
     if "onnxruntime-int8" in backends:
         graphs["onnxruntime-int8"] = tmp / "int8.onnx"
         quantize_int8(graphs["onnxruntime-opt"], graphs["onnxruntime-int8"])
+    for name in OPENVINO_BACKENDS:
+        if name in backends:
+            graphs[name] = graphs["onnxruntime-opt"]
     return graphs
+
+
+def _time_openvino(path: Path, precision: str, model: PruMuxModel, ids, mask, cfg: BenchConfig):
+    """OpenVINO on the optimized graph at `precision` (fp32, or bf16 where the CPU has it), with the same
+    parity spot check as ONNX Runtime's rows."""
+    from .runtime_openvino import INFERENCE_PRECISION, check_bf16, require_openvino
+
+    ov = require_openvino()
+    if precision == "bf16":
+        check_bf16()
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(str(path)), "CPU",
+                                  {"INFERENCE_PRECISION_HINT": INFERENCE_PRECISION[precision]})
+    request = compiled.create_infer_request()
+    names = [p.get_any_name() for p in compiled.inputs]
+    feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
+    rows = 2 * model.config.num_instances
+    with torch.no_grad():
+        device = next(model.parameters()).device
+        want = model(ids[:rows].to(device), mask[:rows].to(device)).float().cpu().numpy()
+    got = np.array(request.infer({n: feeds[n][:rows] for n in names})[compiled.output(0)])
+    error = compare_logits(got, want).max_abs_error
+    timed = {n: feeds[n] for n in names}
+    with PeakRSS() as mem:
+        result = throughput(lambda: request.infer(timed), ids.shape[0], cfg.warmup, cfg.repeats, cfg.min_seconds)
+    result["max_abs_logit_error"] = error
+    return result, mem.mib
 
 
 def _time_ort(path: Path, model: PruMuxModel, ids, mask, cfg: BenchConfig):
@@ -238,6 +275,29 @@ def _time_ort(path: Path, model: PruMuxModel, ids, mask, cfg: BenchConfig):
                             cfg.min_seconds)
     result["max_abs_logit_error"] = error
     return result, mem.mib
+
+
+OURS = ("onnxruntime-opt", "openvino")  # what `export --runtime auto` chooses between at fp32
+
+
+def format_peers(result: dict) -> str:
+    """Each structure's rows as ratios to ours (the faster of the fp32 engines `export --runtime auto`
+    chooses between, timed in the same run), with each row's logit error on its spot check."""
+    lines = ["", "peers, as a ratio to ours (the fp32 engine export --runtime auto keeps):"]
+    names = list(dict.fromkeys(r["name"] for r in result["rows"]))
+    for name in names:
+        rows = [r for r in result["rows"] if r["name"] == name]
+        ours = [r for r in rows if r["backend"] in OURS]
+        if not ours:
+            continue
+        best = max(ours, key=lambda r: r["samples_per_s"])
+        lines.append(f"  {name}: ours = {best['backend']} {best['samples_per_s']:.1f}/s")
+        for r in sorted(rows, key=lambda r: -r["samples_per_s"]):
+            error = r.get("max_abs_logit_error")
+            shown = "" if error is None else f"   max |logit error| {error:.1e}"
+            lines.append(f"    {r['backend']:<18} {r['samples_per_s']:>9.1f}/s  {r['samples_per_s'] / best['samples_per_s']:5.2f}x"
+                         f"{shown}")
+    return "\n".join(lines)
 
 
 def baseline(cfg: BenchConfig) -> dict:
@@ -292,6 +352,14 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
     rates. Raises PruMuxError (a missing GPU or onnxruntime-gpu for cfg.device cuda) before any timing.
     PyTorch uses every core while it runs; the thread count is restored afterwards."""
     device = resolve_device(cfg.device)
+    if device.type == "cuda" and set(cfg.backends) & set(OPENVINO_BACKENDS):
+        raise PruMuxError("the openvino backends run on the CPU; leave them out with --device cuda")
+    if set(cfg.backends) & set(OPENVINO_BACKENDS):  # refuse before minutes of work
+        from .runtime_openvino import check_bf16, require_openvino
+
+        require_openvino()
+        if "openvino-bf16" in cfg.backends:
+            check_bf16()
     if device.type == "cuda" and set(cfg.backends) & set(ORT_BACKENDS):
         from .engine import ort_providers
 
@@ -310,7 +378,8 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
         ids, mask = _inputs(cfg.groups_per_batch * N, cfg.seq, model.config.vocab_size, cfg.seed)
         with tempfile.TemporaryDirectory() as tmp:
             # graphs are exported from the CPU model; PyTorch then runs where the benchmark runs
-            graphs = _ort_graphs(model, cfg, cfg.backends, Path(tmp)) if set(cfg.backends) & set(ORT_BACKENDS) else {}
+            graphs = (_ort_graphs(model, cfg, cfg.backends, Path(tmp))
+                      if set(cfg.backends) & {*ORT_BACKENDS, *OPENVINO_BACKENDS} else {})
             model = model.to(device)
             for backend in cfg.backends:
                 bar.set_postfix_str(f"{name} {backend}")
@@ -318,13 +387,15 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
                     result, mem = _time_torch(model, ids, mask, cfg)
                 elif backend == "torch-compile":  # inductor; the warm-up calls include compilation
                     result, mem = _time_torch(torch.compile(model), ids, mask, cfg)
+                elif backend in OPENVINO_BACKENDS:
+                    result, mem = _time_openvino(graphs[backend], OPENVINO_BACKENDS[backend], model, ids, mask, cfg)
                 elif backend in graphs:
                     result, mem = _time_ort(graphs[backend], model, ids, mask, cfg)
                 else:
                     raise PruMuxError(f"unknown backend {backend!r}; choose from "
                                       f"{', '.join(BACKENDS + EXTRA_BACKENDS)}")
                 rows.append(_row(name, N, s, info, backend, result, mem, ids.shape[0], flops, base))
-                if cfg.data and backend in graphs and getattr(model, "tokenizer_dir", None):
+                if cfg.data and backend in ORT_BACKENDS and getattr(model, "tokenizer_dir", None):
                     rows[-1].update(_end_to_end(graphs[backend], model, cfg))
                 if cfg.gemm and device.type == "cpu":  # the machine's rate on this model's dense shapes, same run
                     int8 = backend == "onnxruntime-int8" and int8_capable()

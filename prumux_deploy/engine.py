@@ -294,15 +294,37 @@ class TensorRTEngine(Engine):
                               f"the engine's optimization profile {self.manifest['tensorrt']['profile']}")
 
 
-def load_engine(engine_dir, device: str = "cpu", **kwargs) -> Engine:
-    """Open an engine directory: ONNX engines with ONNX Runtime (CPU, or CUDA with device='cuda'),
-    TensorRT engines with the TensorRT runtime."""
+RUNTIMES = ("onnxruntime", "openvino")  # what runs an ONNX engine file (manifest "runtime"; TensorRT: plans)
+
+
+def runtime_of(manifest: dict) -> str:
+    """The runtime an engine directory is built for: its manifest's runtime name (onnxruntime before 0.3)."""
+    if manifest["engine"].get("kind") == "tensorrt":
+        return "tensorrt"
+    return (manifest.get("runtime") or {}).get("name", "onnxruntime")
+
+
+def load_engine(engine_dir, device: str = "cpu", runtime: str | None = None, **kwargs) -> Engine:
+    """Open an engine directory with the runtime its manifest names: ONNX engines with ONNX Runtime (CPU, or
+    CUDA with device='cuda') or OpenVINO (CPU; prumux_deploy/runtime_openvino.py), TensorRT plans with
+    TensorRT. runtime: run an ONNX engine with another runtime than its manifest's ("onnxruntime" or
+    "openvino"; an OpenVINO engine runs in ONNX Runtime too, and the reverse)."""
     manifest = read_manifest(engine_dir)
     kind = manifest["engine"].get("kind")
     if kind == "tensorrt":
         return TensorRTEngine(engine_dir)
     if kind != "onnx":
         raise EngineError(f"{engine_dir}: unknown engine kind {kind!r}; re-export the engine")
+    # the runtime a CPU engine was chosen for; on a GPU the same model.onnx runs in ONNX Runtime's CUDA provider
+    runtime = runtime or ("onnxruntime" if device == "cuda" else runtime_of(manifest))
+    if runtime not in RUNTIMES:
+        raise EngineError(f"{engine_dir}: unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
+    if runtime == "openvino":
+        if device == "cuda":
+            raise EngineError("OpenVINO runs engines on the CPU here; use runtime onnxruntime for device cuda")
+        from .runtime_openvino import OpenVINOEngine
+
+        return OpenVINOEngine(engine_dir, **kwargs)
     if device == "cuda":
         kwargs["providers"] = ort_providers(device)
     return OnnxEngine(engine_dir, **kwargs)

@@ -65,7 +65,12 @@ def inspect_path(path) -> tuple[str, dict]:
 
         manifest = read_manifest(path)
         verify_engine_file(path, manifest)
-        header = (f"engine {path}: {manifest['engine']['kind']} {manifest['engine']['file']}, "
+        from .engine import runtime_of
+
+        runtime = manifest.get("runtime") or {}
+        precision = manifest.get("precision", "fp32")
+        header = (f"engine {path}: {manifest['engine']['kind']} {manifest['engine']['file']} run by "
+                  f"{runtime_of(manifest)} {runtime.get('version', '')}".rstrip() + f" ({precision}), "
                   f"inputs {[i['name'] for i in manifest['inputs']]}, labels {list(manifest['labels'].values())}")
         return header, manifest["structure"]
     from .checkpoint import load_checkpoint

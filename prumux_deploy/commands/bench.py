@@ -54,9 +54,16 @@ _RENDER_OPTIONS = {"saved_json", "csv_path", "json_path", "plot_path", "accuracy
 @click.option("--sparsities", "-s", callback=number_list(float, 0.0, 1.0), default=None,
               help="Comma-separated sparsities (default 0,0.6,0.8,0.9,0.95).")
 @click.option("--backend", "backends", multiple=True,
-              type=click.Choice(["torch", "torch-compile", "onnxruntime", "onnxruntime-opt", "onnxruntime-int8"]),
-              help="Backends to time, repeatable (default: all but torch-compile): PyTorch eager, "
-                   "torch.compile, plain ONNX Runtime, with the transformer optimizer, and optimized + int8.")
+              type=click.Choice(["torch", "torch-compile", "onnxruntime", "onnxruntime-opt", "onnxruntime-int8",
+                                 "openvino", "openvino-bf16"]),
+              help="Backends to time, repeatable (default: torch and the three ONNX Runtime ones): PyTorch eager, "
+                   "torch.compile, plain ONNX Runtime, with the transformer optimizer, optimized + int8, and "
+                   "OpenVINO on the optimized graph in fp32 or bf16 (the openvino extra).")
+@click.option("--peers", is_flag=True,
+              help="Time the same model in every runtime a user could pick (PyTorch eager, torch.compile, ONNX "
+                   "Runtime, OpenVINO fp32 and bf16 where the CPU has it, ONNX Runtime int8) and print each as "
+                   "a ratio to ours: the fp32 engine `export --runtime auto` keeps (the faster of ONNX Runtime "
+                   "and OpenVINO).")
 @click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(path_type=Path),
               help="Time these trained checkpoints instead of generated structures.")
 @click.option("--structure", callback=_structure, default=None, metavar="HEADS:FFN",
@@ -99,7 +106,7 @@ _RENDER_OPTIONS = {"saved_json", "csv_path", "json_path", "plot_path", "accuracy
               help="Time nothing: print the table of a run saved with --json and write its --csv / --plot (e.g. "
                    "to plot it with --accuracy later). The options that choose what to time do not apply.")
 @force_option("--csv, --json and --plot files that exist")
-def bench(instances, sparsities, backends, checkpoints, structure, groups_per_batch, seq, repeats, seed, quick, device,
+def bench(instances, sparsities, backends, peers, checkpoints, structure, groups_per_batch, seq, repeats, seed, quick, device,
           protocol, latency, data, task, gemm, csv_path, json_path, plot_path, accuracy_csv, accuracy_backend,
           saved_json, force):
     """Throughput of PruMUX structures vs a dense BERT-base baseline, measured side by side in one run.
@@ -123,6 +130,14 @@ def bench(instances, sparsities, backends, checkpoints, structure, groups_per_ba
         _from_json(click.get_current_context(), saved_json, csv_path, plot_path, accuracies, accuracy_backend,
                    force)
         return
+    if peers and backends:
+        raise PruMuxError("--peers chooses the backends itself; drop --backend")
+    if peers:
+        from ..bench import PEER_BACKENDS
+        from ..runtime_openvino import cpu_has_bf16, require_openvino
+
+        require_openvino()
+        backends = [b for b in PEER_BACKENDS if b != "openvino-bf16" or cpu_has_bf16()]
     if data and not checkpoints:
         raise PruMuxError("--data times trained checkpoints end to end: give them with --checkpoint")
     if latency and (csv_path or plot_path):
@@ -143,6 +158,10 @@ def bench(instances, sparsities, backends, checkpoints, structure, groups_per_ba
         return
     result = run_bench(cfg)
     click.echo(format_table(result))
+    if peers:
+        from ..bench import format_peers
+
+        click.echo(format_peers(result))
     write_outputs(result, csv_path, json_path, force)
     if plot_path:
         plot(result, plot_path, accuracies, force, accuracy_backend)

@@ -27,9 +27,14 @@ from ..options import COUNT, NON_NEGATIVE, OPSET, force_option
                    "its train rows, and dynamic or static is kept, whichever is faster within 1 point of fp32 "
                    "accuracy on its dev rows (both measured now, recorded in the manifest). Without it: dynamic.")
 @click.option("--data-config", default=None, help="Configuration of a hub dataset given as --data.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "bf16"]), default="fp32", show_default=True,
               help="fp16 for GPUs (every normalisation stays fp32); int8 for CPUs: dynamic quantization, or with "
-                   "--data dynamic or static, whichever is faster within 1 point of fp32 (implies --optimize).")
+                   "--data dynamic or static, whichever is faster within 1 point of fp32 (implies --optimize); "
+                   "bf16 for CPUs with avx512_bf16 or AMX: the fp32 graph run by OpenVINO in bf16.")
+@click.option("--runtime", type=click.Choice(["auto", "onnxruntime", "openvino"]), default="auto", show_default=True,
+              help="What runs the ONNX engine: auto checks the parity of each installed runtime (ONNX Runtime, "
+                   "OpenVINO with the openvino extra), times it on this machine at batch 32*N and keeps the "
+                   "fastest; the manifest records the choice and the measurements.")
 @click.option("--tolerance", type=NON_NEGATIVE, default=None,
               help="Largest logit difference vs the masked PyTorch model before the export is refused "
                    f"[default: {describe_defaults('max_logit_error')}].")
@@ -43,7 +48,7 @@ from ..options import COUNT, NON_NEGATIVE, OPSET, force_option
               help="TensorRT timing cache file, read if present and updated after the build.")
 @click.option("--version-compatible", is_flag=True, help="TensorRT: build a version-compatible engine.")
 @force_option()
-def export(checkpoint, out, fmt, opset, max_seq_length, optimize, data, data_config, precision, tolerance,
+def export(checkpoint, out, fmt, opset, max_seq_length, optimize, data, data_config, precision, runtime, tolerance,
            min_batch, opt_batch, max_batch, min_seq, opt_seq, max_seq, timing_cache, version_compatible, force):
     """Compact CHECKPOINT and export an engine (ids -> logits, mux/demux inside) to OUT.
 
@@ -57,7 +62,8 @@ def export(checkpoint, out, fmt, opset, max_seq_length, optimize, data, data_con
                           str(timing_cache) if timing_cache else None, version_compatible)
     export_checkpoint(checkpoint, out, fmt=fmt, opset=opset, max_seq_length=max_seq_length, force=force,
                       tolerance=tolerance, log=lambda msg: click.echo(msg, err=True), tensorrt=trt,
-                      optimize=optimize, precision=precision, data=data, data_config=data_config)
+                      optimize=optimize, precision=precision, data=data, data_config=data_config,
+                      runtime="onnxruntime" if fmt == "tensorrt" else runtime)
     click.echo(f"engine ready: {out}")
 
 

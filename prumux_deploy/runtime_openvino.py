@@ -1,0 +1,103 @@
+"""OpenVINO as a runtime for exported engines (`export --runtime openvino|auto`, the `openvino` extra).
+
+OpenVINO reads our own `model.onnx` directly (ONNX Runtime's fused ops included: Attention,
+EmbedLayerNormalization, BiasGelu), so an OpenVINO engine directory is the same directory with the manifest
+saying which runtime runs it:
+
+    manifest["runtime"] = {"name": "openvino", "version": "2026.4...", "inference_precision": "f32"|"bf16"}
+
+The file stays ONNX rather than OpenVINO IR (measured: docs/benchmarks.md "OpenVINO"): one file serves
+both runtimes, its sha256 check is unchanged, and compiling from ONNX at load costs about as much as from IR.
+bf16 runs the fp32 graph with OpenVINO's bf16 inference precision; it needs a CPU with avx512_bf16 or AMX
+(`cpu_has_bf16`), and its parity tolerance is compare.TOLERANCES["bf16"].
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from .engine import Engine
+from .errors import EngineError
+
+INFERENCE_PRECISION = {"fp32": "f32", "bf16": "bf16"}
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def require_openvino():
+    try:
+        import openvino
+    except ImportError:
+        raise EngineError("this engine runs with OpenVINO, which is not installed: pip install "
+                          "'prumux-deploy[openvino]' (or re-export with --runtime onnxruntime)") from None
+    return openvino
+
+
+def available() -> bool:
+    try:
+        require_openvino()
+    except EngineError:
+        return False
+    return True
+
+
+def cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    flags = next((line.split(":", 1)[1] for line in text.splitlines() if line.startswith("flags")), "")
+    return set(flags.split())
+
+
+def cpu_has_bf16() -> bool:
+    """The CPU computes bf16 natively (avx512_bf16 or AMX), where OpenVINO's bf16 is a speedup, not an emulation."""
+    return bool(cpu_flags() & set(BF16_CPU_FLAGS))
+
+
+def check_bf16():
+    if not cpu_has_bf16():
+        raise EngineError(f"bf16 needs a CPU with {' or '.join(BF16_CPU_FLAGS)}, and this one has neither "
+                          "(/proc/cpuinfo); use fp32 or int8")
+
+
+def runtime_entry(precision: str) -> dict:
+    """The manifest's runtime record for an OpenVINO engine of `precision` (fp32 or bf16)."""
+    return {"name": "openvino", "version": require_openvino().__version__,
+            "inference_precision": INFERENCE_PRECISION[precision]}
+
+
+class OpenVINOEngine(Engine):
+    """An exported ONNX engine compiled by OpenVINO for the CPU, at the manifest's inference precision (or
+    `precision`: fp32 or bf16). One infer request; calls from several threads take turns."""
+
+    def __init__(self, engine_dir, precision: str | None = None, threads: int | None = None):
+        ov = require_openvino()
+        super().__init__(engine_dir)
+        entry = self.manifest.get("runtime") or {}
+        hint = INFERENCE_PRECISION.get(precision) if precision else entry.get("inference_precision", "f32")
+        if hint is None:
+            raise EngineError(f"OpenVINO runs fp32 or bf16 engines, not {precision!r}")
+        if hint == "bf16":
+            check_bf16()
+        config = {"INFERENCE_PRECISION_HINT": hint}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        try:
+            core = ov.Core()
+            self.compiled = core.compile_model(core.read_model(str(self.path)), "CPU", config)
+        except Exception as e:  # OpenVINO raises RuntimeError with a long message for graphs it cannot read
+            raise EngineError(f"{self.path}: OpenVINO cannot compile it ({str(e).splitlines()[0][:200]})") from None
+        self.inference_precision = hint
+        self.input_names = [port.get_any_name() for port in self.compiled.inputs]
+        self._request = self.compiled.create_infer_request()
+        self._lock = threading.Lock()
+
+    def _run(self, feeds):
+        if feeds["input_ids"].shape[0] == 0:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        with self._lock:
+            result = self._request.infer({name: feeds[name] for name in self.input_names})
+            return np.array(result[self.compiled.output(0)], dtype=np.float32)  # a copy: the buffer is reused

@@ -1,0 +1,107 @@
+"""OpenVINO as a runtime: export --runtime openvino|auto, bf16 where the CPU has it, bench's OpenVINO rows."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from prumux_deploy import runtime_openvino
+from prumux_deploy.data import load_tokenizer, tokenize
+from prumux_deploy.engine import OnnxEngine, load_engine
+from prumux_deploy.errors import EngineError
+
+from conftest import refused, run_cli
+
+pytest.importorskip("openvino", reason="the openvino extra is not installed: pip install 'prumux-deploy[openvino]'")
+
+TEXTS = ["a gorgeous , witty film", "dull and tedious", "the plot was awful"]
+
+
+@pytest.fixture(scope="module")
+def ov_engine(tmp_path_factory, masked_checkpoint):
+    out = tmp_path_factory.mktemp("ov") / "engine"
+    done = run_cli("export", masked_checkpoint, out, "--runtime", "openvino")
+    assert done.exit_code == 0, done.output
+    return out
+
+
+def test_openvino_engine_matches_onnx_runtime(ov_engine):
+    manifest = json.loads((ov_engine / "manifest.json").read_text())
+    assert manifest["runtime"]["name"] == "openvino" and manifest["runtime"]["inference_precision"] == "f32"
+    engine = load_engine(ov_engine)
+    assert isinstance(engine, runtime_openvino.OpenVINOEngine)
+    ort = load_engine(ov_engine, runtime="onnxruntime")
+    assert isinstance(ort, OnnxEngine)
+    feeds = tokenize(load_tokenizer(ov_engine), TEXTS, max_length=16)
+    for rows in (1, 2, 3):  # partial mux groups included
+        part = {k: v[:rows] for k, v in feeds.items()}
+        got, want = engine.run_feeds(part), ort.run_feeds(part)
+        assert got.shape == (rows, 2)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    assert engine.run_feeds({k: v[:0] for k, v in feeds.items()}).shape == (0, 2)
+    assert manifest["parity"]["max_abs_logit_error"] < 1e-4
+    shown = run_cli("inspect", ov_engine)
+    assert "run by openvino" in shown.output and "(fp32)" in shown.output
+    predicted = run_cli("predict", ov_engine, *TEXTS)
+    assert predicted.exit_code == 0 and len(predicted.output.strip().splitlines()) == 3
+
+
+def test_runtime_auto_keeps_the_faster_runtime_that_passes_parity(masked_checkpoint, tmp_path):
+    done = run_cli("export", masked_checkpoint, tmp_path / "e")  # --runtime auto is the default
+    assert done.exit_code == 0, done.output
+    runtime = json.loads((tmp_path / "e" / "manifest.json").read_text())["runtime"]
+    rates = runtime["choice"]["samples_per_s"]
+    assert set(rates) == {"onnxruntime", "openvino"}
+    assert runtime["choice"]["chosen"] == runtime["name"] == max(rates, key=rates.get)
+    assert runtime["choice"]["batch"] == 64 and runtime["choice"]["sequence"] == 16  # 32*N x min(128, max)
+    assert f"runtime auto: {runtime['name']}" in done.output
+
+
+def test_bf16_where_the_cpu_has_it(masked_checkpoint, engine_dir, sst2_dir, tmp_path, monkeypatch):
+    if not runtime_openvino.cpu_has_bf16():
+        refused(run_cli("export", masked_checkpoint, tmp_path / "b", "--precision", "bf16"), 2,
+                "bf16 needs a CPU with avx512_bf16 or amx_bf16")
+        pytest.skip("this CPU has neither avx512_bf16 nor AMX; the refusal is what it gets")
+    done = run_cli("export", masked_checkpoint, tmp_path / "b", "--precision", "bf16")
+    assert done.exit_code == 0, done.output
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["precision"] == "bf16" and manifest["runtime"]["inference_precision"] == "bf16"
+    assert 0 < manifest["parity"]["max_abs_logit_error"] <= 0.1  # bf16 rounds: not fp32's zero-ish error
+    result = run_cli("validate", tmp_path / "b", "--checkpoint", masked_checkpoint, "--data", sst2_dir)
+    assert result.exit_code == 0, result.output
+    assert ">= 98.00%" in result.output and "<= 1.00e-01" in result.output  # bf16's own tolerances
+    # a CPU without bf16: refused before any work, in one line
+    monkeypatch.setattr(runtime_openvino, "cpu_flags", lambda: {"avx2"})
+    refused(run_cli("export", masked_checkpoint, tmp_path / "c", "--precision", "bf16"), 2,
+            "bf16 needs a CPU with avx512_bf16 or amx_bf16, and this one has neither")
+    assert not (tmp_path / "c").exists()
+    with pytest.raises(EngineError, match="bf16 needs a CPU"):
+        load_engine(tmp_path / "b")
+
+
+def test_runtime_and_precision_that_do_not_go_together_are_refused(masked_checkpoint, tmp_path, monkeypatch):
+    refused(run_cli("export", masked_checkpoint, tmp_path / "x", "--precision", "bf16", "--runtime", "onnxruntime"),
+            2, "--precision bf16 runs in OpenVINO on the CPU; use --runtime openvino (or auto)")
+    refused(run_cli("export", masked_checkpoint, tmp_path / "x", "--precision", "int8", "--runtime", "openvino"),
+            2, "--runtime openvino runs fp32 and bf16 engines here; int8 engines run in ONNX Runtime")
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if the extra were not installed
+    refused(run_cli("export", masked_checkpoint, tmp_path / "x", "--runtime", "openvino"), 2,
+            "pip install 'prumux-deploy[openvino]'")
+    assert not (tmp_path / "x").exists()
+    auto = run_cli("export", masked_checkpoint, tmp_path / "y")  # auto without OpenVINO: ONNX Runtime
+    assert auto.exit_code == 0 and "runtime auto" not in auto.output
+    assert "runtime" not in json.loads((tmp_path / "y" / "manifest.json").read_text())
+
+
+def test_bench_times_openvino_beside_onnx_runtime(masked_checkpoint, tmp_path):
+    out = tmp_path / "b.json"
+    done = run_cli("bench", "--checkpoint", masked_checkpoint, "--backend", "onnxruntime-opt", "--backend", "openvino",
+                   "--seq", 16, "-b", 2, "--repeats", 2, "--no-gemm", "--json", out)
+    assert done.exit_code == 0, done.output
+    rows = {r["backend"]: r for r in json.loads(out.read_text())["rows"] if r["name"] != "bert-base dense"}
+    assert set(rows) == {"onnxruntime-opt", "openvino"}
+    assert rows["openvino"]["max_abs_logit_error"] < 1e-4 and rows["openvino"]["samples_per_s"] > 0
+    refused(run_cli("bench", "--peers", "--backend", "torch"), 2, "--peers chooses the backends itself")
