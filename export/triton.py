@@ -1,6 +1,7 @@
 """`prumux-deploy triton`: an engine directory -> a Triton Inference Server model repository.
 
-    REPO/NAME/config.pbtxt          platform onnxruntime_onnx (or tensorrt_plan), batch dim implicit
+    REPO/NAME/config.pbtxt          platform onnxruntime_onnx (or tensorrt_plan; backend openvino for an engine
+                                    export chose OpenVINO for), batch dim implicit
     REPO/NAME/1/model.onnx          the engine file, byte for byte (sha256 checked before and after copying)
     REPO/NAME/manifest.json         the engine's manifest, for provenance
     REPO/NAME/labels.txt            class names in label-id order (Triton's classification extension)
@@ -46,7 +47,7 @@ from pathlib import Path
 from prumux_deploy.atomic import atomic_dir, check_target
 from prumux_deploy.data import copy_tokenizer, has_tokenizer
 from prumux_deploy.documents import sha256_file
-from prumux_deploy.engine import MANIFEST, read_manifest, verify_engine_file
+from prumux_deploy.engine import MANIFEST, read_manifest, runtime_of, verify_engine_file
 from prumux_deploy.errors import EngineError, PruMuxError
 
 PLATFORMS = {"onnx": ("onnxruntime_onnx", "model.onnx"), "tensorrt": ("tensorrt_plan", "model.plan")}
@@ -152,7 +153,7 @@ def _tensor(entry: dict, where: str) -> dict:
 
 def model_config(manifest: dict, name: str, max_batch_size: int, copies: int, device: str,
                  dynamic_batching: bool, ort_tensorrt: bool) -> dict:
-    platform, _ = PLATFORMS[manifest["engine"]["kind"]]
+    platform, file_name = PLATFORMS[manifest["engine"]["kind"]]
     outputs = [_tensor(o, "output") for o in manifest["outputs"]]
     for out in outputs:
         if out["name"] == "logits":
@@ -160,6 +161,11 @@ def model_config(manifest: dict, name: str, max_batch_size: int, copies: int, de
     config = {"name": name, "platform": platform, "max_batch_size": max_batch_size,
               "input": [_tensor(i, "input") for i in manifest["inputs"]], "output": outputs,
               "instance_group": [{"count": copies, "kind": Enum(DEVICES[device])}]}
+    if runtime_of(manifest) == "openvino" and device == "cpu":
+        # the engine export chose OpenVINO for this CPU: Triton's OpenVINO backend reads the same model.onnx
+        del config["platform"]
+        config.update({"backend": "openvino", "default_model_filename": file_name, "parameters": Map({
+            "INFERENCE_PRECISION_HINT": {"string_value": manifest["runtime"].get("inference_precision", "f32")}})})
     if dynamic_batching:
         config["dynamic_batching"] = {
             "preferred_batch_size": preferred_batch_sizes(int(manifest["num_instances"]), max_batch_size),

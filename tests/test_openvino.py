@@ -105,3 +105,18 @@ def test_bench_times_openvino_beside_onnx_runtime(masked_checkpoint, tmp_path):
     assert set(rows) == {"onnxruntime-opt", "openvino"}
     assert rows["openvino"]["max_abs_logit_error"] < 1e-4 and rows["openvino"]["samples_per_s"] > 0
     refused(run_cli("bench", "--peers", "--backend", "torch"), 2, "--peers chooses the backends itself")
+
+
+def test_triton_serves_an_openvino_engine_with_the_openvino_backend(ov_engine, tmp_path):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from prumux_deploy.export.triton import write_triton_repository
+
+    path = write_triton_repository(ov_engine, tmp_path / "repo", "m", isolation="shared")
+    config = text_format.Parse((path / "config.pbtxt").read_text(), mc.ModelConfig())
+    assert config.backend == "openvino" and not config.platform and config.default_model_filename == "model.onnx"
+    assert config.parameters["INFERENCE_PRECISION_HINT"].string_value == "f32"
+    assert (path / "1" / "model.onnx").is_file()
+    gpu = write_triton_repository(ov_engine, tmp_path / "gpu", "m", isolation="shared", device="gpu")
+    assert text_format.Parse((gpu / "config.pbtxt").read_text(), mc.ModelConfig()).platform == "onnxruntime_onnx"

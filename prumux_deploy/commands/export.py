@@ -108,7 +108,7 @@ def triton(engine_dir, repo, name, max_batch_size, copies, dynamic_batching, dev
     The engine multiplexes N rows per pass, so the maximum and preferred batch sizes are multiples of N.
     Other models in REPO are left alone; serve it with `tritonserver --model-repository REPO`.
     """
-    from ..engine import read_manifest
+    from ..engine import read_manifest, runtime_of
     from ..export.triton import (DEFAULT_BATCHES_PER_N, ENGINE_SUFFIX, ENSEMBLE_SUFFIX, PLATFORMS, TOKENIZER_SUFFIX,
                                  default_device, write_triton_repository)
 
@@ -121,7 +121,9 @@ def triton(engine_dir, repo, name, max_batch_size, copies, dynamic_batching, dev
     if isolation == "request":
         click.echo(f"wrote {path} (request isolation front, Python backend) in front of "
                    f"{repo / (name + ENGINE_SUFFIX)}:")
-    click.echo(f"wrote {repo / (name + ENGINE_SUFFIX) if isolation == 'request' else path} ({PLATFORMS[kind][0]}, "
+    served_by = ("openvino backend" if runtime_of(manifest) == "openvino" and (device or default_device(kind)) == "cpu"
+                 else PLATFORMS[kind][0])
+    click.echo(f"wrote {repo / (name + ENGINE_SUFFIX) if isolation == 'request' else path} ({served_by}, "
                f"N={n}, max_batch_size "
                f"{max_batch_size or DEFAULT_BATCHES_PER_N * n}, {copies} cop{'y' if copies == 1 else 'ies'} on "
                f"{device or default_device(kind)})")
