@@ -1,4 +1,5 @@
-"""The training stages: warm-up, fine-tune, prune, and all three in order.
+"""The training stages: warm-up, pre-training (MLM through the multiplexer), fine-tune, prune, and warm-up /
+fine-tune / prune in order.
 
 Each stage reads a checkpoint (or a BERT base for the first), trains, and writes a checkpoint directory
 of the contract in prumux_deploy/checkpoint.py to OUT, with OUT/train_log.jsonl (one JSON record per
@@ -21,7 +22,7 @@ from pathlib import Path
 import torch
 
 from prumux_deploy.atomic import check_target
-from prumux_deploy.checkpoint import create_model, load_checkpoint, read_config, save_checkpoint
+from prumux_deploy.checkpoint import check_vocab, create_model, load_checkpoint, read_config, save_checkpoint
 from prumux_deploy.data import load_tokenizer
 from prumux_deploy.errors import PruMuxError
 from prumux_deploy.export import compact
@@ -31,8 +32,9 @@ from .distributed import Runtime, runtime
 from .gates import CoFiGates, lagrangian_term
 from .loop import (RunState, TrainArgs, evaluate, load_task_data, model_inputs, progress, run_dir,
                    seed_everything, soft_targets, task_of)
-from .losses import (ContextHead, LayerAlignment, contextual_distillation_loss, prediction_distillation,
-                     retrieval_choice, retrieval_loss)
+from .corpus import CorpusArgs, CorpusStream, mask_tokens, masking_generator
+from .losses import (ContextHead, LayerAlignment, MLMHead, contextual_distillation_loss, prediction_distillation,
+                     pretraining_losses, pretraining_totals, read_bert_mlm_head, retrieval_choice, retrieval_loss)
 
 
 def _linear_schedule(optimizer, total_steps: int, warmup_frac: float = 0.06):
@@ -103,6 +105,26 @@ def _is_checkpoint(source: Path) -> bool:
     return (source / "config.json").is_file() and '"prumux-checkpoint"' in (source / "config.json").read_text()
 
 
+def _base_positions(base: Path) -> int:
+    import json
+
+    try:
+        return int(json.loads((base / "config.json").read_text())["max_position_embeddings"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 1 << 30  # create_model reports an unreadable base in its own words
+
+
+def _fit_length(args: TrainArgs, positions: int, source):
+    """A --max-seq-length beyond the model's position table is refused; the default (64) shrinks to fit a
+    smaller table (args.max_seq_length_given, set by the command line, tells which it is)."""
+    if args.max_seq_length <= positions:
+        return
+    if getattr(args, "max_seq_length_given", True):
+        raise PruMuxError(f"`max_seq_length` {args.max_seq_length} exceeds {source}'s position table "
+                          f"({positions} positions); use at most {positions}")
+    args.max_seq_length = positions
+
+
 def _start_model(source, args: TrainArgs, device=None) -> torch.nn.Module:
     """A checkpoint directory (config.json with our format) or a BERT base directory / 'minilm'."""
     source = Path(source)
@@ -112,8 +134,12 @@ def _start_model(source, args: TrainArgs, device=None) -> torch.nn.Module:
             raise PruMuxError(f"{source} has N={model.config.num_instances}, but `instances` is {args.instances}")
         if args.demux:
             model.set_demux_kind(args.demux)
+        _fit_length(args, model.config.max_position_embeddings, source)
+        if model.config.task is None and args.task:  # a pre-trained checkpoint has no task yet: it takes this one
+            _adopt_task(model, task_of(args), args.seed)
     else:
         task = task_of(args)
+        _fit_length(args, _base_positions(source), source)
         model = create_model(source, num_instances=args.instances, num_labels=len(task.label_names),
                              seed=args.seed, id2label=task.id2label, task=task.name,
                              max_seq_length=args.max_seq_length, demux_kind=args.demux or "key_cls",
@@ -122,11 +148,23 @@ def _start_model(source, args: TrainArgs, device=None) -> torch.nn.Module:
     return model.to(device or "cpu")
 
 
+def _adopt_task(model, task, seed: int):
+    """Give a task-less checkpoint (what `train pretrain` writes) the task a stage trains it on: its labels and
+    columns, and a fresh classifier when the label count differs (the pre-trained one was never trained)."""
+    cfg = model.config
+    if len(task.label_names) != cfg.num_labels:
+        torch.manual_seed(seed)
+        old = model.demux.classifier
+        model.demux.classifier = torch.nn.Linear(old.in_features, len(task.label_names)).to(old.weight.device)
+    cfg.num_labels, cfg.id2label, cfg.task = len(task.label_names), task.id2label, task.name
+    cfg.task_columns = task.columns if task.custom else None
+
+
 def _train(run: RunState, args: TrainArgs, resume: bool, objects: dict, total: int, step_fn, eval_fn,
-           desc: str, rt: Runtime, fresh_log: bool = True):
+           desc: str, rt: Runtime, fresh_log: bool = True, **start_record):
     """The loop every stage shares: resume, step, log/evaluate every --eval-every, save every --save-every
     and at the end (so resuming a finished phase is a no-op). Every process runs it; rank 0 writes."""
-    run.start(args, resume, fresh_log, processes=rt.world_size)
+    run.start(args, resume, fresh_log, processes=rt.world_size, **start_record)
     step = run.load(objects) if resume else 0
     bar = progress(total, step, desc, disable=not rt.is_main)
     last = {}
@@ -218,6 +256,145 @@ def warmup(base, out, args: TrainArgs, resume: bool = False, force: bool = False
         log(f"warmup: {total} steps, final retrieval loss "
             f"{last.get('retrieval', last.get('loss', float('nan'))):.3f}{context}; wrote {out}")
     return model
+
+
+# --- 1b. pre-train: masked language modelling through the multiplexer (MUX-PLMs) ------------------
+
+MLM_HEAD_FILE = "mlm_head.safetensors"  # beside a pre-trained checkpoint's weights, for the next pre-training run
+
+
+@dataclass
+class PretrainArgs:
+    steps: int = 1000                # optimizer steps (a streamed corpus has no epochs; it is re-read as needed)
+    mlm_probability: float = 0.15    # upstream run_pretraining.py --mlm_probability
+    mlm_weight: float = 0.9          # upstream --task_loss_coeff (the MLM loss)
+    retrieval_weight: float = 0.1    # upstream --retrieval_loss_coeff
+    mlm_head: str | None = None      # where the MLM head comes from, if not the start (see _mlm_head)
+
+
+def pretrain(source, out, args: TrainArgs, corpus: CorpusArgs, pargs: PretrainArgs, resume: bool = False,
+             force: bool = False, log=print):
+    """Multiplexed masked language modelling (MUX-PLMs' pre-training, PruMUX phase 2): BERT's masking of the
+    corpus rows, N rows per mux group, and at every masked token of every instance the demultiplexed state
+    predicts the original token through BERT's MLM head tied to the word embeddings; plus the warm-up's token
+    retrieval as an auxiliary loss, weighted as upstream (losses.pretraining_losses):
+        loss = mlm_weight * mlm + retrieval_weight * retrieval       (upstream defaults 0.9, 0.1)
+
+    source: a checkpoint (usually `train warmup`'s output), or a BERT directory for a new model (resolve_base
+    turns "minilm" into one). out: the checkpoint directory to write (refused if it exists, unless force): a
+    task-less checkpoint that `train finetune --init` and `train all --init` take (they give it their task's
+    labels), with the MLM head beside it (mlm_head.safetensors) for a later pre-training run. args: batch
+    (rows per optimizer step over all processes), learning rate, sequence length, device, precision,
+    --grad-accum (loop.TrainArgs; its task and data are unused). corpus: where the text is and how rows are
+    made (corpus.CorpusArgs). pargs: steps, masking rate, loss weights, the head's source (PretrainArgs).
+    resume: continue from out.run/train_state.pt, at the exact row of the corpus.
+
+    Returns the model; writes `out` and out/train_log.jsonl (the step's losses and their means since the last
+    line, every --eval-every). Raises PruMuxError before training for unusable arguments, a pruned start, a
+    corpus without the text column or without text (DataError)."""
+    check_target(out, force)
+    for name, value in (("mlm_weight", pargs.mlm_weight), ("retrieval_weight", pargs.retrieval_weight)):
+        if value < 0:
+            raise PruMuxError(f"`{name}` must not be negative, got {value}")
+    if not 0 < pargs.mlm_probability < 1:
+        raise PruMuxError(f"`mlm_probability` must be in (0, 1), got {pargs.mlm_probability}")
+    rt = _runtime(args)
+    seed_everything(args.seed)
+    model = _pretrain_start_model(source, args, rt.device)
+    tokenizer = load_tokenizer(model.tokenizer_dir)
+    check_vocab(tokenizer, model.config, model.tokenizer_dir)
+    if tokenizer.mask_token_id is None:
+        raise PruMuxError(f"{model.tokenizer_dir}: the tokenizer has no [MASK] token; masked language modelling "
+                          "needs one (a BERT tokenizer)")
+    head, head_from = _mlm_head(model, Path(source), pargs.mlm_head, rt.device)
+    stream = CorpusStream(corpus, tokenizer, args.batch_size, args.max_seq_length, rt)
+    optimizer = torch.optim.AdamW(list(model.parameters()) + list(head.parameters()), lr=args.lr, weight_decay=0.01)
+    schedule = _linear_schedule(optimizer, pargs.steps)
+    run = RunState(run_dir(out), "pretrain", main=rt.is_main)
+    N = args.instances
+    step_data, interval = {}, []  # the global batch's retrieval choices and counts; the losses since the last log
+
+    def loss_fn(part):
+        choice = step_data["choice"][part["position"][::N].cpu() // N]  # this micro-batch's groups
+        mlm, retrieval = pretraining_losses(model, head, part["input_ids"], part["attention_mask"], part["labels"],
+                                            choice, step_data["totals"], args.grad_accum, rt)
+        loss = pargs.mlm_weight * mlm + pargs.retrieval_weight * retrieval
+        return loss, {"loss": loss.item(), "mlm": mlm.item(), "retrieval": retrieval.item()}
+
+    objective, scaler = rt.wrap(Objective(loss_fn, model=model, head=head)), rt.grad_scaler()
+
+    def step_fn(step):
+        batch = stream.batch(step)
+        inputs, labels = mask_tokens(batch, tokenizer, pargs.mlm_probability, masking_generator(args.seed, step))
+        G, S = inputs.shape[0] // N, inputs.shape[1]
+        step_data["choice"] = choice = retrieval_choice(G, S, N, args.seed, step)
+        step_data["totals"] = pretraining_totals(labels, batch["attention_mask"], choice, N)
+        record = _step(rt, objective, {**batch, "input_ids": inputs, "labels": labels}, args, [optimizer],
+                       [schedule], scaler)
+        interval.append(record)
+        return record
+
+    def interval_means():
+        means = {f"mean_{k}": sum(r[k] for r in interval) / len(interval) for k in ("mlm", "retrieval") if interval}
+        interval.clear()
+        return means
+
+    objects = {"model": model, "head": head, "optimizer": optimizer, "schedule": schedule, "corpus": stream}
+    last = _train(run, args, resume, objects, pargs.steps, step_fn, interval_means, "pretrain", rt,
+                  corpus=dataclasses.asdict(corpus), pretrain=dataclasses.asdict(pargs), mlm_head_from=head_from)
+    cfg = model.config  # task-less: the fine-tune gives it its task (_adopt_task)
+    cfg.task, cfg.task_columns, cfg.id2label = None, None, {i: f"LABEL_{i}" for i in range(cfg.num_labels)}
+    _save(model, out, run, force, rt, extra_tensors={MLM_HEAD_FILE: head.state_dict()})
+    if rt.is_main:
+        log(f"pretrain: {pargs.steps} steps on {stream.source} (pass {stream.epoch + 1} over it), final MLM loss "
+            f"{last['mlm']:.3f}, retrieval {last['retrieval']:.3f}; wrote {out}")
+    return model
+
+
+def _pretrain_start_model(source, args: TrainArgs, device):
+    """The model pre-training starts from: a checkpoint as the other stages load it, or a new N-instance model
+    on a BERT directory. Refuses pruned models and read-outs without a per-token demux."""
+    source = Path(source)
+    if _is_checkpoint(source):
+        model = _start_model(source, args, device)  # args.task is None: the checkpoint keeps its own
+    else:
+        model = create_model(source, num_instances=args.instances, seed=args.seed, task=None,
+                             max_seq_length=args.max_seq_length, demux_kind=args.demux or "key_cls").to(device)
+        model.set_dropout(args.dropout)
+    if model.masks or model.config.is_compact:
+        raise PruMuxError(f"{source} is pruned; pre-train an unpruned model (CoFi pruning comes after fine-tuning)")
+    if not hasattr(model.demux, "instance_features"):
+        raise PruMuxError(f"{source}: its {model.config.demux_kind} read-out has no per-instance token demux to "
+                          "predict masked tokens through; start from a key_cls, key_pool or index_pos model")
+    return model.train()
+
+
+def _mlm_head(model, source: Path, mlm_head: str | None, device):
+    """BERT's MLM head for the model, and where it came from: `mlm_head` (a BertForMaskedLM directory or a
+    pre-trained checkpoint) when given; else the start's own (a pre-trained checkpoint's mlm_head.safetensors,
+    or a BertForMaskedLM base's cls.predictions); else a new one (BERT's initialisation; MiniLM has none)."""
+    from safetensors.torch import load_file
+
+    cfg = model.config
+    head = MLMHead(cfg.hidden_size, model.embeddings.word.weight.shape[1], cfg.vocab_size, cfg.layer_norm_eps)
+    where = Path(mlm_head) if mlm_head is not None else source
+    if (where / MLM_HEAD_FILE).is_file():
+        weights = load_file(str(where / MLM_HEAD_FILE))
+    elif not _is_checkpoint(where) and (where / "config.json").is_file():
+        weights = read_bert_mlm_head(where)
+    else:
+        weights = None
+    if weights is None and mlm_head is not None:
+        raise PruMuxError(f"`mlm_head` {mlm_head} has no MLM head (neither {MLM_HEAD_FILE} nor BertForMaskedLM's "
+                          "cls.predictions weights); give such a directory, or leave `mlm_head` out for a new head")
+    if weights is None:
+        return head.to(device), "new"
+    try:
+        head.load_state_dict(weights)
+    except RuntimeError as e:
+        raise PruMuxError(f"{where}: its MLM head does not fit this model ({str(e).splitlines()[-1].strip()}); give "
+                          "the head of the same base encoder") from None
+    return head.to(device), str(where)
 
 
 # --- 2. fine-tune: GLUE classification over multiplexed groups --------------------------------
@@ -427,11 +604,11 @@ def prune(teacher_dir, out, args: TrainArgs, prune_args: PruneArgs, resume: bool
     return student, accuracy, actual
 
 
-def _save(model, out, run: RunState, force: bool, rt: Runtime):
+def _save(model, out, run: RunState, force: bool, rt: Runtime, extra_tensors: dict | None = None):
     """The checkpoint, with the stage's JSON log beside it; written by rank 0 while the others wait (the next
     stage of `train all` reads it)."""
     if rt.is_main:
-        save_checkpoint(model.eval(), out, force=force)
+        save_checkpoint(model.eval(), out, force=force, extra_tensors=extra_tensors)
         if run.log_file.is_file():
             shutil.copyfile(run.log_file, Path(out) / "train_log.jsonl")
     rt.barrier()

@@ -1,4 +1,5 @@
-"""`prumux-deploy train warmup | finetune | prune | all`: the training stages (prumux_deploy/train/) on the command line."""
+"""`prumux-deploy train warmup | pretrain | finetune | prune | all`: the training stages (prumux_deploy/train/) on the
+command line."""
 
 from __future__ import annotations
 
@@ -8,14 +9,16 @@ from pathlib import Path
 import click
 
 from ..checkpoint import resolve_base
+from ..data import CORPUS_FORMS
 from ..errors import PruMuxError
 from ..options import (COUNT, DATA_FORMS, FRACTION, FRACTION_BELOW_1, NON_NEGATIVE, POSITIVE, SEED, data_options,
                        force_option)
 from ._group import CommandGroup
 
 
-def common_options(fn):
-    """Flags every stage takes (CPU budgets, data, logging and checkpointing)."""
+def common_options(fn, only: tuple[str, ...] | None = None):
+    """Flags every stage takes (CPU budgets, data, logging and checkpointing); `only`: just these of them, by
+    parameter name, without the data options (train pretrain reads a corpus, not a task's data)."""
     options = [
         click.option("--task", default="sst2", show_default=True,
                      help="GLUE task, or custom (your own columns and labels: --text-column, --label-column, ...)."),
@@ -50,8 +53,14 @@ def common_options(fn):
         force_option(),
     ]
     for option in reversed(options):
-        fn = option(fn)
-    return data_options(fn)
+        if only is None or _option_name(option) in only:
+            fn = option(fn)
+    return data_options(fn) if only is None else fn
+
+
+def _option_name(decorator) -> str:
+    """The parameter name a click.option decorator declares (what common_options' `only` lists)."""
+    return decorator(lambda: None).__click_params__[0].name
 
 
 def _args(kw):
@@ -62,6 +71,9 @@ def _args(kw):
               "device", "precision", "grad_accum", "data_config", "text_column", "text_pair_column",
               "label_column", "labels")
     args = TrainArgs(**{k: kw.pop(k) for k in fields}, demux=kw.pop("demux", None))
+    # a default length shrinks to fit a model with a smaller position table; a given one is checked against it
+    args.max_seq_length_given = (click.get_current_context().get_parameter_source("max_seq_length")
+                                 is not click.core.ParameterSource.DEFAULT)
     if args.batch_size < args.instances:
         raise PruMuxError(f"--batch-size {args.batch_size} is smaller than N={args.instances}")
     return args
@@ -106,7 +118,7 @@ def _echo(msg):
 
 @click.group(cls=CommandGroup)
 def train():
-    """Train PruMUX models: warm-up, fine-tune, prune (CoFi), or all in order.
+    """Train PruMUX models: warm-up, pre-train (MLM), fine-tune, prune (CoFi), or all in order.
 
     Each stage writes a checkpoint directory (the contract `export` reads), OUT/train_log.jsonl, and
     keeps resumable state in OUT.run/.
@@ -128,6 +140,73 @@ def warmup_cmd(out, base, teacher, resume, force, **kw):
 
     warmup(resolve_base(base), out, _args(kw), resume=resume, force=force, log=_echo,
            teacher_dir=None if teacher is None else resolve_base(teacher))
+
+
+def _runtime_options(fn):
+    """The batch, device and checkpointing flags pretrain shares with the other stages."""
+    return common_options(fn, only=("batch_size", "grad_accum", "device", "precision", "dropout", "eval_every",
+                                    "save_every", "seed", "resume", "force"))
+
+
+@train.command("pretrain")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--corpus", required=True, help=f"Unlabelled text: {CORPUS_FORMS[0].upper()}{CORPUS_FORMS[1:]}. "
+                                              "Streamed and tokenized as training goes; read in order (shuffle a "
+                                              "corpus whose order is correlated beforehand).")
+@click.option("--text-column", default="text", show_default=True,
+              help="The column holding the text (.txt files: each line is 'text').")
+@click.option("--split", default="train", show_default=True,
+              help="The split of a save_to_disk DatasetDict or hub dataset (in a directory of files: the files "
+                   "named after it, when some are).")
+@click.option("--corpus-config", default=None, help="Configuration of a hub dataset given as --corpus "
+                                                    "(e.g. 20231101.en for wikimedia/wikipedia).")
+@click.option("--line-by-line", is_flag=True,
+              help="One text per row ([CLS] text [SEP], truncated), for sentence-per-line corpora. Default: texts "
+                   "concatenated and cut into full rows of --max-seq-length (upstream's packing).")
+@click.option("--base", default=None, help="BERT directory or 'minilm' for a new model [default: minilm, unless --init].")
+@click.option("--init", "init", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Checkpoint to start from instead: a `train warmup` output (the usual start) or an earlier "
+                   "`train pretrain` output (its MLM head too).")
+@click.option("--mlm-head", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Take the MLM head from this BertForMaskedLM directory or pre-trained checkpoint [default: the "
+                   "start's own, else a new head].")
+@click.option("--instances", "-n", type=COUNT, default=2, show_default=True, help="N: sentences per forward pass.")
+@click.option("--steps", type=COUNT, default=10000, show_default=True,
+              help="Optimizer steps (the corpus is re-read from its start as needed; upstream ran 1,000,000).")
+@click.option("--lr", type=POSITIVE, default=1e-4, show_default=True,
+              help="Peak learning rate (linear warm-up over 6% of the steps, then linear decay; upstream: 1e-4).")
+@click.option("--max-seq-length", type=COUNT, default=128, show_default=True, help="Tokens per row.")
+@click.option("--mlm-probability", type=FRACTION, default=0.15, show_default=True,
+              help="Fraction of tokens masked (of those, 80% become [MASK], 10% a random token, 10% stay).")
+@click.option("--mlm-weight", type=NON_NEGATIVE, default=0.9, show_default=True,
+              help="Weight of the MLM loss (upstream's task_loss_coeff).")
+@click.option("--retrieval-weight", type=NON_NEGATIVE, default=0.1, show_default=True,
+              help="Weight of the auxiliary token-retrieval loss (upstream's retrieval_loss_coeff; 0 turns it off).")
+@demux_option
+@_runtime_options
+def pretrain_cmd(out, corpus, text_column, split, corpus_config, line_by_line, base, init, mlm_head, instances,
+                 steps, lr, max_seq_length, mlm_probability, mlm_weight, retrieval_weight, demux, resume, force, **kw):
+    """Multiplexed pre-training: masked language modelling through the multiplexer (MUX-PLMs), on any corpus.
+
+    Start from a warm-up checkpoint (--init) or a BERT (--base); OUT is a checkpoint that `train finetune --init`
+    and `train all --init` take. Same devices, precisions and torchrun data parallelism as the other stages."""
+    from ..train.corpus import CorpusArgs
+    from ..train.loop import TrainArgs
+    from ..train.stages import PretrainArgs, pretrain
+
+    if base is not None and init is not None:
+        raise PruMuxError("give `base` (a BERT for a new model) or `init` (a checkpoint), not both")
+    args = TrainArgs(task=None, data=None, instances=instances, epochs=0.0, lr=lr, demux=demux,
+                     max_seq_length=max_seq_length, **kw)
+    if args.batch_size < instances:
+        raise PruMuxError(f"`batch_size` {args.batch_size} is smaller than N={instances}")
+    source = init if init is not None else resolve_base(base or "minilm")
+    pretrain(source, out, args,
+             CorpusArgs(corpus=corpus, text_column=text_column, split=split, config=corpus_config,
+                        line_by_line=line_by_line),
+             PretrainArgs(steps=steps, mlm_probability=mlm_probability, mlm_weight=mlm_weight,
+                          retrieval_weight=retrieval_weight, mlm_head=None if mlm_head is None else str(mlm_head)),
+             resume=resume, force=force, log=_echo)
 
 
 @train.command("finetune")
@@ -174,6 +253,9 @@ def _stage_parameter(parameter: str, option: str):
 @train.command("all")
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--base", default="minilm", show_default=True, help="BERT directory or 'minilm'.")
+@click.option("--init", "init", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Start from this checkpoint instead of --base and skip the warm-up: a `train pretrain` or "
+                   "`train warmup` output.")
 @click.option("--warmup-epochs", type=NON_NEGATIVE, default=0.5, show_default=True, help="Epochs of retrieval warm-up (0 skips it).")
 @click.option("--prune-epochs", default=None, type=POSITIVE, help="Epochs of pruning (default: --epochs).")
 @click.option("--warmup-teacher", default=None,
@@ -184,8 +266,9 @@ def _stage_parameter(parameter: str, option: str):
 @prune_options
 @demux_option
 @common_options
-def all_cmd(out, base, warmup_epochs, prune_epochs, warmup_teacher, finetune_teacher, resume, force, **kw):
-    """warm-up -> fine-tune -> prune; writes OUT/warmup, OUT/finetune, OUT/pruned (s=0 stops after fine-tune)."""
+def all_cmd(out, base, init, warmup_epochs, prune_epochs, warmup_teacher, finetune_teacher, resume, force, **kw):
+    """warm-up -> fine-tune -> prune; writes OUT/warmup, OUT/finetune, OUT/pruned (s=0 stops after fine-tune).
+    With --init the fine-tune starts from that checkpoint (no warm-up)."""
     import copy
 
     from ..train.stages import finetune, prune, warmup
@@ -193,8 +276,8 @@ def all_cmd(out, base, warmup_epochs, prune_epochs, warmup_teacher, finetune_tea
     prune_args = _prune_args(kw)
     args = _args(kw)
     out = Path(out)
-    start = resolve_base(base)
-    if warmup_epochs > 0 and args.instances > 1:
+    start = init if init is not None else resolve_base(base)
+    if init is None and warmup_epochs > 0 and args.instances > 1:
         wargs = copy.copy(args)
         wargs.epochs = warmup_epochs
         if not (resume and (out / "warmup" / "config.json").is_file()):
