@@ -2,12 +2,15 @@
 
 An interrupted or failed command (Ctrl-C, a parity failure, a full disk) leaves the target as it was:
 absent, or the previous complete version. An existing target is replaced only with force (--force).
-Every directory and file prumux-deploy writes goes through `atomic_dir` or `atomic_file`.
+Every directory and file prumux-deploy writes goes through `atomic_dir` or `atomic_file`, and every command
+checks its outputs with `check_target` / `check_file_target` (or `check_writable`) before its work starts, so
+an output that cannot be created is refused in one line before minutes of compaction, training or timing.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -17,9 +20,95 @@ from pathlib import Path
 from .errors import PruMuxError
 
 
-def check_target(target: str | os.PathLike, force: bool) -> Path:
-    """Refuse an output directory that exists (unless force) or is a file; call before long work."""
+# What the OS says when a probe entry cannot be created, and what to do about it.
+_PROBE_FIXES = {
+    errno.EROFS: ("is on a read-only file system", "choose a location on a writable file system"),
+    errno.ENOSPC: ("is on a full file system", "free space there or choose another location"),
+    errno.EDQUOT: ("is over its disk quota", "free space there or choose another location"),
+    errno.EACCES: ("does not let this process create entries", "choose a location you can write, or change its "
+                                                               "permissions"),
+    errno.EPERM: ("does not let this process create entries", "choose a location you can write, or change its "
+                                                              "permissions"),
+}
+
+
+def check_writable(target: str | os.PathLike) -> Path:
+    """Refuse an output `target` (a file or a directory, existing or not) that cannot be written where it is to
+    go, without creating anything: the nearest existing ancestor of its parent must be a directory in which a
+    new entry can be made (tried, by creating and removing a one-byte temporary file there, since permission
+    bits do not tell: root ignores them, a read-only mount or a full disk does not show in them), and every
+    name to be made (the missing parents, the target's temporary sibling) must fit that file system.
+
+    Raises PruMuxError: `cannot write TARGET: WHAT (OS reason); FIX`, one line. Returns `target` as a Path."""
     target = Path(target)
+    folder = _nearest_existing(target.parent)
+    if os.path.islink(folder) and not folder.exists():
+        raise PruMuxError(f"cannot write {target}: {folder} is a symbolic link to {os.readlink(folder)}, which does "
+                          "not exist; create its target or choose another output path")
+    if not folder.is_dir():
+        kind = "a file" if folder.is_file() else "not a directory"
+        raise PruMuxError(f"cannot write {target}: {folder} is {kind}, so nothing can be created inside it; "
+                          "choose an output path outside it")
+    _check_name_lengths(target, folder)
+    _probe(target, folder)
+    return target
+
+
+def _nearest_existing(folder: Path) -> Path:
+    """`folder`, or the closest of its ancestors that exists (as a link too): where the first missing
+    directory on the way to an output would be made."""
+    while not os.path.lexists(folder) and folder.parent != folder:
+        folder = folder.parent
+    return folder
+
+
+def _check_name_lengths(target: Path, folder: Path) -> None:
+    """The missing parents and the writers' temporary siblings of `target` (`.NAME.tmp-PID-XXXXXXXX`, the
+    longest of them) must fit the file system's name length, or they fail after the work is done."""
+    try:
+        longest = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return
+    missing = [] if target.parent == folder else list(target.parent.relative_to(folder).parts)
+    for name in missing:
+        if len(name) > longest:
+            shown = name if len(name) <= 40 else name[:37] + "..."
+            raise PruMuxError(f"cannot write {target}: the directory name {shown} has {len(name)} characters, more "
+                              f"than the {longest} the file system of {folder} allows; choose a shorter name")
+    extra = len(f"..tmp-{os.getpid()}-{'0' * 8}")
+    if len(target.name) + extra > longest:
+        raise PruMuxError(f"cannot write {target}: its name has {len(target.name)} characters, more than the "
+                          f"{longest - extra} that leave room for its temporary sibling on the file system of "
+                          f"{folder}; choose a shorter name")
+
+
+def _probe(target: Path, folder: Path) -> None:
+    """Create, write one byte to and remove a temporary file in `folder`: the one test of writability that
+    holds for root, read-only mounts, full disks and pseudo file systems (/proc, /sys) alike."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".prumux-write-check-", dir=folder)
+    except OSError as e:
+        _refuse_unwritable(target, folder, e)
+    try:
+        os.write(fd, b"\0")
+    except OSError as e:
+        _refuse_unwritable(target, folder, e)
+    finally:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(probe)
+
+
+def _refuse_unwritable(target: Path, folder: Path, error: OSError):
+    what, fix = _PROBE_FIXES.get(error.errno, ("cannot hold new entries", "choose another output path"))
+    reason = error.strerror or type(error).__name__
+    raise PruMuxError(f"cannot write {target}: {folder} {what} ({reason}); {fix}") from None
+
+
+def check_target(target: str | os.PathLike, force: bool) -> Path:
+    """Refuse an output directory that exists (unless force) or is a file, or that cannot be written where it
+    is to go (check_writable, first: `force` would not help there); call before long work."""
+    target = check_writable(target)
     if target.exists() and not force:
         raise PruMuxError(f"{target} already exists; pass `force` to replace it")
     if target.exists() and not target.is_dir():
@@ -57,8 +146,9 @@ def atomic_dir(target: str | os.PathLike, force: bool = False):
 
 
 def check_file_target(target: str | os.PathLike, force: bool) -> Path:
-    """Refuse an output file that exists (unless force) or is a directory; call before long work."""
-    target = Path(target)
+    """Refuse an output file that exists (unless force) or is a directory, or that cannot be written where it
+    is to go (check_writable, first: `force` would not help there); call before long work."""
+    target = check_writable(target)
     if target.is_dir():
         raise PruMuxError(f"{target} is a directory; choose a file name")
     if target.exists() and not force:

@@ -87,6 +87,8 @@ def test_runtime_and_precision_that_do_not_go_together_are_refused(masked_checkp
             2, "--precision bf16 runs in OpenVINO on the CPU; use --runtime openvino (or auto)")
     refused(run_cli("export", masked_checkpoint, tmp_path / "x", "--precision", "int8", "--runtime", "openvino"),
             2, "--runtime openvino runs fp32 and bf16 engines here; int8 engines run in ONNX Runtime")
+    refused(run_cli("export", masked_checkpoint, tmp_path / "x", "--runtime", "openvino", "--format", "tensorrt"),
+            2, "--runtime openvino runs ONNX engines; TensorRT plans run in TensorRT (--format onnx)")
     monkeypatch.setitem(sys.modules, "openvino", None)  # as if the extra were not installed
     refused(run_cli("export", masked_checkpoint, tmp_path / "x", "--runtime", "openvino"), 2,
             "pip install 'prumux-deploy[openvino]'")

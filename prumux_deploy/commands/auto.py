@@ -42,8 +42,10 @@ def auto():
 @force_option()
 def fit_cmd(csv_path, out, throughput_task, force):
     """Fit the accuracy surfaces and the speedup model on the measurements in CSV and save them to OUT."""
+    from ..atomic import check_file_target
     from ..auto import fit, read_measurements, save_model
 
+    check_file_target(out, force)  # refuse before reading and fitting
     rows = read_measurements(csv_path)
     model = fit(rows, throughput_task=throughput_task)
     save_model(model, out, force=force)
@@ -186,7 +188,9 @@ def compare_cmd(csv_path, task, step, depth, as_json):
 @force_option()
 def plot_cmd(model_path, out, force):
     """Plot each task's predicted accuracy surface and the speedup surface of MODEL (needs matplotlib)."""
+    from ..atomic import check_file_target
     from ..auto import load_model, plot
 
+    check_file_target(out, force)  # refuse before reading the model
     plot(load_model(model_path), out, force=force)
     click.echo(f"wrote {out}")

@@ -39,31 +39,40 @@ from ..options import COUNT, NON_NEGATIVE, OPSET, force_option
               help="Largest logit difference vs the masked PyTorch model before the export is refused "
                    f"[default: {describe_defaults('max_logit_error')}].")
 @click.option("--min-batch", type=COUNT, default=None, help="TensorRT profile: smallest batch (default 1).")
-@click.option("--opt-batch", type=COUNT, default=None, help="TensorRT profile: batch to tune for (default 128*N).")
+@click.option("--opt-batch", type=COUNT, default=None,
+              help="TensorRT profile: batch to tune for (default 128*N, at most --max-batch).")
 @click.option("--max-batch", type=COUNT, default=None, help="TensorRT profile: largest batch (default 128*N).")
 @click.option("--min-seq", type=COUNT, default=None, help="TensorRT profile: shortest sequence (default 1).")
 @click.option("--opt-seq", type=COUNT, default=None, help="TensorRT profile: sequence to tune for (default max).")
 @click.option("--max-seq", type=COUNT, default=None, help="TensorRT profile: longest sequence (default --max-seq-length).")
 @click.option("--timing-cache", type=click.Path(path_type=Path), default=None,
               help="TensorRT timing cache file, read if present and updated after the build.")
-@click.option("--version-compatible", is_flag=True, help="TensorRT: build a version-compatible engine.")
+@click.option("--version-compatible", is_flag=True,
+              help="TensorRT: build a version-compatible engine (it embeds TensorRT's lean runtime; Triton must be "
+                   "started with --backend-config=tensorrt,version-compatible=true, which `triton` prints).")
+@click.option("--tf32", is_flag=True,
+              help="TensorRT: let fp32 layers run in TF32 (BuilderFlag.TF32, TensorRT's default, cleared without this "
+                   "flag) and check parity with the TF32 tolerance (5e-2); recorded in the manifest.")
 @force_option()
 def export(checkpoint, out, fmt, opset, max_seq_length, optimize, data, data_config, precision, runtime, tolerance,
-           min_batch, opt_batch, max_batch, min_seq, opt_seq, max_seq, timing_cache, version_compatible, force):
+           min_batch, opt_batch, max_batch, min_seq, opt_seq, max_seq, timing_cache, version_compatible, tf32, force):
     """Compact CHECKPOINT and export an engine (ids -> logits, mux/demux inside) to OUT.
 
     The engine is opened as users will open it and checked on generated batches (sizes not divisible
     by N included); if its logits differ from PyTorch by more than --tolerance nothing is written.
     """
+    from ..atomic import check_file_target
     from ..export.pipeline import export_checkpoint
     from ..export.tensorrt import ShapeProfile, TensorRTOptions
 
+    if timing_cache:  # updated after the build: refuse an unwritable one before it
+        check_file_target(timing_cache, force=True)
     trt = TensorRTOptions(ShapeProfile(min_batch, opt_batch, max_batch, min_seq, opt_seq, max_seq),
-                          str(timing_cache) if timing_cache else None, version_compatible)
+                          str(timing_cache) if timing_cache else None, version_compatible, tf32)
     export_checkpoint(checkpoint, out, fmt=fmt, opset=opset, max_seq_length=max_seq_length, force=force,
                       tolerance=tolerance, log=lambda msg: click.echo(msg, err=True), tensorrt=trt,
                       optimize=optimize, precision=precision, data=data, data_config=data_config,
-                      runtime="onnxruntime" if fmt == "tensorrt" else runtime)
+                      runtime=runtime)
     click.echo(f"engine ready: {out}")
 
 
@@ -74,7 +83,7 @@ def export(checkpoint, out, fmt, opset, max_seq_length, optimize, data, data_con
               help="Model name in the repository (the directory REPO/NAME; clients call it by this name).")
 @click.option("--max-batch-size", type=COUNT, default=None,
               help="Largest batch Triton sends to one model copy; a positive multiple of N "
-                   "[default: 32*N].")
+                   "[default: 32*N; a TensorRT plan: its profile's max batch, which it may not exceed].")
 @click.option("--copies", "-k", type=COUNT, default=1, show_default=True, metavar="K",
               help="Copies of the model Triton runs in parallel (its instance_group count).")
 @click.option("--dynamic-batching/--no-dynamic-batching", default=True, show_default=True,
@@ -83,7 +92,8 @@ def export(checkpoint, out, fmt, opset, max_seq_length, optimize, data, data_con
 @click.option("--device", type=click.Choice(["cpu", "gpu"]), default=None,
               help="Where the copies run [default: cpu for ONNX engines, gpu for TensorRT engines].")
 @click.option("--ort-tensorrt", is_flag=True,
-              help="ONNX engines on GPU: run the graph with ONNX Runtime's TensorRT provider in FP16.")
+              help="ONNX engines on GPU: run the graph with ONNX Runtime's TensorRT provider in the graph's own "
+                   "precision (TensorRT 11 is strongly typed: FP16 comes from an fp16 export, --precision fp16).")
 @click.option("--with-tokenizer", is_flag=True,
               help="Also write NAME_tokenizer (Python backend: text -> token ids) and NAME_ensemble "
                    "(text -> logits), so clients can send raw strings.")
@@ -108,10 +118,12 @@ def triton(engine_dir, repo, name, max_batch_size, copies, dynamic_batching, dev
     The engine multiplexes N rows per pass, so the maximum and preferred batch sizes are multiples of N.
     Other models in REPO are left alone; serve it with `tritonserver --model-repository REPO`.
     """
+    from ..atomic import check_writable
     from ..engine import read_manifest, runtime_of
-    from ..export.triton import (DEFAULT_BATCHES_PER_N, ENGINE_SUFFIX, ENSEMBLE_SUFFIX, PLATFORMS, TOKENIZER_SUFFIX,
-                                 default_device, write_triton_repository)
+    from ..export.triton import (ENGINE_SUFFIX, ENSEMBLE_SUFFIX, PLATFORMS, TOKENIZER_SUFFIX, default_device,
+                                 default_max_batch_size, server_options, write_triton_repository)
 
+    check_writable(repo / name)  # an unwritable REPO is refused before the engine is read and hashed
     path = write_triton_repository(engine_dir, repo, name, max_batch_size=max_batch_size, copies=copies,
                                    dynamic_batching=dynamic_batching, with_tokenizer=with_tokenizer,
                                    force=force, device=device, ort_tensorrt=ort_tensorrt, isolation=isolation)
@@ -125,9 +137,9 @@ def triton(engine_dir, repo, name, max_batch_size, copies, dynamic_batching, dev
                  else PLATFORMS[kind][0])
     click.echo(f"wrote {repo / (name + ENGINE_SUFFIX) if isolation == 'request' else path} ({served_by}, "
                f"N={n}, max_batch_size "
-               f"{max_batch_size or DEFAULT_BATCHES_PER_N * n}, {copies} cop{'y' if copies == 1 else 'ies'} on "
+               f"{max_batch_size or default_max_batch_size(manifest)}, {copies} cop{'y' if copies == 1 else 'ies'} on "
                f"{device or default_device(kind)})")
     if with_tokenizer:
         click.echo(f"wrote {repo / (name + TOKENIZER_SUFFIX)} (Python backend tokenizer) and "
                    f"{repo / (name + ENSEMBLE_SUFFIX)} (text -> logits; call this one with TEXT)")
-    click.echo(f"serve with: tritonserver --model-repository {repo}")
+    click.echo(" ".join(["serve with: tritonserver --model-repository", str(repo), *server_options(manifest)]))
