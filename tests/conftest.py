@@ -113,6 +113,17 @@ def engine_dir(tmp_path_factory, masked_checkpoint):
     return out
 
 
+@pytest.fixture(scope="session")
+def pair_engine_dir(tmp_path_factory, bert_dir):
+    """An N=2 QNLI (sentence-pair: token_type_ids) engine with the tiny tokenizer."""
+    from prumux_deploy.export.pipeline import export_checkpoint
+
+    root = tmp_path_factory.mktemp("pair")
+    save_checkpoint(masked_model(2, num_labels=2, task="qnli"), root / "ckpt", tokenizer_dir=bert_dir)
+    export_checkpoint(root / "ckpt", root / "engine", log=lambda m: None)
+    return root / "engine"
+
+
 def _missing(item) -> str | None:
     """Why a `gpu` test cannot run here (None when it can): every one needs CUDA; those that build or run
     TensorRT engines (marked `tensorrt` too) also need the tensorrt package; ONNX Runtime on the GPU needs
@@ -159,3 +170,17 @@ def refused(result, code, text):
     errors = [l for l in result.output.splitlines() if l.startswith("error:")]
     assert len(errors) == 1 and text in errors[0], result.output
     return errors[0]
+
+
+def commands(group=None, path=()):
+    """(command path, command) of every leaf command of the CLI, e.g. (("train", "warmup"), <Command>)."""
+    import click
+
+    from prumux_deploy.cli import main
+
+    group = main if group is None else group
+    for name, cmd in sorted(group.commands.items()):
+        if isinstance(cmd, click.Group):
+            yield from commands(cmd, path + (name,))
+        else:
+            yield path + (name,), cmd

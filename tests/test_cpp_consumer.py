@@ -40,6 +40,14 @@ def prumux_infer(tmp_path_factory):
     return build / "prumux_infer"
 
 
+def label_and_probabilities(line: str):
+    """One output line of prumux_infer ('label logit logit ...') -> (label, softmax of the logits)."""
+    label, *logits = line.split()
+    logits = np.array(logits, dtype=np.float64)
+    probs = np.exp(logits - logits.max())
+    return label, probs / probs.sum()
+
+
 def test_cpp_consumer_matches_predict(prumux_infer, engine_dir, tmp_path):
     texts = ["a gorgeous , witty film", "dull", "the plot is thin but the actors are great fun to watch"]
     ids = tmp_path / "ids.txt"
@@ -54,10 +62,7 @@ def test_cpp_consumer_matches_predict(prumux_infer, engine_dir, tmp_path):
     lines = done.stdout.splitlines()
     assert len(lines) == 3  # batch 3 with N=2: the graph pads the last mux group itself
     for line, want in zip(lines, expected):
-        label, *logits = line.split()
-        logits = np.array(logits, dtype=np.float64)
-        probs = np.exp(logits - logits.max())
-        probs /= probs.sum()
+        label, probs = label_and_probabilities(line)
         assert label == want["label"]
         np.testing.assert_allclose(probs, list(want["scores"].values()), atol=1e-5)
 
@@ -78,10 +83,7 @@ def test_cpp_consumer_request_isolation_matches_predict(prumux_infer, engine_dir
         outputs[mode] = done.stdout.splitlines()
     assert len(outputs["request"]) == 3
     for line, want in zip(outputs["request"], expected):
-        label, *logits = line.split()
-        logits = np.array(logits, dtype=np.float64)
-        probs = np.exp(logits - logits.max())
-        probs /= probs.sum()
+        label, probs = label_and_probabilities(line)
         assert label == want["label"]
         np.testing.assert_allclose(probs, list(want["scores"].values()), atol=1e-5)
     assert outputs["request"] != outputs["shared"]  # the tiny N=2 engine depends on its partner

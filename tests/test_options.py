@@ -10,19 +10,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from prumux_deploy import options
-from prumux_deploy.cli import main
 
-from conftest import run_cli
+from conftest import commands, run_cli
 
 RANGE_TYPES = (click.IntRange, click.FloatRange)
-
-
-def commands(group=main, path=()):
-    for name, cmd in sorted(group.commands.items()):
-        if isinstance(cmd, click.Group):
-            yield from commands(cmd, path + (name,))
-        else:
-            yield path + (name,), cmd
 
 
 def numeric_options():

@@ -20,17 +20,8 @@ from types import SimpleNamespace
 import click
 import pytest
 
-from prumux_deploy.cli import main
 
-from conftest import SST2_ROWS, WORDS, refused, run_cli
-
-
-def commands(group=main, path=()):
-    for name, cmd in sorted(group.commands.items()):
-        if isinstance(cmd, click.Group):
-            yield from commands(cmd, path + (name,))
-        else:
-            yield path + (name,), cmd
+from conftest import SST2_ROWS, WORDS, commands, refused, run_cli
 
 
 def path_parameters():

@@ -16,7 +16,6 @@ import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 
-from prumux_deploy import save_checkpoint
 from prumux_deploy.cli import main
 from prumux_deploy.data import load_tokenizer, tokenize
 from prumux_deploy.engine import OnnxEngine, read_manifest, sha256_file
@@ -24,7 +23,6 @@ from prumux_deploy.errors import EngineError, PruMuxError
 from prumux_deploy.export import triton as tx
 from prumux_deploy.export.triton import preferred_batch_sizes, write_triton_repository
 
-from conftest import masked_model
 
 # the engine model's own config and files: the layout of --isolation shared (request isolation puts a
 # Python-backend front before it; tests/test_isolation.py)
@@ -82,17 +80,6 @@ def fake_engine(tmp_path, kind="tensorrt", file="model.plan", **changes):
     manifest.update(changes)
     (d / "manifest.json").write_text(json.dumps(manifest))
     return d
-
-
-@pytest.fixture(scope="session")
-def pair_engine_dir(tmp_path_factory, bert_dir):
-    """An N=2 QNLI (sentence-pair: token_type_ids) engine with the tiny tokenizer."""
-    from prumux_deploy.export.pipeline import export_checkpoint
-
-    root = tmp_path_factory.mktemp("pair")
-    save_checkpoint(masked_model(2, num_labels=2, task="qnli"), root / "ckpt", tokenizer_dir=bert_dir)
-    export_checkpoint(root / "ckpt", root / "engine", log=lambda m: None)
-    return root / "engine"
 
 
 @pytest.fixture(params=["single", "pair"])

@@ -446,20 +446,6 @@ def test_live_triton_serves_the_repository_engine(tmp_path, engine_dir, triton_p
             client.close()
 
 
-@pytest.fixture(scope="module")
-def pair_engine(tmp_path_factory, bert_dir):
-    """An N=2 QNLI (sentence pairs: token_type_ids) engine with the tiny tokenizer."""
-    from prumux_deploy import save_checkpoint
-    from prumux_deploy.export.pipeline import export_checkpoint
-
-    from conftest import masked_model
-
-    root = tmp_path_factory.mktemp("pair")
-    save_checkpoint(masked_model(2, num_labels=2, task="qnli"), root / "ckpt", tokenizer_dir=bert_dir)
-    export_checkpoint(root / "ckpt", root / "engine", log=lambda m: None)
-    return root / "engine"
-
-
 @pytest.mark.parametrize("task", ["single", "pair"])
 @pytest.mark.parametrize("isolation", ["shared", "request"])
 def test_live_load_loses_nothing_and_request_isolation_is_bit_exact(tmp_path, request, triton_python,
@@ -470,7 +456,7 @@ def test_live_load_loses_nothing_and_request_isolation_is_bit_exact(tmp_path, re
     would be proven); and with request isolation every answer equals the engine run on that request alone,
     bit for bit."""
     _http_client_or_skip()
-    engine_dir = request.getfixturevalue("engine_dir" if task == "single" else "pair_engine")
+    engine_dir = request.getfixturevalue("engine_dir" if task == "single" else "pair_engine_dir")
     engine = load_engine(engine_dir)
     assert engine.uses_token_types == (task == "pair")
     tokenizer = load_tokenizer(engine_dir)
@@ -505,7 +491,6 @@ def benchmark(engine_dir: Path, clients: int = 4, per_client: int = 60) -> list[
     """Requests/s, rows/s and p50/p99 latency of both isolation modes for single-row and 4-row requests,
     one server at a time on loopback (1 model copy, ONNX Runtime on 1 thread)."""
     python = _venv_python()
-    engine = load_engine(engine_dir)
     tokenizer = load_tokenizer(engine_dir)
     rows_out = []
     with tempfile.TemporaryDirectory() as work:
