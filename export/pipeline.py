@@ -93,11 +93,14 @@ def export_checkpoint(checkpoint, out, fmt: str = "onnx", opset: int = DEFAULT_O
         raise PruMuxError("`optimize` and `precision` int8 are ONNX Runtime options; TensorRT fuses the graph "
                           "itself (use `precision` fp16 or fp32 with `fmt` tensorrt)")
     trt_opts = tensorrt or TensorRTOptions()
+    if fmt != "tensorrt" and trt_opts.tf32:
+        raise PruMuxError("`tf32` is a TensorRT build option (`fmt` tensorrt); an ONNX engine's TF32 is chosen where "
+                          "it runs (validate / bench --device cuda --tf32)")
     if fmt != "tensorrt" and not trt_opts.is_default:
         raise PruMuxError("the batch/sequence profile, `timing_cache` and `version_compatible` apply to TensorRT "
                           "engines only (`fmt` tensorrt)")
     runtime = _check_runtime(runtime, fmt, precision)
-    tolerance = tolerance_for(precision).max_logit_error if tolerance is None else tolerance
+    tolerance = tolerance_for(precision, trt_opts.tf32).max_logit_error if tolerance is None else tolerance
     check_target(out, force)  # refuse before spending minutes on the export
     masked = load_checkpoint(checkpoint)
     cfg = masked.config
@@ -280,5 +283,6 @@ def check_parity(engine_dir: Path, reference, max_len: int, tolerance: float, ou
         raise ParityError(f"engine logits differ from PyTorch by {result.max_abs_error:.3g} > {tolerance:g}; "
                           f"nothing was written to {out}")
     return {"max_abs_logit_error": result.max_abs_error, "mean_abs_logit_error": result.mean_abs_error,
-            "agreement": result.agreement, "tolerance": tolerance, "reference": "masked PyTorch fp32",
+            "agreement": result.agreement, "tolerance": tolerance, "reference": "masked PyTorch fp32 (CPU)",
+            "engine_arithmetic": engine.arithmetic,
             "batch_sizes": batches, "lengths": lengths}

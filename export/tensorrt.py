@@ -5,8 +5,13 @@ Networks are strongly typed (the TensorRT 10 flag; always on from TensorRT 11): 
 ONNX graph, so an fp16 engine is built from the fp16 ONNX graph (LayerNorm and softmax kept in fp32 by
 the conversion), not from builder precision flags.
 
+TF32: TensorRT lets fp32 layers run in TF32 unless the builder config clears BuilderFlag.TF32 (the flag is
+on by default; TensorRT Python API, IBuilderConfig / BuilderFlag). An fp32 engine is an fp32 engine here:
+`build_plan` clears the flag unless `TensorRTOptions.tf32` asks for it (export --tf32), and the manifest
+records which (`tensorrt.tf32`), so validate and bench can say what arithmetic the engine used.
+
 Only `build_plan` and the runtime need a GPU; shape profiles, flag checks and the manifest entries are
-plain Python and unit-tested everywhere.
+plain Python and unit-tested everywhere (the TensorRT calls themselves against tests/fake_tensorrt.py).
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from pathlib import Path
 from prumux_deploy.atomic import atomic_file
 from prumux_deploy.errors import PruMuxError
 
-INSTALL_HINT = "pip install 'prumux-deploy[gpu]'"
+INSTALL_HINT = ("pip install 'prumux-deploy[gpu-cu13]' (or [gpu-cu12] where nvidia-smi shows CUDA 12.x; "
+                "README, GPU)")
 
 
 @dataclass(frozen=True)
@@ -35,13 +41,17 @@ class ShapeProfile:
     def resolve(self, num_instances: int, max_positions: int, default_seq: int = 128) -> "ShapeProfile":
         """Every field set, following the paper's protocol by default: batches of 128*N rows at sequence
         min(default_seq, max_positions). Opt and max batch are rounded up to multiples of N, since a mux group
-        is N rows and the graph pads partial groups anyway; min batch stays as given (1 by default: any batch
-        must run). Raises PruMuxError for ranges out of order or past the position table."""
+        is N rows and the graph pads partial groups anyway; a default opt batch is capped at a given max batch
+        (`max_batch=8` tunes for 8, not 128*N); min batch stays as given (1 by default: any batch must run).
+        Raises PruMuxError for ranges out of order or past the position table."""
         N = num_instances
         max_seq = self.max_seq or min(default_seq, max_positions)
+        max_given = None if self.max_batch is None else _round_up(self.max_batch, N)
         opt_batch = _round_up(self.opt_batch or 128 * N, N)
+        if self.opt_batch is None and max_given is not None:
+            opt_batch = min(opt_batch, max_given)
         resolved = ShapeProfile(min_batch=1 if self.min_batch is None else self.min_batch, opt_batch=opt_batch,
-                                max_batch=_round_up(self.max_batch or max(opt_batch, 128 * N), N),
+                                max_batch=max(opt_batch, 128 * N) if max_given is None else max_given,
                                 min_seq=self.min_seq or 1, opt_seq=self.opt_seq or max_seq, max_seq=max_seq)
         if not 1 <= resolved.min_batch <= resolved.opt_batch <= resolved.max_batch:
             raise PruMuxError(f"batch range must satisfy 1 <= `min_batch` <= `opt_batch` <= `max_batch`, got "
@@ -69,6 +79,7 @@ class TensorRTOptions:
     profile: ShapeProfile = field(default_factory=ShapeProfile)
     timing_cache: str | None = None    # file read if present and updated after the build
     version_compatible: bool = False   # TensorRT's VERSION_COMPATIBLE builder flag
+    tf32: bool = False                 # let fp32 layers run in TF32 (BuilderFlag.TF32); cleared otherwise
 
     @property
     def is_default(self) -> bool:
@@ -81,28 +92,31 @@ def _round_up(value: int, multiple: int) -> int:
 
 def require_tensorrt():
     """Import tensorrt and check for a CUDA GPU, or fail with one line saying what is missing."""
+    from prumux_deploy import cuda
+
     try:
         import tensorrt as trt
     except ImportError:
         raise PruMuxError(f"TensorRT engines need the tensorrt package and an NVIDIA GPU: {INSTALL_HINT}") from None
-    try:
-        import torch
-
-        has_gpu = torch.cuda.is_available()
-    except Exception:  # a CPU-only torch build can fail in odd ways here
-        has_gpu = False
-    if not has_gpu:
+    if not cuda.backend().available():
         raise PruMuxError("TensorRT engines need an NVIDIA GPU with CUDA, and none is visible here "
                           "(torch.cuda.is_available() is False); build the engine on the GPU machine it will run on")
     return trt
 
 
 def gpu_info() -> dict:
-    import torch
+    from prumux_deploy import cuda
 
-    major, minor = torch.cuda.get_device_capability(0)
-    return {"gpu": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}",
-            "cuda": torch.version.cuda}
+    return cuda.backend().info()
+
+
+def set_tf32(trt, config, enabled: bool) -> None:
+    """TF32 for fp32 layers exactly as asked: TensorRT sets BuilderFlag.TF32 by default, so an fp32 build
+    must clear it (TensorRT Python API, BuilderFlag.TF32: "Enabled by default")."""
+    if enabled:
+        config.set_flag(trt.BuilderFlag.TF32)
+    else:
+        config.clear_flag(trt.BuilderFlag.TF32)
 
 
 def build_plan(onnx_path, plan_path, profile: ShapeProfile, input_names: list[str], options: TensorRTOptions,
@@ -126,15 +140,20 @@ def build_plan(onnx_path, plan_path, profile: ShapeProfile, input_names: list[st
     lo, opt, hi = profile.shapes()
     for name in input_names:
         opt_profile.set_shape(name, lo, opt, hi)
-    config.add_optimization_profile(opt_profile)
+    if config.add_optimization_profile(opt_profile) < 0:
+        raise PruMuxError(f"TensorRT refused the optimization profile {lo} .. {opt} .. {hi} for inputs "
+                          f"{', '.join(input_names)}; see the TensorRT log above")
+    set_tf32(trt, config, options.tf32)
     if version_compatible:
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
     cache = None
     if timing_cache is not None:
         data = Path(timing_cache).read_bytes() if Path(timing_cache).is_file() else b""
         cache = config.create_timing_cache(data)
-        config.set_timing_cache(cache, ignore_mismatch=False)
-    log(f"building TensorRT engine (profile {lo} .. {opt} .. {hi})")
+        if not config.set_timing_cache(cache, ignore_mismatch=False):
+            raise PruMuxError(f"{timing_cache}: TensorRT refused this timing cache (made by another TensorRT "
+                              "version or GPU?); delete it and build again")
+    log(f"building TensorRT engine (profile {lo} .. {opt} .. {hi}, TF32 {'on' if options.tf32 else 'off'})")
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise PruMuxError("TensorRT failed to build the engine; see the TensorRT log above")
@@ -143,4 +162,4 @@ def build_plan(onnx_path, plan_path, profile: ShapeProfile, input_names: list[st
         with atomic_file(timing_cache, force=True) as tmp:
             tmp.write_bytes(bytes(cache.serialize()))
     return {"tensorrt": trt.__version__, **gpu_info(), "strongly_typed": bool(flags),
-            "version_compatible": version_compatible, "profile": profile.to_dict()}
+            "version_compatible": version_compatible, "tf32": options.tf32, "profile": profile.to_dict()}

@@ -172,8 +172,42 @@ def model_config(manifest: dict, name: str, max_batch_size: int, copies: int, de
             "max_queue_delay_microseconds": MAX_QUEUE_DELAY_US}
     if ort_tensorrt:
         config["optimization"] = {"execution_accelerators": {"gpu_execution_accelerator": [
-            {"name": "tensorrt", "parameters": Map({"precision_mode": "FP16"})}]}}
+            {"name": "tensorrt", "parameters": Map({"precision_mode": ort_tensorrt_precision(manifest)})}]}}
     return config
+
+
+def ort_tensorrt_precision(manifest: dict) -> str:
+    """precision_mode for ONNX Runtime's TensorRT provider in Triton: the graph's own precision. TensorRT 11
+    builds strongly typed networks only and dropped the FP16 builder flag behind precision_mode FP16 (TensorRT
+    10.x -> 11.x migration guide), so FP16 must come from the graph (export --precision fp16); asking for FP16
+    on an fp32 graph would be fp16 under TensorRT 10 and silently fp32 under 11. FP16 is still named for an
+    fp16 graph so that a TensorRT 10 build of the provider runs it in fp16 too."""
+    return "FP16" if manifest.get("precision") == "fp16" else "FP32"
+
+
+def plan_batch_range(manifest: dict) -> tuple[int, int]:
+    """(min, max) batch of a TensorRT plan's optimization profile, as export recorded it."""
+    profile = (manifest.get("tensorrt") or {}).get("profile") or {}
+    if "max_batch" not in profile:
+        raise EngineError("the manifest records no TensorRT profile (tensorrt.profile); re-export the engine")
+    return int(profile.get("min_batch", 1)), int(profile["max_batch"])
+
+
+def default_max_batch_size(manifest: dict) -> int:
+    """32*N, or for a TensorRT plan its profile's max batch: Triton's TensorRT backend refuses a config whose
+    max_batch_size exceeds what the plan's profile supports (tensorrt_backend, model_state.cc)."""
+    if manifest["engine"].get("kind") == "tensorrt":
+        return plan_batch_range(manifest)[1]
+    return DEFAULT_BATCHES_PER_N * int(manifest["num_instances"])
+
+
+def server_options(manifest: dict) -> list[str]:
+    """tritonserver options the engine needs. A version-compatible plan carries TensorRT's lean runtime,
+    which Triton's TensorRT backend loads only when told so on its command line (`--backend-config=tensorrt,
+    version-compatible=true`: a backend option, not a model-config parameter; tensorrt_backend README)."""
+    if (manifest.get("tensorrt") or {}).get("version_compatible"):
+        return ["--backend-config=tensorrt,version-compatible=true"]
+    return []
 
 
 def _engine_inputs(manifest: dict) -> list[str]:
@@ -256,7 +290,7 @@ def _check_options(manifest: dict, engine_dir: Path, name: str, max_batch_size, 
                           "(not starting with '.' or '-')")
     n = int(manifest["num_instances"])
     if max_batch_size is None:
-        max_batch_size = DEFAULT_BATCHES_PER_N * n
+        max_batch_size = default_max_batch_size(manifest)
     if max_batch_size < 1:
         raise PruMuxError(f"`max_batch_size` must be at least 1 (a positive multiple of N={n}), "
                           f"got {max_batch_size}")
@@ -265,6 +299,8 @@ def _check_options(manifest: dict, engine_dir: Path, name: str, max_batch_size, 
         hint = f"{low} or {high}" if low else f"{high}"
         raise PruMuxError(f"`max_batch_size` {max_batch_size} is not a multiple of N={n} (the engine "
                           f"multiplexes {n} rows per pass); use {hint}")
+    if kind == "tensorrt":
+        _check_plan_batches(manifest, engine_dir, max_batch_size)
     if copies < 1:
         raise PruMuxError(f"`copies` must be at least 1, got {copies}")
     device = default_device(kind) if device is None else device
@@ -282,6 +318,18 @@ def _check_options(manifest: dict, engine_dir: Path, name: str, max_batch_size, 
         raise PruMuxError(f"{engine_dir}: no tokenizer files (vocab.txt / tokenizer.json), so `with_tokenizer` "
                           "cannot build a text front end; export from a checkpoint made from a BERT directory")
     return max_batch_size, device
+
+
+def _check_plan_batches(manifest: dict, engine_dir: Path, max_batch_size: int) -> None:
+    """Triton sends a plan any batch from 1 to max_batch_size: that range must lie inside its profile."""
+    low, high = plan_batch_range(manifest)
+    if low > 1:
+        raise PruMuxError(f"{engine_dir}: the plan's profile starts at batch {low}, but Triton sends batches from 1 "
+                          f"(a lone request); re-export it with --min-batch 1")
+    if max_batch_size > high:
+        raise PruMuxError(f"`max_batch_size` {max_batch_size} exceeds the plan's profile maximum {high}, which "
+                          f"Triton's TensorRT backend refuses; use at most {high}, or re-export with --max-batch "
+                          f"{max_batch_size}")
 
 
 # --- the Python-backend tokenizer ---------------------------------------------------------------------
@@ -304,9 +352,11 @@ def write_triton_repository(engine_dir, repo, name: str, max_batch_size: int | N
     """Write REPO/NAME (and REPO/NAME_tokenizer, REPO/NAME_ensemble with with_tokenizer; REPO/NAME_engine
     with isolation "request", the default); returns REPO/NAME, the model clients call.
 
-    max_batch_size defaults to 32*N and must be a positive multiple of N. device defaults to cpu for ONNX
+    max_batch_size defaults to 32*N (a TensorRT plan: its profile's max batch, which it may not exceed; the
+    profile must start at batch 1) and must be a positive multiple of N. device defaults to cpu for ONNX
     engines and gpu for TensorRT engines. ort_tensorrt asks ONNX Runtime in Triton to run the graph with its
-    TensorRT execution provider in FP16 (ONNX engines on GPU instances only).
+    TensorRT execution provider in the graph's precision (FP16 for an fp16 export; ONNX engines on GPU
+    instances only). A version-compatible plan needs tritonserver started with `server_options(manifest)`.
     """
     engine_dir, repo = Path(engine_dir), Path(repo)
     manifest = read_manifest(engine_dir)

@@ -31,7 +31,7 @@ from .atomic import atomic_file, write_file
 from .checkpoint import create_model, load_checkpoint
 from .compare import compare_logits
 from .counts import bert_flops_per_sample, prumux_flops_per_sample
-from .devices import device_info, resolve_device, synchronize
+from .devices import device_info, resolve_device, synchronize, torch_arithmetic, torch_tf32
 from .documents import dumps
 from .errors import PruMuxError
 from .generate import cofi_like_structure, masks_for_structure
@@ -81,6 +81,33 @@ class PeakRSS:
         return (self.peak - self.start) / 2**20
 
 
+class PeakCudaMemory:
+    """Peak GPU memory PyTorch's allocator held above the start while a block runs (torch.cuda's peak
+    statistics), MiB: what a PyTorch row on a GPU costs (host RSS would say nothing about it)."""
+
+    def __enter__(self):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        self.start = torch.cuda.memory_allocated()
+        return self
+
+    def __exit__(self, *exc):
+        torch.cuda.synchronize()
+        self.peak = torch.cuda.max_memory_allocated()
+
+    @property
+    def mib(self) -> float:
+        return (self.peak - self.start) / 2**20
+
+
+def peak_memory_meaning(device: str) -> str:
+    """What a run's peak_mib measures on `device` (recorded in the result's protocol)."""
+    if device == "cuda":
+        return ("PyTorch rows: peak GPU memory of PyTorch's allocator above the start; ONNX Runtime rows: not "
+                "measured (its GPU arena is invisible to PyTorch, and host memory would mislead)")
+    return "growth of this process's resident host memory while the backend runs"
+
+
 # --- the grid ------------------------------------------------------------------------------------
 
 @dataclass
@@ -102,6 +129,7 @@ class BenchConfig:
     protocol: str = "ours"        # ours: batches of 32*N (baseline 32); paper: 128*N (baseline 128), as the paper
     data: str | None = None       # with --checkpoint: also time text -> labels end to end on this data's dev rows
     task: str | None = None
+    tf32: bool = False            # cuda: fp32 matmuls of PyTorch and ONNX Runtime's CUDA provider in TF32
 
 
     @classmethod
@@ -112,6 +140,8 @@ class BenchConfig:
         s 0 and 0.9, short sequences), then every field given (None = not given). `structure` is checked
         against the base shape. Raises PruMuxError for a structure that does not fit it."""
         cfg = cls(device=device, protocol=protocol or ("paper" if device == "cuda" else "ours"))
+        if device == "cuda":  # int8 is dynamic quantization for CPUs: not a GPU row unless asked (then refused)
+            cfg.backends = [b for b in cfg.backends if b not in CPU_ONLY_BACKENDS]
         if cfg.protocol == "paper":
             cfg.groups_per_batch = 128
         if quick:
@@ -178,8 +208,14 @@ def _inputs(rows: int, seq: int, vocab: int, seed: int):
     return ids, torch.ones(rows, seq, dtype=torch.long)
 
 
+def _torch_arithmetic(cfg: BenchConfig):
+    """The TF32 state cfg asks of PyTorch's fp32 matmuls on a GPU, explicitly (nothing on the CPU)."""
+    return torch_tf32(cfg.tf32) if cfg.device == "cuda" else contextlib.nullcontext()
+
+
 def _time_torch(model, ids, mask, cfg: BenchConfig):
-    """PyTorch eager (or compiled) on cfg.device, inputs already there, synchronised after every call."""
+    """PyTorch eager (or compiled) on cfg.device, inputs already there, synchronised after every call; its
+    TF32 as cfg.tf32 asks on a GPU. Peak memory: host RSS on the CPU, PyTorch's GPU allocator on a GPU."""
     device = torch.device(cfg.device)
     ids, mask = ids.to(device), mask.to(device)
 
@@ -187,8 +223,10 @@ def _time_torch(model, ids, mask, cfg: BenchConfig):
         model(ids, mask)
         synchronize(device)
 
-    with torch.no_grad(), PeakRSS() as mem:
+    meter = PeakCudaMemory() if device.type == "cuda" else PeakRSS()
+    with torch.no_grad(), _torch_arithmetic(cfg), meter as mem:
         result = throughput(run, ids.shape[0], cfg.warmup, cfg.repeats, cfg.min_seconds)
+        result["arithmetic"] = torch_arithmetic(device)
     return result, mem.mib
 
 
@@ -202,6 +240,7 @@ OPENVINO_BACKENDS = {  # name -> OpenVINO inference precision, on the optimized 
     "openvino-bf16": "bf16",
 }
 BACKENDS = ("torch", *ORT_BACKENDS)
+CPU_ONLY_BACKENDS = ("onnxruntime-int8",)  # its quantized ops (DynamicQuantizeMatMul, QAttention) are CPU kernels
 # not in the default set: compiling costs a minute or more per structure; OpenVINO is an optional extra
 EXTRA_BACKENDS = ("torch-compile", *OPENVINO_BACKENDS)
 # --peers: the same compact model in every runtime a user could pick, at each precision
@@ -255,26 +294,28 @@ def _time_openvino(path: Path, precision: str, model: PruMuxModel, ids, mask, cf
     return result, mem.mib
 
 
-def _time_ort(path: Path, model: PruMuxModel, ids, mask, cfg: BenchConfig):
-    import onnxruntime as ort
+def _time_ort(path: Path, model: PruMuxModel, ids, mask, cfg: BenchConfig, precision: str = "fp32"):
+    """ONNX Runtime on cfg.device (the CUDA provider with IO binding and cfg.tf32's use_tf32 on a GPU; a
+    session that did not get the CUDA provider is refused, never timed), with a parity spot check against
+    the PyTorch model. Peak memory: host RSS on the CPU, not measured on a GPU (None)."""
+    from .engine import ort_arithmetic, ort_providers, ort_session, ort_timed_runner
 
-    from .engine import ort_providers, ort_timed_runner
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=ort_providers(cfg.device))
+    providers = ort_providers(cfg.device, cfg.tf32)
+    session = ort_session(path, providers)
     feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
     rows = 2 * model.config.num_instances  # a parity spot check on the timed inputs
-    with torch.no_grad():
+    with torch.no_grad(), _torch_arithmetic(cfg):
         device = next(model.parameters()).device
         want = model(ids[:rows].to(device), mask[:rows].to(device)).float().cpu().numpy()
     got = session.run(["logits"], {k: v[:rows] for k, v in feeds.items()})[0]
     error = compare_logits(got, want).max_abs_error
-    with PeakRSS() as mem:
+    meter = contextlib.nullcontext() if cfg.device == "cuda" else PeakRSS()
+    with meter as mem:
         result = throughput(ort_timed_runner(session, feeds), ids.shape[0], cfg.warmup, cfg.repeats,
                             cfg.min_seconds)
     result["max_abs_logit_error"] = error
-    return result, mem.mib
+    result["arithmetic"] = ort_arithmetic(precision, providers)
+    return result, None if mem is None else mem.mib
 
 
 OURS = ("onnxruntime-opt", "openvino")  # what `export --runtime auto` chooses between at fp32
@@ -310,7 +351,8 @@ def baseline(cfg: BenchConfig) -> dict:
     result, mem = _time_torch(lambda a, b: model(input_ids=a, attention_mask=b).logits, ids, mask, cfg)
     row = {"name": "bert-base dense", "N": 1, "sparsity": 0.0, "backend": "torch",
            "samples_per_s": result["samples_per_s"], "batch": ids.shape[0],
-           "flops_per_sample": bert_flops_per_sample(cfg.base, cfg.seq), "peak_mib": mem}
+           "flops_per_sample": bert_flops_per_sample(cfg.base, cfg.seq), "peak_mib": mem,
+           "arithmetic": result["arithmetic"]}
     if cfg.gemm and cfg.device == "cpu":
         row.update(_efficiency(row, gemm_rate(model_gemms(PruMuxConfig(**cfg.base), cfg.groups_per_batch, cfg.seq))))
     return row
@@ -339,6 +381,19 @@ def _structures(cfg: BenchConfig):
             yield f"N={N} s={s:g}", N, s, None
 
 
+def check_config(cfg: BenchConfig) -> None:
+    """Refuse what a run could only measure wrongly, before any work: TF32 on the CPU (there is none), and
+    int8 rows on a GPU (dynamic quantization's DynamicQuantizeMatMul / QAttention are CPU kernels, so a
+    "cuda" row would time the CPU)."""
+    on_gpu = cfg.device == "cuda" or cfg.device.startswith("cuda:")
+    if cfg.tf32 and not on_gpu:
+        raise PruMuxError("`tf32` applies to `device` cuda (TF32 is a GPU arithmetic); drop it on the CPU")
+    if on_gpu and set(cfg.backends) & set(CPU_ONLY_BACKENDS):
+        raise PruMuxError("onnxruntime-int8 is dynamic quantization for CPUs (its DynamicQuantizeMatMul / QAttention "
+                          "ops have CPU kernels only), so on `device` cuda its row would time the CPU; leave it out "
+                          "or bench it with `device` cpu")
+
+
 @all_cores()
 def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
     """Time every structure of `cfg` (generated at each sparsity for each N, cfg.structure, or
@@ -351,6 +406,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
     growth, MiB) and max_abs_logit_error of ONNX rows against PyTorch; with cfg.data, end-to-end text -> labels
     rates. Raises PruMuxError (a missing GPU or onnxruntime-gpu for cfg.device cuda) before any timing.
     PyTorch uses every core while it runs; the thread count is restored afterwards."""
+    check_config(cfg)
     device = resolve_device(cfg.device)
     if device.type == "cuda" and set(cfg.backends) & set(OPENVINO_BACKENDS):
         raise PruMuxError("the openvino backends run on the CPU; leave them out with --device cuda")
@@ -390,7 +446,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
                 elif backend in OPENVINO_BACKENDS:
                     result, mem = _time_openvino(graphs[backend], OPENVINO_BACKENDS[backend], model, ids, mask, cfg)
                 elif backend in graphs:
-                    result, mem = _time_ort(graphs[backend], model, ids, mask, cfg)
+                    result, mem = _time_ort(graphs[backend], model, ids, mask, cfg, ORT_BACKENDS[backend][1])
                 else:
                     raise PruMuxError(f"unknown backend {backend!r}; choose from "
                                       f"{', '.join(BACKENDS + EXTRA_BACKENDS)}")
@@ -409,7 +465,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
     return {"machine": machine_info(), "device": device_info(device),
             "protocol": {"seq": cfg.seq, "groups_per_batch": cfg.groups_per_batch, "device": str(device),
                          "warmup": cfg.warmup, "repeats": cfg.repeats, "statistic": "median",
-                         "protocol": cfg.protocol},
+                         "protocol": cfg.protocol, "tf32": cfg.tf32, "peak_memory": peak_memory_meaning(device.type)},
             "base_shape": cfg.base, "baseline": base, "rows": rows}
 
 
@@ -491,6 +547,7 @@ def _row(name, N, s, info, backend, result, mem, batch, flops, base) -> dict:
             "backend": backend, "samples_per_s": result["samples_per_s"], "batch": batch, "speedup": speedup,
             "flops_per_sample": flops, "flop_bound_speedup": bound, "bound_fraction": speedup / bound,
             "peak_mib": mem, "repeats": result["repeats"], "max_abs_logit_error": result.get("max_abs_logit_error"),
+            "arithmetic": result.get("arithmetic"),
             "heads": [l["heads"] for l in info["layers"]], "ffn": [l["ffn"] for l in info["layers"]]}
 
 
@@ -532,6 +589,10 @@ def write_outputs(result: dict, csv_path=None, json_path=None, force: bool = Fal
         write_file(csv_path, buf.getvalue(), force)
 
 
+def _mib(value) -> str:
+    return "-" if value is None else f"{value:.0f}"  # None: not measured (ONNX Runtime on a GPU)
+
+
 def format_table(result: dict) -> str:
     base = result["baseline"]
     proto = result["protocol"]
@@ -547,7 +608,7 @@ def format_table(result: dict) -> str:
         speedup = r["samples_per_s"] / base["samples_per_s"]
         bound = base["flops_per_sample"] / r["flops_per_sample"]
         lines.append(f"{r['name']:<{w}} {r['backend']:<17} {r['samples_per_s']:>10.1f} {speedup:>7.1f}x "
-                     f"{bound:>9.1f}x {speedup / bound:>8.0%} {gemm} {r['peak_mib']:>9.0f}")
+                     f"{bound:>9.1f}x {speedup / bound:>8.0%} {gemm} {_mib(r.get('peak_mib')):>9}")
         if "e2e_longest_samples_per_s" in r:
             lines.append(f"{'':<{w}} {'  text -> labels':<17} {r['e2e_longest_samples_per_s']:>10.1f} (padded to each "
                          f"batch's longest row), {r['e2e_fixed_samples_per_s']:.1f} (padded to {proto['seq']})")
@@ -555,6 +616,10 @@ def format_table(result: dict) -> str:
     lines += ["", f"machine: {m['cpu']} ({m['cores']} cores), torch {m['torch']}, onnxruntime {m['onnxruntime']}; "
                   "median of timed repeats after warm-up; GFLOP/s achieved, and its share of ONNX Runtime's own "
                   "GEMM rate on the same products (fp32, int8 for int8 rows), measured in the same run"]
+    if str(proto.get("device", "cpu")).startswith("cuda"):
+        gpu = (result.get("device") or {}).get("gpu")
+        lines.append(f"GPU: {gpu}; fp32 matmuls with TF32 {'on (--tf32)' if proto.get('tf32') else 'off'} on every "
+                     f"row; peak MiB: {proto.get('peak_memory', peak_memory_meaning('cuda'))}")
     return "\n".join(lines)
 
 

@@ -7,6 +7,8 @@
                          intermediate_z [L, I], mlp_z [L], hidden_z [H]; 0 = pruned, else the kept scale;
                          an absent tensor means nothing of that kind is pruned
     vocab.txt, tokenizer.json, ...   tokenizer files (absent for models built from a bare config)
+    mlm_head.safetensors optional, `train pretrain` outputs: the MLM head (train/losses.py MLMHead) for a later
+                         pre-training run; load_checkpoint does not read it
 """
 
 from __future__ import annotations

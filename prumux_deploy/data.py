@@ -422,6 +422,89 @@ def read_labels(task: Task, data, split: str = "train", data_config: str | None 
     return task.with_labels(ordered)
 
 
+# --- pre-training corpora (train pretrain) ---------------------------------------------------------
+
+CORPUS_FILE_FORMATS = {".txt": "text", **DATA_FILE_FORMATS}  # .txt: one document per line, column "text"
+CORPUS_FORMS = ("a .txt file (one document per line), a .jsonl / .json / .parquet / .csv / .tsv file or a "
+                "directory of such files, a save_to_disk directory, or a hub dataset name")
+
+
+def open_corpus(source, split: str = "train", config: str | None = None):
+    """(datasets.IterableDataset, source name) of an unlabelled corpus, streamed: nothing is loaded whole, so a
+    corpus larger than memory is read as training goes (train/corpus.py tokenizes it on the fly).
+
+    source: a file (.txt: one document per line in column "text"; .jsonl/.json/.parquet/.csv/.tsv), a directory
+    of such files (every file of its one format, in name order; only those named after `split`, e.g.
+    train-00000-of-00041.parquet, when some are), a save_to_disk directory (a DatasetDict: its `split`), or a
+    hub dataset name (streamed; without network, the copy in the local `datasets` cache). The iterable supports
+    state_dict() / load_state_dict(), which --resume uses to continue at the exact row.
+    Raises DataError (one line: the source, the problem, the fix) for a missing, empty or unreadable source."""
+    import datasets
+
+    path = Path(source)
+    datasets.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    try:
+        if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
+            loaded = datasets.load_from_disk(str(path))
+            if isinstance(loaded, datasets.DatasetDict):
+                loaded = loaded[_pick_split(loaded.keys(), split, str(path))]
+            return loaded.to_iterable_dataset(), str(path)
+        if path.is_dir() or path.is_file():
+            files, fmt = _corpus_files(path, split)
+            return datasets.load_dataset(fmt, data_files=files, split="train", streaming=True,
+                                         **_reader_options(Path(files[0]).suffix.lower())), str(path)
+        if "/" in str(source) and not str(source).startswith((".", "/")) and not path.suffix:
+            return _stream_hub(str(source), config, split), str(source) + (f" ({config})" if config else "")
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - pyarrow / datasets parse errors: one line naming the source
+        raise DataError(f"{source}: cannot be read as a corpus ({type(e).__name__}: "
+                        f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}); check its format") from None
+    raise DataError(f"{source}: no such file or directory; `corpus` takes {CORPUS_FORMS}")
+
+
+def _corpus_files(path: Path, split: str) -> tuple[list[str], str]:
+    """The data files of a corpus file or directory, and their `datasets` builder name."""
+    if path.is_file():
+        fmt = CORPUS_FILE_FORMATS.get(path.suffix.lower())
+        if fmt is None:
+            raise DataError(f"{path}: unknown corpus format; use {', '.join(CORPUS_FILE_FORMATS)}")
+        if path.stat().st_size == 0:
+            raise DataError(f"{path}: empty file; a corpus needs at least one line of text")
+        return [str(path)], fmt
+    by_suffix: dict[str, list[Path]] = {}
+    for file in sorted(path.iterdir()):
+        if file.is_file() and file.suffix.lower() in CORPUS_FILE_FORMATS and file.stat().st_size > 0:
+            by_suffix.setdefault(file.suffix.lower(), []).append(file)
+    if not by_suffix:
+        raise DataError(f"{path}: no corpus files here; `corpus` takes {CORPUS_FORMS}")
+    if len(by_suffix) > 1:
+        raise DataError(f"{path}: corpus files of several formats ({', '.join(sorted(by_suffix))}); keep one format "
+                        "per directory")
+    suffix, files = next(iter(by_suffix.items()))
+    named = [f for f in files if f.stem == split or f.name.startswith((f"{split}-", f"{split}_", f"{split}."))]
+    return [str(f) for f in named or files], CORPUS_FILE_FORMATS[suffix]
+
+
+def _stream_hub(name: str, config: str | None, split: str):
+    """A hub dataset streamed; where streaming fails (no network), the copy in the local cache, read lazily."""
+    import datasets
+
+    try:
+        return datasets.load_dataset(name, config, split=split, streaming=True)
+    except Exception:  # noqa: BLE001 - offline or unreachable: try the cache
+        pass
+    try:
+        return datasets.load_dataset(name, config, split=split).to_iterable_dataset()
+    except Exception as e:  # noqa: BLE001
+        cache = datasets.config.HF_DATASETS_CACHE
+        raise DataError(f"hub dataset {name}{f' ({config})' if config else ''} cannot be streamed or read from the "
+                        f"local cache ({cache}) here ({type(e).__name__}: "
+                        f"{str(e).strip().splitlines()[0][:120] if str(e).strip() else ''}); without network save it "
+                        "elsewhere with save_to_disk or as .parquet/.jsonl/.txt files and pass those to `corpus`") from None
+
+
 # --- tokenizer files -----------------------------------------------------------------------------
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",

@@ -3,10 +3,13 @@
 `resolve_device` turns the `--device` option into a torch.device (a missing GPU is one line, not a
 traceback); `device_info` is what every report records so a number can be traced to its machine;
 `synchronize` is what timing needs on a GPU (work is queued asynchronously; a timer must wait for it).
+`torch_tf32` makes the TF32 state of PyTorch's fp32 matmuls on CUDA explicit for a block, so a GPU
+comparison knows (and reports, `torch_arithmetic`) which arithmetic its PyTorch side used.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 
@@ -32,6 +35,38 @@ def resolve_device(device: str) -> torch.device:
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def torch_tf32(enabled: bool):
+    """PyTorch's fp32 matmuls on CUDA (cuBLAS) in TF32 when `enabled`, in full fp32 otherwise, for the block;
+    the previous setting is restored after. PyTorch's own default is full fp32 for matmuls, but any code in
+    the process may have changed it, so a reference says it explicitly. Uses
+    torch.backends.cuda.matmul.fp32_precision ("tf32" / "ieee") where this torch has it (2.9+, where mixing it
+    with the legacy allow_tf32 flag is an error), allow_tf32 otherwise (PyTorch CUDA notes, TF32)."""
+    matmul = torch.backends.cuda.matmul
+    name, value = (("fp32_precision", "tf32" if enabled else "ieee") if hasattr(matmul, "fp32_precision")
+                   else ("allow_tf32", bool(enabled)))
+    before = getattr(matmul, name)
+    setattr(matmul, name, value)
+    try:
+        yield
+    finally:
+        setattr(matmul, name, before)
+
+
+def torch_tf32_enabled() -> bool:
+    """Whether PyTorch's fp32 CUDA matmuls run in TF32 right now."""
+    matmul = torch.backends.cuda.matmul
+    precision = getattr(matmul, "fp32_precision", "none")
+    return precision == "tf32" if precision != "none" else bool(matmul.allow_tf32)
+
+
+def torch_arithmetic(device: torch.device, dtype: str = "fp32") -> str:
+    """What PyTorch computes in on `device` right now, for reports (inside torch_tf32 on a GPU)."""
+    if device.type != "cuda":
+        return f"{dtype}, PyTorch CPU"
+    return f"{dtype}, PyTorch CUDA, TF32 {'on' if torch_tf32_enabled() else 'off'} (cuBLAS matmuls, set explicitly)"
 
 
 def _cpu_name() -> str:

@@ -149,24 +149,94 @@ class Engine:
     def _run(self, feeds: dict) -> np.ndarray:
         raise NotImplementedError
 
+    @property
+    def arithmetic(self) -> str:
+        """What the engine computes in, for reports (validate and bench say it for each side they compare)."""
+        return f"{self.manifest.get('precision', 'fp32')} graph, {runtime_of(self.manifest)}"
+
+    @property
+    def uses_tf32(self) -> bool:
+        return False
+
+
+GPU_INSTALL_HINT = ("pip install 'prumux-deploy[gpu-cu13]', or [gpu-cu12] where nvidia-smi shows CUDA 12.x "
+                    "(README, GPU)")
+CUDA_PROVIDER, CPU_PROVIDER = "CUDAExecutionProvider", "CPUExecutionProvider"
+
+
+def provider_names(providers) -> list[str]:
+    """Names of an ONNX Runtime providers list whose entries are names or (name, options) pairs."""
+    return [p[0] if isinstance(p, tuple) else p for p in providers]
+
+
+def check_providers(session, providers, where) -> None:
+    """The session runs on every provider that was asked for, or EngineError (one line). ONNX Runtime lists
+    the CUDA provider in get_available_providers() even when its CUDA or cuDNN libraries cannot load; the
+    session then falls back to the CPU without an error, which only session.get_providers() shows. A GPU
+    run that silently times the CPU is refused here."""
+    got = list(session.get_providers())
+    missing = [p for p in provider_names(providers) if p not in got]
+    if missing:
+        raise EngineError(f"{where}: ONNX Runtime did not start {', '.join(missing)} (the session runs on "
+                          f"{', '.join(got) or 'nothing'}; its CUDA or cuDNN libraries failed to load?), and a "
+                          f"silent CPU fallback is refused. Install the onnxruntime-gpu matching the driver's CUDA: "
+                          f"{GPU_INSTALL_HINT}")
+
+
+def ort_session(path, providers=None, threads: int | None = None, where=None):
+    """An ONNX Runtime session on `providers` (default: the CPU), checked to run on all of them
+    (check_providers). Raises EngineError when ONNX Runtime cannot load the graph."""
+    import onnxruntime as ort
+
+    providers = providers or [CPU_PROVIDER]
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    try:
+        session = ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as e:  # ORT raises its own exception types for malformed graphs
+        raise EngineError(f"{path}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:200]})") from None
+    check_providers(session, providers, where or path)
+    return session
+
+
+def ort_tf32(providers) -> bool | None:
+    """Whether fp32 MatMuls of a session on `providers` run in TF32: the CUDA provider's use_tf32 option (its
+    default is 1, TF32 on: ONNX Runtime CUDA provider options); None on the CPU, which has no TF32."""
+    for p in providers:
+        if isinstance(p, tuple) and p[0] == CUDA_PROVIDER:
+            return str(p[1].get("use_tf32", "1")) == "1"
+        if p == CUDA_PROVIDER:
+            return True
+    return None
+
+
+def ort_arithmetic(precision: str, providers) -> str:
+    """What an ONNX Runtime session computes in, for reports: the graph's precision, the provider, and on the
+    CUDA provider whether fp32 MatMuls run in TF32."""
+    tf32 = ort_tf32(providers)
+    if tf32 is None:
+        return f"{precision} graph, ONNX Runtime CPU provider"
+    return f"{precision} graph, ONNX Runtime CUDA provider, TF32 {'on' if tf32 else 'off'} (use_tf32={int(tf32)})"
+
 
 class OnnxEngine(Engine):
-    """An exported ONNX engine run with ONNX Runtime (CPU, or CUDA with onnxruntime-gpu)."""
+    """An exported ONNX engine run with ONNX Runtime (CPU, or CUDA with onnxruntime-gpu: `ort_providers`)."""
 
     def __init__(self, engine_dir, providers=None, threads: int | None = None):
-        import onnxruntime as ort
-
         super().__init__(engine_dir)
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if threads:
-            options.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(str(self.path), options,
-                                                providers=providers or ["CPUExecutionProvider"])
-        except Exception as e:  # ORT raises its own exception types for malformed graphs
-            raise EngineError(f"{self.path}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:200]})") from None
+        self.providers = providers or [CPU_PROVIDER]
+        self.session = ort_session(self.path, self.providers, threads)
         self.input_names = [i.name for i in self.session.get_inputs()]
+
+    @property
+    def arithmetic(self) -> str:
+        return ort_arithmetic(self.manifest.get("precision", "fp32"), self.providers)
+
+    @property
+    def uses_tf32(self) -> bool:
+        return bool(ort_tf32(self.providers))
 
     def _run(self, feeds):
         return self.session.run(["logits"], feeds)[0]
@@ -179,7 +249,7 @@ def ort_timed_runner(session, feeds: dict):
     """A zero-argument function running an ONNX Runtime session once on `feeds`. On the CUDA provider the
     inputs are copied to the GPU once and bound with IO binding and the logits stay there, so timing sees
     no host copies (run_with_iobinding synchronises the stream at the end of each run)."""
-    if "CUDAExecutionProvider" not in session.get_providers():
+    if CUDA_PROVIDER not in session.get_providers():
         return lambda: session.run(["logits"], feeds)
     import onnxruntime as ort
 
@@ -196,15 +266,18 @@ def ort_timed_runner(session, feeds: dict):
     return run
 
 
-def ort_providers(device: str) -> list[str]:
-    """ONNX Runtime providers for a device; cuda needs onnxruntime-gpu (one line when it is missing)."""
+def ort_providers(device: str, tf32: bool = False) -> list:
+    """ONNX Runtime providers for a device. cuda: the CUDA provider with TF32 exactly as asked (its use_tf32
+    option defaults to 1, fp32 MatMul in TF32: ONNX Runtime CUDA provider options), then the CPU provider for
+    ops CUDA lacks. Needs onnxruntime-gpu (one line when it is missing); whether the provider really starts is
+    checked on the session (check_providers)."""
     if device != "cuda":
-        return ["CPUExecutionProvider"]
+        return [CPU_PROVIDER]
     import onnxruntime as ort
 
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        raise EngineError("device cuda needs onnxruntime-gpu and an NVIDIA GPU: pip install 'prumux-deploy[gpu]'")
-    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if CUDA_PROVIDER not in ort.get_available_providers():
+        raise EngineError(f"device cuda needs onnxruntime-gpu and an NVIDIA GPU: {GPU_INSTALL_HINT}")
+    return [(CUDA_PROVIDER, {"use_tf32": "1" if tf32 else "0"}), CPU_PROVIDER]
 
 
 def profile_chunks(batch: int, min_batch: int, max_batch: int):
@@ -218,80 +291,127 @@ def profile_chunks(batch: int, min_batch: int, max_batch: int):
 
 
 class TensorRTEngine(Engine):
-    """A serialized TensorRT engine (model.plan) run on the GPU. Batches beyond the profile's maximum are
-    split into chunks of that size (a multiple of N, so mux groups stay intact)."""
+    """A serialized TensorRT engine (model.plan) run on the GPU. Batches outside the plan's optimization
+    profile are run in chunks inside it (a multiple of N rows, so mux groups stay intact).
+
+    Inputs are copied to the GPU, the engine enqueued and the logits copied back on one CUDA stream (the
+    engine's own), so CUDA orders every copy against the engine; device buffers come from
+    prumux_deploy/cuda.py. Every TensorRT call that reports failure (set_input_shape, set_tensor_address,
+    execute_async_v3 returning False) is an EngineError, never logits read from an engine that did not run.
+    A version-compatible plan (export --version-compatible) carries TensorRT's lean runtime, host code that
+    the runtime deserializes only with engine_host_code_allowed set (TensorRT Runtime docs)."""
 
     def __init__(self, engine_dir):
         super().__init__(engine_dir)
+        from . import cuda
+
         try:
             import tensorrt as trt
-            import torch
         except ImportError:
-            raise EngineError("running a TensorRT engine needs tensorrt and a CUDA build of torch: "
-                              "pip install 'prumux-deploy[gpu]'") from None
-        if not torch.cuda.is_available():
-            raise EngineError(f"{self.path}: a TensorRT engine runs only on an NVIDIA GPU, and none is visible here")
-        self._torch, self._trt = torch, trt
-        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.engine = runtime.deserialize_cuda_engine(self.path.read_bytes())
+            raise EngineError(f"running a TensorRT engine needs the tensorrt package: {GPU_INSTALL_HINT}") from None
+        cuda.require_gpu(f"{self.path}: a TensorRT engine")
+        self._cuda, self._trt = cuda.backend(), trt
+        entry = self.manifest.get("tensorrt") or {}
+        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))  # kept: the engine must not outlive it
+        if entry.get("version_compatible"):
+            self.runtime.engine_host_code_allowed = True
+        self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
         if self.engine is None:
             raise EngineError(f"{self.path}: TensorRT cannot deserialize it (built for another GPU or TensorRT "
                               "version?); rebuild it here")
         self.context = self.engine.create_execution_context()
+        if self.context is None:
+            raise EngineError(f"{self.path}: TensorRT could not create an execution context (out of GPU memory?)")
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.input_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        self.max_batch = int(self.manifest["tensorrt"]["profile"]["max_batch"])
-        self.min_batch = int(self.manifest["tensorrt"]["profile"].get("min_batch", 1))
+        if "logits" not in names or not self.input_names:
+            raise EngineError(f"{self.path}: the plan has no inputs or no logits output (tensors {names}); re-export it")
+        # the profile as the plan holds it: [min, opt, max] shapes of profile 0
+        low, _, high = self.engine.get_tensor_profile_shape(self.input_names[0], 0)
+        self.min_batch, self.max_batch = int(low[0]), int(high[0])
+        self._stream = self._cuda.stream()
+        self._bound = None  # who set the context's shapes and addresses last (a timed runner, or None)
         self._lock = threading.Lock()  # one execution context: calls from several threads take turns
 
+    @property
+    def uses_tf32(self) -> bool:
+        # plans built before prumux-deploy cleared BuilderFlag.TF32 kept TensorRT's default: on
+        return bool((self.manifest.get("tensorrt") or {}).get("tf32", True))
+
+    @property
+    def arithmetic(self) -> str:
+        flag = "BuilderFlag.TF32 set at build" if self.uses_tf32 else "BuilderFlag.TF32 cleared at build"
+        return (f"{self.manifest.get('precision', 'fp32')} TensorRT plan, TF32 {'on' if self.uses_tf32 else 'off'} "
+                f"({flag})")
+
     def _run(self, feeds):
-        torch = self._torch
         batch = feeds["input_ids"].shape[0]
         if batch == 0:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
         chunks = []
         for pick, rows in profile_chunks(batch, self.min_batch, self.max_batch):
-            part = {k: torch.from_numpy(v[pick]).cuda() for k, v in feeds.items()}
             with self._lock:
-                for name in self.input_names:
-                    self._check(self.context.set_input_shape(name, tuple(part[name].shape)), name, part[name].shape)
-                    self.context.set_tensor_address(name, part[name].data_ptr())
-                out = torch.empty(tuple(self.context.get_tensor_shape("logits")), dtype=torch.float32,
-                                  device="cuda")
-                self.context.set_tensor_address("logits", out.data_ptr())
-                stream = torch.cuda.current_stream()
-                self.context.execute_async_v3(stream.cuda_stream)
-                stream.synchronize()
-            chunks.append(out.cpu().numpy()[:rows])
+                staged = self._stage({k: v[pick] for k, v in feeds.items()})
+                out = self._bind(staged)
+                self._bound = None
+                self._enqueue()
+                chunks.append(self._cuda.to_host(out, self._stream)[:rows])  # waits for the engine on its stream
         return np.concatenate(chunks)
 
     def timed_runner(self, feeds: dict):
         """Inputs and logits on the GPU, shapes and addresses set once; each call enqueues and waits."""
-        torch = self._torch
         batch = feeds["input_ids"].shape[0]
-        if not 0 < batch <= self.max_batch:
+        if not self.min_batch <= batch <= self.max_batch:
             return super().timed_runner(feeds)
-        staged = {n: torch.from_numpy(feeds[n]).cuda() for n in self.input_names}
+        token = object()
         with self._lock:
-            for name in self.input_names:
-                self._check(self.context.set_input_shape(name, tuple(staged[name].shape)), name, staged[name].shape)
-                self.context.set_tensor_address(name, staged[name].data_ptr())
-            out = torch.empty(tuple(self.context.get_tensor_shape("logits")), dtype=torch.float32, device="cuda")
-            self.context.set_tensor_address("logits", out.data_ptr())
-        stream = torch.cuda.Stream()
+            staged = self._stage(feeds)
+            out = self._bind(staged)
+            self._bound = token
+        self._cuda.synchronize(self._stream)  # the copies are done before any timing starts
 
         def run():
             with self._lock:
-                self.context.execute_async_v3(stream.cuda_stream)
-                stream.synchronize()
+                if self._bound is not token:  # another call used the context since: bind this runner's buffers
+                    self._bind(staged, out)
+                    self._bound = token
+                self._enqueue()
+                self._cuda.synchronize(self._stream)
             return out
 
         return run
 
-    def _check(self, ok: bool, name: str, shape):
-        if not ok:
-            raise EngineError(f"{self.path}: TensorRT refused input {name} of shape {list(shape)}; it lies outside "
-                              f"the engine's optimization profile {self.manifest['tensorrt']['profile']}")
+    def _stage(self, feeds: dict) -> dict:
+        """Device copies of the engine's inputs, queued on the engine's stream."""
+        return {n: self._cuda.to_device(np.ascontiguousarray(feeds[n]), self._stream) for n in self.input_names}
+
+    def _bind(self, staged: dict, out=None):
+        """Set every input's shape and address and the logits' address (a new logits buffer of the shape
+        TensorRT infers, unless `out` is given); returns the logits buffer."""
+        for name in self.input_names:
+            shape = tuple(int(d) for d in staged[name].shape)
+            if not self.context.set_input_shape(name, shape):
+                raise EngineError(f"{self.path}: TensorRT refused input {name} of shape {list(shape)}; it lies outside "
+                                  f"the engine's optimization profile {self.manifest['tensorrt']['profile']}")
+            self._set_address(name, staged[name])
+        if out is None:
+            shape = tuple(int(d) for d in self.context.get_tensor_shape("logits"))
+            if any(d < 0 for d in shape):
+                raise EngineError(f"{self.path}: TensorRT could not infer the logits' shape ({list(shape)}) from "
+                                  "the input shapes; re-export the engine")
+            out = self._cuda.empty(shape, self._stream)
+        self._set_address("logits", out)
+        return out
+
+    def _set_address(self, name: str, buffer) -> None:
+        if not self.context.set_tensor_address(name, self._cuda.address(buffer)):
+            raise EngineError(f"{self.path}: TensorRT refused the device address of {name} (misaligned or not "
+                              "device memory); nothing was run")
+
+    def _enqueue(self) -> None:
+        if not self.context.execute_async_v3(self._cuda.stream_handle(self._stream)):
+            raise EngineError(f"{self.path}: TensorRT failed to enqueue the engine (execute_async_v3 returned "
+                              "False; see the TensorRT log above); no logits were computed")
 
 
 RUNTIMES = ("onnxruntime", "openvino")  # what runs an ONNX engine file (manifest "runtime"; TensorRT: plans)
@@ -304,17 +424,25 @@ def runtime_of(manifest: dict) -> str:
     return (manifest.get("runtime") or {}).get("name", "onnxruntime")
 
 
-def load_engine(engine_dir, device: str = "cpu", runtime: str | None = None, **kwargs) -> Engine:
+def load_engine(engine_dir, device: str = "cpu", runtime: str | None = None, tf32: bool = False,
+                **kwargs) -> Engine:
     """Open an engine directory with the runtime its manifest names: ONNX engines with ONNX Runtime (CPU, or
     CUDA with device='cuda') or OpenVINO (CPU; prumux_deploy/runtime_openvino.py), TensorRT plans with
     TensorRT. runtime: run an ONNX engine with another runtime than its manifest's ("onnxruntime" or
-    "openvino"; an OpenVINO engine runs in ONNX Runtime too, and the reverse)."""
+    "openvino"; an OpenVINO engine runs in ONNX Runtime too, and the reverse). tf32: on device cuda, let
+    ONNX Runtime's CUDA provider run fp32 MatMuls in TF32 (off unless asked; a TensorRT plan's TF32 was
+    fixed when it was built). Raises EngineError for an int8 engine on device cuda: its quantized ops
+    (DynamicQuantizeMatMul, QAttention) are CPU kernels, so a "cuda" run would time the CPU."""
     manifest = read_manifest(engine_dir)
     kind = manifest["engine"].get("kind")
     if kind == "tensorrt":
         return TensorRTEngine(engine_dir)
     if kind != "onnx":
         raise EngineError(f"{engine_dir}: unknown engine kind {kind!r}; re-export the engine")
+    if device == "cuda" and manifest.get("precision") == "int8":
+        raise EngineError(f"{engine_dir}: an int8 engine is quantized for CPUs (its DynamicQuantizeMatMul / QAttention "
+                          "ops have CPU kernels only, so on device cuda they would run on the CPU); use device cpu, "
+                          "or export --precision fp16 for the GPU")
     # the runtime a CPU engine was chosen for; on a GPU the same model.onnx runs in ONNX Runtime's CUDA provider
     runtime = runtime or ("onnxruntime" if device == "cuda" else runtime_of(manifest))
     if runtime not in RUNTIMES:
@@ -326,7 +454,7 @@ def load_engine(engine_dir, device: str = "cpu", runtime: str | None = None, **k
 
         return OpenVINOEngine(engine_dir, **kwargs)
     if device == "cuda":
-        kwargs["providers"] = ort_providers(device)
+        kwargs["providers"] = ort_providers(device, tf32)
     return OnnxEngine(engine_dir, **kwargs)
 
 

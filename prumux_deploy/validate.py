@@ -5,11 +5,14 @@ row of each batch); we compare accuracy, prediction agreement and logit error, o
 and turn each threshold into an explicit pass/fail check (Polygraphy-style), so CI can gate on the exit code.
 On `device="cuda"` the PyTorch reference runs on the GPU and the engine on ONNX Runtime's CUDA provider
 (or TensorRT); throughput there is timed with the inputs already on the device and a synchronisation
-after every call, at the paper's protocol (batch 128*N, sequence 128).
+after every call, at the paper's protocol (batch 128*N, sequence 128). On a GPU both sides run fp32
+MatMuls without TF32 unless `tf32` asks for it on both (then compare.TF32_TOLERANCE applies), and the
+report says which arithmetic each side used ("arithmetic").
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from dataclasses import asdict, dataclass
 
@@ -20,7 +23,7 @@ from tqdm import tqdm
 from .atomic import write_file
 from .checkpoint import load_checkpoint
 from .data import check_lengths, load_examples, load_tokenizer, resolve_task, tokenize
-from .devices import device_info, resolve_device, synchronize
+from .devices import device_info, resolve_device, synchronize, torch_arithmetic, torch_tf32
 from .compare import TOLERANCES, compare_logits, tolerance_for
 from .documents import dumps
 from .engine import load_engine
@@ -41,12 +44,12 @@ class Thresholds:
     max_flip_rate: float | None = None     # partner_flip_rate (prumux_deploy/partners.py), fraction
 
     @classmethod
-    def for_engine(cls, engine_dir, **given) -> "Thresholds":
-        """Defaults by the engine's precision (compare.TOLERANCES, read from its manifest); thresholds given
-        explicitly win."""
+    def for_engine(cls, engine_dir, tf32: bool = False, **given) -> "Thresholds":
+        """Defaults by the engine's precision (compare.TOLERANCES, read from its manifest; with tf32, no tighter
+        than compare.TF32_TOLERANCE); thresholds given explicitly win."""
         from .engine import read_manifest
 
-        defaults = asdict(tolerance_for(read_manifest(engine_dir).get("precision", "fp32")))
+        defaults = asdict(tolerance_for(read_manifest(engine_dir).get("precision", "fp32"), tf32))
         return cls(**{**defaults, **{k: v for k, v in given.items() if v is not None}})
 
 
@@ -67,7 +70,7 @@ def run_validation(engine_dir, checkpoint, task_name: str | None, data_dir, spli
                    throughput_seq_len: int = 128, progress: bool = True, truncate: bool = True,
                    skip_bad_rows: bool = False, warn=lambda msg: print(msg, file=sys.stderr),
                    device: str = "cpu", data_config: str | None = None, columns: dict | None = None,
-                   partners: int = 0, partner_seed: int = 0) -> dict:
+                   partners: int = 0, partner_seed: int = 0, tf32: bool = False) -> dict:
     """Validate `engine_dir` against `checkpoint` on a task's split; returns the report (see format_report).
 
     task_name: a GLUE task, "custom", or None for the checkpoint's own. data_dir: anything data.load_examples
@@ -80,9 +83,12 @@ def run_validation(engine_dir, checkpoint, task_name: str | None, data_dir, spli
     (counted, `warn` told) instead of refusing them; skip_bad_rows: drop (and count) malformed rows.
     partners: K > 0 (implied by thresholds.max_flip_rate, then 8) also runs every row with K seeded random
     partner draws and alone, and reports partner sensitivity (prumux_deploy/partners.py) under "partners".
+    tf32 (device cuda only): fp32 MatMuls of both sides in TF32 (PyTorch's cuBLAS matmuls, ONNX Runtime's
+    use_tf32; a TensorRT plan must have been built with it, export --tf32); off, both run full fp32.
 
     Returns the report: engine, checkpoint, task, split, data, examples, precision, num_instances,
-    batch_size, skipped_rows, truncated_rows, device; metrics (engine_accuracy, pytorch_accuracy, agreement
+    batch_size, skipped_rows, truncated_rows, device, arithmetic (what engine and PyTorch computed in);
+    metrics (engine_accuracy, pytorch_accuracy, agreement
     and accuracy_drop as fractions, max_abs_logit_error and mean_abs_logit_error in logits, rows with NaN or
     Inf logits, the task's own metrics); thresholds; checks (name, value, op, threshold, passed); passed; and with
     throughput, samples/s of engine and PyTorch eager (compact), their ratio and end-to-end rates; with
@@ -90,8 +96,14 @@ def run_validation(engine_dir, checkpoint, task_name: str | None, data_dir, spli
     Raises PruMuxError (one line) for unusable inputs; threshold failures are in the report (`passed`), not
     exceptions."""
     dev = resolve_device(device)
-    engine = load_engine(engine_dir, device=dev.type)
+    if tf32 and dev.type != "cuda":
+        raise PruMuxError("`tf32` applies to `device` cuda (TF32 is a GPU arithmetic); drop it on the CPU")
+    engine = load_engine(engine_dir, device=dev.type, tf32=tf32)
+    if dev.type == "cuda" and engine.uses_tf32 != tf32:
+        raise PruMuxError(_tf32_mismatch(engine))
     model = load_checkpoint(checkpoint).to(dev)
+    def arithmetic():  # the PyTorch side's TF32 as asked, around every PyTorch call on the GPU
+        return torch_tf32(tf32) if dev.type == "cuda" else contextlib.nullcontext()
     cfg = model.config
     columns = columns or {}
     task = resolve_task(task_name, columns.get("text"), columns.get("text_pair"), columns.get("label"), config=cfg)
@@ -121,7 +133,8 @@ def run_validation(engine_dir, checkpoint, task_name: str | None, data_dir, spli
                          examples.text_b[s:s + batch] if examples.text_b else None,
                          max_length=max_len, uses_token_types=engine.uses_token_types)
         eng_logits.append(engine.run_feeds(feeds))
-        pt_logits.append(_torch_logits(model, feeds, dev))
+        with arithmetic():
+            pt_logits.append(_torch_logits(model, feeds, dev))
     eng, pt = np.concatenate(eng_logits), np.concatenate(pt_logits)
     labels = examples.labels
     c = compare_logits(eng, pt)
@@ -165,7 +178,8 @@ def run_validation(engine_dir, checkpoint, task_name: str | None, data_dir, spli
         seq_len = min(throughput_seq_len, engine.max_seq_length)  # the paper pads to 128
         # the paper's protocol on a GPU (batch 128*N); the CPU default stays 32*N, what a 2-core machine holds
         tbatch = batch_size or (128 if dev.type == "cuda" else 32) * N
-        throughput = _throughput(engine, model, tokenizer, examples, tbatch, seq_len, dev)
+        with arithmetic():
+            throughput = _throughput(engine, model, tokenizer, examples, tbatch, seq_len, dev)
         if thresholds.min_speedup is not None:
             checks.append(_check("speedup vs PyTorch eager", throughput["speedup_vs_eager"], ">=",
                                  thresholds.min_speedup, "x"))
@@ -179,11 +193,23 @@ def run_validation(engine_dir, checkpoint, task_name: str | None, data_dir, spli
         "passed": all(c["passed"] for c in checks),
         "device": device_info(dev),
     }
+    with arithmetic():
+        report["arithmetic"] = {"engine": engine.arithmetic, "pytorch": torch_arithmetic(dev), "tf32": tf32}
     if throughput is not None:
         report["throughput"] = throughput
     if sensitivity is not None:
         report["partners"] = sensitivity
     return report
+
+
+def _tf32_mismatch(engine) -> str:
+    """Why a TensorRT plan's TF32 (fixed at build time) and the `tf32` asked of validate disagree."""
+    if engine.uses_tf32:
+        return (f"{engine.path}: this TensorRT plan runs fp32 layers in TF32 (built with --tf32, or before "
+                "prumux-deploy cleared BuilderFlag.TF32); validate it with `tf32` (its own tolerance) or re-export it "
+                "without --tf32")
+    return (f"{engine.path}: this TensorRT plan was built without TF32; drop `tf32`, or re-export with --tf32 "
+            "to validate TF32 arithmetic")
 
 
 def _partner_sensitivity(engine, tokenizer, examples, batch, draws, seed, progress) -> dict:
@@ -262,7 +288,9 @@ def format_report(report: dict) -> str:
              f"  accuracy  engine {m['engine_accuracy'] * 100:.2f}%   PyTorch {m['pytorch_accuracy'] * 100:.2f}%",
              *[f"  {name.replace('_', ' ')}  engine {m['engine_' + name] * 100:.2f}   PyTorch "
                f"{m['pytorch_' + name] * 100:.2f}" for name in report["task_metrics"][1:]],
-             f"  logit error  max {m['max_abs_logit_error']:.2e}   mean {m['mean_abs_logit_error']:.2e}", ""]
+             f"  logit error  max {m['max_abs_logit_error']:.2e}   mean {m['mean_abs_logit_error']:.2e}",
+             *([f"  arithmetic  engine: {report['arithmetic']['engine']}; PyTorch: {report['arithmetic']['pytorch']}"]
+               if "arithmetic" in report else []), ""]
     lines.append(f"  {'check':<26} {'value':>10}   {'threshold':>12}   result")
     for c in report["checks"]:
         lines.append(f"  {c['name']:<26} {show(c['value'], c['fmt']):>10}   "

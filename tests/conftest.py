@@ -139,12 +139,13 @@ def _missing(item) -> str | None:
         try:
             import tensorrt  # noqa: F401
         except ImportError:
-            return "needs the tensorrt package: pip install 'prumux-deploy[gpu]'"
+            return "needs the tensorrt package: pip install 'prumux-deploy[gpu-cu13]' (or [gpu-cu12]; README, GPU)"
     if "ort_cuda" in item.keywords:
         import onnxruntime
 
         if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-            return "needs onnxruntime-gpu (ONNX Runtime's CUDA provider): pip install 'prumux-deploy[gpu]'"
+            return ("needs onnxruntime-gpu (ONNX Runtime's CUDA provider): pip install 'prumux-deploy[gpu-cu13]' "
+                    "(or [gpu-cu12]; README, GPU)")
     return None
 
 

@@ -147,7 +147,9 @@ def test_options_reach_the_config(any_engine, tmp_path):
     assert config.instance_group[0].count == 3 and kind_name(config.instance_group[0].kind) == "KIND_GPU"
     assert list(config.dynamic_batching.preferred_batch_size) == [8, 16]
     (accelerator,) = config.optimization.execution_accelerators.gpu_execution_accelerator
-    assert accelerator.name == "tensorrt" and dict(accelerator.parameters) == {"precision_mode": "FP16"}
+    # the graph's own precision: TensorRT 11 (strongly typed) takes FP16 only from an fp16 graph
+    want = "FP16" if read_manifest(any_engine).get("precision") == "fp16" else "FP32"
+    assert accelerator.name == "tensorrt" and dict(accelerator.parameters) == {"precision_mode": want}
 
     write_shared(any_engine, repo, "plain", max_batch_size=2, dynamic_batching=False)
     config = parse_config(repo / "plain")
@@ -164,7 +166,9 @@ def test_preferred_batch_sizes_are_multiples_of_n(n, max_batch_size, expected):
 
 
 def test_tensorrt_engine_gets_the_tensorrt_platform(tmp_path):
-    engine = fake_engine(tmp_path)
+    # max_batch_size comes from the plan's profile (tests/test_gpu_fakes.py builds real plans through fakes)
+    engine = fake_engine(tmp_path, tensorrt={"profile": {"min_batch": 1, "opt_batch": 128, "max_batch": 128,
+                                                         "min_seq": 1, "opt_seq": 16, "max_seq": 16}})
     repo = tmp_path / "repo"
     write_shared(engine, repo, "trt")
     config = parse_config(repo / "trt")

@@ -215,10 +215,11 @@ class RunState:
         with open(self.log_file, "a") as f:
             f.write(dumps({"stage": self.stage, **record}) + "\n")
 
-    def start(self, args: TrainArgs, resume: bool, fresh_log: bool = True, processes: int = 1):
+    def start(self, args: TrainArgs, resume: bool, fresh_log: bool = True, processes: int = 1, **record):
+        """Begin the log (a fresh one unless resuming); `record`: more of the run's settings for its start line."""
         if self.main and fresh_log and not resume and self.log_file.exists():
             self.log_file.unlink()
-        self.log({"event": "start", "resume": resume, "processes": processes, "args": asdict(args)})
+        self.log({"event": "start", "resume": resume, "processes": processes, "args": asdict(args), **record})
 
 
 def progress(total: int, start: int, desc: str, unit: str = "step", disable: bool = False):

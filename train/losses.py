@@ -67,10 +67,17 @@ def retrieval_loss(model, input_ids, attention_mask, choice=None, rt=None) -> to
 
     input_ids, attention_mask: [B, S] with B a multiple of N. choice: [B / N, S] instance per position
     (retrieval_choice; drawn here when None). The mean is over the real positions of every process."""
+    x, keys = _encode_for_demux(model, input_ids, attention_mask)  # [G, S', H], [N, K]
+    return _retrieval_from(model, x, keys, input_ids, attention_mask, choice, rt)
+
+
+def _retrieval_from(model, x, keys, input_ids, attention_mask, choice=None, rt=None, total=None,
+                    micro_steps: int = 1) -> torch.Tensor:
+    """retrieval_loss from an encoder output x [G, S', H] and the demux keys [N, K] computed already; with
+    `total` (the real positions of the whole global batch), normalised as batch_mean does."""
     rt = rt or current()
     N = model.config.num_instances
     B, S = input_ids.shape
-    x, keys = _encode_for_demux(model, input_ids, attention_mask)  # [G, S', H], [N, K]
     G = x.shape[0]
     if choice is None:
         choice = torch.randint(0, N, (G, S))
@@ -79,7 +86,17 @@ def retrieval_loss(model, input_ids, attention_mask, choice=None, rt=None) -> to
     real = attention_mask.view(G, N, S).gather(1, choice[:, None]).squeeze(1).bool()
     features = model.demux.instance_features(keys[choice][real], x[:, :S][real])  # [P, Hd]
     logits = features @ model.embeddings.word.weight.T  # [P, V], decoder tied to the embeddings
-    return rt.mean_of(F.cross_entropy(logits.float(), ids[real], reduction="sum"), real.sum())
+    local_sum = F.cross_entropy(logits.float(), ids[real], reduction="sum")
+    if total is not None:
+        return batch_mean(local_sum, total, micro_steps, rt)
+    return rt.mean_of(local_sum, real.sum())
+
+
+def batch_mean(local_sum, total, micro_steps: int, rt) -> torch.Tensor:
+    """This micro-batch's share of a mean over the whole global batch, whose count `total` every process knows:
+    after _step's division by the micro-step count and DDP's average over the processes, the gradient is that
+    of (sum over every micro-batch of every process) / total, so --grad-accum changes nothing either."""
+    return local_sum * (rt.world_size * micro_steps / max(1, int(total)))
 
 
 class ContextHead(nn.Module):
@@ -118,3 +135,92 @@ def contextual_distillation_loss(model, teacher, head: ContextHead, input_ids, a
     features = model.demux.instance_features(keys[which[:, 1]], x[which[:, 0], which[:, 2]])  # [P, Hd]
     wanted = target.view(G, N, S, -1)[real]  # [P, H]
     return (rt or current()).mean_of((head(features) - wanted).pow(2).sum(), wanted.pow(2).sum())
+
+
+# --- multiplexed masked language modelling (train pretrain) ------------------------------------------
+
+MLM_HEAD_WEIGHTS = {  # BertForMaskedLM's prediction head (cls.predictions) -> MLMHead's names
+    "cls.predictions.transform.dense.weight": "dense.weight", "cls.predictions.transform.dense.bias": "dense.bias",
+    "cls.predictions.transform.LayerNorm.weight": "ln.weight", "cls.predictions.transform.LayerNorm.bias": "ln.bias",
+    "cls.predictions.transform.LayerNorm.gamma": "ln.weight", "cls.predictions.transform.LayerNorm.beta": "ln.bias",
+    "cls.predictions.bias": "bias", "cls.predictions.decoder.bias": "bias",
+}
+
+
+class MLMHead(nn.Module):
+    """BERT's masked-LM prediction head (BertForMaskedLM's cls.predictions) over demultiplexed token states:
+    logits = LN(gelu(W features + b)) @ E^T + bias, with E the word embeddings (the decoder is tied to them,
+    as in BERT and MUX-PLMs' retrieval head). features: [P, Hd] -> logits [P, V].
+
+    MUX-PLMs (RetrievalHeadIndexPosDemultiplexingBERT) runs the same chain: the shared demux MLP of [key_i ; h_t],
+    then pre_decoder (dense, gelu, LayerNorm), then the decoder tied to the embeddings."""
+
+    def __init__(self, demux_width: int, embedding_width: int, vocab_size: int, eps: float = 1e-12):
+        super().__init__()
+        self.dense = nn.Linear(demux_width, embedding_width)
+        self.ln = nn.LayerNorm(embedding_width, eps=eps)
+        self.bias = nn.Parameter(torch.zeros(vocab_size))
+        nn.init.normal_(self.dense.weight, std=0.02)  # BERT's initializer_range, for a head the base lacks
+        nn.init.zeros_(self.dense.bias)
+
+    def forward(self, features, word_embeddings):
+        return self.ln(F.gelu(self.dense(features))) @ word_embeddings.T + self.bias
+
+
+def read_bert_mlm_head(base) -> dict[str, torch.Tensor] | None:
+    """The MLM head weights of a BERT directory saved from BertForMaskedLM (model.safetensors or
+    pytorch_model.bin), in MLMHead's names; None when it has none (a BertModel, e.g. sentence-transformers'
+    MiniLM)."""
+    from pathlib import Path
+
+    base = Path(base)
+    if (base / "model.safetensors").is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(base / "model.safetensors"), "pt") as f:
+            found = {MLM_HEAD_WEIGHTS[k]: f.get_tensor(k) for k in f.keys() if k in MLM_HEAD_WEIGHTS}
+    elif (base / "pytorch_model.bin").is_file():
+        state = torch.load(base / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        found = {MLM_HEAD_WEIGHTS[k]: v for k, v in state.items() if k in MLM_HEAD_WEIGHTS}
+    else:
+        return None
+    needed = {"dense.weight", "dense.bias", "ln.weight", "ln.bias", "bias"}
+    return found if needed <= set(found) else None
+
+
+def pretraining_losses(model, head: MLMHead, input_ids, attention_mask, labels, choice, totals, micro_steps: int = 1,
+                       rt=None):
+    """MUX-PLMs' pre-training objective on one micro-batch (models/multiplexing_pretraining_bert.py,
+    MuxedBertForMaskedLM), from one encoder pass over the masked, multiplexed rows:
+
+    mlm        at every masked position t of every instance i, the demux features of [key_i ; h_t] through
+               `head` predict instance i's original token; cross-entropy, mean over the masked tokens of
+               every instance and every process (upstream: CrossEntropyLoss over all instances' labels)
+    retrieval  the warm-up's token retrieval (retrieval_loss) on the same, masked, rows: upstream keeps it as
+               an auxiliary loss (retrieval_loss_coeff) and also retrieves the corrupted input tokens
+
+    input_ids, attention_mask, labels: [B, S], B a multiple of N, labels -100 where nothing is predicted
+    (corpus.mask_tokens). choice: [B / N, S] (retrieval_choice). totals: (masked tokens, retrieved positions) of
+    the whole global batch (pretraining_totals), so the means are over it whatever the process count and
+    --grad-accum (batch_mean). Returns (mlm, retrieval), scalar tensors."""
+    rt = rt or current()
+    N = model.config.num_instances
+    B, S = input_ids.shape
+    x, keys = _encode_for_demux(model, input_ids, attention_mask)  # [G, S', H], [N, K]
+    G = x.shape[0]
+    targets = labels.view(G, N, S)
+    masked = targets != -100  # [G, N, S]
+    which = masked.nonzero()  # [P, 3]: group, instance, position of every masked token
+    features = model.demux.instance_features(keys[which[:, 1]], x[which[:, 0], which[:, 2]])  # [P, Hd]
+    logits = head(features, model.embeddings.word.weight)  # [P, V]
+    mlm = batch_mean(F.cross_entropy(logits.float(), targets[masked], reduction="sum"), totals[0], micro_steps, rt)
+    retrieval = _retrieval_from(model, x, keys, input_ids, attention_mask, choice, rt, totals[1], micro_steps)
+    return mlm, retrieval
+
+
+def pretraining_totals(labels, attention_mask, choice, num_instances: int) -> tuple[int, int]:
+    """(masked tokens, real positions retrieval predicts) of a global batch: labels, attention_mask [B, S], choice
+    [B / N, S] -- the counts pretraining_losses divides by."""
+    B, S = attention_mask.shape
+    real = attention_mask.view(B // num_instances, num_instances, S).gather(1, choice[:, None].to(attention_mask.device))
+    return int((labels != -100).sum()), int(real.sum())

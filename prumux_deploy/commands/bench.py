@@ -77,7 +77,11 @@ _RENDER_OPTIONS = {"saved_json", "csv_path", "json_path", "plot_path", "accuracy
 @click.option("--quick", is_flag=True, help="One-minute smoke run: a small base shape and a 2x2 grid.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="cuda: PyTorch and the baseline on the GPU, ONNX Runtime on its CUDA provider (IO binding), the "
-                   "paper's batch of 128*N by default.")
+                   "paper's batch of 128*N by default; fp32 matmuls without TF32 unless --tf32, onnxruntime-int8 "
+                   "left out (CPU kernels), peak MiB from PyTorch's GPU allocator (not measured for ONNX Runtime).")
+@click.option("--tf32", is_flag=True,
+              help="--device cuda: run every row's fp32 matmuls (PyTorch, the baseline, ONNX Runtime's use_tf32) in "
+                   "TF32; recorded in the result.")
 @click.option("--protocol", type=click.Choice(["ours", "paper"]), default=None,
               help="Batch protocol: ours (batches of 32*N rows, the baseline 32; the CPU default) or paper (128*N, "
                    "the baseline 128: the paper's batch; the GPU default). -b overrides both.")
@@ -107,7 +111,7 @@ _RENDER_OPTIONS = {"saved_json", "csv_path", "json_path", "plot_path", "accuracy
                    "to plot it with --accuracy later). The options that choose what to time do not apply.")
 @force_option("--csv, --json and --plot files that exist")
 def bench(instances, sparsities, backends, peers, checkpoints, structure, groups_per_batch, seq, repeats, seed, quick, device,
-          protocol, latency, data, task, gemm, csv_path, json_path, plot_path, accuracy_csv, accuracy_backend,
+          tf32, protocol, latency, data, task, gemm, csv_path, json_path, plot_path, accuracy_csv, accuracy_backend,
           saved_json, force):
     """Throughput of PruMUX structures vs a dense BERT-base baseline, measured side by side in one run.
 
@@ -145,7 +149,7 @@ def bench(instances, sparsities, backends, peers, checkpoints, structure, groups
     cfg = BenchConfig.from_options(quick=quick, protocol=protocol, device=device, structure=structure, seed=seed,
                                    checkpoints=[str(c) for c in checkpoints], data=data, task=task, gemm=gemm,
                                    instances=instances, sparsities=sparsities, backends=list(backends),
-                                   groups_per_batch=groups_per_batch, seq=seq, repeats=repeats)
+                                   groups_per_batch=groups_per_batch, seq=seq, repeats=repeats, tf32=tf32)
     if accuracies and accuracy_backend not in cfg.backends:
         raise PruMuxError(f"--accuracy-backend {accuracy_backend} is not timed in this run; add --backend "
                           f"{accuracy_backend} or choose one of {', '.join(cfg.backends)}")

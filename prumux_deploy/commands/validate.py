@@ -43,6 +43,10 @@ from ..partners import DEFAULT_DRAWS
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="Where the PyTorch reference and the engine run: cuda uses ONNX Runtime's CUDA provider "
                    "(onnxruntime-gpu) or TensorRT, with inputs staged on the GPU for timing.")
+@click.option("--tf32", is_flag=True,
+              help="--device cuda: run fp32 MatMuls of both sides in TF32 (PyTorch's cuBLAS matmuls, ONNX Runtime's "
+                   "use_tf32; a TensorRT engine must be exported with --tf32) and compare with the TF32 tolerance "
+                   "(5e-2). Without it both sides run full fp32; the report says which arithmetic each side used.")
 @click.option("--batch-size", type=COUNT, default=None,
               help="Rows per batch (default 32*N; throughput on cuda defaults to 128*N).")
 @click.option("--no-truncate", is_flag=True, help="Refuse inputs longer than the engine's maximum length "
@@ -58,7 +62,7 @@ from ..partners import DEFAULT_DRAWS
                    f"--partners {DEFAULT_DRAWS} when --partners is not given.")
 def validate(engine_dir, checkpoint, task, data, data_config, text_column, text_pair_column, label_column, labels,
              split, limit, report, force, min_accuracy, max_accuracy_drop, min_agreement, max_logit_error,
-             throughput, min_speedup, device, batch_size, no_truncate, skip_bad_rows, partners, partner_seed,
+             throughput, min_speedup, device, tf32, batch_size, no_truncate, skip_bad_rows, partners, partner_seed,
              max_flip_rate):
     """Check ENGINE_DIR against its PyTorch checkpoint on task data; exit 1 if any threshold fails.
 
@@ -72,7 +76,7 @@ def validate(engine_dir, checkpoint, task, data, data_config, text_column, text_
         raise PruMuxError("--labels applies where a model is made (init, train); validate reads the checkpoint's")
     if report:
         check_file_target(report, force)  # refuse before minutes of validation
-    thresholds = Thresholds.for_engine(engine_dir, min_accuracy=min_accuracy, max_accuracy_drop=max_accuracy_drop,
+    thresholds = Thresholds.for_engine(engine_dir, tf32=tf32, min_accuracy=min_accuracy, max_accuracy_drop=max_accuracy_drop,
                                        min_agreement=min_agreement, max_logit_error=max_logit_error,
                                        min_speedup=min_speedup, max_flip_rate=max_flip_rate)
     result = run_validation(engine_dir, checkpoint, task, data, split=split, limit=limit,
@@ -80,7 +84,7 @@ def validate(engine_dir, checkpoint, task, data, data_config, text_column, text_
                             truncate=not no_truncate, skip_bad_rows=skip_bad_rows,
                             warn=lambda msg: click.echo(msg, err=True), device=device, data_config=data_config,
                             columns={"text": text_column, "text_pair": text_pair_column, "label": label_column},
-                            partners=partners, partner_seed=partner_seed)
+                            partners=partners, partner_seed=partner_seed, tf32=tf32)
     click.echo(format_report(result))
     if report:
         write_report(result, report, force)
