@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .engine import Engine
+from .engine_dir import Engine
 from .errors import EngineError
 
 INFERENCE_PRECISION = {"fp32": "f32", "bf16": "bf16"}

@@ -1,0 +1,168 @@
+"""Engine directories and the one interface every runtime implements.
+
+    OUT/model.onnx      the graph (ids -> logits, mux and demux inside), or OUT/model.plan (TensorRT)
+    OUT/manifest.json   what the engine is: inputs/outputs, N, labels, structure, sha256, parity, runtime, versions
+    OUT/vocab.txt ...   the tokenizer, when the checkpoint had one
+
+`Engine` checks inputs and turns feeds into logits; each runtime is one module that subclasses it
+(runtime_onnxruntime.py, runtime_openvino.py, runtime_tensorrt.py), and engine.load_engine picks one from
+the manifest. Adding a runtime is one module and one registry entry.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .documents import read_versioned_json, sha256_file
+from .errors import EngineError
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "prumux-engine"
+MANIFEST_VERSION = 1
+
+
+def read_manifest(engine_dir) -> dict:
+    engine_dir = Path(engine_dir)
+    file = engine_dir / MANIFEST
+    if not engine_dir.is_dir():
+        raise EngineError(f"{engine_dir}: not a directory; pass the directory `prumux-deploy export` wrote")
+    if not file.is_file():
+        raise EngineError(f"{file}: missing; is {engine_dir} an engine directory from `prumux-deploy export`?")
+    manifest = read_versioned_json(file, None, EngineError, what="a prumux engine manifest", kind=MANIFEST_FORMAT,
+                                   version=MANIFEST_VERSION, version_key="format_version",
+                                   fix_kind="re-export the engine", fix_version="re-export with this prumux-deploy",
+                                   fix_json="re-export the engine")
+    for key in ("engine", "inputs", "outputs", "num_instances", "labels", "max_seq_length"):
+        if key not in manifest:
+            raise EngineError(f"{file}: field {key!r} is missing; re-export the engine")
+    return manifest
+
+
+def runtime_of(manifest: dict) -> str:
+    """The runtime an engine directory is built for: its manifest's runtime name (onnxruntime before 0.3)."""
+    if manifest["engine"].get("kind") == "tensorrt":
+        return "tensorrt"
+    return (manifest.get("runtime") or {}).get("name", "onnxruntime")
+
+
+def verify_engine_file(engine_dir, manifest) -> Path:
+    """The engine file exists and its sha256 is the one the manifest recorded (no truncation, no swap)."""
+    entry = manifest["engine"]
+    path = Path(engine_dir) / entry.get("file", "")
+    if not path.is_file():
+        raise EngineError(f"{path}: missing; the engine directory is incomplete, re-export it")
+    digest = sha256_file(path)
+    if digest != entry.get("sha256"):
+        raise EngineError(f"{path}: sha256 {digest[:12]}... does not match manifest.json "
+                          f"({str(entry.get('sha256'))[:12]}...); the file was edited, truncated or swapped. "
+                          "Re-export the engine")
+    return path
+
+
+class Engine:
+    """What every engine kind shares: the verified manifest, input checks, feeds -> logits."""
+
+    input_names: list[str]
+
+    def __init__(self, engine_dir):
+        self.dir = Path(engine_dir)
+        self.manifest = read_manifest(self.dir)
+        self.path = verify_engine_file(self.dir, self.manifest)
+
+    # --- what the engine is --------------------------------------------------------------------
+    @property
+    def num_instances(self) -> int:
+        return int(self.manifest["num_instances"])
+
+    @property
+    def labels(self) -> list[str]:
+        return [self.manifest["labels"][str(i)] for i in range(len(self.manifest["labels"]))]
+
+    @property
+    def max_seq_length(self) -> int:
+        return int(self.manifest["max_seq_length"])
+
+    @property
+    def max_position_embeddings(self) -> int:
+        return int(self.manifest.get("max_position_embeddings", self.max_seq_length))
+
+    @property
+    def uses_token_types(self) -> bool:
+        return "token_type_ids" in self.input_names
+
+    # --- running -------------------------------------------------------------------------------
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None) -> np.ndarray:
+        input_ids = np.asarray(input_ids, dtype=np.int64)
+        if input_ids.ndim != 2:
+            raise EngineError(f"input_ids must be [batch, sequence], got shape {list(input_ids.shape)}")
+        fixed = self.manifest.get("fixed_length")
+        if fixed and input_ids.shape[1] > fixed:
+            raise EngineError(f"sequence length {input_ids.shape[1]} exceeds {fixed}, the fixed length this engine "
+                              f"attends over (an imported upstream model); truncate the input to {fixed} tokens")
+        if input_ids.shape[1] > self.max_position_embeddings:
+            raise EngineError(f"sequence length {input_ids.shape[1]} exceeds the engine's position table "
+                              f"({self.max_position_embeddings}); truncate the input")
+        feeds = {"input_ids": input_ids,
+                 "attention_mask": np.ones_like(input_ids) if attention_mask is None
+                 else np.asarray(attention_mask, dtype=np.int64)}
+        if self.uses_token_types:
+            feeds["token_type_ids"] = (np.zeros_like(input_ids) if token_type_ids is None
+                                       else np.asarray(token_type_ids, dtype=np.int64))
+        for name, value in feeds.items():
+            if value.shape != input_ids.shape:
+                raise EngineError(f"{name} has shape {list(value.shape)}, input_ids {list(input_ids.shape)}")
+        self._check_ids(input_ids, "input_ids", self.vocab_size, "the model's vocabulary")
+        if "token_type_ids" in feeds:
+            self._check_ids(feeds["token_type_ids"], "token_type_ids", self.type_vocab_size, "its token types")
+        return self._run(feeds)
+
+    @staticmethod
+    def _check_ids(ids: np.ndarray, name: str, size: int, what: str):
+        """Ids outside [0, size) would read past an embedding table (or wrap around, for negative ids)."""
+        bad = (ids < 0) | (ids >= size)
+        if bad.any():
+            row, pos = (int(i) for i in np.argwhere(bad)[0])
+            raise EngineError(f"{name} holds {int(ids[row, pos])} at row {row}, position {pos}; ids must lie in "
+                              f"[0, {size}) ({what}). Tokenize with the engine's own tokenizer")
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.manifest.get("vocab_size") or self._config()["vocab_size"])
+
+    @property
+    def type_vocab_size(self) -> int:
+        return int(self.manifest.get("type_vocab_size") or self._config()["type_vocab_size"])
+
+    def _config(self) -> dict:
+        """The compact model's config.json beside the engine (manifests before 0.2 lack the vocabulary sizes)."""
+        import json
+
+        try:
+            return json.loads((self.dir / "config.json").read_text())
+        except (OSError, ValueError):
+            raise EngineError(f"{self.dir}: manifest.json lacks vocab_size and config.json is unreadable; "
+                              "re-export the engine") from None
+
+    def run_feeds(self, feeds: dict) -> np.ndarray:
+        return self(**{k: v for k, v in feeds.items() if k in ("input_ids", "attention_mask", "token_type_ids")})
+
+    def timed_runner(self, feeds: dict):
+        """A zero-argument function that runs the engine once on `feeds` and returns when the work is done:
+        what throughput timing calls. GPU engines stage the inputs on the device first, so no host copy
+        falls inside the timed region."""
+        feeds = {k: v for k, v in feeds.items() if k in self.input_names}
+        return lambda: self._run(feeds)
+
+    def _run(self, feeds: dict) -> np.ndarray:
+        raise NotImplementedError
+
+    @property
+    def arithmetic(self) -> str:
+        """What the engine computes in, for reports (validate and bench say it for each side they compare)."""
+        return f"{self.manifest.get('precision', 'fp32')} graph, {runtime_of(self.manifest)}"
+
+    @property
+    def uses_tf32(self) -> bool:
+        return False
