@@ -260,19 +260,33 @@ def _reader_options(suffix: str) -> dict:
     return {"delimiter": "\t", "quoting": 3} if suffix == ".tsv" else {}
 
 
-def open_split(data, split: str, data_config: str | None = None, limit: int | None = None):
-    """(datasets.Dataset, source name) of one split, through `datasets` (see the module docstring)."""
+def _quiet_datasets():
     import datasets
 
-    path = Path(data)
     datasets.logging.set_verbosity_error()
     datasets.disable_progress_bars()
+
+
+def _saved_split(path: Path, split: str):
+    """The `split` of a `datasets` save_to_disk directory (a Dataset, or a DatasetDict's split), or None when
+    `path` is not one."""
+    import datasets
+
+    if not (path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file())):
+        return None
+    loaded = datasets.load_from_disk(str(path))
+    if isinstance(loaded, datasets.DatasetDict):
+        loaded = loaded[_pick_split(loaded.keys(), split, str(path))]
+    return loaded
+
+
+def open_split(data, split: str, data_config: str | None = None, limit: int | None = None):
+    """(datasets.Dataset, source name) of one split, through `datasets` (see the module docstring)."""
+    path = Path(data)
+    _quiet_datasets()
     try:
-        if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
-            loaded = datasets.load_from_disk(str(path))
-            if isinstance(loaded, datasets.DatasetDict):
-                loaded = loaded[_pick_split(loaded.keys(), split, str(path))]
-            ds, source = loaded, str(path)
+        if (saved := _saved_split(path, split)) is not None:
+            ds, source = saved, str(path)
         elif path.is_dir():
             files = _data_files(path)
             if not files:
@@ -442,14 +456,10 @@ def open_corpus(source, split: str = "train", config: str | None = None):
     import datasets
 
     path = Path(source)
-    datasets.logging.set_verbosity_error()
-    datasets.disable_progress_bars()
+    _quiet_datasets()
     try:
-        if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
-            loaded = datasets.load_from_disk(str(path))
-            if isinstance(loaded, datasets.DatasetDict):
-                loaded = loaded[_pick_split(loaded.keys(), split, str(path))]
-            return loaded.to_iterable_dataset(), str(path)
+        if (saved := _saved_split(path, split)) is not None:
+            return saved.to_iterable_dataset(), str(path)
         if path.is_dir() or path.is_file():
             files, fmt = _corpus_files(path, split)
             return datasets.load_dataset(fmt, data_files=files, split="train", streaming=True,
