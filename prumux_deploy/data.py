@@ -469,8 +469,9 @@ def open_corpus(source, split: str = "train", config: str | None = None):
     except DataError:
         raise
     except Exception as e:  # noqa: BLE001 - pyarrow / datasets parse errors: one line naming the source
-        raise DataError(f"{source}: cannot be read as a corpus ({type(e).__name__}: "
-                        f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}); check its format") from None
+        first_line = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise DataError(f"{source}: cannot be read as a corpus ({type(e).__name__}: {first_line}); check its "
+                        "format") from None
     raise DataError(f"{source}: no such file or directory; `corpus` takes {CORPUS_FORMS}")
 
 
@@ -512,7 +513,8 @@ def _stream_hub(name: str, config: str | None, split: str):
         raise DataError(f"hub dataset {name}{f' ({config})' if config else ''} cannot be streamed or read from the "
                         f"local cache ({cache}) here ({type(e).__name__}: "
                         f"{str(e).strip().splitlines()[0][:120] if str(e).strip() else ''}); without network save it "
-                        "elsewhere with save_to_disk or as .parquet/.jsonl/.txt files and pass those to `corpus`") from None
+                        "elsewhere with save_to_disk or as .parquet/.jsonl/.txt files and pass those to "
+                        "`corpus`") from None
 
 
 # --- tokenizer files -----------------------------------------------------------------------------

@@ -268,7 +268,8 @@ def _save_forms(tmp_path, texts):
     datasets.Dataset.from_dict({"body": texts}).save_to_disk(str(tmp_path / "saved"))
     forms["saved"] = tmp_path / "saved"
     datasets.DatasetDict({"train": datasets.Dataset.from_dict({"body": texts}),
-                          "test": datasets.Dataset.from_dict({"body": ["held out"]})}).save_to_disk(str(tmp_path / "dd"))
+                          "test": datasets.Dataset.from_dict({"body": ["held out"]})}
+                         ).save_to_disk(str(tmp_path / "dd"))
     forms["dict"] = tmp_path / "dd"
     return forms
 
@@ -311,8 +312,8 @@ def test_unusable_corpora_are_one_line(tmp_path, bert_dir, monkeypatch):
         return run_cli(*pretrain_cli(tmp_path / "out", corpus, "--base", bert_dir, "--steps", 2, *extra))
 
     (tmp_path / "c.jsonl").write_text('{"body": "good film"}\n')
-    refused(pre(tmp_path / "c.jsonl"), 2,
-            f"{tmp_path / 'c.jsonl'}: no column 'text' (columns: body); name the one holding the text with --text-column")
+    refused(pre(tmp_path / "c.jsonl"), 2, f"{tmp_path / 'c.jsonl'}: no column 'text' (columns: body); name the one "
+                                          "holding the text with --text-column")
     pq.write_table(pa.table({"body": ["a"]}), tmp_path / "c.parquet")
     refused(pre(tmp_path / "c.parquet", "--text-column", "sentence"), 2, "no column 'sentence' (columns: body)")
     (tmp_path / "blank.txt").write_text("\n  \n\n")

@@ -54,7 +54,8 @@ class CorpusStream:
 
     def __init__(self, args: CorpusArgs, tokenizer, batch_size: int, max_len: int, rt: Runtime):
         if max_len < 3:
-            raise DataError(f"`max_seq_length` {max_len} leaves no room for text between [CLS] and [SEP]; use 3 or more")
+            raise DataError(f"`max_seq_length` {max_len} leaves no room for text between [CLS] and [SEP]; use 3 or "
+                            "more")
         self.args, self.tokenizer, self.rt = args, tokenizer, rt
         self.batch_size, self.max_len = batch_size, max_len
         self.cls_id, self.sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id

@@ -222,5 +222,6 @@ def pretraining_totals(labels, attention_mask, choice, num_instances: int) -> tu
     """(masked tokens, real positions retrieval predicts) of a global batch: labels, attention_mask [B, S], choice
     [B / N, S] -- the counts pretraining_losses divides by."""
     B, S = attention_mask.shape
-    real = attention_mask.view(B // num_instances, num_instances, S).gather(1, choice[:, None].to(attention_mask.device))
+    choice = choice[:, None].to(attention_mask.device)
+    real = attention_mask.view(B // num_instances, num_instances, S).gather(1, choice)
     return int((labels != -100).sum()), int(real.sum())

@@ -163,7 +163,8 @@ def _runtime_options(fn):
 @click.option("--line-by-line", is_flag=True,
               help="One text per row ([CLS] text [SEP], truncated), for sentence-per-line corpora. Default: texts "
                    "concatenated and cut into full rows of --max-seq-length (upstream's packing).")
-@click.option("--base", default=None, help="BERT directory or 'minilm' for a new model [default: minilm, unless --init].")
+@click.option("--base", default=None,
+              help="BERT directory or 'minilm' for a new model [default: minilm, unless --init].")
 @click.option("--init", "init", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Checkpoint to start from instead: a `train warmup` output (the usual start) or an earlier "
                    "`train pretrain` output (its MLM head too).")
