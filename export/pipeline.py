@@ -160,11 +160,11 @@ def export_checkpoint(checkpoint, out, fmt: str = "onnx", opset: int = DEFAULT_O
 
             manifest["runtime"] = runtime_entry(precision)
         write_manifest(tmp, manifest)
-        if runtime == "auto":
-            manifest["runtime"] = choose_runtime(tmp, manifest, masked, max_len, tolerance, out, log)
-            write_manifest(tmp, manifest)
         log(f"checking parity of the {fmt} engine against the PyTorch model ({'masked' if masked.masks else 'no masks'})")
-        manifest["parity"] = check_parity(tmp, masked, max_len, tolerance, out, trt_profile)
+        if runtime == "auto":  # every candidate's parity is checked there; the chosen one's is the engine's
+            manifest["runtime"], manifest["parity"] = choose_runtime(tmp, masked, max_len, tolerance, out, log)
+        else:
+            manifest["parity"] = check_parity(tmp, masked, max_len, tolerance, out, trt_profile)
         write_manifest(tmp, manifest)
         (tmp / "config.json").write_text(dumps(config_dict(model), indent=2) + "\n")
         # one label per line, in class order: what C++ and Triton consumers read without a JSON parser
@@ -231,10 +231,11 @@ def _check_runtime(runtime: str, fmt: str, precision: str) -> str:
     return runtime
 
 
-def choose_runtime(engine_dir: Path, manifest: dict, reference, max_len: int, tolerance: float, out, log) -> dict:
+def choose_runtime(engine_dir: Path, reference, max_len: int, tolerance: float, out, log) -> tuple[dict, dict]:
     """`runtime` auto: check each runtime's parity on the written engine and time it at batch 32*N x sequence
     min(128, max_len) (median of repeats, prumux_deploy/timing.py); the fastest that passes is kept. Returns
-    the manifest's runtime entry with choice = {runtime: samples/s, ..., chosen, reason}."""
+    the manifest's runtime entry (with choice = {runtime: samples/s, ..., chosen, reason}) and the chosen
+    runtime's parity record (check_parity's)."""
     import numpy as np
 
     from prumux_deploy.engine import load_engine
@@ -248,10 +249,10 @@ def choose_runtime(engine_dir: Path, manifest: dict, reference, max_len: int, to
              "attention_mask": np.ones((batch, seq), dtype=np.int64)}
     if cfg.uses_token_types:
         feeds["token_type_ids"] = np.zeros((batch, seq), dtype=np.int64)
-    measured = {}
+    measured, parities = {}, {}
     for runtime in ("onnxruntime", "openvino"):
-        check_parity(engine_dir, reference, max_len, tolerance, out, runtime=runtime)
         engine = load_engine(engine_dir, runtime=runtime)
+        parities[runtime] = check_parity(engine_dir, reference, max_len, tolerance, out, engine=engine)
         measured[runtime] = throughput(engine.timed_runner(feeds), batch, warmup=2, repeats=5)["samples_per_s"]
     chosen = max(measured, key=measured.get)
     other = min(measured, key=measured.get)
@@ -261,17 +262,17 @@ def choose_runtime(engine_dir: Path, manifest: dict, reference, max_len: int, to
     entry = runtime_entry("fp32") if chosen == "openvino" else {"name": "onnxruntime"}
     entry["choice"] = {"samples_per_s": measured, "batch": batch, "sequence": seq, "chosen": chosen,
                        "reason": f"fastest of the runtimes whose parity holds ({ratio:.2f}x {other})"}
-    return entry
+    return entry, parities[chosen]
 
 
 def check_parity(engine_dir: Path, reference, max_len: int, tolerance: float, out, profile=None,
-                 runtime: str | None = None) -> dict:
-    """Run the engine as users will (load_engine, with the manifest's runtime or `runtime`) on generated
-    inputs; refuse it past the tolerance. A TensorRT `profile` bounds the batches and lengths tried to the
-    ones the engine was built for."""
+                 engine=None) -> dict:
+    """Run the engine as users will (load_engine, with the manifest's runtime; or `engine`, already loaded)
+    on generated inputs; refuse it past the tolerance. A TensorRT `profile` bounds the batches and lengths
+    tried to the ones the engine was built for."""
     from prumux_deploy.engine import load_engine
 
-    engine = load_engine(engine_dir, runtime=runtime)
+    engine = engine or load_engine(engine_dir)
     bounds = {} if profile is None else dict(min_batch=profile.min_batch, max_batch=profile.max_batch,
                                              min_len=profile.min_seq)
     cases, batches, lengths = parity_inputs(reference.config, max_len, **bounds)
