@@ -31,7 +31,7 @@ from .atomic import atomic_file, write_file
 from .checkpoint import create_model, load_checkpoint
 from .compare import compare_logits
 from .counts import bert_flops_per_sample, prumux_flops_per_sample
-from .devices import device_info, resolve_device, synchronize, torch_arithmetic, torch_tf32
+from .devices import check_tf32, device_info, resolve_device, synchronize, tf32_scope, torch_arithmetic
 from .documents import dumps
 from .errors import PruMuxError
 from .generate import cofi_like_structure, masks_for_structure
@@ -210,7 +210,7 @@ def _inputs(rows: int, seq: int, vocab: int, seed: int):
 
 def _torch_arithmetic(cfg: BenchConfig):
     """The TF32 state cfg asks of PyTorch's fp32 matmuls on a GPU, explicitly (nothing on the CPU)."""
-    return torch_tf32(cfg.tf32) if cfg.device == "cuda" else contextlib.nullcontext()
+    return tf32_scope(torch.device(cfg.device), cfg.tf32)
 
 
 def _time_torch(model, ids, mask, cfg: BenchConfig):
@@ -268,30 +268,33 @@ def _ort_graphs(model: PruMuxModel, cfg: BenchConfig, backends, tmp: Path) -> di
 
 
 def _time_openvino(path: Path, precision: str, model: PruMuxModel, ids, mask, cfg: BenchConfig):
-    """OpenVINO on the optimized graph at `precision` (fp32, or bf16 where the CPU has it), with the same
-    parity spot check as ONNX Runtime's rows."""
-    from .runtime_openvino import INFERENCE_PRECISION, check_bf16, require_openvino
+    """OpenVINO on the optimized graph at `precision` (fp32, or bf16 where the CPU has it; both checked in
+    run_bench before any timing), with the same parity spot check as ONNX Runtime's rows."""
+    from .runtime_openvino import INFERENCE_PRECISION, compile_cpu
 
-    ov = require_openvino()
-    if precision == "bf16":
-        check_bf16()
-    core = ov.Core()
-    compiled = core.compile_model(core.read_model(str(path)), "CPU",
-                                  {"INFERENCE_PRECISION_HINT": INFERENCE_PRECISION[precision]})
+    compiled = compile_cpu(path, INFERENCE_PRECISION[precision])
     request = compiled.create_infer_request()
-    names = [p.get_any_name() for p in compiled.inputs]
-    feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
-    rows = 2 * model.config.num_instances
-    with torch.no_grad():
-        device = next(model.parameters()).device
-        want = model(ids[:rows].to(device), mask[:rows].to(device)).float().cpu().numpy()
-    got = np.array(request.infer({n: feeds[n][:rows] for n in names})[compiled.output(0)])
-    error = compare_logits(got, want).max_abs_error
-    timed = {n: feeds[n] for n in names}
+    given = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
+    feeds = {name: given[name] for name in (port.get_any_name() for port in compiled.inputs)}
+
+    def run_rows(rows):
+        return np.array(request.infer({n: v[:rows] for n, v in feeds.items()})[compiled.output(0)])
+
+    error = _spot_check(model, ids, mask, cfg, run_rows)
     with PeakRSS() as mem:
-        result = throughput(lambda: request.infer(timed), ids.shape[0], cfg.warmup, cfg.repeats, cfg.min_seconds)
+        result = throughput(lambda: request.infer(feeds), ids.shape[0], cfg.warmup, cfg.repeats, cfg.min_seconds)
     result["max_abs_logit_error"] = error
     return result, mem.mib
+
+
+def _spot_check(model: PruMuxModel, ids, mask, cfg: BenchConfig, run_rows) -> float:
+    """Max |logit error| of a backend against the PyTorch model on the first 2N timed rows: run_rows(rows) ->
+    the backend's logits of ids[:rows] (a parity spot check on the inputs a row times)."""
+    rows = 2 * model.config.num_instances
+    with torch.no_grad(), _torch_arithmetic(cfg):
+        device = next(model.parameters()).device
+        want = model(ids[:rows].to(device), mask[:rows].to(device)).float().cpu().numpy()
+    return compare_logits(run_rows(rows), want).max_abs_error
 
 
 def _time_ort(path: Path, model: PruMuxModel, ids, mask, cfg: BenchConfig, precision: str = "fp32"):
@@ -300,16 +303,12 @@ def _time_ort(path: Path, model: PruMuxModel, ids, mask, cfg: BenchConfig, preci
     the PyTorch model. Peak memory: host RSS on the CPU, not measured on a GPU (None)."""
     from .engine import ort_arithmetic, ort_providers, ort_session, ort_timed_runner
 
-    providers = ort_providers(cfg.device, cfg.tf32)
+    providers = ort_providers(torch.device(cfg.device).type, cfg.tf32)
     session = ort_session(path, providers)
     feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
-    rows = 2 * model.config.num_instances  # a parity spot check on the timed inputs
-    with torch.no_grad(), _torch_arithmetic(cfg):
-        device = next(model.parameters()).device
-        want = model(ids[:rows].to(device), mask[:rows].to(device)).float().cpu().numpy()
-    got = session.run(["logits"], {k: v[:rows] for k, v in feeds.items()})[0]
-    error = compare_logits(got, want).max_abs_error
-    meter = contextlib.nullcontext() if cfg.device == "cuda" else PeakRSS()
+    error = _spot_check(model, ids, mask, cfg,
+                        lambda rows: session.run(["logits"], {k: v[:rows] for k, v in feeds.items()})[0])
+    meter = contextlib.nullcontext() if torch.device(cfg.device).type == "cuda" else PeakRSS()
     with meter as mem:
         result = throughput(ort_timed_runner(session, feeds), ids.shape[0], cfg.warmup, cfg.repeats,
                             cfg.min_seconds)
@@ -382,12 +381,20 @@ def _structures(cfg: BenchConfig):
 
 
 def check_config(cfg: BenchConfig) -> None:
-    """Refuse what a run could only measure wrongly, before any work: TF32 on the CPU (there is none), and
-    int8 rows on a GPU (dynamic quantization's DynamicQuantizeMatMul / QAttention are CPU kernels, so a
-    "cuda" row would time the CPU)."""
-    on_gpu = cfg.device == "cuda" or cfg.device.startswith("cuda:")
-    if cfg.tf32 and not on_gpu:
-        raise PruMuxError("`tf32` applies to `device` cuda (TF32 is a GPU arithmetic); drop it on the CPU")
+    """Refuse what a run could only measure wrongly or not at all, before any work: TF32 on the CPU (there is
+    none), OpenVINO rows on a GPU or without OpenVINO (bf16 without a bf16 CPU), and int8 rows on a GPU
+    (dynamic quantization's DynamicQuantizeMatMul / QAttention are CPU kernels, so a "cuda" row would time
+    the CPU)."""
+    on_gpu = torch.device(cfg.device).type == "cuda"
+    check_tf32(torch.device(cfg.device), cfg.tf32)
+    if on_gpu and set(cfg.backends) & set(OPENVINO_BACKENDS):
+        raise PruMuxError("the openvino backends run on the CPU; leave them out with --device cuda")
+    if set(cfg.backends) & set(OPENVINO_BACKENDS):
+        from .runtime_openvino import check_bf16, require_openvino
+
+        require_openvino()
+        if "openvino-bf16" in cfg.backends:
+            check_bf16()
     if on_gpu and set(cfg.backends) & set(CPU_ONLY_BACKENDS):
         raise PruMuxError("onnxruntime-int8 is dynamic quantization for CPUs (its DynamicQuantizeMatMul / QAttention "
                           "ops have CPU kernels only), so on `device` cuda its row would time the CPU; leave it out "
@@ -408,18 +415,10 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
     PyTorch uses every core while it runs; the thread count is restored afterwards."""
     check_config(cfg)
     device = resolve_device(cfg.device)
-    if device.type == "cuda" and set(cfg.backends) & set(OPENVINO_BACKENDS):
-        raise PruMuxError("the openvino backends run on the CPU; leave them out with --device cuda")
-    if set(cfg.backends) & set(OPENVINO_BACKENDS):  # refuse before minutes of work
-        from .runtime_openvino import check_bf16, require_openvino
-
-        require_openvino()
-        if "openvino-bf16" in cfg.backends:
-            check_bf16()
     if device.type == "cuda" and set(cfg.backends) & set(ORT_BACKENDS):
         from .engine import ort_providers
 
-        ort_providers("cuda")  # refuse before minutes of work when onnxruntime-gpu is missing
+        ort_providers(device.type)  # refuse before minutes of work when onnxruntime-gpu is missing
     items = list(_structures(cfg))
     bar = tqdm(total=len(items) * len(cfg.backends) + 1, desc="bench", unit="run", disable=not progress,
                file=sys.stderr)

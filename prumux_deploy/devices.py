@@ -55,6 +55,17 @@ def torch_tf32(enabled: bool):
         setattr(matmul, name, before)
 
 
+def tf32_scope(device: torch.device, enabled: bool):
+    """torch_tf32(enabled) on a CUDA device; nothing on the CPU (it has no TF32)."""
+    return torch_tf32(enabled) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def check_tf32(device: torch.device, tf32: bool) -> None:
+    """TF32 is a GPU arithmetic: asking for it on the CPU is refused (PruMuxError, one line)."""
+    if tf32 and device.type != "cuda":
+        raise PruMuxError("`tf32` applies to `device` cuda (TF32 is a GPU arithmetic); drop it on the CPU")
+
+
 def torch_tf32_enabled() -> bool:
     """Whether PyTorch's fp32 CUDA matmuls run in TF32 right now."""
     matmul = torch.backends.cuda.matmul

@@ -69,31 +69,43 @@ def runtime_entry(precision: str) -> dict:
             "inference_precision": INFERENCE_PRECISION[precision]}
 
 
+def compile_cpu(path, hint: str, threads: int | None = None):
+    """OpenVINO's compiled model of the ONNX file `path` for the CPU at inference precision `hint` ("f32" or
+    "bf16", which needs cpu_has_bf16). Raises EngineError when OpenVINO is missing, the CPU has no bf16, or
+    OpenVINO cannot read the graph."""
+    ov = require_openvino()
+    if hint == "bf16":
+        check_bf16()
+    config = {"INFERENCE_PRECISION_HINT": hint}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    try:
+        core = ov.Core()
+        return core.compile_model(core.read_model(str(path)), "CPU", config)
+    except Exception as e:  # OpenVINO raises RuntimeError with a long message for graphs it cannot read
+        raise EngineError(f"{path}: OpenVINO cannot compile it ({str(e).splitlines()[0][:200]})") from None
+
+
 class OpenVINOEngine(Engine):
     """An exported ONNX engine compiled by OpenVINO for the CPU, at the manifest's inference precision (or
     `precision`: fp32 or bf16). One infer request; calls from several threads take turns."""
 
     def __init__(self, engine_dir, precision: str | None = None, threads: int | None = None):
-        ov = require_openvino()
+        require_openvino()  # before the directory checks: the one line a missing extra needs
         super().__init__(engine_dir)
         entry = self.manifest.get("runtime") or {}
         hint = INFERENCE_PRECISION.get(precision) if precision else entry.get("inference_precision", "f32")
         if hint is None:
             raise EngineError(f"OpenVINO runs fp32 or bf16 engines, not {precision!r}")
-        if hint == "bf16":
-            check_bf16()
-        config = {"INFERENCE_PRECISION_HINT": hint}
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = threads
-        try:
-            core = ov.Core()
-            self.compiled = core.compile_model(core.read_model(str(self.path)), "CPU", config)
-        except Exception as e:  # OpenVINO raises RuntimeError with a long message for graphs it cannot read
-            raise EngineError(f"{self.path}: OpenVINO cannot compile it ({str(e).splitlines()[0][:200]})") from None
+        self.compiled = compile_cpu(self.path, hint, threads)
         self.inference_precision = hint
         self.input_names = [port.get_any_name() for port in self.compiled.inputs]
         self._request = self.compiled.create_infer_request()
         self._lock = threading.Lock()
+
+    @property
+    def arithmetic(self) -> str:
+        return f"{self.manifest.get('precision', 'fp32')} graph, OpenVINO CPU at {self.inference_precision}"
 
     def _run(self, feeds):
         if feeds["input_ids"].shape[0] == 0:

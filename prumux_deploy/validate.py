@@ -12,7 +12,6 @@ report says which arithmetic each side used ("arithmetic").
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from dataclasses import asdict, dataclass
 
@@ -23,7 +22,7 @@ from tqdm import tqdm
 from .atomic import write_file
 from .checkpoint import load_checkpoint
 from .data import check_lengths, load_examples, load_tokenizer, resolve_task, tokenize
-from .devices import device_info, resolve_device, synchronize, torch_arithmetic, torch_tf32
+from .devices import check_tf32, device_info, resolve_device, synchronize, tf32_scope, torch_arithmetic
 from .compare import TOLERANCES, compare_logits, tolerance_for
 from .documents import dumps
 from .engine import load_engine
@@ -96,14 +95,13 @@ def run_validation(engine_dir, checkpoint, task_name: str | None, data_dir, spli
     Raises PruMuxError (one line) for unusable inputs; threshold failures are in the report (`passed`), not
     exceptions."""
     dev = resolve_device(device)
-    if tf32 and dev.type != "cuda":
-        raise PruMuxError("`tf32` applies to `device` cuda (TF32 is a GPU arithmetic); drop it on the CPU")
+    check_tf32(dev, tf32)
     engine = load_engine(engine_dir, device=dev.type, tf32=tf32)
     if dev.type == "cuda" and engine.uses_tf32 != tf32:
         raise PruMuxError(_tf32_mismatch(engine))
     model = load_checkpoint(checkpoint).to(dev)
     def arithmetic():  # the PyTorch side's TF32 as asked, around every PyTorch call on the GPU
-        return torch_tf32(tf32) if dev.type == "cuda" else contextlib.nullcontext()
+        return tf32_scope(dev, tf32)
     cfg = model.config
     columns = columns or {}
     task = resolve_task(task_name, columns.get("text"), columns.get("text_pair"), columns.get("label"), config=cfg)
