@@ -59,6 +59,7 @@ class TensorRTEngine(Engine):
         # the profile as the plan holds it: [min, opt, max] shapes of profile 0
         low, _, high = self.engine.get_tensor_profile_shape(self.input_names[0], 0)
         self.min_batch, self.max_batch = int(low[0]), int(high[0])
+        self.profile_shapes = (tuple(int(d) for d in low), tuple(int(d) for d in high))  # [batch, sequence]
         self._stream = self._cuda.stream()
         self._bound = None  # who set the context's shapes and addresses last (a timed runner, or None)
         self._lock = threading.Lock()  # one execution context: calls from several threads take turns
@@ -122,7 +123,8 @@ class TensorRTEngine(Engine):
             shape = tuple(int(d) for d in staged[name].shape)
             if not self.context.set_input_shape(name, shape):
                 raise EngineError(f"{self.path}: TensorRT refused input {name} of shape {list(shape)}; it lies outside "
-                                  f"the engine's optimization profile {self.manifest['tensorrt']['profile']}")
+                                  f"the engine's optimization profile (from {list(self.profile_shapes[0])} to "
+                                  f"{list(self.profile_shapes[1])})")
             self._set_address(name, staged[name])
         if out is None:
             shape = tuple(int(d) for d in self.context.get_tensor_shape("logits"))
