@@ -34,6 +34,7 @@ class TrainArgs:
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     max_seq_length: int = 64
+    max_seq_length_given: bool = True  # False: the default, shrunk to fit a smaller position table (stages)
     eval_every: int = 200
     save_every: int = 100
     seed: int = 0

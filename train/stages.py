@@ -119,7 +119,7 @@ def _fit_length(args: TrainArgs, positions: int, source):
     smaller table (args.max_seq_length_given, set by the command line, tells which it is)."""
     if args.max_seq_length <= positions:
         return
-    if getattr(args, "max_seq_length_given", True):
+    if args.max_seq_length_given:
         raise PruMuxError(f"`max_seq_length` {args.max_seq_length} exceeds {source}'s position table "
                           f"({positions} positions); use at most {positions}")
     args.max_seq_length = positions
@@ -358,6 +358,7 @@ def _pretrain_start_model(source, args: TrainArgs, device):
     if _is_checkpoint(source):
         model = _start_model(source, args, device)  # args.task is None: the checkpoint keeps its own
     else:
+        _fit_length(args, _base_positions(source), source)
         model = create_model(source, num_instances=args.instances, seed=args.seed, task=None,
                              max_seq_length=args.max_seq_length, demux_kind=args.demux or "key_cls").to(device)
         model.set_dropout(args.dropout)

@@ -70,10 +70,19 @@ def _args(kw):
               "max_eval_samples", "max_seq_length", "eval_every", "save_every", "seed", "train_split", "eval_split",
               "device", "precision", "grad_accum", "data_config", "text_column", "text_pair_column",
               "label_column", "labels")
-    args = TrainArgs(**{k: kw.pop(k) for k in fields}, demux=kw.pop("demux", None))
-    # a default length shrinks to fit a model with a smaller position table; a given one is checked against it
-    args.max_seq_length_given = (click.get_current_context().get_parameter_source("max_seq_length")
-                                 is not click.core.ParameterSource.DEFAULT)
+    return _checked(TrainArgs(**{k: kw.pop(k) for k in fields}, demux=kw.pop("demux", None),
+                              max_seq_length_given=_given("max_seq_length")))
+
+
+def _given(parameter: str) -> bool:
+    """The user gave this option (not its default): a default length shrinks to fit a model with a smaller
+    position table, a given one is checked against it (train/stages.py _fit_length)."""
+    source = click.get_current_context().get_parameter_source(parameter)
+    return source is not click.core.ParameterSource.DEFAULT
+
+
+def _checked(args):
+    """What every stage's arguments must satisfy before any work."""
     if args.batch_size < args.instances:
         raise PruMuxError(f"--batch-size {args.batch_size} is smaller than N={args.instances}")
     return args
@@ -197,10 +206,8 @@ def pretrain_cmd(out, corpus, text_column, split, corpus_config, line_by_line, b
 
     if base is not None and init is not None:
         raise PruMuxError("give `base` (a BERT for a new model) or `init` (a checkpoint), not both")
-    args = TrainArgs(task=None, data=None, instances=instances, epochs=0.0, lr=lr, demux=demux,
-                     max_seq_length=max_seq_length, **kw)
-    if args.batch_size < instances:
-        raise PruMuxError(f"`batch_size` {args.batch_size} is smaller than N={instances}")
+    args = _checked(TrainArgs(task=None, data=None, instances=instances, epochs=0.0, lr=lr, demux=demux,
+                              max_seq_length=max_seq_length, max_seq_length_given=_given("max_seq_length"), **kw))
     source = init if init is not None else resolve_base(base or "minilm")
     pretrain(source, out, args,
              CorpusArgs(corpus=corpus, text_column=text_column, split=split, config=corpus_config,
