@@ -260,6 +260,18 @@ def _reader_options(suffix: str) -> dict:
     return {"delimiter": "\t", "quoting": 3} if suffix == ".tsv" else {}
 
 
+def _is_hub_name(data) -> bool:
+    """owner/name, not a path: what `data` and `corpus` read from the Hugging Face hub."""
+    text = str(data)
+    return "/" in text and not text.startswith((".", "/")) and not Path(text).suffix
+
+
+def _first_line(error: Exception, width: int) -> str:
+    """The first line of a library's error message, at most `width` characters ('' for none)."""
+    text = str(error).strip()
+    return text.splitlines()[0][:width] if text else ""
+
+
 def _quiet_datasets():
     import datasets
 
@@ -296,7 +308,7 @@ def open_split(data, split: str, data_config: str | None = None, limit: int | No
             ds, source = _load_file(Path(files[name])), files[name]
         elif path.is_file():
             ds, source = _load_file(path), str(path)
-        elif "/" in str(data) and not str(data).startswith((".", "/")) and not path.suffix:
+        elif _is_hub_name(data):
             ds, source = _load_hub(str(data), data_config, split, limit), f"{data}" + (f" ({data_config})" if data_config else "")
         else:
             raise DataError(f"{data}: no such file or directory; `data` takes a GLUE TSV directory, a save_to_disk "
@@ -307,7 +319,7 @@ def open_split(data, split: str, data_config: str | None = None, limit: int | No
         if "corresponds to no data" in str(e):  # a header and no rows
             raise DataError(f"{data}: no usable rows; the split is empty") from None
         raise DataError(f"{data}: cannot be read as a dataset ({type(e).__name__}: "
-                        f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}); check its format") from None
+                        f"{_first_line(e, 200)}); check its format") from None
     if limit is not None and len(ds) > limit:
         ds = ds.select(range(limit))
     return ds, source
@@ -341,7 +353,7 @@ def _load_hub(name: str, config: str | None, split: str, limit: int | None):
     except Exception as e:  # noqa: BLE001 - connection errors, missing configs, offline mode
         cache = datasets.config.HF_DATASETS_CACHE
         raise DataError(f"hub dataset {name}{f' ({config})' if config else ''} cannot be loaded here "
-                        f"({type(e).__name__}: {str(e).strip().splitlines()[0][:120] if str(e).strip() else ''}); "
+                        f"({type(e).__name__}: {_first_line(e, 120)}); "
                         f"without network only a copy in the local cache ({cache}) works. Elsewhere, save it "
                         "with save_to_disk or to .parquet/.jsonl/.csv files and pass those to `data`") from None
 
@@ -464,13 +476,12 @@ def open_corpus(source, split: str = "train", config: str | None = None):
             files, fmt = _corpus_files(path, split)
             return datasets.load_dataset(fmt, data_files=files, split="train", streaming=True,
                                          **_reader_options(Path(files[0]).suffix.lower())), str(path)
-        if "/" in str(source) and not str(source).startswith((".", "/")) and not path.suffix:
+        if _is_hub_name(source):
             return _stream_hub(str(source), config, split), str(source) + (f" ({config})" if config else "")
     except DataError:
         raise
     except Exception as e:  # noqa: BLE001 - pyarrow / datasets parse errors: one line naming the source
-        first_line = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-        raise DataError(f"{source}: cannot be read as a corpus ({type(e).__name__}: {first_line}); check its "
+        raise DataError(f"{source}: cannot be read as a corpus ({type(e).__name__}: {_first_line(e, 200)}); check its "
                         "format") from None
     raise DataError(f"{source}: no such file or directory; `corpus` takes {CORPUS_FORMS}")
 
@@ -512,7 +523,7 @@ def _stream_hub(name: str, config: str | None, split: str):
         cache = datasets.config.HF_DATASETS_CACHE
         raise DataError(f"hub dataset {name}{f' ({config})' if config else ''} cannot be streamed or read from the "
                         f"local cache ({cache}) here ({type(e).__name__}: "
-                        f"{str(e).strip().splitlines()[0][:120] if str(e).strip() else ''}); without network save it "
+                        f"{_first_line(e, 120)}); without network save it "
                         "elsewhere with save_to_disk or as .parquet/.jsonl/.txt files and pass those to "
                         "`corpus`") from None
 

@@ -74,28 +74,27 @@ class CorpusStream:
     # --- reading ---------------------------------------------------------------------------------
     def _check_has_text(self):
         """Read until the first text, so a wrong column or an empty corpus stops the run before training."""
-        first = self._next_text(stop_at_epoch_end=True)
-        if first is None:
-            raise DataError(f"{self.source}: holds no text (every row is empty); give a corpus with text in "
-                            f"column {self.args.text_column!r}")
-        self.dataset.load_state_dict(self._start_state)
-        self._iterator = iter(self.dataset)
+        self._next_text()
+        self._rewind()
         self.texts_in_epoch = 0
 
-    def _next_text(self, stop_at_epoch_end: bool = False) -> str | None:
+    def _rewind(self):
+        """Back to the corpus's first row (a new epoch, or after the check above)."""
+        self.dataset.load_state_dict(self._start_state)
+        self._iterator = iter(self.dataset)
+
+    def _next_text(self) -> str:
         """The next non-empty text; at the end of the corpus the next epoch starts from its beginning."""
         column = self.args.text_column
         while True:
             try:
                 row = next(self._iterator)
             except StopIteration:
-                if stop_at_epoch_end:
-                    return None
                 if self.texts_in_epoch == 0:
-                    raise DataError(f"{self.source}: holds no text (every row is empty)") from None
+                    raise DataError(f"{self.source}: holds no text (every row is empty); give a corpus with text "
+                                    f"in column {column!r}") from None
                 self.epoch, self.texts_in_epoch = self.epoch + 1, 0
-                self.dataset.load_state_dict(self._start_state)
-                self._iterator = iter(self.dataset)
+                self._rewind()
                 continue
             if column not in row:
                 raise DataError(f"{self.source}: no column {column!r} (columns: {', '.join(row)}); name the one "

@@ -82,8 +82,8 @@ def _retrieval_from(model, x, keys, input_ids, attention_mask, choice=None, rt=N
     if choice is None:
         choice = torch.randint(0, N, (G, S))
     choice = choice.to(input_ids.device)
-    ids = input_ids.view(G, N, S).gather(1, choice[:, None]).squeeze(1)  # [G, S]
-    real = attention_mask.view(G, N, S).gather(1, choice[:, None]).squeeze(1).bool()
+    ids = chosen_instance(input_ids, choice, N)  # [G, S]
+    real = chosen_instance(attention_mask, choice, N).bool()
     features = model.demux.instance_features(keys[choice][real], x[:, :S][real])  # [P, Hd]
     logits = features @ model.embeddings.word.weight.T  # [P, V], decoder tied to the embeddings
     local_sum = F.cross_entropy(logits.float(), ids[real], reduction="sum")
@@ -221,7 +221,12 @@ def pretraining_losses(model, head: MLMHead, input_ids, attention_mask, labels, 
 def pretraining_totals(labels, attention_mask, choice, num_instances: int) -> tuple[int, int]:
     """(masked tokens, real positions retrieval predicts) of a global batch: labels, attention_mask [B, S], choice
     [B / N, S] -- the counts pretraining_losses divides by."""
-    B, S = attention_mask.shape
-    choice = choice[:, None].to(attention_mask.device)
-    real = attention_mask.view(B // num_instances, num_instances, S).gather(1, choice)
+    real = chosen_instance(attention_mask, choice.to(attention_mask.device), num_instances)
     return int((labels != -100).sum()), int(real.sum())
+
+
+def chosen_instance(values, choice, num_instances: int):
+    """values [B, S] (rows k*N..k*N+N-1 are mux group k) -> [B / N, S]: at each position of group k, the value
+    of the instance choice[k, position] picks (the token retrieval predicts there)."""
+    B, S = values.shape
+    return values.view(B // num_instances, num_instances, S).gather(1, choice[:, None]).squeeze(1)
