@@ -1,7 +1,7 @@
 """`prumux-deploy triton`: an engine directory -> a Triton Inference Server model repository.
 
-    REPO/NAME/config.pbtxt          platform onnxruntime_onnx (or tensorrt_plan; backend openvino for an engine
-                                    export chose OpenVINO for), batch dim implicit
+    REPO/NAME/config.pbtxt          platform onnxruntime_onnx (or tensorrt_plan; backend openvino for a bf16
+                                    engine), batch dim implicit
     REPO/NAME/1/model.onnx          the engine file, byte for byte (sha256 checked before and after copying)
     REPO/NAME/manifest.json         the engine's manifest, for provenance
     REPO/NAME/labels.txt            class names in label-id order (Triton's classification extension)
@@ -161,11 +161,10 @@ def model_config(manifest: dict, name: str, max_batch_size: int, copies: int, de
     config = {"name": name, "platform": platform, "max_batch_size": max_batch_size,
               "input": [_tensor(i, "input") for i in manifest["inputs"]], "output": outputs,
               "instance_group": [{"count": copies, "kind": Enum(DEVICES[device])}]}
-    if runtime_of(manifest) == "openvino" and device == "cpu":
-        # the engine export chose OpenVINO for this CPU: Triton's OpenVINO backend reads the same model.onnx
+    if openvino_backend(manifest, device):
         del config["platform"]
-        config.update({"backend": "openvino", "default_model_filename": file_name, "parameters": Map({
-            "INFERENCE_PRECISION_HINT": {"string_value": manifest["runtime"].get("inference_precision", "f32")}})})
+        config.update({"backend": "openvino", "default_model_filename": file_name,
+                       "parameters": Map({"HINT_BF16": {"string_value": "YES"}})})
     if dynamic_batching:
         config["dynamic_batching"] = {
             "preferred_batch_size": preferred_batch_sizes(int(manifest["num_instances"]), max_batch_size),
@@ -174,6 +173,16 @@ def model_config(manifest: dict, name: str, max_batch_size: int, copies: int, de
         config["optimization"] = {"execution_accelerators": {"gpu_execution_accelerator": [
             {"name": "tensorrt", "parameters": Map({"precision_mode": ort_tensorrt_precision(manifest)})}]}}
     return config
+
+
+def openvino_backend(manifest: dict, device: str) -> bool:
+    """Whether Triton's OpenVINO backend serves the engine: bf16 engines on CPU instances (its HINT_BF16
+    parameter). Its config parameters are INFERENCE_NUM_THREADS, COMPILATION_NUM_THREADS, HINT_BF16,
+    NUM_STREAMS and PERFORMANCE_HINT only (openvino_backend README), so it cannot hold OpenVINO to f32: on a
+    CPU with bf16 it would run an fp32 engine in bf16, unvalidated. fp32 engines, OpenVINO's included (the same
+    model.onnx), are served by ONNX Runtime, whose parity export checked too."""
+    return (device == "cpu" and runtime_of(manifest) == "openvino"
+            and (manifest.get("runtime") or {}).get("inference_precision") == "bf16")
 
 
 def ort_tensorrt_precision(manifest: dict) -> str:

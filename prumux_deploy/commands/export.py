@@ -108,20 +108,22 @@ def triton(engine_dir, repo, name, max_batch_size, copies, dynamic_batching, dev
     """Write a Triton model repository entry REPO/NAME for the engine in ENGINE_DIR.
 
     \b
-    REPO/NAME/config.pbtxt    onnxruntime_onnx (or tensorrt_plan); shapes without the batch axis
-    REPO/NAME/1/model.onnx    the engine file (its sha256 is checked against manifest.json first)
-    REPO/NAME/manifest.json   the engine's manifest, for provenance
-
-    With --isolation request (the default) REPO/NAME is a Python-backend front that keeps each request in
-    mux groups of its own and calls the engine, REPO/NAME_engine; clients call NAME either way.
+    --isolation request (the default):
+    REPO/NAME/config.pbtxt           Python backend: keeps each request in mux groups of its own
+    REPO/NAME/1/model.py, isolation.py   the front, which calls the engine model below
+    REPO/NAME_engine/config.pbtxt    onnxruntime_onnx (tensorrt_plan; openvino backend for bf16 engines)
+    REPO/NAME_engine/1/model.onnx    the engine file (its sha256 is checked against manifest.json first)
+    REPO/NAME_engine/manifest.json   the engine's manifest, for provenance
+    --isolation shared: the engine model itself is REPO/NAME. Clients call NAME either way.
 
     The engine multiplexes N rows per pass, so the maximum and preferred batch sizes are multiples of N.
     Other models in REPO are left alone; serve it with `tritonserver --model-repository REPO`.
     """
     from ..atomic import check_writable
-    from ..engine import read_manifest, runtime_of
+    from ..engine import read_manifest
     from ..export.triton import (ENGINE_SUFFIX, ENSEMBLE_SUFFIX, PLATFORMS, TOKENIZER_SUFFIX, default_device,
-                                 default_max_batch_size, server_options, write_triton_repository)
+                                 default_max_batch_size, openvino_backend, server_options,
+                                 write_triton_repository)
 
     check_writable(repo / name)  # an unwritable REPO is refused before the engine is read and hashed
     path = write_triton_repository(engine_dir, repo, name, max_batch_size=max_batch_size, copies=copies,
@@ -133,7 +135,7 @@ def triton(engine_dir, repo, name, max_batch_size, copies, dynamic_batching, dev
     if isolation == "request":
         click.echo(f"wrote {path} (request isolation front, Python backend) in front of "
                    f"{repo / (name + ENGINE_SUFFIX)}:")
-    served_by = ("openvino backend" if runtime_of(manifest) == "openvino" and (device or default_device(kind)) == "cpu"
+    served_by = ("openvino backend, bf16" if openvino_backend(manifest, device or default_device(kind))
                  else PLATFORMS[kind][0])
     click.echo(f"wrote {repo / (name + ENGINE_SUFFIX) if isolation == 'request' else path} ({served_by}, "
                f"N={n}, max_batch_size "
