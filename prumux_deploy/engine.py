@@ -15,6 +15,7 @@ import numpy as np
 from .engine_dir import (MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, Engine, read_manifest, runtime_of, sha256_file,
                          verify_engine_file)
 from .errors import EngineError
+from .isolation import run_isolated
 from .runtime_onnxruntime import (GPU_INSTALL_HINT, OnnxEngine, check_providers, ort_arithmetic, ort_providers,
                                   ort_session, ort_tf32, ort_timed_runner, provider_names)
 from .runtime_tensorrt import TensorRTEngine, profile_chunks
@@ -61,6 +62,23 @@ def load_engine(engine_dir, device: str = "cpu", runtime: str | None = None, tf3
     return OnnxEngine(engine_dir, **kwargs)
 
 
+def _each_alone(engine: Engine, feeds: dict) -> np.ndarray:
+    """Every row as a request of its own, exactly as classifying it alone: its mux group filled with copies
+    of itself (isolation.run_isolated), at its own length (the right padding a lone call would not have is cut;
+    a runtime's rounding may depend on the padded length, OpenVINO's does). Rows of one length run together.
+    feeds {name: [B, S]} -> logits [B, C]."""
+    lengths = feeds["attention_mask"].sum(1)
+    logits = None
+    for length in np.unique(lengths):
+        rows = np.flatnonzero(lengths == length)
+        part = {name: value[rows, :length] for name, value in feeds.items()}
+        out = run_isolated(engine.run_feeds, part, [1] * len(rows), engine.num_instances, "request")
+        if logits is None:
+            logits = np.empty((len(lengths), out.shape[1]), dtype=out.dtype)
+        logits[rows] = out
+    return logits if logits is not None else engine.run_feeds(feeds)
+
+
 @dataclass
 class Predictions:
     """What `classify` returns for B texts."""
@@ -91,7 +109,7 @@ def classify(engine: Engine, texts: list[str], second: list[str] | None = None, 
     from scipy.special import softmax
 
     from .data import check_lengths, load_tokenizer, tokenize
-    from .isolation import MODES, run_isolated
+    from .isolation import MODES
 
     if isolation not in MODES:
         raise EngineError(f"isolation {isolation!r} is not one of {', '.join(MODES)}")
@@ -107,7 +125,10 @@ def classify(engine: Engine, texts: list[str], second: list[str] | None = None, 
     check_lengths(tokenizer, texts, second, engine.max_seq_length, truncate, warn or (lambda msg: None))
     feeds = tokenize(tokenizer, texts, second, max_length=engine.max_seq_length,
                      uses_token_types=engine.uses_token_types)
-    logits = run_isolated(engine.run_feeds, feeds, [1] * len(texts), engine.num_instances, isolation)  # [B, C]
+    if isolation == "shared":
+        logits = engine.run_feeds(feeds)  # [B, C]
+    else:
+        logits = _each_alone(engine, feeds)
     bad = np.flatnonzero(~np.isfinite(logits).all(1))
     if bad.size:
         raise EngineError(f"the engine computed NaN or Inf logits for {bad.size} of {len(texts)} texts (first: "
