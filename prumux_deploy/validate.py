@@ -303,7 +303,8 @@ def format_report(report: dict) -> str:
                   f"{t['end_to_end_fixed_samples_per_s']:.1f}/s padded to {t['sequence']}"]
     if "partners" in report:
         p = report["partners"]
-        auc = "n/a (N=1)" if p["leakage_auc"] is None else f"{p['leakage_auc']:.3f} (0.5: none)"
+        auc = (f"{p['leakage_auc']:.3f} (0.5: none)" if p["leakage_auc"] is not None
+               else "n/a (N=1)" if p["num_instances"] == 1 else "n/a (the partners' labels hold one class)")
         lines += ["", f"  partner sensitivity ({p['draws']} random partner draws, seed {p['seed']}, and each row "
                       f"alone): {p['partner_flip_rate'] * 100:.2f}% of rows change label with the partner, "
                       f"{p['lone_flip_rate'] * 100:.2f}% differ from their lone answer",

@@ -199,6 +199,12 @@ def test_validate_partners_and_the_flip_rate_gate(partner_dependent, n1_engine, 
                      "--max-flip-rate", 0)  # implies --partners 8
     assert strict.exit_code == 1 and "partner flip rate" in strict.output and "FAIL" in strict.output
 
+    refused(run_cli("validate", engine_dir, "--checkpoint", masked_checkpoint, "--data", sst2_dir, "--partners", 0,
+                    "--max-flip-rate", 0.1), 2, "--max-flip-rate gates partner draws, and --partners 0 asks for none")
+    one_class = run_cli("validate", engine_dir, "--checkpoint", masked_checkpoint, "--data", sst2_dir, "--limit", 1,
+                        "--partners", 2)
+    assert "AUC n/a (the partners' labels hold one class)" in one_class.output, one_class.output
+
     alone = run_cli("validate", n1_engine / "engine", "--checkpoint", n1_engine / "ckpt", "--data", sst2_dir,
                     "--max-flip-rate", 0, "--report", tmp_path / "n1.json")
     assert alone.exit_code == 0, alone.output

@@ -107,18 +107,41 @@ def test_bench_times_openvino_beside_onnx_runtime(masked_checkpoint, tmp_path):
     assert set(rows) == {"onnxruntime-opt", "openvino"}
     assert rows["openvino"]["max_abs_logit_error"] < 1e-4 and rows["openvino"]["samples_per_s"] > 0
     refused(run_cli("bench", "--peers", "--backend", "torch"), 2, "--peers chooses the backends itself")
+    refused(run_cli("bench", "--peers", "--latency"), 2, "--peers compares throughput; drop --latency")
+    refused(run_cli("bench", "--peers", "--device", "cuda"), 2, "--peers compares the CPU runtimes")
 
 
-def test_triton_serves_an_openvino_engine_with_the_openvino_backend(ov_engine, tmp_path):
+def test_triton_serves_bf16_engines_with_the_openvino_backend_and_fp32_ones_with_onnx_runtime(
+        ov_engine, masked_checkpoint, tmp_path):
+    """Triton's OpenVINO backend reads HINT_BF16 but no f32 setting (it would run an fp32 engine in bf16
+    on a bf16 CPU), so only bf16 engines go to it."""
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2 as mc
 
     from prumux_deploy.export.triton import write_triton_repository
 
-    path = write_triton_repository(ov_engine, tmp_path / "repo", "m", isolation="shared")
-    config = text_format.Parse((path / "config.pbtxt").read_text(), mc.ModelConfig())
-    assert config.backend == "openvino" and not config.platform and config.default_model_filename == "model.onnx"
-    assert config.parameters["INFERENCE_PRECISION_HINT"].string_value == "f32"
-    assert (path / "1" / "model.onnx").is_file()
-    gpu = write_triton_repository(ov_engine, tmp_path / "gpu", "m", isolation="shared", device="gpu")
-    assert text_format.Parse((gpu / "config.pbtxt").read_text(), mc.ModelConfig()).platform == "onnxruntime_onnx"
+    def config(engine, repo, **kw):
+        path = write_triton_repository(engine, tmp_path / repo, "m", isolation="shared", **kw)
+        return path, text_format.Parse((path / "config.pbtxt").read_text(), mc.ModelConfig())
+
+    path, fp32 = config(ov_engine, "fp32")
+    assert fp32.platform == "onnxruntime_onnx" and not fp32.backend and (path / "1" / "model.onnx").is_file()
+    if not runtime_openvino.cpu_has_bf16():
+        pytest.skip("no bf16 engine can be exported on this CPU")
+    assert run_cli("export", masked_checkpoint, tmp_path / "b", "--precision", "bf16").exit_code == 0
+    path, bf16 = config(tmp_path / "b", "bf16")
+    assert bf16.backend == "openvino" and not bf16.platform and bf16.default_model_filename == "model.onnx"
+    assert {k: v.string_value for k, v in bf16.parameters.items()} == {"HINT_BF16": "YES"}
+    _, gpu = config(tmp_path / "b", "gpu", device="gpu")
+    assert gpu.platform == "onnxruntime_onnx"
+
+
+def test_request_isolation_is_the_lone_answer_on_openvino_too(ov_engine):
+    """OpenVINO's rounding depends on the padded length: each text runs at its own length."""
+    engine = load_engine(ov_engine)
+    texts = ["good", "a gorgeous , witty film that goes on", "dull and tedious"]
+    from prumux_deploy.engine import classify
+
+    together = classify(engine, texts, isolation="request").probabilities
+    for text, row in zip(texts, together):
+        assert np.array_equal(row, classify(engine, [text]).probabilities[0]), text

@@ -136,6 +136,10 @@ def bench(instances, sparsities, backends, peers, checkpoints, structure, groups
         return
     if peers and backends:
         raise PruMuxError("--peers chooses the backends itself; drop --backend")
+    if peers and latency:
+        raise PruMuxError("--peers compares throughput; drop --latency (or time latency without --peers)")
+    if peers and device != "cpu":
+        raise PruMuxError("--peers compares the CPU runtimes (OpenVINO among them); use --device cpu")
     if peers:
         from ..bench import PEER_BACKENDS
         from ..runtime_openvino import cpu_has_bf16, require_openvino

@@ -74,6 +74,10 @@ def validate(engine_dir, checkpoint, task, data, data_config, text_column, text_
 
     if labels is not None:
         raise PruMuxError("--labels applies where a model is made (init, train); validate reads the checkpoint's")
+    if max_flip_rate is not None and partners == 0 and click.get_current_context().get_parameter_source(
+            "partners") is not click.core.ParameterSource.DEFAULT:
+        raise PruMuxError("--max-flip-rate gates partner draws, and --partners 0 asks for none; give --partners K "
+                          f"(K >= 1) or leave it out for {DEFAULT_DRAWS}")
     if report:
         check_file_target(report, force)  # refuse before minutes of validation
     thresholds = Thresholds.for_engine(engine_dir, tf32=tf32, min_accuracy=min_accuracy, max_accuracy_drop=max_accuracy_drop,
