@@ -85,8 +85,9 @@ def export_checkpoint(checkpoint, out, fmt: str = "onnx", opset: int = DEFAULT_O
         raise PruMuxError(f"`fmt` {fmt} is not supported; use onnx or tensorrt")
     if precision not in PRECISIONS:
         raise PruMuxError(f"`precision` {precision} is not supported; use fp32, fp16, int8 or bf16")
-    if data is not None and precision != "int8":
-        raise PruMuxError("`data` is for `precision` int8 (calibration rows, and the accuracy the int8 choice keeps)")
+    if data is not None and precision not in ("int8", "bf16"):
+        raise PruMuxError("`data` is for `precision` int8 (calibration rows, and the accuracy the int8 choice keeps) "
+                          "or bf16 (the accuracy it must keep)")
     if optimize is None:  # ONNX Runtime engines are optimized unless asked not to; TensorRT fuses by itself
         optimize = fmt == "onnx"
     if fmt == "tensorrt" and (optimize or precision == "int8"):
@@ -99,7 +100,7 @@ def export_checkpoint(checkpoint, out, fmt: str = "onnx", opset: int = DEFAULT_O
     if fmt != "tensorrt" and not trt_opts.is_default:
         raise PruMuxError("the batch/sequence profile, `timing_cache` and `version_compatible` apply to TensorRT "
                           "engines only (`fmt` tensorrt)")
-    runtime = _check_runtime(runtime, fmt, precision)
+    runtime = _check_runtime(runtime, fmt, precision, data is not None)
     tolerance = tolerance_for(precision, trt_opts.tf32).max_logit_error if tolerance is None else tolerance
     check_target(out, force)  # refuse before spending minutes on the export
     masked = load_checkpoint(checkpoint)
@@ -134,16 +135,17 @@ def export_checkpoint(checkpoint, out, fmt: str = "onnx", opset: int = DEFAULT_O
         log(f"exporting ONNX (opset {opset}, inputs {', '.join(cfg.input_names)}, dynamic batch and sequence)")
         export_onnx(model, onnx_file, opset=opset, max_seq_length=max_len)
         engine_file, extra = onnx_file, {"precision": precision, "optimized": False}
-        if fmt == "onnx" and (optimize or precision != "fp32"):
-            choice = None
-            if precision == "int8" and data is not None:
-                from functools import partial
+        rows = None
+        if data is not None:
+            from .quantize import TaskRows
 
-                from .quantize import choose_int8
-
-                choice = partial(choose_int8, cfg=model.config, tokenizer_dir=masked.tokenizer_dir, data=data,
-                                 max_len=max_len, log=log, data_config=data_config)
-            extra.update(_optimize(onnx_file, precision, log, choice))
+            rows = TaskRows(model.config, masked.tokenizer_dir, data, max_len, data_config,
+                            calibration=precision == "int8")
+        if precision == "int8" and rows is not None:
+            extra.update(_int8_from_data(onnx_file, rows, runtime, optimize, log))
+            runtime = extra["quantization"]["runtime"]  # what the choice measured is what runs it
+        elif fmt == "onnx" and (optimize or precision != "fp32"):
+            extra.update(_optimize(onnx_file, precision, log))
         elif fmt == "tensorrt" and precision == "fp16":
             from .optimize import convert_fp16
 
@@ -159,9 +161,13 @@ def export_checkpoint(checkpoint, out, fmt: str = "onnx", opset: int = DEFAULT_O
             from prumux_deploy.runtime_openvino import runtime_entry
 
             manifest["runtime"] = runtime_entry(precision)
+        if precision == "bf16" and rows is not None:
+            from .quantize import check_bf16_accuracy
+
+            manifest["validation"] = check_bf16_accuracy(onnx_file, rows, out, log)
         write_manifest(tmp, manifest)
         log(f"checking parity of the {fmt} engine against the PyTorch model ({'masked' if masked.masks else 'no masks'})")
-        if runtime == "auto":  # every candidate's parity is checked there; the chosen one's is the engine's
+        if runtime == "auto":  # fp32: every candidate's parity is checked there; the chosen one's is the engine's
             manifest["runtime"], manifest["parity"] = choose_runtime(tmp, masked, max_len, tolerance, out, log)
         else:
             manifest["parity"] = check_parity(tmp, masked, max_len, tolerance, out, trt_profile)
@@ -175,11 +181,10 @@ def export_checkpoint(checkpoint, out, fmt: str = "onnx", opset: int = DEFAULT_O
     return manifest
 
 
-def _optimize(onnx_file: Path, precision: str, log, int8_choice=None) -> dict:
-    """Run ONNX Runtime's transformer optimizer in place, then convert to fp16 or quantize to int8.
-    int8_choice: a function (fp32 graph, destination) -> manifest entry that picks dynamic or static int8
-    on task data (export/quantize.py); without it, dynamic. Returns the manifest entries: fused-op counts
-    (so users see which fusions fired), quantized ops, and the int8 method."""
+def _optimize(onnx_file: Path, precision: str, log) -> dict:
+    """Run ONNX Runtime's transformer optimizer in place, then convert to fp16 or quantize to int8 (dynamic:
+    no task data to calibrate on). Returns the manifest entries: fused-op counts (so users see which fusions
+    fired), quantized ops, and the int8 method."""
     from .optimize import convert_fp16, optimize_onnx, quantize_int8
 
     log("optimizing with ONNX Runtime's transformer optimizer")
@@ -190,9 +195,6 @@ def _optimize(onnx_file: Path, precision: str, log, int8_choice=None) -> dict:
     if precision == "fp16":
         log("converting to fp16 (every normalisation and its gamma/beta kept in fp32, int64 inputs and fp32 logits kept)")
         convert_fp16(onnx_file, onnx_file)
-    elif precision == "int8" and int8_choice is not None:
-        entries["quantization"] = int8_choice(onnx_file, onnx_file)
-        entries["quantized_ops"] = entries["quantization"].pop("quantized_ops")
     elif precision == "int8":
         log("quantizing weights to int8 (dynamic quantization, per channel; task data would also try static)")
         entries["quantized_ops"] = quantize_int8(onnx_file, onnx_file)
@@ -200,13 +202,43 @@ def _optimize(onnx_file: Path, precision: str, log, int8_choice=None) -> dict:
     return entries
 
 
+def _int8_from_data(onnx_file: Path, rows, runtime: str, optimize: bool, log) -> dict:
+    """int8 with task data (export/quantize.py): ONNX Runtime's dynamic and static candidates on the
+    optimized graph (`runtime` onnxruntime or auto), OpenVINO's NNCF candidate on the plain one (openvino or
+    auto); the chosen graph replaces `onnx_file`. Returns the manifest entries; quantization.runtime says
+    which runtime the chosen engine is for."""
+    import shutil
+
+    from .optimize import optimize_onnx
+    from .quantize import choose_int8
+
+    runtimes = ("onnxruntime", "openvino") if runtime == "auto" else (runtime,)
+    plain, optimized, fused = onnx_file.with_name("plain.onnx"), None, None
+    shutil.copyfile(onnx_file, plain)
+    if "onnxruntime" in runtimes:
+        log("optimizing with ONNX Runtime's transformer optimizer")
+        optimized = onnx_file.with_name("optimized.onnx")
+        fused = optimize_onnx(plain, optimized)
+    try:
+        quantization = choose_int8(plain, optimized, onnx_file, rows=rows, runtimes=runtimes, log=log)
+    finally:
+        for path in (plain, optimized):
+            if path is not None:
+                path.unlink(missing_ok=True)
+    entries = {"quantization": quantization, "quantized_ops": quantization.pop("quantized_ops")}
+    if quantization["runtime"] == "onnxruntime":
+        entries.update(optimized=True, optimized_for="cpu", fused_ops=fused)
+    return entries
+
+
 def write_manifest(engine_dir: Path, manifest: dict):
     (engine_dir / MANIFEST).write_text(dumps(manifest, indent=2) + "\n")
 
 
-def _check_runtime(runtime: str, fmt: str, precision: str) -> str:
-    """The runtime asked for, checked against the format and precision before any work; "auto" with bf16
-    is OpenVINO's (the only runtime with bf16 on the CPU), with fp16 or int8 ONNX Runtime's."""
+def _check_runtime(runtime: str, fmt: str, precision: str, with_data: bool = False) -> str:
+    """The runtime asked for, checked against the format, precision and data before any work. bf16 is
+    OpenVINO's (the only runtime with bf16 on the CPU), fp16 ONNX Runtime's; int8 is either's, OpenVINO's
+    only with task data (NNCF calibrates on it), so "auto" with int8 chooses by measurement only then."""
     from prumux_deploy.runtime_openvino import available, check_bf16, require_openvino
 
     if runtime not in ("onnxruntime", "openvino", "auto"):
@@ -221,14 +253,36 @@ def _check_runtime(runtime: str, fmt: str, precision: str) -> str:
         require_openvino()
         check_bf16()
         return "openvino"
-    if runtime == "openvino" and precision != "fp32":
-        raise PruMuxError(f"`runtime` openvino runs fp32 and bf16 engines here; {precision} engines run in "
-                          "ONNX Runtime (`runtime` onnxruntime)")
+    if runtime == "openvino" and precision == "fp16":
+        raise PruMuxError("`runtime` openvino runs fp32, bf16 and int8 engines here; fp16 engines are for GPUs and "
+                          "run in ONNX Runtime (`runtime` onnxruntime)")
+    if runtime == "openvino" and precision == "int8" and not with_data:
+        raise PruMuxError("OpenVINO's int8 is NNCF's post-training quantization, calibrated on task rows: give "
+                          "`data` (or use `runtime` onnxruntime for dynamic int8)")
     if runtime == "openvino":
         require_openvino()
-    if runtime == "auto" and (precision != "fp32" or not available()):
+        if precision == "int8":
+            require_nncf()
+    if runtime == "auto" and (precision == "fp16" or not available() or
+                              (precision == "int8" and not (with_data and nncf_available()))):
         return "onnxruntime"  # nothing to choose between
     return runtime
+
+
+def require_nncf():
+    try:
+        import nncf  # noqa: F401
+    except ImportError:
+        raise PruMuxError("OpenVINO's int8 needs NNCF, which is not installed: pip install 'prumux-deploy[openvino]'"
+                          " (or use `runtime` onnxruntime)") from None
+
+
+def nncf_available() -> bool:
+    try:
+        require_nncf()
+    except PruMuxError:
+        return False
+    return True
 
 
 def choose_runtime(engine_dir: Path, reference, max_len: int, tolerance: float, out, log) -> tuple[dict, dict]:

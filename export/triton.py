@@ -294,6 +294,11 @@ def _check_options(manifest: dict, engine_dir: Path, name: str, max_batch_size, 
     if kind not in PLATFORMS:
         raise EngineError(f"{engine_dir}: engine kind {kind!r} has no Triton backend here "
                           f"(supported: {', '.join(PLATFORMS)})")
+    if runtime_of(manifest) == "openvino" and manifest.get("precision") == "int8":
+        # its choice was measured with the float layers at f32, which Triton's OpenVINO backend cannot set
+        raise EngineError(f"{engine_dir}: an OpenVINO int8 engine has no Triton backend that runs it as measured "
+                          "(the OpenVINO backend cannot hold its float layers to f32); for Triton, export int8 with "
+                          "--runtime onnxruntime")
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise PruMuxError(f"`name` {name!r} is not a usable model name; use letters, digits, '_', '-', '.' "
                           "(not starting with '.' or '-')")

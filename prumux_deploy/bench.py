@@ -235,16 +235,18 @@ ORT_BACKENDS = {  # name -> (transformer optimizer, precision)
     "onnxruntime-opt": (True, "fp32"),
     "onnxruntime-int8": (True, "int8"),
 }
-OPENVINO_BACKENDS = {  # name -> OpenVINO inference precision, on the optimized graph `export` writes
+OPENVINO_BACKENDS = {  # name -> precision: fp32/bf16 on the optimized graph `export` writes, int8 NNCF's on the plain
     "openvino": "fp32",
     "openvino-bf16": "bf16",
+    "openvino-int8": "int8",
 }
 BACKENDS = ("torch", *ORT_BACKENDS)
 CPU_ONLY_BACKENDS = ("onnxruntime-int8",)  # its quantized ops (DynamicQuantizeMatMul, QAttention) are CPU kernels
 # not in the default set: compiling costs a minute or more per structure; OpenVINO is an optional extra
 EXTRA_BACKENDS = ("torch-compile", *OPENVINO_BACKENDS)
 # --peers: the same compact model in every runtime a user could pick, at each precision
-PEER_BACKENDS = ("torch", "torch-compile", "onnxruntime-opt", "openvino", "openvino-bf16", "onnxruntime-int8")
+PEER_BACKENDS = ("torch", "torch-compile", "onnxruntime-opt", "openvino", "openvino-bf16", "onnxruntime-int8",
+                 "openvino-int8")
 
 
 def _ort_graphs(model: PruMuxModel, cfg: BenchConfig, backends, tmp: Path) -> dict[str, Path]:
@@ -261,15 +263,23 @@ def _ort_graphs(model: PruMuxModel, cfg: BenchConfig, backends, tmp: Path) -> di
     if "onnxruntime-int8" in backends:
         graphs["onnxruntime-int8"] = tmp / "int8.onnx"
         quantize_int8(graphs["onnxruntime-opt"], graphs["onnxruntime-int8"])
-    for name in OPENVINO_BACKENDS:
+    for name in ("openvino", "openvino-bf16"):
         if name in backends:
             graphs[name] = graphs["onnxruntime-opt"]
+    if "openvino-int8" in backends:  # as export writes it (export/quantize.py), calibrated on the timed rows
+        from prumux_deploy.export.quantize import quantize_nncf
+
+        ids, mask = _inputs(cfg.groups_per_batch * model.config.num_instances, cfg.seq, model.config.vocab_size,
+                            cfg.seed)
+        graphs["openvino-int8"] = tmp / "nncf.onnx"
+        quantize_nncf(raw, graphs["openvino-int8"], [{"input_ids": ids.numpy(), "attention_mask": mask.numpy()}])
     return graphs
 
 
 def _time_openvino(path: Path, precision: str, model: PruMuxModel, ids, mask, cfg: BenchConfig):
-    """OpenVINO on the optimized graph at `precision` (fp32, or bf16 where the CPU has it; both checked in
-    run_bench before any timing), with the same parity spot check as ONNX Runtime's rows."""
+    """OpenVINO on `path` at `precision` (fp32, bf16 where the CPU has it, or int8: NNCF's QDQ graph with its
+    float layers at f32; checked in check_config before any timing), with the same parity spot check as ONNX
+    Runtime's rows."""
     from .runtime_openvino import INFERENCE_PRECISION, compile_cpu
 
     compiled = compile_cpu(path, INFERENCE_PRECISION[precision])
@@ -395,6 +405,10 @@ def check_config(cfg: BenchConfig) -> None:
         require_openvino()
         if "openvino-bf16" in cfg.backends:
             check_bf16()
+        if "openvino-int8" in cfg.backends:
+            from prumux_deploy.export.pipeline import require_nncf
+
+            require_nncf()
     if on_gpu and set(cfg.backends) & set(CPU_ONLY_BACKENDS):
         raise PruMuxError("onnxruntime-int8 is dynamic quantization for CPUs (its DynamicQuantizeMatMul / QAttention "
                           "ops have CPU kernels only), so on `device` cuda its row would time the CPU; leave it out "

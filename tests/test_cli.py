@@ -147,7 +147,8 @@ def test_int8_is_refused_for_tensorrt(tmp_path, masked_checkpoint):
 def test_int8_with_data_measures_dynamic_and_static_and_keeps_the_faster_accurate_one(tmp_path, masked_checkpoint,
                                                                                       sst2_dir):
     (sst2_dir / "train.tsv").write_text((sst2_dir / "dev.tsv").read_text())
-    result = run("export", masked_checkpoint, tmp_path / "e8", "--precision", "int8", "--data", sst2_dir)
+    result = run("export", masked_checkpoint, tmp_path / "e8", "--precision", "int8", "--data", sst2_dir,
+                 "--runtime", "onnxruntime")  # ONNX Runtime's two; auto adds OpenVINO's (tests/test_openvino.py)
     assert result.exit_code == 0, result.output
     q = json.loads((tmp_path / "e8" / "manifest.json").read_text())["quantization"]
     assert set(q["measured"]) == {"fp32", "dynamic", "static"} and q["calibration_rows"] == q["eval_rows"] == 11

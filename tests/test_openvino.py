@@ -86,7 +86,9 @@ def test_runtime_and_precision_that_do_not_go_together_are_refused(masked_checkp
     refused(run_cli("export", masked_checkpoint, tmp_path / "x", "--precision", "bf16", "--runtime", "onnxruntime"),
             2, "--precision bf16 runs in OpenVINO on the CPU; use --runtime openvino (or auto)")
     refused(run_cli("export", masked_checkpoint, tmp_path / "x", "--precision", "int8", "--runtime", "openvino"),
-            2, "--runtime openvino runs fp32 and bf16 engines here; int8 engines run in ONNX Runtime")
+            2, "OpenVINO's int8 is NNCF's post-training quantization, calibrated on task rows: give --data")
+    refused(run_cli("export", masked_checkpoint, tmp_path / "x", "--precision", "fp16", "--runtime", "openvino"),
+            2, "fp16 engines are for GPUs and run in ONNX Runtime (--runtime onnxruntime)")
     refused(run_cli("export", masked_checkpoint, tmp_path / "x", "--runtime", "openvino", "--format", "tensorrt"),
             2, "--runtime openvino runs ONNX engines; TensorRT plans run in TensorRT (--format onnx)")
     monkeypatch.setitem(sys.modules, "openvino", None)  # as if the extra were not installed
@@ -106,6 +108,11 @@ def test_bench_times_openvino_beside_onnx_runtime(masked_checkpoint, tmp_path):
     rows = {r["backend"]: r for r in json.loads(out.read_text())["rows"] if r["name"] != "bert-base dense"}
     assert set(rows) == {"onnxruntime-opt", "openvino"}
     assert rows["openvino"]["max_abs_logit_error"] < 1e-4 and rows["openvino"]["samples_per_s"] > 0
+    done = run_cli("bench", "--checkpoint", masked_checkpoint, "--backend", "openvino-int8", "--seq", 16, "-b", 2,
+                   "--repeats", 2, "--no-gemm", "--json", out, "--force")
+    assert done.exit_code == 0, done.output
+    row = next(r for r in json.loads(out.read_text())["rows"] if r["backend"] == "openvino-int8")
+    assert 1e-6 < row["max_abs_logit_error"] < 1.0 and row["samples_per_s"] > 0  # quantized: not fp32's error
     refused(run_cli("bench", "--peers", "--backend", "torch"), 2, "--peers chooses the backends itself")
     refused(run_cli("bench", "--peers", "--latency"), 2, "--peers compares throughput; drop --latency")
     refused(run_cli("bench", "--peers", "--device", "cuda"), 2, "--peers compares the CPU runtimes")
@@ -145,3 +152,81 @@ def test_request_isolation_is_the_lone_answer_on_openvino_too(ov_engine):
     together = classify(engine, texts, isolation="request").probabilities
     for text, row in zip(texts, together):
         assert np.array_equal(row, classify(engine, [text]).probabilities[0]), text
+
+
+def _manifest(path):
+    return json.loads((path / "manifest.json").read_text())
+
+
+@pytest.fixture
+def sst2_with_train(sst2_dir):
+    (sst2_dir / "train.tsv").write_text((sst2_dir / "dev.tsv").read_text())  # calibration rows
+    return sst2_dir
+
+
+def test_int8_auto_measures_every_runtimes_candidates_and_keeps_the_fastest_accurate_one(
+        masked_checkpoint, sst2_with_train, tmp_path):
+    pytest.importorskip("nncf", reason="OpenVINO's int8 needs nncf (the openvino extra)")
+    done = run_cli("export", masked_checkpoint, tmp_path / "e", "--precision", "int8", "--data", sst2_with_train)
+    assert done.exit_code == 0, done.output
+    manifest = _manifest(tmp_path / "e")
+    q = manifest["quantization"]
+    assert set(q["measured"]) == {"fp32", "dynamic", "static", "nncf"} and q["eval_rows"] == 11
+    fp32 = q["measured"]["fp32"]["accuracy"]
+    within = [m for m in ("dynamic", "static", "nncf") if q["measured"][m]["accuracy"] >= fp32 - 0.01]
+    if within:  # the rule, checked on the recorded measurements
+        assert q["method"] == max(within, key=lambda m: q["measured"][m]["samples_per_s"])
+    else:
+        assert q["method"] == max(("dynamic", "static", "nncf"), key=lambda m: q["measured"][m]["accuracy"])
+    assert q["runtime"] == ("openvino" if q["method"] == "nncf" else "onnxruntime")
+    engine = load_engine(tmp_path / "e")  # the runtime the choice measured is the one that runs it
+    assert isinstance(engine, runtime_openvino.OpenVINOEngine if q["runtime"] == "openvino" else OnnxEngine)
+    assert f"int8: {q['method']} ({q['runtime']}" in done.output
+    assert "━" not in done.stdout  # NNCF's progress bars go to stderr with ours
+
+
+def test_openvino_int8_is_nncf_qdq_on_the_plain_graph_and_validates(masked_checkpoint, sst2_with_train, tmp_path):
+    pytest.importorskip("nncf", reason="OpenVINO's int8 needs nncf (the openvino extra)")
+    out = tmp_path / "e"
+    done = run_cli("export", masked_checkpoint, out, "--precision", "int8", "--runtime", "openvino", "--data",
+                   sst2_with_train)
+    assert done.exit_code == 0, done.output
+    manifest = _manifest(out)
+    assert manifest["runtime"]["name"] == "openvino" and manifest["runtime"]["inference_precision"] == "f32"
+    assert manifest["quantization"]["method"] == "nncf" and set(manifest["quantization"]["measured"]) == {"fp32", "nncf"}
+    assert manifest["optimized"] is False and "fused_ops" not in manifest  # NNCF quantized the plain graph
+    assert manifest["quantized_ops"]["QuantizeLinear"] > 0 and manifest["quantized_ops"]["DequantizeLinear"] > 0
+    assert 0 < manifest["parity"]["max_abs_logit_error"] <= 1.0
+    assert manifest["parity"]["engine_arithmetic"] == "int8 graph, OpenVINO CPU at f32"
+    engine = load_engine(out)
+    assert engine.inference_precision == "f32"  # never OpenVINO's bf16 default on a bf16 CPU
+    feeds = tokenize(load_tokenizer(out), TEXTS, max_length=16)
+    assert engine.run_feeds(feeds).shape == (3, 2)
+    report = tmp_path / "r.json"
+    result = run_cli("validate", out, "--checkpoint", masked_checkpoint, "--data", sst2_with_train, "--report", report)
+    data = json.loads(report.read_text())
+    assert data["precision"] == "int8" and data["thresholds"]["max_logit_error"] == 1.0
+    assert result.exit_code == (0 if data["passed"] else 1), result.output
+    # Triton's OpenVINO backend cannot hold the float layers to f32: refused in one line, nothing written
+    refused(run_cli("triton", out, tmp_path / "repo", "--name", "m"), 2,
+            "an OpenVINO int8 engine has no Triton backend that runs it as measured")
+    assert not (tmp_path / "repo").exists()
+
+
+def test_bf16_with_data_records_its_dev_accuracy_and_refuses_a_drop(masked_checkpoint, sst2_with_train, tmp_path,
+                                                                     monkeypatch):
+    if not runtime_openvino.cpu_has_bf16():
+        pytest.skip("this CPU has neither avx512_bf16 nor AMX")
+    from prumux_deploy.export import quantize
+
+    done = run_cli("export", masked_checkpoint, tmp_path / "b", "--precision", "bf16", "--data", sst2_with_train)
+    assert done.exit_code == 0, done.output
+    validation = _manifest(tmp_path / "b")["validation"]
+    assert set(validation["measured"]) == {"fp32", "bf16"} and validation["eval_rows"] == 11
+    drop = validation["measured"]["fp32"]["accuracy"] - validation["measured"]["bf16"]["accuracy"]
+    assert drop <= validation["max_drop"] == 0.01
+    assert "bf16 on 11 dev rows:" in done.output
+    monkeypatch.setattr(quantize, "MAX_DROP", -1.0)  # any result is now a drop too large
+    refused(run_cli("export", masked_checkpoint, tmp_path / "c", "--precision", "bf16", "--data", sst2_with_train),
+            1, "points of dev accuracy")
+    assert not (tmp_path / "c").exists()

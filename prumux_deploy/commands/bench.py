@@ -55,14 +55,15 @@ _RENDER_OPTIONS = {"saved_json", "csv_path", "json_path", "plot_path", "accuracy
               help="Comma-separated sparsities (default 0,0.6,0.8,0.9,0.95).")
 @click.option("--backend", "backends", multiple=True,
               type=click.Choice(["torch", "torch-compile", "onnxruntime", "onnxruntime-opt", "onnxruntime-int8",
-                                 "openvino", "openvino-bf16"]),
+                                 "openvino", "openvino-bf16", "openvino-int8"]),
               help="Backends to time, repeatable (default: torch and the three ONNX Runtime ones): PyTorch eager, "
-                   "torch.compile, plain ONNX Runtime, with the transformer optimizer, optimized + int8, and "
-                   "OpenVINO on the optimized graph in fp32 or bf16 (the openvino extra).")
+                   "torch.compile, plain ONNX Runtime, with the transformer optimizer, optimized + int8, "
+                   "OpenVINO on the optimized graph in fp32 or bf16, and OpenVINO int8 (NNCF, calibrated on the "
+                   "timed rows: a speed figure; export --data measures accuracy) (the openvino extra).")
 @click.option("--peers", is_flag=True,
               help="Time the same model in every runtime a user could pick (PyTorch eager, torch.compile, ONNX "
-                   "Runtime, OpenVINO fp32 and bf16 where the CPU has it, ONNX Runtime int8) and print each as "
-                   "a ratio to ours: the fp32 engine `export --runtime auto` keeps (the faster of ONNX Runtime "
+                   "Runtime, OpenVINO fp32 and bf16 where the CPU has it, ONNX Runtime and OpenVINO int8) and print "
+                   "each as a ratio to ours: the fp32 engine `export --runtime auto` keeps (the faster of ONNX Runtime "
                    "and OpenVINO).")
 @click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(path_type=Path),
               help="Time these trained checkpoints instead of generated structures.")
@@ -144,8 +145,11 @@ def bench(instances, sparsities, backends, peers, checkpoints, structure, groups
         from ..bench import PEER_BACKENDS
         from ..runtime_openvino import cpu_has_bf16, require_openvino
 
+        from ..export.pipeline import nncf_available
+
         require_openvino()
-        backends = [b for b in PEER_BACKENDS if b != "openvino-bf16" or cpu_has_bf16()]
+        backends = [b for b in PEER_BACKENDS if (b != "openvino-bf16" or cpu_has_bf16())
+                    and (b != "openvino-int8" or nncf_available())]
     if data and not checkpoints:
         raise PruMuxError("--data times trained checkpoints end to end: give them with --checkpoint")
     if latency and (csv_path or plot_path):

@@ -23,18 +23,21 @@ from ..options import COUNT, NON_NEGATIVE, OPSET, force_option
                    "SkipLayerNorm only for fp16/GPU engines, where it is faster), with the fused-op counts in the "
                    "manifest. --no-optimize writes the plain exported graph.")
 @click.option("--data", default=None,
-              help="--precision int8: the task's data (any form validate takes). Static (QDQ) int8 is calibrated on "
-                   "its train rows, and dynamic or static is kept, whichever is faster within 1 point of fp32 "
-                   "accuracy on its dev rows (both measured now, recorded in the manifest). Without it: dynamic.")
+              help="The task's data (any form validate takes), for --precision int8 or bf16. int8: every "
+                   "candidate (ONNX Runtime dynamic, ONNX Runtime static QDQ and OpenVINO NNCF, these two "
+                   "calibrated on its train rows) is measured on its dev rows and the fastest within 1 point of "
+                   "fp32 accuracy is kept (--runtime narrows the candidates); without it: ONNX Runtime dynamic. "
+                   "bf16: refused if it loses more than 1 point on the dev rows. Measurements go in the manifest.")
 @click.option("--data-config", default=None, help="Configuration of a hub dataset given as --data.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "bf16"]), default="fp32", show_default=True,
               help="fp16 for GPUs (every normalisation stays fp32); int8 for CPUs: dynamic quantization, or with "
-                   "--data dynamic or static, whichever is faster within 1 point of fp32 (implies --optimize); "
-                   "bf16 for CPUs with avx512_bf16 or AMX: the fp32 graph run by OpenVINO in bf16.")
+                   "--data the fastest int8 candidate within 1 point of fp32 (see --data); bf16 for CPUs with "
+                   "avx512_bf16 or AMX: the fp32 graph run by OpenVINO in bf16.")
 @click.option("--runtime", type=click.Choice(["auto", "onnxruntime", "openvino"]), default="auto", show_default=True,
               help="What runs the ONNX engine: auto checks the parity of each installed runtime (ONNX Runtime, "
                    "OpenVINO with the openvino extra), times it on this machine at batch 32*N and keeps the "
-                   "fastest; the manifest records the choice and the measurements.")
+                   "fastest (int8 with --data: the int8 candidates of both, see --data); the manifest records "
+                   "the choice and the measurements.")
 @click.option("--tolerance", type=NON_NEGATIVE, default=None,
               help="Largest logit difference vs the masked PyTorch model before the export is refused "
                    f"[default: {describe_defaults('max_logit_error')}].")
