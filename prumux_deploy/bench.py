@@ -327,26 +327,38 @@ def _time_ort(path: Path, model: PruMuxModel, ids, mask, cfg: BenchConfig, preci
     return result, None if mem is None else mem.mib
 
 
-OURS = ("onnxruntime-opt", "openvino")  # what `export --runtime auto` chooses between at fp32
+# what `export --runtime auto` chooses between at each precision (int8: with --data, among those within 1 point)
+OURS = {"fp32": ("onnxruntime-opt", "openvino"), "bf16": ("openvino-bf16",),
+        "int8": ("onnxruntime-int8", "openvino-int8")}
+PRECISION_OF = {backend: precision for precision, names in OURS.items() for backend in names}
 
 
 def format_peers(result: dict) -> str:
-    """Each structure's rows as ratios to ours (the faster of the fp32 engines `export --runtime auto`
-    chooses between, timed in the same run), with each row's logit error on its spot check."""
-    lines = ["", "peers, as a ratio to ours (the fp32 engine export --runtime auto keeps):"]
-    names = list(dict.fromkeys(r["name"] for r in result["rows"]))
-    for name in names:
+    """Each structure's rows grouped by precision: at each precision ours (the fastest of the engines `export
+    --runtime auto` chooses between there) and every peer as a ratio to it; the bf16 and int8 lines also as a
+    ratio to ours at fp32. Each row's max logit error on its spot check."""
+    lines = ["", "peers, at each precision as a ratio to ours (what export --runtime auto keeps at that precision):"]
+    for name in dict.fromkeys(r["name"] for r in result["rows"]):
         rows = [r for r in result["rows"] if r["name"] == name]
-        ours = [r for r in rows if r["backend"] in OURS]
-        if not ours:
+        by_precision = {}
+        for r in rows:
+            by_precision.setdefault(PRECISION_OF.get(r["backend"], "fp32"), []).append(r)
+        fastest = {p: max((r for r in group if r["backend"] in OURS[p]), key=lambda r: r["samples_per_s"], default=None)
+                   for p, group in by_precision.items()}
+        if fastest.get("fp32") is None:
             continue
-        best = max(ours, key=lambda r: r["samples_per_s"])
-        lines.append(f"  {name}: ours = {best['backend']} {best['samples_per_s']:.1f}/s")
-        for r in sorted(rows, key=lambda r: -r["samples_per_s"]):
-            error = r.get("max_abs_logit_error")
-            shown = "" if error is None else f"   max |logit error| {error:.1e}"
-            lines.append(f"    {r['backend']:<18} {r['samples_per_s']:>9.1f}/s  {r['samples_per_s'] / best['samples_per_s']:5.2f}x"
-                         f"{shown}")
+        lines.append(f"  {name}:")
+        for precision in ("fp32", "bf16", "int8"):
+            ours = fastest.get(precision)
+            if ours is None:
+                continue
+            vs_fp32 = "" if precision == "fp32" else f" ({ours['samples_per_s'] / fastest['fp32']['samples_per_s']:.2f}x ours at fp32)"
+            lines.append(f"    {precision}: ours = {ours['backend']} {ours['samples_per_s']:.1f}/s{vs_fp32}")
+            for r in sorted(by_precision[precision], key=lambda r: -r["samples_per_s"]):
+                error = r.get("max_abs_logit_error")
+                shown = "" if error is None else f"   max |logit error| {error:.1e}"
+                lines.append(f"      {r['backend']:<18} {r['samples_per_s']:>9.1f}/s  "
+                             f"{r['samples_per_s'] / ours['samples_per_s']:5.2f}x{shown}")
     return "\n".join(lines)
 
 
@@ -379,7 +391,7 @@ def _structures(cfg: BenchConfig):
 
         model = compact(load_checkpoint(path))
         yield str(path), model.config.num_instances, round(describe(model)["sparsity"], 2), model
-    if cfg.checkpoints:
+    if cfg.checkpoints and cfg.structure is None:  # a given structure is timed beside them, in the same run
         return
     for N in cfg.instances:
         if cfg.structure is not None:
@@ -466,8 +478,8 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
                 rows.append(_row(name, N, s, info, backend, result, mem, ids.shape[0], flops, base))
                 if cfg.data and backend in ORT_BACKENDS and getattr(model, "tokenizer_dir", None):
                     rows[-1].update(_end_to_end(graphs[backend], model, cfg))
-                if cfg.gemm and device.type == "cpu":  # the machine's rate on this model's dense shapes, same run
-                    int8 = backend == "onnxruntime-int8" and int8_capable()
+                if cfg.gemm and device.type == "cpu" and backend != "openvino-bf16":  # (no bf16 GEMM reference) the machine's rate on this model's dense shapes, same run
+                    int8 = backend in ("onnxruntime-int8", "openvino-int8") and int8_capable()
                     dense = model.config.full_size()
                     key = (dumps(dense.to_dict(), sort_keys=True), int8)
                     if key not in rates:

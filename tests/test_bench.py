@@ -169,3 +169,26 @@ def test_end_to_end_rows_and_the_paper_protocol(tmp_path, masked_checkpoint, sst
     assert "text -> labels" in result.output and "protocol paper" in result.output
     refused = CliRunner().invoke(main, ["bench", "--quick", "--data", str(sst2_dir)])
     assert refused.exit_code == 2 and "give them with --checkpoint" in refused.output
+
+
+def test_peers_are_grouped_by_precision_each_against_ours_at_that_precision():
+    from prumux_deploy.bench import format_peers
+
+    rates = {"torch": 100.0, "torch-compile": 300.0, "onnxruntime-opt": 400.0, "openvino": 500.0,
+             "openvino-bf16": 900.0, "onnxruntime-int8": 1000.0, "openvino-int8": 800.0}
+    rows = [{"name": "m", "backend": b, "samples_per_s": r, "max_abs_logit_error": None if "torch" in b else 1e-3}
+            for b, r in rates.items()]
+    text = format_peers({"rows": rows}).splitlines()
+    assert text[2:] == [
+        "  m:",
+        "    fp32: ours = openvino 500.0/s",
+        "      openvino               500.0/s   1.00x   max |logit error| 1.0e-03",
+        "      onnxruntime-opt        400.0/s   0.80x   max |logit error| 1.0e-03",
+        "      torch-compile          300.0/s   0.60x",
+        "      torch                  100.0/s   0.20x",
+        "    bf16: ours = openvino-bf16 900.0/s (1.80x ours at fp32)",
+        "      openvino-bf16          900.0/s   1.00x   max |logit error| 1.0e-03",
+        "    int8: ours = onnxruntime-int8 1000.0/s (2.00x ours at fp32)",  # the faster int8 runtime is ours
+        "      onnxruntime-int8      1000.0/s   1.00x   max |logit error| 1.0e-03",
+        "      openvino-int8          800.0/s   0.80x   max |logit error| 1.0e-03",
+    ]

@@ -66,7 +66,8 @@ _RENDER_OPTIONS = {"saved_json", "csv_path", "json_path", "plot_path", "accuracy
                    "each as a ratio to ours: the fp32 engine `export --runtime auto` keeps (the faster of ONNX Runtime "
                    "and OpenVINO).")
 @click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(path_type=Path),
-              help="Time these trained checkpoints instead of generated structures.")
+              help="Time these trained checkpoints instead of generated structures (with --structure: beside "
+                   "that structure, in the same run).")
 @click.option("--structure", callback=_structure, default=None, metavar="HEADS:FFN",
               help="Time this structure on the base shape instead of generated sparsities: heads per layer and FFN "
                    "width per layer, e.g. CoFi's s=0.95 average 2,2,1,2,1,1,0,0,2,1,1,1:324,61,138,29,112,29,22,164,"
