@@ -72,15 +72,18 @@ def export_checkpoint(checkpoint, out, fmt: str = "onnx", opset: int = DEFAULT_O
     None = optimized ONNX engines, plain TensorRT input graphs; max_seq_length: the longest input in tokens
     (default: the checkpoint's); tolerance: the largest absolute logit difference accepted (default: the
     precision's, prumux_deploy/compare.py); tensorrt: the shape profile and builder options; data (with
-    data_config): task data for int8, choosing dynamic or static quantization (export/quantize.py); log:
+    data_config): task data for int8 (the int8 candidates of the runtime(s) measured on it, the fastest within
+    1 point of fp32 kept) or bf16 (its dev accuracy checked against fp32's), export/quantize.py; log:
     receives progress lines. `out` must not exist unless force. runtime: what runs the ONNX engine,
-    "onnxruntime", "openvino" (prumux_deploy/runtime_openvino.py; fp32 or bf16) or "auto": every runtime
-    installed is checked for parity and timed at batch 32*N x sequence min(128, max length), and the fastest
-    is kept (the manifest's runtime.choice records the measurements); bf16 is OpenVINO's.
+    "onnxruntime", "openvino" (prumux_deploy/runtime_openvino.py; fp32, bf16, or int8 with data) or "auto":
+    at fp32 every runtime installed is checked for parity and timed at batch 32*N x sequence min(128, max
+    length), and the fastest is kept (the manifest's runtime.choice records the measurements); at int8 with
+    data both runtimes' candidates compete (quantization.measured); bf16 is OpenVINO's.
 
     Raises PruMuxError for inconsistent arguments (before any work), CheckpointError for an unreadable
-    checkpoint, ParityError when the engine's logits differ from PyTorch's by more than the tolerance or
-    either side computes NaN or Inf; in every case nothing is written to `out`."""
+    checkpoint, DataError for unusable `data`, ParityError when the engine's logits differ from PyTorch's by
+    more than the tolerance, either side computes NaN or Inf, or bf16 loses more than 1 point on the dev rows;
+    in every case nothing is written to `out`."""
     if fmt not in ("onnx", "tensorrt"):
         raise PruMuxError(f"`fmt` {fmt} is not supported; use onnx or tensorrt")
     if precision not in PRECISIONS:

@@ -107,7 +107,9 @@ class OpenVINOEngine(Engine):
 
     @property
     def arithmetic(self) -> str:
-        return f"{self.manifest.get('precision', 'fp32')} graph, OpenVINO CPU at {self.inference_precision}"
+        precision = self.manifest.get("precision", "fp32")
+        graph = "fp32" if precision == "bf16" else precision  # bf16 is the fp32 graph run at bf16
+        return f"{graph} graph, OpenVINO CPU at {self.inference_precision}"
 
     def _run(self, feeds):
         if feeds["input_ids"].shape[0] == 0:

@@ -70,6 +70,7 @@ def test_bf16_where_the_cpu_has_it(masked_checkpoint, engine_dir, sst2_dir, tmp_
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert manifest["precision"] == "bf16" and manifest["runtime"]["inference_precision"] == "bf16"
     assert 0 < manifest["parity"]["max_abs_logit_error"] <= 0.1  # bf16 rounds: not fp32's zero-ish error
+    assert manifest["parity"]["engine_arithmetic"] == "fp32 graph, OpenVINO CPU at bf16"  # the graph stays fp32
     result = run_cli("validate", tmp_path / "b", "--checkpoint", masked_checkpoint, "--data", sst2_dir)
     assert result.exit_code == 0, result.output
     assert ">= 98.00%" in result.output and "<= 1.00e-01" in result.output  # bf16's own tolerances
