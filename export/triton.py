@@ -364,7 +364,8 @@ def write_triton_repository(engine_dir, repo, name: str, max_batch_size: int | N
                             device: str | None = None, ort_tensorrt: bool = False,
                             isolation: str = DEFAULT_ISOLATION) -> Path:
     """Write REPO/NAME (and REPO/NAME_tokenizer, REPO/NAME_ensemble with with_tokenizer; REPO/NAME_engine
-    with isolation "request", the default); returns REPO/NAME, the model clients call.
+    with isolation "request", the default, unless N=1: effective_isolation); returns REPO/NAME, the model
+    clients call.
 
     max_batch_size defaults to 32*N (a TensorRT plan: its profile's max batch, which it may not exceed; the
     profile must start at batch 1) and must be a positive multiple of N. device defaults to cpu for ONNX
@@ -381,6 +382,7 @@ def write_triton_repository(engine_dir, repo, name: str, max_batch_size: int | N
         raise PruMuxError(f"{repo} exists and is not a directory; REPO must be a model repository directory")
     if isolation not in ISOLATION_MODES:
         raise PruMuxError(f"`isolation` must be one of {', '.join(ISOLATION_MODES)}, got {isolation!r}")
+    isolation = effective_isolation(manifest, isolation)
     names = [name] + ([name + TOKENIZER_SUFFIX, name + ENSEMBLE_SUFFIX] if with_tokenizer else [])
     if isolation == "request":
         names.insert(0, name + ENGINE_SUFFIX)  # written first: the front refers to it
@@ -411,6 +413,12 @@ def write_triton_repository(engine_dir, repo, name: str, max_batch_size: int | N
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return repo / name
+
+
+def effective_isolation(manifest: dict, isolation: str) -> str:
+    """The isolation the repository gets: an N=1 engine has no mux groups to share (every row is alone in its
+    pass), so "request" needs no front and the engine is served directly, as "shared" writes it."""
+    return "shared" if int(manifest["num_instances"]) == 1 else isolation
 
 
 def _write_model(model_dir: Path, manifest: dict, engine_dir: Path, engine_file: Path, name: str,

@@ -28,6 +28,7 @@ SEED = click.IntRange(min=0)
 COUNT_OR_ZERO = click.IntRange(min=0)                            # counts where 0 means "none"
 FRACTION = FiniteFloatRange(min=0.0, max=1.0)                    # thresholds and shares in [0, 1]
 FRACTION_BELOW_1 = FiniteFloatRange(min=0.0, max=1.0, max_open=True)  # sparsity, dropout: [0, 1)
+OPEN_FRACTION = FiniteFloatRange(min=0.0, max=1.0, min_open=True, max_open=True)  # masking probability: (0, 1)
 POSITIVE = FiniteFloatRange(min=0.0, min_open=True)              # learning rates, epochs, ratios
 NON_NEGATIVE = FiniteFloatRange(min=0.0)                         # tolerances, budgets, optional epochs
 OPSET = click.IntRange(min=18)                                   # the dynamo exporter writes opset 18 and later

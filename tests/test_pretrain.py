@@ -331,3 +331,19 @@ def test_unusable_corpora_are_one_line(tmp_path, bert_dir, monkeypatch):
     refused(pre("nobody/no-such-corpus"), 2, "hub dataset nobody/no-such-corpus cannot be streamed or read from the "
                                              "local cache")
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.run").exists()
+
+
+def test_arguments_that_would_train_nothing_or_differ_silently(tmp_path, bert_dir, corpus_txt):
+    def pre(out, *extra):
+        return run_cli(*pretrain_cli(tmp_path / out, corpus_txt, "--base", bert_dir, "--steps", 1, *extra))
+
+    refused(pre("w", "--mlm-weight", 0, "--retrieval-weight", 0), 2,
+            "--mlm-weight and --retrieval-weight are both 0, so nothing would be trained")
+    refused(pre("p", "--mlm-probability", 1), 2, "1.0 is not in the range 0.0<x<1.0")
+    refused(pre("p", "--mlm-probability", 0), 2, "0.0 is not in the range 0.0<x<1.0")
+    assert not any((tmp_path / n).exists() for n in ("w", "p"))
+    done = pre("b", "--batch-size", 9)  # N=2: rounded to 8, and said
+    assert done.exit_code == 0, done.output
+    assert ("note: --batch-size 9 rounded down to 8, a multiple of processes x --grad-accum x N = 2 (every "
+            "micro-batch holds whole mux groups)") in done.output
+    assert "rounded down" not in pre("c").output  # 8 already is one

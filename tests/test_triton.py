@@ -444,3 +444,19 @@ def test_cli_errors_are_one_line(engine_dir, tmp_path):
         lines = [line for line in result.output.splitlines() if line.startswith("error:")]
         assert len(lines) == 1 and text in lines[0], result.output
     assert not (tmp_path / "repo").exists()
+
+
+def test_an_n1_engine_is_served_directly_there_being_nothing_to_isolate(tmp_path, bert_dir):
+    from prumux_deploy.checkpoint import create_model, save_checkpoint
+    from prumux_deploy.export.pipeline import export_checkpoint
+
+    save_checkpoint(create_model(bert_dir, num_instances=1, num_labels=2, seed=1, task="sst2"), tmp_path / "m1")
+    export_checkpoint(tmp_path / "m1", tmp_path / "e1", log=lambda m: None, runtime="onnxruntime")
+    repo = tmp_path / "repo"
+    result = cli("triton", tmp_path / "e1", repo, "--name", "one")  # --isolation request is the default
+    assert result.exit_code == 0, result.output
+    assert "N=1: every row has a pass of its own, so there is nothing to isolate; the engine is served directly " \
+           "as one" in result.output
+    assert f"wrote {repo / 'one'} (onnxruntime_onnx, N=1," in result.output
+    assert sorted(p.name for p in repo.iterdir()) == ["one"]  # no front, no one_engine
+    check_model_against_engine(repo / "one", tmp_path / "e1", parse_config(repo / "one"))

@@ -85,7 +85,7 @@ def _step(rt: Runtime, objective, batch: dict, args: TrainArgs, optimizers, sche
     return dict(zip(keys, means.tolist()))
 
 
-def _runtime(args: TrainArgs) -> Runtime:
+def _runtime(args: TrainArgs, log=print) -> Runtime:
     rt = runtime(args.device, args.precision)
     if args.grad_accum < 1:
         raise PruMuxError(f"`grad_accum` must be at least 1, got {args.grad_accum}")
@@ -93,7 +93,12 @@ def _runtime(args: TrainArgs) -> Runtime:
     if args.batch_size < unit:
         raise PruMuxError(f"`batch_size` {args.batch_size} is smaller than processes x `grad_accum` x N = "
                           f"{rt.world_size} x {args.grad_accum} x {args.instances} = {unit}")
-    args.batch_size -= args.batch_size % unit  # rounded down to whole micro-batches, as N always rounded it
+    if args.batch_size % unit:  # rounded down to whole micro-batches, and said: the run must not differ silently
+        rounded = args.batch_size - args.batch_size % unit
+        if rt.is_main:
+            log(f"note: --batch-size {args.batch_size} rounded down to {rounded}, a multiple of processes x "
+                f"--grad-accum x N = {unit} (every micro-batch holds whole mux groups)")
+        args.batch_size = rounded
     return rt
 
 
@@ -181,11 +186,11 @@ def _train(run: RunState, args: TrainArgs, resume: bool, objects: dict, total: i
     return last
 
 
-def _single_model_stage(source, out, args: TrainArgs, force: bool, stage: str, with_eval: bool = True):
+def _single_model_stage(source, out, args: TrainArgs, force: bool, stage: str, with_eval: bool = True, log=print):
     """What warm-up and fine-tuning both set up: the runtime, the model on its device, its data, AdamW with
     the linear schedule, and the run state beside OUT. Refuses an existing OUT before any work."""
     check_target(out, force)
-    rt = _runtime(args)
+    rt = _runtime(args, log)
     seed_everything(args.seed)
     model = _start_model(source, args, rt.device).train()
     _, batches, dev = load_task_data(args, model.tokenizer_dir, args.instances, with_eval=with_eval, cfg=model.config)
@@ -214,7 +219,7 @@ def warmup(base, out, args: TrainArgs, resume: bool = False, force: bool = False
     unusable arguments or data (before training), CheckpointError for an unreadable start."""
     check_target(out, force)
     rt, model, batches, _, total, optimizer, schedule, run = _single_model_stage(base, out, args, force, "warmup",
-                                                                                 with_eval=False)
+                                                                                 with_eval=False, log=log)
     teacher = None if teacher_dir is None else _contextual_teacher(teacher_dir, args, rt.device)
     objects = {"model": model, "optimizer": optimizer, "schedule": schedule}
     optimizers, schedules = [optimizer], [schedule]
@@ -296,9 +301,12 @@ def pretrain(source, out, args: TrainArgs, corpus: CorpusArgs, pargs: PretrainAr
     for name, value in (("mlm_weight", pargs.mlm_weight), ("retrieval_weight", pargs.retrieval_weight)):
         if value < 0:
             raise PruMuxError(f"`{name}` must not be negative, got {value}")
+    if pargs.mlm_weight == 0 and pargs.retrieval_weight == 0:
+        raise PruMuxError("`mlm_weight` and `retrieval_weight` are both 0, so nothing would be trained; give "
+                          "either a positive weight")
     if not 0 < pargs.mlm_probability < 1:
         raise PruMuxError(f"`mlm_probability` must be in (0, 1), got {pargs.mlm_probability}")
-    rt = _runtime(args)
+    rt = _runtime(args, log)
     seed_everything(args.seed)
     model = _pretrain_start_model(source, args, rt.device)
     tokenizer = load_tokenizer(model.tokenizer_dir)
@@ -416,7 +424,7 @@ def finetune(init, out, args: TrainArgs, resume: bool = False, force: bool = Fal
     evaluation).
     Raises PruMuxError for unusable arguments or data (before training)."""
     rt, model, batches, dev, total, optimizer, schedule, run = _single_model_stage(init, out, args, force,
-                                                                                   "finetune")
+                                                                                   "finetune", log=log)
     targets = None
     if teacher_dir is not None:
         targets = soft_targets(_distillation_teacher(teacher_dir, model, rt.device), batches, rt=rt).to(rt.device)
@@ -505,7 +513,7 @@ def prune(teacher_dir, out, args: TrainArgs, prune_args: PruneArgs, resume: bool
     if not 0 < prune_args.sparsity < 1:
         raise PruMuxError(f"`sparsity` must be in (0, 1), got {prune_args.sparsity}")
     check_target(out, force)
-    rt = _runtime(args)
+    rt = _runtime(args, log)
     seed_everything(args.seed)
     teacher = _start_model(teacher_dir, args, rt.device).eval()
     if teacher.masks or teacher.config.is_compact:

@@ -104,7 +104,8 @@ def export(checkpoint, out, fmt, opset, max_seq_length, optimize, data, data_con
               help="request: no mux group ever holds rows of two requests (a Python-backend front pads each "
                    "request with its own rows before the engine, served as NAME_engine), so an answer never "
                    "depends on other clients; shared: the engine is served directly and the batcher's merged "
-                   "requests share groups (more throughput for single-row traffic of one trusted client).")
+                   "requests share groups (more throughput for single-row traffic of one trusted client). N=1 engines "
+                   "have no groups to share: served directly either way.")
 @force_option("the model directories if they exist")
 def triton(engine_dir, repo, name, max_batch_size, copies, dynamic_batching, device, ort_tensorrt,
            with_tokenizer, isolation, force):
@@ -125,8 +126,8 @@ def triton(engine_dir, repo, name, max_batch_size, copies, dynamic_batching, dev
     from ..atomic import check_writable
     from ..engine import read_manifest
     from ..export.triton import (ENGINE_SUFFIX, ENSEMBLE_SUFFIX, PLATFORMS, TOKENIZER_SUFFIX, default_device,
-                                 default_max_batch_size, openvino_backend, server_options,
-                                 write_triton_repository)
+                                 default_max_batch_size, effective_isolation, openvino_backend,
+                                 server_options, write_triton_repository)
 
     check_writable(repo / name)  # an unwritable REPO is refused before the engine is read and hashed
     path = write_triton_repository(engine_dir, repo, name, max_batch_size=max_batch_size, copies=copies,
@@ -135,6 +136,10 @@ def triton(engine_dir, repo, name, max_batch_size, copies, dynamic_batching, dev
     manifest = read_manifest(path)
     n = int(manifest["num_instances"])
     kind = manifest["engine"]["kind"]
+    if effective_isolation(manifest, isolation) != isolation:
+        click.echo("N=1: every row has a pass of its own, so there is nothing to isolate; the engine is served "
+                   f"directly as {name}")
+        isolation = "shared"
     if isolation == "request":
         click.echo(f"wrote {path} (request isolation front, Python backend) in front of "
                    f"{repo / (name + ENGINE_SUFFIX)}:")

@@ -11,8 +11,8 @@ import click
 from ..checkpoint import resolve_base
 from ..data import CORPUS_FORMS
 from ..errors import PruMuxError
-from ..options import (COUNT, DATA_FORMS, FRACTION, FRACTION_BELOW_1, NON_NEGATIVE, POSITIVE, SEED, data_options,
-                       force_option)
+from ..options import (COUNT, DATA_FORMS, FRACTION, FRACTION_BELOW_1, NON_NEGATIVE, OPEN_FRACTION, POSITIVE, SEED,
+                       data_options, force_option)
 from ._group import CommandGroup
 
 
@@ -186,7 +186,7 @@ def _runtime_options(fn):
 @click.option("--lr", type=POSITIVE, default=1e-4, show_default=True,
               help="Peak learning rate (linear warm-up over 6% of the steps, then linear decay; upstream: 1e-4).")
 @click.option("--max-seq-length", type=COUNT, default=128, show_default=True, help="Tokens per row.")
-@click.option("--mlm-probability", type=FRACTION, default=0.15, show_default=True,
+@click.option("--mlm-probability", type=OPEN_FRACTION, default=0.15, show_default=True,
               help="Fraction of tokens masked (of those, 80% become [MASK], 10% a random token, 10% stay).")
 @click.option("--mlm-weight", type=NON_NEGATIVE, default=0.9, show_default=True,
               help="Weight of the MLM loss (upstream's task_loss_coeff).")
