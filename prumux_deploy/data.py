@@ -342,8 +342,7 @@ def _load_hub(name: str, config: str | None, split: str, limit: int | None):
     import datasets
 
     try:
-        builder = datasets.load_dataset_builder(name, config)
-        split_name = _pick_split(builder.info.splits or {}, split, name) if builder.info.splits else split
+        split_name = _hub_split(name, config, split)
         if limit is not None:
             return datasets.Dataset.from_list(list(datasets.load_dataset(name, config, split=split_name,
                                                                            streaming=True).take(limit)))
@@ -509,10 +508,27 @@ def _corpus_files(path: Path, split: str) -> tuple[list[str], str]:
     return [str(f) for f in named or files], CORPUS_FILE_FORMATS[suffix]
 
 
+def _hub_split(name: str, config: str | None, split: str, check: bool = True) -> str:
+    """The hub dataset's own name for `split` (dev -> validation, as SPLIT_NAMES maps it) where its builder
+    lists its splits (online, or from the local cache); `split` as given where nothing can be listed. check:
+    also for a split with no other names (refusing one the dataset lacks); without it such a split is taken
+    as given, sparing the builder's look-up (offline, its retries cost about 20 s)."""
+    import datasets
+
+    if not check and len(SPLIT_NAMES.get(split, (split,))) == 1:
+        return split
+    try:
+        splits = datasets.load_dataset_builder(name, config).info.splits
+    except Exception:  # noqa: BLE001 - offline with nothing cached: loading will say so in one line
+        return split
+    return _pick_split(splits, split, name) if splits else split
+
+
 def _stream_hub(name: str, config: str | None, split: str):
     """A hub dataset streamed; where streaming fails (no network), the copy in the local cache, read lazily."""
     import datasets
 
+    split = _hub_split(name, config, split, check=False)
     try:
         return datasets.load_dataset(name, config, split=split, streaming=True)
     except Exception:  # noqa: BLE001 - offline or unreachable: try the cache

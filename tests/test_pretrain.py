@@ -347,3 +347,26 @@ def test_arguments_that_would_train_nothing_or_differ_silently(tmp_path, bert_di
     assert ("note: --batch-size 9 rounded down to 8, a multiple of processes x --grad-accum x N = 2 (every "
             "micro-batch holds whole mux groups)") in done.output
     assert "rounded down" not in pre("c").output  # 8 already is one
+
+
+def test_a_hub_corpus_split_takes_the_hubs_own_name(monkeypatch):
+    """--split dev of a hub corpus whose builder lists a "validation" split streams that one."""
+    import datasets
+
+    calls = []
+
+    class Builder:
+        class info:
+            splits = {"train": None, "validation": None}
+
+    def fake_load_dataset(name, config=None, split=None, streaming=False, **kw):
+        calls.append((split, streaming))
+        return datasets.Dataset.from_dict({"text": ["good film"]}).to_iterable_dataset()
+
+    monkeypatch.setattr(datasets, "load_dataset_builder", lambda name, config=None: Builder)
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    ds, _ = open_corpus("someone/corpus", "dev")
+    assert calls == [("validation", True)] and [r["text"] for r in ds] == ["good film"]
+    Builder.info.splits = {"train": None}
+    with pytest.raises(DataError, match=r"someone/corpus: no 'dev' split \(it has train\)"):
+        open_corpus("someone/corpus", "dev")
