@@ -98,9 +98,7 @@ def require_tensorrt():
         import tensorrt as trt
     except ImportError:
         raise PruMuxError(f"TensorRT engines need the tensorrt package and an NVIDIA GPU: {INSTALL_HINT}") from None
-    if not cuda.backend().available():
-        raise PruMuxError("TensorRT engines need an NVIDIA GPU with CUDA, and none is visible here "
-                          "(torch.cuda.is_available() is False); build the engine on the GPU machine it will run on")
+    cuda.require_gpu("building a TensorRT engine", "build it on the GPU machine it will run on")
     return trt
 
 

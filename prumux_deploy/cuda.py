@@ -80,8 +80,9 @@ def backend():
     return _backend
 
 
-def require_gpu(what: str) -> None:
-    """EngineError (one line) when no CUDA GPU is visible; `what` names who needs it."""
+def require_gpu(what: str, fix: str = "") -> None:
+    """EngineError (one line) when no CUDA GPU is visible; `what` names who needs it, `fix` (optional) what
+    to do instead."""
     if not backend().available():
         raise EngineError(f"{what} runs only on an NVIDIA GPU with CUDA, and none is visible here "
-                          "(torch.cuda.is_available() is False)")
+                          f"(torch.cuda.is_available() is False){'; ' + fix if fix else ''}")
