@@ -91,6 +91,9 @@ def export_checkpoint(checkpoint, out, fmt: str = "onnx", opset: int = DEFAULT_O
     if data is not None and precision not in ("int8", "bf16"):
         raise PruMuxError("`data` is for `precision` int8 (calibration rows, and the accuracy the int8 choice keeps) "
                           "or bf16 (the accuracy it must keep)")
+    if optimize is False and precision == "int8":
+        raise PruMuxError("int8 engines are quantized from the graph each runtime runs fastest (ONNX Runtime: the "
+                          "optimized one; OpenVINO's NNCF: the plain one); leave `optimize` at its default (drop --no-optimize)")
     if optimize is None:  # ONNX Runtime engines are optimized unless asked not to; TensorRT fuses by itself
         optimize = fmt == "onnx"
     if fmt == "tensorrt" and (optimize or precision == "int8"):
@@ -117,6 +120,11 @@ def export_checkpoint(checkpoint, out, fmt: str = "onnx", opset: int = DEFAULT_O
                           f"({cfg.max_position_embeddings}); use at most {cfg.max_position_embeddings}")
     if masked.tokenizer_dir is not None:
         check_vocab(load_tokenizer(masked.tokenizer_dir), cfg, checkpoint)
+    rows = None
+    if data is not None:  # read (and refused when unusable) before minutes of compaction and export
+        from .quantize import TaskRows
+
+        rows = TaskRows(cfg, masked.tokenizer_dir, data, max_len, data_config, calibration=precision == "int8")
     trt_profile = None
     if fmt == "tensorrt":  # the profile decides the longest input: the manifest must say the same
         given = trt_opts.profile
@@ -138,14 +146,8 @@ def export_checkpoint(checkpoint, out, fmt: str = "onnx", opset: int = DEFAULT_O
         log(f"exporting ONNX (opset {opset}, inputs {', '.join(cfg.input_names)}, dynamic batch and sequence)")
         export_onnx(model, onnx_file, opset=opset, max_seq_length=max_len)
         engine_file, extra = onnx_file, {"precision": precision, "optimized": False}
-        rows = None
-        if data is not None:
-            from .quantize import TaskRows
-
-            rows = TaskRows(model.config, masked.tokenizer_dir, data, max_len, data_config,
-                            calibration=precision == "int8")
         if precision == "int8" and rows is not None:
-            extra.update(_int8_from_data(onnx_file, rows, runtime, optimize, log))
+            extra.update(_int8_from_data(onnx_file, rows, runtime, log))
             runtime = extra["quantization"]["runtime"]  # what the choice measured is what runs it
         elif fmt == "onnx" and (optimize or precision != "fp32"):
             extra.update(_optimize(onnx_file, precision, log))
@@ -205,7 +207,7 @@ def _optimize(onnx_file: Path, precision: str, log) -> dict:
     return entries
 
 
-def _int8_from_data(onnx_file: Path, rows, runtime: str, optimize: bool, log) -> dict:
+def _int8_from_data(onnx_file: Path, rows, runtime: str, log) -> dict:
     """int8 with task data (export/quantize.py): ONNX Runtime's dynamic and static candidates on the
     optimized graph (`runtime` onnxruntime or auto), OpenVINO's NNCF candidate on the plain one (openvino or
     auto); the chosen graph replaces `onnx_file`. Returns the manifest entries; quantization.runtime says
@@ -272,12 +274,13 @@ def _check_runtime(runtime: str, fmt: str, precision: str, with_data: bool = Fal
     return runtime
 
 
-def require_nncf():
+def require_nncf(instead: str = "use `runtime` onnxruntime"):
+    """PruMuxError (one line, ending with `instead`) when NNCF, OpenVINO's int8, is not installed."""
     try:
         import nncf  # noqa: F401
     except ImportError:
-        raise PruMuxError("OpenVINO's int8 needs NNCF, which is not installed: pip install 'prumux-deploy[openvino]'"
-                          " (or use `runtime` onnxruntime)") from None
+        raise PruMuxError(f"OpenVINO's int8 needs NNCF, which is not installed: pip install 'prumux-deploy[openvino]'"
+                          f" (or {instead})") from None
 
 
 def nncf_available() -> bool:

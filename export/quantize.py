@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from prumux_deploy.data import load_examples, load_tokenizer, resolve_task, tokenize
-from prumux_deploy.errors import ParityError
+from prumux_deploy.errors import DataError, ParityError
 from prumux_deploy.timing import throughput
 
 CALIBRATION_ROWS = 256
@@ -48,8 +48,17 @@ class TaskRows:
         self.tokenizer = load_tokenizer(tokenizer_dir)
         self.cfg, self.max_len = cfg, max_len
         self.batch = 32 * cfg.num_instances
-        self.train = (load_examples(task, data, "train", CALIBRATION_ROWS, skip_bad_rows=True, data_config=data_config)
-                      if calibration else None)
+        self.train = None
+        if calibration:
+            try:
+                self.train = load_examples(task, data, "train", CALIBRATION_ROWS, skip_bad_rows=True,
+                                           data_config=data_config)
+            except DataError as e:
+                if "`split`" not in str(e):
+                    raise
+                # its fix names a `split`, which export has no option for
+                raise DataError(f"{str(e).split('; ')[0]}; int8 with `data` calibrates on its train rows: give "
+                                "`data` that has a train split") from None
         self.dev = load_examples(task, data, "dev", EVAL_ROWS, skip_bad_rows=True, data_config=data_config)
         self.calibration = list(self._batches(self.train)) if calibration else []
         self.dev_feeds = list(self._batches(self.dev))

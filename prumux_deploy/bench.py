@@ -420,7 +420,7 @@ def check_config(cfg: BenchConfig) -> None:
         if "openvino-int8" in cfg.backends:
             from prumux_deploy.export.pipeline import require_nncf
 
-            require_nncf()
+            require_nncf("leave out the openvino-int8 backend; onnxruntime-int8 times ONNX Runtime's int8")
     if on_gpu and set(cfg.backends) & set(CPU_ONLY_BACKENDS):
         raise PruMuxError("onnxruntime-int8 is dynamic quantization for CPUs (its DynamicQuantizeMatMul / QAttention "
                           "ops have CPU kernels only), so on `device` cuda its row would time the CPU; leave it out "

@@ -231,3 +231,19 @@ def test_bf16_with_data_records_its_dev_accuracy_and_refuses_a_drop(masked_check
     refused(run_cli("export", masked_checkpoint, tmp_path / "c", "--precision", "bf16", "--data", sst2_with_train),
             1, "points of dev accuracy")
     assert not (tmp_path / "c").exists()
+
+
+def test_unusable_int8_arguments_are_refused_before_any_work(masked_checkpoint, sst2_dir, tmp_path, monkeypatch):
+    done = run_cli("export", masked_checkpoint, tmp_path / "e", "--precision", "int8", "--data", sst2_dir)
+    refused(done, 2, "train.tsv: missing; int8 with --data calibrates on its train rows: give --data that has a "
+                     "train split")  # sst2_dir holds dev.tsv only
+    assert "compacting" not in done.output and not (tmp_path / "e").exists()  # before compaction and export
+    refused(run_cli("export", masked_checkpoint, tmp_path / "e", "--precision", "int8", "--no-optimize"), 2,
+            "leave --optimize at its default (drop --no-optimize)")
+    monkeypatch.setitem(sys.modules, "nncf", None)  # as if NNCF were not installed
+    refused(run_cli("bench", "--checkpoint", masked_checkpoint, "--backend", "openvino-int8", "--no-gemm"), 2,
+            "OpenVINO's int8 needs NNCF, which is not installed: pip install 'prumux-deploy[openvino]' (or leave out "
+            "the openvino-int8 backend")
+    refused(run_cli("export", masked_checkpoint, tmp_path / "e", "--precision", "int8", "--runtime", "openvino",
+                    "--data", sst2_dir), 2, "(or use --runtime onnxruntime)")
+    assert not (tmp_path / "e").exists()

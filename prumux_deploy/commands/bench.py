@@ -63,8 +63,9 @@ _RENDER_OPTIONS = {"saved_json", "csv_path", "json_path", "plot_path", "accuracy
 @click.option("--peers", is_flag=True,
               help="Time the same model in every runtime a user could pick (PyTorch eager, torch.compile, ONNX "
                    "Runtime, OpenVINO fp32 and bf16 where the CPU has it, ONNX Runtime and OpenVINO int8) and print "
-                   "each as a ratio to ours: the fp32 engine `export --runtime auto` keeps (the faster of ONNX Runtime "
-                   "and OpenVINO).")
+                   "them by precision, each as a ratio to ours at that precision: what `export --runtime auto` "
+                   "keeps there (fp32: the faster of ONNX Runtime and OpenVINO; int8: the faster int8), with "
+                   "bf16's and int8's ratio to ours at fp32.")
 @click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(path_type=Path),
               help="Time these trained checkpoints instead of generated structures (with --structure: beside "
                    "that structure, in the same run).")
