@@ -244,7 +244,7 @@ def _check_runtime(runtime: str, fmt: str, precision: str, with_data: bool = Fal
     """The runtime asked for, checked against the format, precision and data before any work. bf16 is
     OpenVINO's (the only runtime with bf16 on the CPU), fp16 ONNX Runtime's; int8 is either's, OpenVINO's
     only with task data (NNCF calibrates on it), so "auto" with int8 chooses by measurement only then."""
-    from prumux_deploy.runtime_openvino import available, check_bf16, require_openvino
+    from prumux_deploy.runtime_openvino import available, check_bf16, nncf_available, require_nncf, require_openvino
 
     if runtime not in ("onnxruntime", "openvino", "auto"):
         raise PruMuxError(f"`runtime` {runtime!r} is not one of onnxruntime, openvino, auto")
@@ -272,23 +272,6 @@ def _check_runtime(runtime: str, fmt: str, precision: str, with_data: bool = Fal
                               (precision == "int8" and not (with_data and nncf_available()))):
         return "onnxruntime"  # nothing to choose between
     return runtime
-
-
-def require_nncf(instead: str = "use `runtime` onnxruntime"):
-    """PruMuxError (one line, ending with `instead`) when NNCF, OpenVINO's int8, is not installed."""
-    try:
-        import nncf  # noqa: F401
-    except ImportError:
-        raise PruMuxError(f"OpenVINO's int8 needs NNCF, which is not installed: pip install 'prumux-deploy[openvino]'"
-                          f" (or {instead})") from None
-
-
-def nncf_available() -> bool:
-    try:
-        require_nncf()
-    except PruMuxError:
-        return False
-    return True
 
 
 def choose_runtime(engine_dir: Path, reference, max_len: int, tolerance: float, out, log) -> tuple[dict, dict]:

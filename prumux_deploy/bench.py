@@ -280,19 +280,17 @@ def _time_openvino(path: Path, precision: str, model: PruMuxModel, ids, mask, cf
     """OpenVINO on `path` at `precision` (fp32, bf16 where the CPU has it, or int8: NNCF's QDQ graph with its
     float layers at f32; checked in check_config before any timing), with the same parity spot check as ONNX
     Runtime's rows."""
-    from .runtime_openvino import INFERENCE_PRECISION, compile_cpu
+    from .runtime_openvino import INFERENCE_PRECISION, cpu_runner
 
-    compiled = compile_cpu(path, INFERENCE_PRECISION[precision])
-    request = compiled.create_infer_request()
-    given = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
-    feeds = {name: given[name] for name in (port.get_any_name() for port in compiled.inputs)}
+    run = cpu_runner(path, INFERENCE_PRECISION[precision])
+    feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
 
     def run_rows(rows):
-        return np.array(request.infer({n: v[:rows] for n, v in feeds.items()})[compiled.output(0)])
+        return run({n: v[:rows] for n, v in feeds.items()})
 
     error = _spot_check(model, ids, mask, cfg, run_rows)
     with PeakRSS() as mem:
-        result = throughput(lambda: request.infer(feeds), ids.shape[0], cfg.warmup, cfg.repeats, cfg.min_seconds)
+        result = throughput(lambda: run(feeds), ids.shape[0], cfg.warmup, cfg.repeats, cfg.min_seconds)
     result["max_abs_logit_error"] = error
     return result, mem.mib
 
@@ -418,7 +416,7 @@ def check_config(cfg: BenchConfig) -> None:
         if "openvino-bf16" in cfg.backends:
             check_bf16()
         if "openvino-int8" in cfg.backends:
-            from prumux_deploy.export.pipeline import require_nncf
+            from .runtime_openvino import require_nncf
 
             require_nncf("leave out the openvino-int8 backend; onnxruntime-int8 times ONNX Runtime's int8")
     if on_gpu and set(cfg.backends) & set(CPU_ONLY_BACKENDS):

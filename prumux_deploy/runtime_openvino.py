@@ -45,6 +45,23 @@ def available() -> bool:
     return True
 
 
+def require_nncf(instead: str = "use `runtime` onnxruntime"):
+    """EngineError (one line, ending with `instead`) when NNCF, OpenVINO's int8, is not installed."""
+    try:
+        import nncf  # noqa: F401
+    except ImportError:
+        raise EngineError(f"OpenVINO's int8 needs NNCF, which is not installed: pip install 'prumux-deploy[openvino]'"
+                          f" (or {instead})") from None
+
+
+def nncf_available() -> bool:
+    try:
+        require_nncf()
+    except EngineError:
+        return False
+    return True
+
+
 def cpu_flags() -> set[str]:
     try:
         text = Path("/proc/cpuinfo").read_text()
@@ -86,6 +103,15 @@ def compile_cpu(path, hint: str, threads: int | None = None):
         return core.compile_model(core.read_model(str(path)), "CPU", config)
     except Exception as e:  # OpenVINO raises RuntimeError with a long message for graphs it cannot read
         raise EngineError(f"{path}: OpenVINO cannot compile it ({str(e).splitlines()[0][:200]})") from None
+
+
+def cpu_runner(path, hint: str, threads: int | None = None):
+    """feeds {name: [B, S]} -> logits [B, C] (a float32 copy: OpenVINO reuses its output buffer) of the ONNX
+    file `path` compiled for the CPU at `hint` (compile_cpu); feeds may hold inputs the graph does not take."""
+    compiled = compile_cpu(path, hint, threads)
+    request = compiled.create_infer_request()
+    names = [port.get_any_name() for port in compiled.inputs]
+    return lambda feeds: np.array(request.infer({n: feeds[n] for n in names})[compiled.output(0)], dtype=np.float32)
 
 
 class OpenVINOEngine(Engine):

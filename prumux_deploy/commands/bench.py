@@ -145,9 +145,8 @@ def bench(instances, sparsities, backends, peers, checkpoints, structure, groups
         raise PruMuxError("--peers compares the CPU runtimes (OpenVINO among them); use --device cpu")
     if peers:
         from ..bench import PEER_BACKENDS
-        from ..runtime_openvino import cpu_has_bf16, require_openvino
+        from ..runtime_openvino import cpu_has_bf16, nncf_available, require_openvino
 
-        from ..export.pipeline import nncf_available
 
         require_openvino()
         backends = [b for b in PEER_BACKENDS if (b != "openvino-bf16" or cpu_has_bf16())
