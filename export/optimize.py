@@ -72,6 +72,25 @@ def expected_fused_ops(cfg, for_gpu: bool = False) -> dict[str, int]:
     return {k: v for k, v in sorted(counts.items()) if v}
 
 
+def check_fusions(fused: dict[str, int], cfg, for_gpu: bool = False) -> None:
+    """Refuse a graph in which a fusion that fires on this model did not (ExportError, one line): every
+    layer with heads must hold a fused Attention (per-layer head counts), every remaining sub-layer its
+    normalisation in the form of the target (SkipLayerNormalization on GPUs), every FFN block its BiasGelu.
+    A transformers or ONNX Runtime upgrade that changes the exported pattern breaks fusions silently: the
+    engine stays correct but loses its speed. Models imported with upstream's forward variants (second
+    embedding pass, attention over padding, other demuxes) are checked on Attention alone."""
+    want = expected_fused_ops(cfg, for_gpu)
+    native = not (cfg.second_embedding_pass or cfg.attend_to_padding) and cfg.demux_kind in ("key_cls", "key_pool")
+    checked = want if native else {k: v for k, v in want.items() if k == "Attention"}
+    missing = {k: (fused.get(k, 0), v) for k, v in checked.items() if fused.get(k, 0) < v}
+    if missing:
+        said = ", ".join(f"{k} {got} of {v}" for k, (got, v) in missing.items())
+        raise ExportError(f"the transformer optimizer's fusions did not fire where they should ({said}): the exported "
+                          "graph's pattern changed (a transformers or ONNX Runtime version the fusions were not "
+                          "written for?); export --no-optimize writes the plain graph, or pin the versions in the "
+                          "README")
+
+
 def op_counts(model: onnx.ModelProto | str | os.PathLike, types=None) -> dict[str, int]:
     """Number of nodes per op type (only `types` when given; subgraphs included), sorted by op type."""
     if not isinstance(model, onnx.ModelProto):
@@ -474,17 +493,19 @@ def quantize_static_int8(src, dst, calibration: list[dict]) -> dict[str, int]:
     return op_counts(proto, QUANT_OP_TYPES)
 
 
-def convert_fp16(src, dst) -> dict[str, int]:
+def convert_fp16(src, dst, norms_in_fp32: bool = True) -> dict[str, int]:
     """Half-precision weights and activations (for GPUs), with float32 kept where it matters:
     every normalisation (LayerNormalization and the fused Skip/Embed/Simplified forms, gamma and beta
     included) and any unfused Softmax run in float32 (op_block_list; Casts around them), the int64 inputs
-    are untouched and `logits` stays float32 (keep_io_types). Returns op counts of the Cast nodes added and
-    the fused ops kept."""
+    are untouched and `logits` stays float32 (keep_io_types). norms_in_fp32=False (the GPU target,
+    export/gpu.py): the normalisations take and give fp16 too, with no Casts around them; ONNX Runtime's CUDA
+    kernels accumulate their statistics in float. Returns op counts of the Cast nodes added and the fused ops
+    kept."""
     original = onnx.load(str(src))
     model = OnnxModel(onnx.load(str(src)))
     with _quiet():
         model.convert_float_to_float16(use_symbolic_shape_infer=True, keep_io_types=True,
-                                       op_block_list=list(FP16_OP_BLOCK_LIST))
+                                       op_block_list=list(FP16_OP_BLOCK_LIST if norms_in_fp32 else ("Softmax",)))
     for node in model.graph().node:  # the fp32 mask value (float32 min) is -inf in half precision;
         for attr in node.attribute:  # ORT's default -10000 masks just as well and stays finite
             if node.op_type in ("Attention", "MultiHeadAttention") and attr.name == "mask_filter_value":

@@ -60,8 +60,8 @@ def export_checkpoint(checkpoint, out, fmt: str = "onnx", opset: int = DEFAULT_O
                       max_seq_length: int | None = None, force: bool = False,
                       tolerance: float | None = None, log=print,
                       tensorrt: TensorRTOptions | None = None, optimize: bool | None = None,
-                      precision: str = "fp32", data=None, data_config: str | None = None,
-                      runtime: str = "onnxruntime") -> dict:
+                      precision: str | None = None, data=None, data_config: str | None = None,
+                      runtime: str = "onnxruntime", device: str = "cpu") -> dict:
     """Export the checkpoint directory `checkpoint` to the engine directory `out`; returns the manifest.
 
     Steps: compact -> ONNX -> (ONNX Runtime's transformer optimizer, fp16 / int8) or (TensorRT plan) ->
@@ -73,7 +73,10 @@ def export_checkpoint(checkpoint, out, fmt: str = "onnx", opset: int = DEFAULT_O
     (default: the checkpoint's); tolerance: the largest absolute logit difference accepted (default: the
     precision's, prumux_deploy/compare.py); tensorrt: the shape profile and builder options; data (with
     data_config): task data for int8 (the int8 candidates of the runtime(s) measured on it, the fastest within
-    1 point of fp32 kept) or bf16 (its dev accuracy checked against fp32's), export/quantize.py; log:
+    1 point of fp32 kept) or bf16 (its dev accuracy checked against fp32's), export/quantize.py; device: where the engine will
+    run, "cpu" or "cuda" (the GPU target, export/gpu.py: FFN widths padded to multiples of 8,
+    SkipLayerNormalization, fp16 activations throughout; precision defaults to fp16 there, fp32 on the CPU;
+    the manifest's optimized_for records it); log:
     receives progress lines. `out` must not exist unless force. runtime: what runs the ONNX engine,
     "onnxruntime", "openvino" (prumux_deploy/runtime_openvino.py; fp32, bf16, or int8 with data) or "auto":
     at fp32 every runtime installed is checked for parity and timed at batch 32*N x sequence min(128, max
@@ -86,6 +89,7 @@ def export_checkpoint(checkpoint, out, fmt: str = "onnx", opset: int = DEFAULT_O
     in every case nothing is written to `out`."""
     if fmt not in ("onnx", "tensorrt"):
         raise PruMuxError(f"`fmt` {fmt} is not supported; use onnx or tensorrt")
+    precision, runtime = _check_device(device, fmt, precision, runtime, optimize)
     if precision not in PRECISIONS:
         raise PruMuxError(f"`precision` {precision} is not supported; use fp32, fp16, int8 or bf16")
     if data is not None and precision not in ("int8", "bf16"):
@@ -144,13 +148,14 @@ def export_checkpoint(checkpoint, out, fmt: str = "onnx", opset: int = DEFAULT_O
     with atomic_dir(out, force=force) as tmp:
         onnx_file = tmp / "model.onnx"
         log(f"exporting ONNX (opset {opset}, inputs {', '.join(cfg.input_names)}, dynamic batch and sequence)")
-        export_onnx(model, onnx_file, opset=opset, max_seq_length=max_len)
-        engine_file, extra = onnx_file, {"precision": precision, "optimized": False}
-        if precision == "int8" and rows is not None:
+        from_data = precision == "int8" and rows is not None
+        engine_file = onnx_file
+        extra = write_graph(model, onnx_file, max_len, precision if fmt == "onnx" and not from_data else "fp32",
+                            device, optimize and fmt == "onnx" and not from_data, opset, log)
+        extra["precision"] = precision
+        if from_data:
             extra.update(_int8_from_data(onnx_file, rows, runtime, log))
             runtime = extra["quantization"]["runtime"]  # what the choice measured is what runs it
-        elif fmt == "onnx" and (optimize or precision != "fp32"):
-            extra.update(_optimize(onnx_file, precision, log))
         elif fmt == "tensorrt" and precision == "fp16":
             from .optimize import convert_fp16
 
@@ -186,18 +191,83 @@ def export_checkpoint(checkpoint, out, fmt: str = "onnx", opset: int = DEFAULT_O
     return manifest
 
 
-def _optimize(onnx_file: Path, precision: str, log) -> dict:
-    """Run ONNX Runtime's transformer optimizer in place, then convert to fp16 or quantize to int8 (dynamic:
-    no task data to calibrate on). Returns the manifest entries: fused-op counts (so users see which fusions
-    fired), quantized ops, and the int8 method."""
-    from .optimize import convert_fp16, optimize_onnx, quantize_int8
+def write_graph(model, onnx_file: Path, max_len: int, precision: str = "fp32", device: str = "cpu",
+                optimize: bool = True, opset: int = DEFAULT_OPSET, log=lambda message: None) -> dict:
+    """The engine graph `export` writes for a compact model at (precision, device): the model as the target
+    takes it (_for_device), exported (export_onnx), then optimized and converted or quantized (_optimize) unless
+    optimize is False and precision fp32. One function, so that bench times the bytes export writes. Returns
+    the manifest entries that describe the graph (precision, optimized, fused_ops, ...)."""
+    export_onnx(_for_device(model, device, log), onnx_file, opset=opset, max_seq_length=max_len)
+    if not optimize and precision == "fp32":
+        return {"precision": precision, "optimized": False}
+    return {"precision": precision, "optimized": False, **_optimize(onnx_file, precision, log, model.config, device)}
+
+
+def _check_device(device: str, fmt: str, precision: str | None, runtime: str,
+                  optimize: bool | None) -> tuple[str, str]:
+    """The export target checked against the other options before any work; returns the precision (default:
+    fp16 on cuda, fp32 on the CPU) and the runtime (on cuda ONNX Runtime's CUDA provider: `auto` times CPU
+    runtimes, which says nothing about a GPU). int8 and bf16 are CPU arithmetic (ONNX Runtime's int8 kernels, OpenVINO's
+    bf16), OpenVINO runs on the CPU here, and the GPU target is an optimized graph."""
+    from .gpu import TARGETS
+
+    if device not in TARGETS:
+        raise PruMuxError(f"`device` {device!r} is not one of {', '.join(TARGETS)}")
+    if precision is None:
+        precision = "fp16" if device == "cuda" else "fp32"
+    if device != "cuda":
+        return precision, runtime
+    if precision in ("int8", "bf16"):
+        raise PruMuxError(f"`precision` {precision} is CPU arithmetic (int8: ONNX Runtime's CPU kernels; bf16: OpenVINO "
+                          "on the CPU); for `device` cuda use fp16 (the default) or fp32")
+    if runtime == "openvino":
+        raise PruMuxError("`runtime` openvino runs engines on the CPU here; `device` cuda engines run in ONNX Runtime's "
+                          "CUDA provider (leave out `runtime`)")
+    if fmt == "onnx" and optimize is False:
+        raise PruMuxError("`device` cuda writes the GPU-optimized graph; --no-optimize writes the plain graph for any "
+                          "device (leave out `device`)")
+    return precision, "onnxruntime"
+
+
+def _for_device(model, device: str, log):
+    """The compact model as the target's graph is exported from it: on cuda with FFN widths padded to
+    multiples of 8 (export/gpu.py; the same function, zero units), else unchanged."""
+    if device != "cuda":
+        return model
+    from .gpu import ALIGN, pad_ffn_widths
+
+    padded, widths = pad_ffn_widths(model)
+    if widths != model.config.ffn_per_layer:
+        log(f"GPU target: FFN widths padded to multiples of {ALIGN} with zero units "
+            f"({sum(widths) - sum(model.config.ffn_per_layer)} added)")
+    return padded
+
+
+def _optimize(onnx_file: Path, precision: str, log, cfg=None, device: str = "cpu") -> dict:
+    """Run ONNX Runtime's transformer optimizer in place (refused when an expected fusion did not fire:
+    optimize.check_fusions), then convert to fp16 or quantize to int8 (dynamic: no task data to calibrate
+    on). device cuda: the GPU target (export/gpu.py). Returns the manifest entries: fused-op counts (so users
+    see which fusions fired), quantized ops, the int8 method, and the GPU target's padding."""
+    from .gpu import ALIGN, padded_width
+    from .optimize import check_fusions, convert_fp16, optimize_onnx, quantize_int8
 
     log("optimizing with ONNX Runtime's transformer optimizer")
-    # fp16 engines are for GPUs, where SkipLayerNormalization is the fast form; CPU engines keep Add + LN
-    for_gpu = precision == "fp16"
+    # GPU graphs (and fp16 ones, which are for GPUs) use SkipLayerNormalization, the fast form there; CPU graphs
+    # keep Add + LN
+    for_gpu = precision == "fp16" or device == "cuda"
     entries = {"optimized": True, "optimized_for": "gpu" if for_gpu else "cpu",
                "fused_ops": optimize_onnx(onnx_file, onnx_file, for_gpu=for_gpu)}
-    if precision == "fp16":
+    if cfg is not None:
+        check_fusions(entries["fused_ops"], cfg, for_gpu)
+    if device == "cuda":
+        entries["gpu"] = {"target": "cuda", "align": ALIGN,
+                          "padded_ffn": [padded_width(w, ALIGN) for w in cfg.ffn_per_layer],
+                          "fp16_normalizations": precision == "fp16"}
+    if precision == "fp16" and device == "cuda":
+        log("converting to fp16 (activations and normalisations stored in fp16, their statistics accumulated in fp32 "
+            "by ONNX Runtime's CUDA kernels; int64 inputs and fp32 logits kept)")
+        convert_fp16(onnx_file, onnx_file, norms_in_fp32=False)
+    elif precision == "fp16":
         log("converting to fp16 (every normalisation and its gamma/beta kept in fp32, int64 inputs and fp32 logits kept)")
         convert_fp16(onnx_file, onnx_file)
     elif precision == "int8":
@@ -294,7 +364,7 @@ def choose_runtime(engine_dir: Path, reference, max_len: int, tolerance: float, 
         feeds["token_type_ids"] = np.zeros((batch, seq), dtype=np.int64)
     measured, parities = {}, {}
     for runtime in ("onnxruntime", "openvino"):
-        engine = load_engine(engine_dir, runtime=runtime)
+        engine = load_engine(engine_dir, runtime=runtime, warn=_checked_on_the_cpu)
         parities[runtime] = check_parity(engine_dir, reference, max_len, tolerance, out, engine=engine)
         measured[runtime] = throughput(engine.timed_runner(feeds), batch, warmup=2, repeats=5)["samples_per_s"]
     chosen = max(measured, key=measured.get)
@@ -308,6 +378,11 @@ def choose_runtime(engine_dir: Path, reference, max_len: int, tolerance: float, 
     return entry, parities[chosen]
 
 
+def _checked_on_the_cpu(line: str) -> None:
+    """A GPU target's parity is checked on the CPU (ONNX Runtime's CPU kernels take the same graph): the
+    other-device notice load_engine gives users does not apply to this check."""
+
+
 def check_parity(engine_dir: Path, reference, max_len: int, tolerance: float, out, profile=None,
                  engine=None) -> dict:
     """Run the engine as users will (load_engine, with the manifest's runtime; or `engine`, already loaded)
@@ -315,7 +390,7 @@ def check_parity(engine_dir: Path, reference, max_len: int, tolerance: float, ou
     tried to the ones the engine was built for."""
     from prumux_deploy.engine import load_engine
 
-    engine = engine or load_engine(engine_dir)
+    engine = engine or load_engine(engine_dir, warn=_checked_on_the_cpu)
     bounds = {} if profile is None else dict(min_batch=profile.min_batch, max_batch=profile.max_batch,
                                              min_len=profile.min_seq)
     cases, batches, lengths = parity_inputs(reference.config, max_len, **bounds)

@@ -140,8 +140,8 @@ class BenchConfig:
         s 0 and 0.9, short sequences), then every field given (None = not given). `structure` is checked
         against the base shape. Raises PruMuxError for a structure that does not fit it."""
         cfg = cls(device=device, protocol=protocol or ("paper" if device == "cuda" else "ours"))
-        if device == "cuda":  # int8 is dynamic quantization for CPUs: not a GPU row unless asked (then refused)
-            cfg.backends = [b for b in cfg.backends if b not in CPU_ONLY_BACKENDS]
+        if device == "cuda":  # the GPU's own rows: eager and our GPU engines at fp32 and fp16 (int8 is for CPUs)
+            cfg.backends = list(GPU_BACKENDS)
         if cfg.protocol == "paper":
             cfg.groups_per_batch = 128
         if quick:
@@ -213,9 +213,10 @@ def _torch_arithmetic(cfg: BenchConfig):
     return tf32_scope(torch.device(cfg.device), cfg.tf32)
 
 
-def _time_torch(model, ids, mask, cfg: BenchConfig):
+def _time_torch(model, ids, mask, cfg: BenchConfig, tf32: bool | None = None, dtype: str = "fp32"):
     """PyTorch eager (or compiled) on cfg.device, inputs already there, synchronised after every call; its
-    TF32 as cfg.tf32 asks on a GPU. Peak memory: host RSS on the CPU, PyTorch's GPU allocator on a GPU."""
+    TF32 as cfg.tf32 asks on a GPU (or `tf32`, the torch-tf32 row). dtype: what the model's weights are in,
+    for the report. Peak memory: host RSS on the CPU, PyTorch's GPU allocator on a GPU."""
     device = torch.device(cfg.device)
     ids, mask = ids.to(device), mask.to(device)
 
@@ -224,45 +225,71 @@ def _time_torch(model, ids, mask, cfg: BenchConfig):
         synchronize(device)
 
     meter = PeakCudaMemory() if device.type == "cuda" else PeakRSS()
-    with torch.no_grad(), _torch_arithmetic(cfg), meter as mem:
+    scope = _torch_arithmetic(cfg) if tf32 is None else tf32_scope(device, tf32)
+    with torch.no_grad(), scope, meter as mem:
         result = throughput(run, ids.shape[0], cfg.warmup, cfg.repeats, cfg.min_seconds)
-        result["arithmetic"] = torch_arithmetic(device)
+        result["arithmetic"] = torch_arithmetic(device, dtype)
     return result, mem.mib
 
 
-ORT_BACKENDS = {  # name -> (transformer optimizer, precision)
-    "onnxruntime": (False, "fp32"),
-    "onnxruntime-opt": (True, "fp32"),
-    "onnxruntime-int8": (True, "int8"),
+def _time_torch_backend(backend: str, model: PruMuxModel, ids, mask, cfg: BenchConfig):
+    """A PyTorch row: eager or torch.compile (inductor; its warm-up calls include compilation), in fp32, TF32
+    (torch-tf32) or a half-precision copy of the model (torch-fp16 / torch-bf16 / torch-compile-fp16, weights
+    and activations in that type: what a PyTorch user runs on a GPU)."""
+    import copy
+
+    dtype = {"torch-fp16": "fp16", "torch-bf16": "bf16", "torch-compile-fp16": "fp16"}.get(backend, "fp32")
+    if dtype != "fp32":
+        model = copy.deepcopy(model).to(torch.float16 if dtype == "fp16" else torch.bfloat16)
+    if backend.startswith("torch-compile"):
+        model = torch.compile(model)
+    result, mem = _time_torch(model, ids, mask, cfg, True if backend == "torch-tf32" else None, dtype)
+    if dtype != "fp32":  # the spot check every row gets: its logits against the fp32 model's
+        result["max_abs_logit_error"] = _spot_check_torch(model, ids, mask)
+    return result, mem
+
+
+ORT_BACKENDS = {  # name -> (precision, device the graph is exported for, optimized): export's own graphs
+    "onnxruntime": ("fp32", "cpu", False),          # export --no-optimize
+    "onnxruntime-opt": ("fp32", "cpu", True),       # export (--device cpu), ONNX Runtime's graph
+    "onnxruntime-int8": ("int8", "cpu", True),      # export --precision int8 (dynamic)
+    "onnxruntime-gpu": ("fp32", "cuda", True),      # export --device cuda --precision fp32
+    "onnxruntime-gpu-fp16": ("fp16", "cuda", True),  # export --device cuda: the default GPU engine
 }
+TORCH_BACKENDS = ("torch", "torch-tf32", "torch-fp16", "torch-bf16", "torch-compile", "torch-compile-fp16")
 OPENVINO_BACKENDS = {  # name -> precision: fp32/bf16 on the optimized graph `export` writes, int8 NNCF's on the plain
     "openvino": "fp32",
     "openvino-bf16": "bf16",
     "openvino-int8": "int8",
 }
-BACKENDS = ("torch", *ORT_BACKENDS)
+BACKENDS = ("torch", "onnxruntime", "onnxruntime-opt", "onnxruntime-int8")  # the CPU default
+GPU_BACKENDS = ("torch", "torch-fp16", "onnxruntime-gpu", "onnxruntime-gpu-fp16")  # the GPU default
 CPU_ONLY_BACKENDS = ("onnxruntime-int8",)  # its quantized ops (DynamicQuantizeMatMul, QAttention) are CPU kernels
+GPU_ONLY_BACKENDS = ("torch-tf32", "torch-fp16", "torch-bf16", "torch-compile-fp16", "onnxruntime-gpu",
+                     "onnxruntime-gpu-fp16")  # TF32 and half-precision eager are GPU arithmetic; GPU-target graphs
 # not in the default set: compiling costs a minute or more per structure; OpenVINO is an optional extra
-EXTRA_BACKENDS = ("torch-compile", *OPENVINO_BACKENDS)
+EXTRA_BACKENDS = ("torch-compile", *OPENVINO_BACKENDS, *GPU_ONLY_BACKENDS)
+ALL_BACKENDS = tuple(dict.fromkeys(BACKENDS + GPU_BACKENDS + EXTRA_BACKENDS))
 # --peers: the same compact model in every runtime a user could pick, at each precision
 PEER_BACKENDS = ("torch", "torch-compile", "onnxruntime-opt", "openvino", "openvino-bf16", "onnxruntime-int8",
                  "openvino-int8")
+GPU_PEER_BACKENDS = ("torch", "torch-tf32", "torch-compile", "onnxruntime-opt", "onnxruntime-gpu", "torch-fp16",
+                     "torch-bf16", "torch-compile-fp16", "onnxruntime-gpu-fp16")
 
 
 def _ort_graphs(model: PruMuxModel, cfg: BenchConfig, backends, tmp: Path) -> dict[str, Path]:
-    """Export once, then derive the optimized and int8 graphs the requested backends need."""
-    from prumux_deploy.export.onnx import export_onnx
-    from prumux_deploy.export.optimize import optimize_onnx, quantize_int8
+    """The graphs the requested backends run, each written by export's own function (pipeline.write_graph) at
+    sequence cfg.seq: the bytes `export --max-seq-length cfg.seq` writes for that precision and device."""
+    from prumux_deploy.export.pipeline import write_graph
 
-    raw = tmp / "raw.onnx"
-    export_onnx(model, raw, max_seq_length=cfg.seq)
-    graphs = {"onnxruntime": raw}
-    if {"onnxruntime-opt", "onnxruntime-int8", *OPENVINO_BACKENDS} & set(backends):
-        graphs["onnxruntime-opt"] = tmp / "opt.onnx"
-        optimize_onnx(raw, graphs["onnxruntime-opt"])
-    if "onnxruntime-int8" in backends:
-        graphs["onnxruntime-int8"] = tmp / "int8.onnx"
-        quantize_int8(graphs["onnxruntime-opt"], graphs["onnxruntime-int8"])
+    wanted = set(backends) | ({"onnxruntime-opt"} if {"openvino", "openvino-bf16"} & set(backends) else set()) \
+        | ({"onnxruntime"} if "openvino-int8" in backends else set())
+    graphs = {}
+    for name, (precision, device, optimize) in ORT_BACKENDS.items():
+        if name in wanted:
+            graphs[name] = tmp / f"{name}.onnx"
+            write_graph(model, graphs[name], cfg.seq, precision, device, optimize)
+    raw = graphs.get("onnxruntime")
     for name in ("openvino", "openvino-bf16"):
         if name in backends:
             graphs[name] = graphs["onnxruntime-opt"]
@@ -293,6 +320,20 @@ def _time_openvino(path: Path, precision: str, model: PruMuxModel, ids, mask, cf
         result = throughput(lambda: run(feeds), ids.shape[0], cfg.warmup, cfg.repeats, cfg.min_seconds)
     result["max_abs_logit_error"] = error
     return result, mem.mib
+
+
+def _spot_check_torch(model, ids, mask) -> float:
+    """A half-precision PyTorch row's spot check: its logits of the first 2N rows against fp32 (run here on the
+    CPU from a float copy of the same weights, so the reference is the model's own fp32 function)."""
+    import copy
+
+    base = getattr(model, "_orig_mod", model)
+    rows = 2 * base.config.num_instances
+    device = next(base.parameters()).device
+    with torch.no_grad():
+        got = base(ids[:rows].to(device), mask[:rows].to(device)).float().cpu().numpy()
+        want = copy.deepcopy(base).float().cpu()(ids[:rows], mask[:rows]).numpy()
+    return compare_logits(got, want).max_abs_error
 
 
 def _spot_check(model: PruMuxModel, ids, mask, cfg: BenchConfig, run_rows) -> float:
@@ -328,25 +369,34 @@ def _time_ort(path: Path, model: PruMuxModel, ids, mask, cfg: BenchConfig, preci
 # what `export --runtime auto` chooses between at each precision (int8: with --data, among those within 1 point)
 OURS = {"fp32": ("onnxruntime-opt", "openvino"), "bf16": ("openvino-bf16",),
         "int8": ("onnxruntime-int8", "openvino-int8")}
+# on a GPU: what `export --device cuda` writes at each precision; half-precision peers (fp16, bf16) are grouped
+# with ours in fp16
+GPU_OURS = {"fp32": ("onnxruntime-gpu",), "fp16": ("onnxruntime-gpu-fp16",)}
 PRECISION_OF = {backend: precision for precision, names in OURS.items() for backend in names}
+GPU_PRECISION_OF = {"torch-fp16": "fp16", "torch-bf16": "fp16", "torch-compile-fp16": "fp16",
+                    "onnxruntime-gpu-fp16": "fp16"}
 
 
 def format_peers(result: dict) -> str:
     """Each structure's rows grouped by precision: at each precision ours (the fastest of the engines `export
     --runtime auto` chooses between there) and every peer as a ratio to it; the bf16 and int8 lines also as a
     ratio to ours at fp32. Each row's max logit error on its spot check."""
-    lines = ["", "peers, at each precision as a ratio to ours (what export --runtime auto keeps at that precision):"]
+    on_gpu = str((result.get("protocol") or {}).get("device", "cpu")).startswith("cuda")
+    ours_at, precision_of = (GPU_OURS, GPU_PRECISION_OF) if on_gpu else (OURS, PRECISION_OF)
+    keeps = "what export --device cuda writes" if on_gpu else "what export --runtime auto keeps"
+    lines = ["", f"peers, at each precision as a ratio to ours ({keeps} at that precision):"]
     for name in dict.fromkeys(r["name"] for r in result["rows"]):
         rows = [r for r in result["rows"] if r["name"] == name]
         by_precision = {}
         for r in rows:
-            by_precision.setdefault(PRECISION_OF.get(r["backend"], "fp32"), []).append(r)
-        fastest = {p: max((r for r in group if r["backend"] in OURS[p]), key=lambda r: r["samples_per_s"], default=None)
-                   for p, group in by_precision.items()}
+            by_precision.setdefault(precision_of.get(r["backend"], "fp32"), []).append(r)
+        fastest = {p: max((r for r in group if r["backend"] in ours_at.get(p, ())), key=lambda r: r["samples_per_s"],
+                          default=None) for p, group in by_precision.items()}
         if fastest.get("fp32") is None:
             continue
         lines.append(f"  {name}:")
-        for precision in ("fp32", "bf16", "int8"):
+        width = max([18] + [len(r["backend"]) for r in rows])
+        for precision in ("fp32", "fp16", "bf16", "int8"):
             ours = fastest.get(precision)
             if ours is None:
                 continue
@@ -355,8 +405,9 @@ def format_peers(result: dict) -> str:
             for r in sorted(by_precision[precision], key=lambda r: -r["samples_per_s"]):
                 error = r.get("max_abs_logit_error")
                 shown = "" if error is None else f"   max |logit error| {error:.1e}"
-                lines.append(f"      {r['backend']:<18} {r['samples_per_s']:>9.1f}/s  "
-                             f"{r['samples_per_s'] / ours['samples_per_s']:5.2f}x{shown}")
+                roof = f"   {r['roofline_fraction']:5.1%} of roofline" if "roofline_fraction" in r else ""
+                lines.append(f"      {r['backend']:<{width}} {r['samples_per_s']:>9.1f}/s  "
+                             f"{r['samples_per_s'] / ours['samples_per_s']:5.2f}x{roof}{shown}")
     return "\n".join(lines)
 
 
@@ -419,6 +470,10 @@ def check_config(cfg: BenchConfig) -> None:
             from .runtime_openvino import require_nncf
 
             require_nncf("leave out the openvino-int8 backend; onnxruntime-int8 times ONNX Runtime's int8")
+    gpu_only = [b for b in cfg.backends if b in GPU_ONLY_BACKENDS]
+    if not on_gpu and gpu_only:
+        raise PruMuxError(f"{', '.join(gpu_only)} time GPU arithmetic or GPU-target graphs; use `device` cuda, or leave "
+                          "them out")
     if on_gpu and set(cfg.backends) & set(CPU_ONLY_BACKENDS):
         raise PruMuxError("onnxruntime-int8 is dynamic quantization for CPUs (its DynamicQuantizeMatMul / QAttention "
                           "ops have CPU kernels only), so on `device` cuda its row would time the CPU; leave it out "
@@ -444,6 +499,11 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
 
         ort_providers(device.type)  # refuse before minutes of work when onnxruntime-gpu is missing
     items = list(_structures(cfg))
+    ceilings = None
+    if device.type == "cuda":  # the GPU roofline's two ceilings, measured at the start of this run
+        from .roofline import gpu_ceilings
+
+        ceilings = gpu_ceilings(device)
     bar = tqdm(total=len(items) * len(cfg.backends) + 1, desc="bench", unit="run", disable=not progress,
                file=sys.stderr)
     bar.set_postfix_str("baseline")
@@ -462,18 +522,17 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
             model = model.to(device)
             for backend in cfg.backends:
                 bar.set_postfix_str(f"{name} {backend}")
-                if backend == "torch":
-                    result, mem = _time_torch(model, ids, mask, cfg)
-                elif backend == "torch-compile":  # inductor; the warm-up calls include compilation
-                    result, mem = _time_torch(torch.compile(model), ids, mask, cfg)
+                if backend in TORCH_BACKENDS:
+                    result, mem = _time_torch_backend(backend, model, ids, mask, cfg)
                 elif backend in OPENVINO_BACKENDS:
                     result, mem = _time_openvino(graphs[backend], OPENVINO_BACKENDS[backend], model, ids, mask, cfg)
                 elif backend in graphs:
-                    result, mem = _time_ort(graphs[backend], model, ids, mask, cfg, ORT_BACKENDS[backend][1])
+                    result, mem = _time_ort(graphs[backend], model, ids, mask, cfg, ORT_BACKENDS[backend][0])
                 else:
-                    raise PruMuxError(f"unknown backend {backend!r}; choose from "
-                                      f"{', '.join(BACKENDS + EXTRA_BACKENDS)}")
+                    raise PruMuxError(f"unknown backend {backend!r}; choose from {', '.join(ALL_BACKENDS)}")
                 rows.append(_row(name, N, s, info, backend, result, mem, ids.shape[0], flops, base))
+                if ceilings is not None:
+                    rows[-1].update(_roofline(rows[-1], model.config, cfg, ceilings))
                 if cfg.data and backend in ORT_BACKENDS and getattr(model, "tokenizer_dir", None):
                     rows[-1].update(_end_to_end(graphs[backend], model, cfg))
                 if cfg.gemm and device.type == "cpu" and backend != "openvino-bf16":  # (no bf16 GEMM reference) the machine's rate on this model's dense shapes, same run
@@ -485,11 +544,23 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
                     rows[-1].update(_efficiency(rows[-1], rates[key]), gemm_precision="int8" if int8 else "fp32")
                 bar.update(1)
     bar.close()
-    return {"machine": machine_info(), "device": device_info(device),
+    return {"machine": machine_info(), "device": device_info(device), "gpu_ceilings": ceilings,
             "protocol": {"seq": cfg.seq, "groups_per_batch": cfg.groups_per_batch, "device": str(device),
                          "warmup": cfg.warmup, "repeats": cfg.repeats, "statistic": "median",
                          "protocol": cfg.protocol, "tf32": cfg.tf32, "peak_memory": peak_memory_meaning(device.type)},
             "base_shape": cfg.base, "baseline": base, "rows": rows}
+
+
+def _roofline(row: dict, model_cfg, cfg: BenchConfig, ceilings: dict) -> dict:
+    """A GPU row against the roofline measured at the start of the run (roofline.gpu_roofline_ms): the floor of
+    one batch (FLOPs at the fp16 GEMM rate, or the fewest bytes at the copy rate, fp16 activations for every
+    row: the same floor for all, so fractions compare) and the fraction of it the row reaches."""
+    from .roofline import activation_bytes, gpu_roofline_ms
+
+    batch = row["batch"]
+    floor_ms = gpu_roofline_ms(row["flops_per_sample"] * batch, activation_bytes(model_cfg, batch, cfg.seq, 2), ceilings)
+    measured_ms = batch / row["samples_per_s"] * 1e3
+    return {"roofline_ms": floor_ms, "batch_ms": measured_ms, "roofline_fraction": floor_ms / measured_ms}
 
 
 def _end_to_end(graph: Path, model: PruMuxModel, cfg: BenchConfig) -> dict:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .engine_dir import (MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, Engine, read_manifest, runtime_of, sha256_file,
-                         verify_engine_file)
+                         target_warning, verify_engine_file)
 from .errors import EngineError
 from .isolation import run_isolated
 from .runtime_onnxruntime import (GPU_INSTALL_HINT, OnnxEngine, check_providers, ort_arithmetic, ort_providers,
@@ -23,21 +23,34 @@ from .runtime_tensorrt import TensorRTEngine, profile_chunks
 __all__ = ["MANIFEST", "MANIFEST_FORMAT", "MANIFEST_VERSION", "Engine", "read_manifest", "verify_engine_file", "sha256_file",
            "GPU_INSTALL_HINT", "OnnxEngine", "check_providers", "ort_arithmetic", "ort_providers", "ort_session",
            "ort_tf32", "ort_timed_runner", "provider_names", "TensorRTEngine", "profile_chunks", "RUNTIMES",
-           "runtime_of", "load_engine", "Predictions", "classify"]
+           "runtime_of", "load_engine", "EngineTargetWarning", "target_warning", "Predictions", "classify"]
 
 RUNTIMES = ("onnxruntime", "openvino")  # what runs an ONNX engine file (manifest "runtime"; TensorRT: plans)
 
 
-def load_engine(engine_dir, device: str = "cpu", runtime: str | None = None, tf32: bool = False,
+class EngineTargetWarning(UserWarning):
+    """An engine runs on another device than the one its graph was exported for (engine_dir.target_warning)."""
+
+
+def load_engine(engine_dir, device: str = "cpu", runtime: str | None = None, tf32: bool = False, warn=None,
                 **kwargs) -> Engine:
     """Open an engine directory with the runtime its manifest names: ONNX engines with ONNX Runtime (CPU, or
     CUDA with device='cuda') or OpenVINO (CPU; prumux_deploy/runtime_openvino.py), TensorRT plans with
     TensorRT. runtime: run an ONNX engine with another runtime than its manifest's ("onnxruntime" or
     "openvino"; an OpenVINO engine runs in ONNX Runtime too, and the reverse). tf32: on device cuda, let
     ONNX Runtime's CUDA provider run fp32 MatMuls in TF32 (off unless asked; a TensorRT plan's TF32 was
-    fixed when it was built). Raises EngineError for an int8 engine on device cuda: its quantized ops
-    (DynamicQuantizeMatMul, QAttention) are CPU kernels, so a "cuda" run would time the CPU."""
+    fixed when it was built). warn: receives one line when the graph was exported for the other device
+    (`export --device`); default: an EngineTargetWarning. Raises EngineError for an int8 engine on device cuda:
+    its quantized ops (DynamicQuantizeMatMul, QAttention) are CPU kernels, so a "cuda" run would time the CPU."""
     manifest = read_manifest(engine_dir)
+    mismatch = target_warning(manifest, device)
+    if mismatch:
+        if warn is None:
+            import warnings
+
+            warnings.warn(mismatch, EngineTargetWarning, stacklevel=2)
+        else:
+            warn(mismatch)
     kind = manifest["engine"].get("kind")
     if kind == "tensorrt":
         return TensorRTEngine(engine_dir)

@@ -47,6 +47,24 @@ def runtime_of(manifest: dict) -> str:
     return (manifest.get("runtime") or {}).get("name", "onnxruntime")
 
 
+def target_warning(manifest: dict, device: str) -> str | None:
+    """One line when an ONNX engine runs on another device than the one its graph was exported for
+    (`export --device`; the manifest's optimized_for), else None (also for engines that record no target:
+    TensorRT plans, int8 / OpenVINO CPU engines, unoptimized graphs)."""
+    built = manifest.get("optimized_for")
+    if built not in ("cpu", "gpu"):
+        return None
+    runs_on = "gpu" if device == "cuda" else "cpu"
+    if built == runs_on:
+        return None
+    if built == "cpu":
+        return ("this engine's graph is tuned for CPUs (Add + LayerNormalization, unpadded FFN widths; on an H200 it "
+                "ran at 0.71-0.74x the GPU graph): re-export it with `export --device cuda` for the GPU")
+    return ("this engine's graph is tuned for GPUs (SkipLayerNormalization, padded FFN widths"
+            + (", fp16 activations" if manifest.get("precision") == "fp16" else "")
+            + "), slower on CPUs than a CPU export: re-export it with `export --device cpu` for the CPU")
+
+
 def verify_engine_file(engine_dir, manifest) -> Path:
     """The engine file exists and its sha256 is the one the manifest recorded (no truncation, no swap)."""
     entry = manifest["engine"]

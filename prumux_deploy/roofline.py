@@ -118,3 +118,66 @@ def gemm_rate(gemms: Counter, int8: bool = False, repeats: int = 5, threads: int
     flops = sum(g.flops * n for g, n in gemms.items())
     seconds = sum(time_gemm(g, int8, repeats, threads) * n for g, n in gemms.items())
     return flops / seconds / 1e9
+
+
+# --- the GPU's limit: two ceilings measured at the start of a run -------------------------------------------
+
+def gpu_ceilings(device="cuda", size: int = 8192, copy_bytes: int = 2**30, repeats: int = 10) -> dict:
+    """The two ceilings of a GPU roofline, measured now on `device` (medians of CUDA-event timings after
+    three warm-ups; random operands, never zeros, which run faster): an fp16 GEMM [size, size] @ [size, size]
+    through PyTorch (cuBLAS) in TFLOP/s, and a device-to-device copy of `copy_bytes` in TB/s counting the bytes
+    read plus written. Returns {"fp16_gemm_tflops", "copy_tb_s", "gemm_size", "copy_bytes"}."""
+    import torch
+
+    def median_ms(fn) -> float:
+        for _ in range(3):
+            fn()
+        times = []
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        return statistics.median(times)
+
+    a = torch.randn(size, size, device=device, dtype=torch.float16)
+    gemm_ms = median_ms(lambda: a @ a)
+    del a
+    src = torch.randint(0, 255, (copy_bytes,), device=device, dtype=torch.uint8)
+    dst = torch.empty_like(src)
+    copy_ms = median_ms(lambda: dst.copy_(src))
+    del src, dst
+    torch.cuda.empty_cache()
+    return {"fp16_gemm_tflops": 2 * size**3 / gemm_ms / 1e9, "copy_tb_s": 2 * copy_bytes / copy_ms / 1e9,
+            "gemm_size": size, "copy_bytes": copy_bytes}
+
+
+def activation_bytes(cfg: PruMuxConfig, rows: int, seq: int, element_bytes: int = 2) -> int:
+    """The fewest bytes one forward pass over `rows` inputs of `seq` tokens must move through device memory,
+    each tensor written once and read once, weights read once: the int64 inputs; each instance's embedding
+    rows gathered (rows x seq x W) and the multiplexed sequence written (G x seq x H); per kept sub-layer the
+    residual stream read and written (2 x G x seq x H), its inner activations written and read (Q, K, V and
+    context: 4 x heads x head_dim; FFN: its width); the demux reads the [CLS] states. Activations and weights
+    at `element_bytes` (2 for fp16, 4 for fp32)."""
+    N = cfg.num_instances
+    groups = -(-rows // N)
+    seq = cfg.max_seq_length if cfg.attend_to_padding else seq
+    T, H = groups * seq, cfg.model_dim
+    inputs = rows * seq * 8 * len(cfg.input_names)
+    moved = groups * N * seq * cfg.embedding_dim + T * H
+    for heads, width in zip(cfg.heads_per_layer, cfg.ffn_per_layer):
+        if heads:
+            moved += 2 * T * H + 2 * 4 * T * heads * cfg.head_dim
+        if width:
+            moved += 2 * T * H + 2 * T * width
+    weights = sum((H * 4 * h * cfg.head_dim + H * 2 * w) for h, w in zip(cfg.heads_per_layer, cfg.ffn_per_layer))
+    weights += cfg.max_position_embeddings * cfg.embedding_dim  # (word rows: counted as gathered above)
+    return inputs + (moved + weights) * element_bytes
+
+
+def gpu_roofline_ms(flops: float, moved_bytes: float, ceilings: dict) -> float:
+    """The roofline's floor for one batch, ms: the larger of FLOP time at the fp16 GEMM rate and byte time at
+    the copy rate (no version runs much faster than this)."""
+    return max(flops / (ceilings["fp16_gemm_tflops"] * 1e12), moved_bytes / (ceilings["copy_tb_s"] * 1e12)) * 1e3

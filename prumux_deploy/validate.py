@@ -96,7 +96,7 @@ def run_validation(engine_dir, checkpoint, task_name: str | None, data_dir, spli
     exceptions."""
     dev = resolve_device(device)
     check_tf32(dev, tf32)
-    engine = load_engine(engine_dir, device=dev.type, tf32=tf32)
+    engine = load_engine(engine_dir, device=dev.type, tf32=tf32, warn=lambda line: warn(f"warning: {line}"))
     if dev.type == "cuda" and engine.uses_tf32 != tf32:
         raise PruMuxError(_tf32_mismatch(engine))
     model = load_checkpoint(checkpoint).to(dev)

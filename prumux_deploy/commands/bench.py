@@ -55,17 +55,23 @@ _RENDER_OPTIONS = {"saved_json", "csv_path", "json_path", "plot_path", "accuracy
               help="Comma-separated sparsities (default 0,0.6,0.8,0.9,0.95).")
 @click.option("--backend", "backends", multiple=True,
               type=click.Choice(["torch", "torch-compile", "onnxruntime", "onnxruntime-opt", "onnxruntime-int8",
-                                 "openvino", "openvino-bf16", "openvino-int8"]),
-              help="Backends to time, repeatable (default: torch and the three ONNX Runtime ones): PyTorch eager, "
+                                 "openvino", "openvino-bf16", "openvino-int8", "torch-tf32", "torch-fp16",
+                                 "torch-bf16", "torch-compile-fp16", "onnxruntime-gpu", "onnxruntime-gpu-fp16"]),
+              help="Backends to time, repeatable (default on the CPU: torch and the three ONNX Runtime ones; with "
+                   "--device cuda: torch, torch-fp16, onnxruntime-gpu and onnxruntime-gpu-fp16): PyTorch eager, "
                    "torch.compile, plain ONNX Runtime, with the transformer optimizer, optimized + int8, "
                    "OpenVINO on the optimized graph in fp32 or bf16, and OpenVINO int8 (NNCF, calibrated on the "
-                   "timed rows: a speed figure; export --data measures accuracy) (the openvino extra).")
+                   "timed rows: a speed figure; export --data measures accuracy) (the openvino extra); on a GPU "
+                   "also PyTorch eager in TF32, fp16 and bf16, torch.compile in fp16, and the engines `export "
+                   "--device cuda` writes in fp32 and fp16.")
 @click.option("--peers", is_flag=True,
-              help="Time the same model in every runtime a user could pick (PyTorch eager, torch.compile, ONNX "
-                   "Runtime, OpenVINO fp32 and bf16 where the CPU has it, ONNX Runtime and OpenVINO int8) and print "
-                   "them by precision, each as a ratio to ours at that precision: what `export --runtime auto` "
-                   "keeps there (fp32: the faster of ONNX Runtime and OpenVINO; int8: the faster int8), with "
-                   "bf16's and int8's ratio to ours at fp32.")
+              help="Time the same model in every runtime a user could pick and print them by precision, each as a "
+                   "ratio to ours at that precision. CPU: PyTorch eager, torch.compile, ONNX Runtime, OpenVINO fp32 "
+                   "and bf16 where the CPU has it, ONNX Runtime and OpenVINO int8; ours is what `export --runtime "
+                   "auto` keeps (fp32: the faster of ONNX Runtime and OpenVINO; int8: the faster int8), with bf16's "
+                   "and int8's ratio to ours at fp32. --device cuda: PyTorch eager in fp32, TF32, fp16 and bf16, "
+                   "torch.compile in fp32 and fp16, the CPU-tuned graph, and ours (`export --device cuda`, fp32 and "
+                   "fp16), each row also as a fraction of the GPU roofline measured at the start of the run.")
 @click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(path_type=Path),
               help="Time these trained checkpoints instead of generated structures (with --structure: beside "
                    "that structure, in the same run).")
@@ -141,9 +147,11 @@ def bench(instances, sparsities, backends, peers, checkpoints, structure, groups
         raise PruMuxError("--peers chooses the backends itself; drop --backend")
     if peers and latency:
         raise PruMuxError("--peers compares throughput; drop --latency (or time latency without --peers)")
-    if peers and device != "cpu":
-        raise PruMuxError("--peers compares the CPU runtimes (OpenVINO among them); use --device cpu")
-    if peers:
+    if peers and device == "cuda":
+        from ..bench import GPU_PEER_BACKENDS
+
+        backends = list(GPU_PEER_BACKENDS)
+    elif peers:
         from ..bench import PEER_BACKENDS
         from ..runtime_openvino import cpu_has_bf16, nncf_available, require_openvino
 

@@ -29,8 +29,14 @@ from ..options import COUNT, NON_NEGATIVE, OPSET, force_option
                    "fp32 accuracy is kept (--runtime narrows the candidates); without it: ONNX Runtime dynamic. "
                    "bf16: refused if it loses more than 1 point on the dev rows. Measurements go in the manifest.")
 @click.option("--data-config", default=None, help="Configuration of a hub dataset given as --data.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "bf16"]), default="fp32", show_default=True,
-              help="fp16 for GPUs (every normalisation stays fp32); int8 for CPUs: dynamic quantization, or with "
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="Where the engine will run. cuda: the GPU graph (FFN widths padded to multiples of 8, "
+                   "SkipLayerNormalization, fp16 by default with fp16 normalisations), run by ONNX Runtime's CUDA "
+                   "provider; its parity is still checked here, on the CPU. Running an engine on the other device "
+                   "works, with a one-line warning.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "bf16"]), default=None,
+              help="[default: fp16 with --device cuda, else fp32] fp16 for GPUs (with --device cpu every "
+                   "normalisation stays fp32); int8 for CPUs: dynamic quantization, or with "
                    "--data the fastest int8 candidate within 1 point of fp32 (see --data); bf16 for CPUs with "
                    "avx512_bf16 or AMX: the fp32 graph run by OpenVINO in bf16.")
 @click.option("--runtime", type=click.Choice(["auto", "onnxruntime", "openvino"]), default="auto", show_default=True,
@@ -57,8 +63,8 @@ from ..options import COUNT, NON_NEGATIVE, OPSET, force_option
               help="TensorRT: let fp32 layers run in TF32 (BuilderFlag.TF32, TensorRT's default, cleared without this "
                    "flag) and check parity with the TF32 tolerance (5e-2); recorded in the manifest.")
 @force_option()
-def export(checkpoint, out, fmt, opset, max_seq_length, optimize, data, data_config, precision, runtime, tolerance,
-           min_batch, opt_batch, max_batch, min_seq, opt_seq, max_seq, timing_cache, version_compatible, tf32, force):
+def export(checkpoint, out, fmt, opset, max_seq_length, optimize, data, data_config, device, precision, runtime,
+           tolerance, min_batch, opt_batch, max_batch, min_seq, opt_seq, max_seq, timing_cache, version_compatible, tf32, force):
     """Compact CHECKPOINT and export an engine (ids -> logits, mux/demux inside) to OUT.
 
     The engine is opened as users will open it and checked on generated batches (sizes not divisible
@@ -75,7 +81,7 @@ def export(checkpoint, out, fmt, opset, max_seq_length, optimize, data, data_con
     export_checkpoint(checkpoint, out, fmt=fmt, opset=opset, max_seq_length=max_seq_length, force=force,
                       tolerance=tolerance, log=lambda msg: click.echo(msg, err=True), tensorrt=trt,
                       optimize=optimize, precision=precision, data=data, data_config=data_config,
-                      runtime=runtime)
+                      runtime=runtime, device=device)
     click.echo(f"engine ready: {out}")
 
 

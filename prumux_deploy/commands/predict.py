@@ -33,7 +33,8 @@ def predict(engine_dir, texts, second, as_json, no_truncate, ids_out, isolation,
 
     if ids_out:
         check_file_target(ids_out, force)
-    result = classify(load_engine(engine_dir), list(texts), list(second), truncate=not no_truncate,
+    engine = load_engine(engine_dir, warn=lambda msg: click.echo(f"warning: {msg}", err=True))
+    result = classify(engine, list(texts), list(second), truncate=not no_truncate,
                       warn=lambda msg: click.echo(msg, err=True), isolation=isolation)
     if ids_out:
         write_file(ids_out, "".join(" ".join(map(str, row)) + "\n" for row in result.feeds["input_ids"]), force)

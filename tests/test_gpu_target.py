@@ -1,0 +1,244 @@
+"""The GPU target (`export --device cuda`, export/gpu.py) and the GPU half of bench, checked on the CPU: fused-op
+counts per target, the refusal when a fusion does not fire, padding that keeps the function, the one-line
+warning for a graph run on the other device, bench's GPU rows, roofline and peers with fakes."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import tests.fake_tensorrt as fake
+from prumux_deploy import load_checkpoint
+from prumux_deploy.errors import ExportError, PruMuxError
+from prumux_deploy.export import compact
+from prumux_deploy.export.gpu import ALIGN, pad_ffn_widths, padded_width
+from prumux_deploy.export.optimize import check_fusions, expected_fused_ops, op_counts
+from prumux_deploy.export.pipeline import export_checkpoint, write_graph
+from tests.conftest import refused, run_cli
+
+
+def _quiet(message):
+    pass
+
+
+@pytest.fixture(scope="module")
+def gpu_engine(tmp_path_factory, masked_checkpoint):
+    out = tmp_path_factory.mktemp("gpu") / "engine"
+    manifest = export_checkpoint(masked_checkpoint, out, device="cuda", log=_quiet)
+    return out, manifest
+
+
+def test_pad_ffn_widths_rounds_up_to_multiples_of_8_and_keeps_the_function(masked_checkpoint):
+    model = compact(load_checkpoint(masked_checkpoint))
+    widths = model.config.ffn_per_layer
+    padded, new = pad_ffn_widths(model)
+    assert new == [padded_width(w) for w in widths] and all(w % ALIGN == 0 for w in new)
+    assert new != widths and model.config.ffn_per_layer == widths  # the original is untouched
+    assert [0 if l.ffn is None else l.ffn.up.out_features for l in padded.layers] == new
+    ids = torch.randint(5, 100, (6, 12))
+    with torch.no_grad():
+        assert torch.allclose(padded(ids, torch.ones_like(ids)), model(ids, torch.ones_like(ids)), atol=1e-6)
+
+
+def test_the_gpu_target_writes_fp16_with_skip_layer_norm_padding_and_fp16_norms(gpu_engine, masked_checkpoint):
+    out, manifest = gpu_engine
+    cfg = compact(load_checkpoint(masked_checkpoint)).config
+    assert manifest["precision"] == "fp16" and manifest["optimized_for"] == "gpu"
+    assert manifest["fused_ops"] == expected_fused_ops(cfg, for_gpu=True)
+    assert "SkipLayerNormalization" in manifest["fused_ops"] and "LayerNormalization" not in manifest["fused_ops"]
+    assert manifest["gpu"] == {"target": "cuda", "align": 8, "fp16_normalizations": True,
+                               "padded_ffn": [padded_width(w) for w in cfg.ffn_per_layer]}
+    # the structure is the model's own, not the padded one
+    assert [layer["ffn"] for layer in manifest["structure"]["layers"]] == cfg.ffn_per_layer
+    # normalisations take fp16 directly: no Cast feeds or follows one (the CPU fp16 form wraps each in Casts)
+    import onnx
+
+    graph = onnx.load(str(out / "model.onnx")).graph
+    producers = {o: n for n in graph.node for o in n.output}
+    norms = [n for n in graph.node if n.op_type == "SkipLayerNormalization"]
+    assert norms and not any(producers.get(i) is not None and producers[i].op_type == "Cast"
+                             for n in norms for i in n.input[:2])
+    assert manifest["parity"]["max_abs_logit_error"] <= manifest["parity"]["tolerance"]
+
+
+def test_fp32_on_the_gpu_target_is_the_gpu_graph_without_fp16(tmp_path, masked_checkpoint):
+    manifest = export_checkpoint(masked_checkpoint, tmp_path / "e", device="cuda", precision="fp32", log=_quiet)
+    assert manifest["precision"] == "fp32" and manifest["optimized_for"] == "gpu"
+    assert manifest["gpu"]["fp16_normalizations"] is False
+    assert manifest["parity"]["max_abs_logit_error"] < 1e-4
+    import onnx
+
+    graph = onnx.load(str(tmp_path / "e" / "model.onnx")).graph
+    assert not [t.name for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT16]
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(precision="int8"), "`precision` int8 is CPU arithmetic"),
+    (dict(precision="bf16"), "`precision` bf16 is CPU arithmetic"),
+    (dict(runtime="openvino"), "`runtime` openvino runs engines on the CPU here"),
+    (dict(optimize=False), "`device` cuda writes the GPU-optimized graph"),
+    (dict(device="tpu"), "`device` 'tpu' is not one of cpu, cuda"),
+])
+def test_gpu_target_refusals_come_before_any_work(tmp_path, masked_checkpoint, options, message):
+    options = {"device": "cuda", **options}
+    with pytest.raises(PruMuxError, match=message):
+        export_checkpoint(masked_checkpoint, tmp_path / "e", log=_quiet, **options)
+    assert not (tmp_path / "e").exists()
+
+
+def test_a_fusion_that_did_not_fire_refuses_the_export(masked_checkpoint):
+    cfg = compact(load_checkpoint(masked_checkpoint)).config
+    fused = expected_fused_ops(cfg, for_gpu=True)
+    check_fusions(fused, cfg, for_gpu=True)  # all there: accepted
+    with pytest.raises(ExportError, match=r"fusions did not fire where they should \(Attention 0 of \d+\)"):
+        check_fusions({**fused, "Attention": 0}, cfg, for_gpu=True)
+    with pytest.raises(ExportError, match=r"SkipLayerNormalization 0 of \d+"):  # a CPU graph is not a GPU graph
+        check_fusions(expected_fused_ops(cfg, for_gpu=False), cfg, for_gpu=True)
+
+
+def test_the_export_refuses_when_the_optimizer_stops_fusing(tmp_path, masked_checkpoint, monkeypatch):
+    """What a transformers or ONNX Runtime upgrade that changes the exported pattern looks like: the optimizer
+    runs but fuses no attention. The engine would be correct and slow; it is refused, nothing written."""
+    from onnxruntime.transformers import fusion_options
+
+    class NoAttention(fusion_options.FusionOptions):
+        def __init__(self, model_type):
+            super().__init__(model_type)
+            self.enable_attention = False
+
+    monkeypatch.setattr(fusion_options, "FusionOptions", NoAttention)
+    with pytest.raises(ExportError, match="Attention 0 of"):
+        export_checkpoint(masked_checkpoint, tmp_path / "e", device="cuda", log=_quiet)
+    assert not (tmp_path / "e").exists()
+
+
+def test_a_graph_run_on_the_other_device_says_so_in_one_line(gpu_engine, engine_dir, monkeypatch):
+    from prumux_deploy.engine import EngineTargetWarning, load_engine
+
+    out, _ = gpu_engine
+    said = []
+    load_engine(out, warn=said.append)  # a GPU graph on the CPU
+    assert len(said) == 1 and "\n" not in said[0]
+    assert said[0].startswith("this engine's graph is tuned for GPUs") and "export --device cpu" in said[0]
+    with pytest.warns(EngineTargetWarning, match="tuned for GPUs"):
+        load_engine(out)
+    fake.install_onnxruntime(monkeypatch, cuda_loads=True)
+    said.clear()
+    load_engine(engine_dir, device="cuda", warn=said.append)  # a CPU graph on the GPU
+    assert len(said) == 1 and "tuned for CPUs" in said[0] and "export --device cuda" in said[0]
+    said.clear()
+    load_engine(out, device="cuda", warn=said.append)  # where it belongs: nothing to say
+    load_engine(engine_dir, warn=said.append)
+    assert said == []
+
+
+def test_predict_prints_the_other_device_warning_once(gpu_engine):
+    out, _ = gpu_engine
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the command says it itself, never as a Python warning
+        done = run_cli("predict", out, "good fun")
+    assert done.exit_code == 0, done.output
+    assert done.output.count("warning: this engine's graph is tuned for GPUs") == 1
+
+
+def test_export_device_cuda_on_the_command_line(tmp_path, masked_checkpoint):
+    done = run_cli("export", masked_checkpoint, tmp_path / "e", "--device", "cuda")
+    assert done.exit_code == 0, done.output
+    manifest = json.loads((tmp_path / "e" / "manifest.json").read_text())
+    assert (manifest["precision"], manifest["optimized_for"]) == ("fp16", "gpu")
+    refused(run_cli("export", masked_checkpoint, tmp_path / "f", "--device", "cuda", "--precision", "int8"), 2,
+            "--precision int8 is CPU arithmetic")
+
+
+# --- bench's GPU rows, checked on the CPU ----------------------------------------------------------------------
+
+def test_bench_times_the_bytes_export_writes(tmp_path, masked_checkpoint):
+    from prumux_deploy.bench import BenchConfig, _ort_graphs
+
+    model = compact(load_checkpoint(masked_checkpoint))
+    cfg = BenchConfig(seq=16)
+    graphs = _ort_graphs(model, cfg, ["onnxruntime-opt", "onnxruntime-gpu-fp16", "onnxruntime-gpu"], tmp_path)
+    for backend, options in (("onnxruntime-opt", {}), ("onnxruntime-gpu-fp16", {"device": "cuda"}),
+                             ("onnxruntime-gpu", {"device": "cuda", "precision": "fp32"})):
+        out = tmp_path / f"export-{backend}"
+        export_checkpoint(masked_checkpoint, out, max_seq_length=16, runtime="onnxruntime", log=_quiet, **options)
+        assert graphs[backend].read_bytes() == (out / "model.onnx").read_bytes(), backend
+
+
+def test_write_graph_is_deterministic_per_target(tmp_path, masked_checkpoint):
+    model = compact(load_checkpoint(masked_checkpoint))
+    a, b, c = (tmp_path / f"{k}.onnx" for k in "abc")
+    write_graph(model, a, 16, "fp16", "cuda")
+    write_graph(model, b, 16, "fp16", "cuda")
+    write_graph(model, c, 16, "fp16", "cpu")
+    assert a.read_bytes() == b.read_bytes() != c.read_bytes()
+
+
+def test_half_precision_torch_rows_carry_their_spot_check(masked_checkpoint):
+    from prumux_deploy.bench import BenchConfig, _inputs, _time_torch_backend
+
+    model = compact(load_checkpoint(masked_checkpoint))
+    ids, mask = _inputs(8, 12, model.config.vocab_size, 0)
+    cfg = BenchConfig(warmup=0, repeats=1, min_seconds=0.0)
+    result, _ = _time_torch_backend("torch-bf16", model, ids, mask, cfg)
+    assert result["samples_per_s"] > 0 and 0 < result["max_abs_logit_error"] < 0.5
+    assert result["arithmetic"].startswith("bf16")
+    assert next(model.parameters()).dtype == torch.float32  # the timed copy is the one in bf16
+
+
+def test_the_gpu_roofline_is_the_larger_of_flop_and_byte_time(masked_checkpoint):
+    from prumux_deploy.bench import BenchConfig, _roofline
+    from prumux_deploy.roofline import activation_bytes, gpu_roofline_ms
+
+    cfg = compact(load_checkpoint(masked_checkpoint)).config
+    ceilings = {"fp16_gemm_tflops": 1.0, "copy_tb_s": 1.0}
+    assert gpu_roofline_ms(3e9, 1e9, ceilings) == pytest.approx(3.0)  # 3 GFLOP at 1 TFLOP/s: 3 ms
+    assert gpu_roofline_ms(1e9, 2e12, ceilings) == pytest.approx(2000.0)  # 2 TB at 1 TB/s
+    moved = activation_bytes(cfg, 8, 16, 2)
+    # inputs (int64), the gathered embedding rows (8 x 16 x W) and the mux output (4 groups x 16 x H) at least
+    assert moved > 8 * 16 * 8 * 2 + (8 * 16 * cfg.embedding_dim + 4 * 16 * cfg.model_dim) * 2
+    assert activation_bytes(cfg, 8, 16, 4) > moved
+    row = {"batch": 8, "samples_per_s": 8000.0, "flops_per_sample": 1e6}
+    got = _roofline(row, cfg, BenchConfig(seq=16), ceilings)
+    assert got["batch_ms"] == pytest.approx(1.0) and got["roofline_fraction"] == pytest.approx(got["roofline_ms"])
+
+
+def test_gpu_peers_are_grouped_fp32_and_half_each_against_our_gpu_engine():
+    from prumux_deploy.bench import format_peers
+
+    def row(backend, rate, fraction):
+        return {"name": "N=10 s=0.95", "backend": backend, "samples_per_s": rate, "roofline_fraction": fraction,
+                "max_abs_logit_error": 1e-3}
+
+    rows = [row("torch", 100.0, 0.01), row("onnxruntime-gpu", 150.0, 0.02), row("torch-fp16", 200.0, 0.03),
+            row("torch-compile-fp16", 400.0, 0.06), row("onnxruntime-gpu-fp16", 500.0, 0.08)]
+    text = format_peers({"rows": rows, "protocol": {"device": "cuda"}}).splitlines()
+    assert "what export --device cuda writes" in text[1]
+    assert text.index("    fp32: ours = onnxruntime-gpu 150.0/s") < text.index(
+        "    fp16: ours = onnxruntime-gpu-fp16 500.0/s (3.33x ours at fp32)")
+    torch_fp16 = next(line for line in text if "torch-fp16" in line)
+    assert "0.40x" in torch_fp16 and "3.0% of roofline" in torch_fp16
+
+
+def test_gpu_backends_are_refused_on_the_cpu_and_are_the_gpu_default():
+    from prumux_deploy.bench import GPU_BACKENDS, BenchConfig, check_config
+
+    assert BenchConfig.from_options(device="cuda").backends == list(GPU_BACKENDS)
+    with pytest.raises(PruMuxError, match="torch-fp16, onnxruntime-gpu-fp16 time GPU arithmetic"):
+        check_config(BenchConfig.from_options(device="cpu", backends=["torch", "torch-fp16", "onnxruntime-gpu-fp16"]))
+
+
+def test_a_gpu_graph_runs_in_the_fake_cuda_provider_with_io_binding(gpu_engine, monkeypatch):
+    from prumux_deploy.engine import load_engine
+
+    out, _ = gpu_engine
+    ort = fake.install_onnxruntime(monkeypatch, cuda_loads=True)
+    engine = load_engine(out, device="cuda", warn=_quiet)
+    ids = np.random.default_rng(0).integers(5, 100, (4, 10))
+    engine.timed_runner({"input_ids": ids, "attention_mask": np.ones_like(ids)})()
+    assert {d["device_type"] for d in ort.named("ortvalue_from_numpy")} == {"cuda"}
+    assert engine.arithmetic == "fp16 graph, ONNX Runtime CUDA provider, TF32 off (use_tf32=0)"
