@@ -256,6 +256,8 @@ ORT_BACKENDS = {  # name -> (precision, device the graph is exported for, optimi
     "onnxruntime-gpu": ("fp32", "cuda", True),      # export --device cuda --precision fp32
     "onnxruntime-gpu-fp16": ("fp16", "cuda", True),  # export --device cuda: the default GPU engine
 }
+# CUDA-graph replays of an export graph at the timed shape: name -> the ORT_BACKENDS graph it replays
+CUDA_GRAPH_BACKENDS = {"onnxruntime-gpu-fp16-cudagraph": "onnxruntime-gpu-fp16"}
 TORCH_BACKENDS = ("torch", "torch-tf32", "torch-fp16", "torch-bf16", "torch-compile", "torch-compile-fp16")
 OPENVINO_BACKENDS = {  # name -> precision: fp32/bf16 on the optimized graph `export` writes, int8 NNCF's on the plain
     "openvino": "fp32",
@@ -266,7 +268,7 @@ BACKENDS = ("torch", "onnxruntime", "onnxruntime-opt", "onnxruntime-int8")  # th
 GPU_BACKENDS = ("torch", "torch-fp16", "onnxruntime-gpu", "onnxruntime-gpu-fp16")  # the GPU default
 CPU_ONLY_BACKENDS = ("onnxruntime-int8",)  # its quantized ops (DynamicQuantizeMatMul, QAttention) are CPU kernels
 GPU_ONLY_BACKENDS = ("torch-tf32", "torch-fp16", "torch-bf16", "torch-compile-fp16", "onnxruntime-gpu",
-                     "onnxruntime-gpu-fp16")  # TF32 and half-precision eager are GPU arithmetic; GPU-target graphs
+                     "onnxruntime-gpu-fp16", *CUDA_GRAPH_BACKENDS)  # TF32 and half-precision eager are GPU arithmetic; GPU-target graphs
 # not in the default set: compiling costs a minute or more per structure; OpenVINO is an optional extra
 EXTRA_BACKENDS = ("torch-compile", *OPENVINO_BACKENDS, *GPU_ONLY_BACKENDS)
 ALL_BACKENDS = tuple(dict.fromkeys(BACKENDS + GPU_BACKENDS + EXTRA_BACKENDS))
@@ -274,7 +276,7 @@ ALL_BACKENDS = tuple(dict.fromkeys(BACKENDS + GPU_BACKENDS + EXTRA_BACKENDS))
 PEER_BACKENDS = ("torch", "torch-compile", "onnxruntime-opt", "openvino", "openvino-bf16", "onnxruntime-int8",
                  "openvino-int8")
 GPU_PEER_BACKENDS = ("torch", "torch-tf32", "torch-compile", "onnxruntime-opt", "onnxruntime-gpu", "torch-fp16",
-                     "torch-bf16", "torch-compile-fp16", "onnxruntime-gpu-fp16")
+                     "torch-bf16", "torch-compile-fp16", "onnxruntime-gpu-fp16", *CUDA_GRAPH_BACKENDS)
 
 
 def _ort_graphs(model: PruMuxModel, cfg: BenchConfig, backends, tmp: Path) -> dict[str, Path]:
@@ -282,7 +284,7 @@ def _ort_graphs(model: PruMuxModel, cfg: BenchConfig, backends, tmp: Path) -> di
     sequence cfg.seq: the bytes `export --max-seq-length cfg.seq` writes for that precision and device."""
     from prumux_deploy.export.pipeline import write_graph
 
-    wanted = set(backends) | ({"onnxruntime-opt"} if {"openvino", "openvino-bf16"} & set(backends) else set()) \
+    wanted = set(backends) | {CUDA_GRAPH_BACKENDS[b] for b in backends if b in CUDA_GRAPH_BACKENDS} | ({"onnxruntime-opt"} if {"openvino", "openvino-bf16"} & set(backends) else set()) \
         | ({"onnxruntime"} if "openvino-int8" in backends else set())
     graphs = {}
     for name, (precision, device, optimize) in ORT_BACKENDS.items():
@@ -346,23 +348,34 @@ def _spot_check(model: PruMuxModel, ids, mask, cfg: BenchConfig, run_rows) -> fl
     return compare_logits(run_rows(rows), want).max_abs_error
 
 
-def _time_ort(path: Path, model: PruMuxModel, ids, mask, cfg: BenchConfig, precision: str = "fp32"):
+def _time_ort(path: Path, model: PruMuxModel, ids, mask, cfg: BenchConfig, precision: str = "fp32",
+              cuda_graph: bool = False):
     """ONNX Runtime on cfg.device (the CUDA provider with IO binding and cfg.tf32's use_tf32 on a GPU; a
     session that did not get the CUDA provider is refused, never timed), with a parity spot check against
-    the PyTorch model. Peak memory: host RSS on the CPU, not measured on a GPU (None)."""
+    the PyTorch model. cuda_graph: time CUDA-graph replays of the graph fixed at the timed shape
+    (runtime_onnxruntime.CudaGraphRunner), spot-checked at that shape. Peak memory: host RSS on the CPU, not
+    measured on a GPU (None)."""
     from .engine import ort_arithmetic, ort_providers, ort_session, ort_timed_runner
+    from .runtime_onnxruntime import CudaGraphRunner
 
     providers = ort_providers(torch.device(cfg.device).type, cfg.tf32)
     session = ort_session(path, providers)
     feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
-    error = _spot_check(model, ids, mask, cfg,
-                        lambda rows: session.run(["logits"], {k: v[:rows] for k, v in feeds.items()})[0])
+    if cuda_graph:
+        graph = CudaGraphRunner(path, providers, tuple(ids.shape), list(feeds))
+        full = graph(feeds)  # the spot check's rows, from a replay of the whole timed batch
+        error = _spot_check(model, ids, mask, cfg, lambda rows: full[:rows])
+        graph.stage(feeds)
+        runner = graph.replay
+    else:
+        error = _spot_check(model, ids, mask, cfg,
+                            lambda rows: session.run(["logits"], {k: v[:rows] for k, v in feeds.items()})[0])
+        runner = ort_timed_runner(session, feeds)
     meter = contextlib.nullcontext() if torch.device(cfg.device).type == "cuda" else PeakRSS()
     with meter as mem:
-        result = throughput(ort_timed_runner(session, feeds), ids.shape[0], cfg.warmup, cfg.repeats,
-                            cfg.min_seconds)
+        result = throughput(runner, ids.shape[0], cfg.warmup, cfg.repeats, cfg.min_seconds)
     result["max_abs_logit_error"] = error
-    result["arithmetic"] = ort_arithmetic(precision, providers)
+    result["arithmetic"] = ort_arithmetic(precision, providers) + (", CUDA graph" if cuda_graph else "")
     return result, None if mem is None else mem.mib
 
 
@@ -371,10 +384,10 @@ OURS = {"fp32": ("onnxruntime-opt", "openvino"), "bf16": ("openvino-bf16",),
         "int8": ("onnxruntime-int8", "openvino-int8")}
 # on a GPU: what `export --device cuda` writes at each precision; half-precision peers (fp16, bf16) are grouped
 # with ours in fp16
-GPU_OURS = {"fp32": ("onnxruntime-gpu",), "fp16": ("onnxruntime-gpu-fp16",)}
+GPU_OURS = {"fp32": ("onnxruntime-gpu",), "fp16": ("onnxruntime-gpu-fp16", *CUDA_GRAPH_BACKENDS)}
 PRECISION_OF = {backend: precision for precision, names in OURS.items() for backend in names}
 GPU_PRECISION_OF = {"torch-fp16": "fp16", "torch-bf16": "fp16", "torch-compile-fp16": "fp16",
-                    "onnxruntime-gpu-fp16": "fp16"}
+                    "onnxruntime-gpu-fp16": "fp16", **{name: "fp16" for name in CUDA_GRAPH_BACKENDS}}
 
 
 def format_peers(result: dict) -> str:
@@ -518,7 +531,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             # graphs are exported from the CPU model; PyTorch then runs where the benchmark runs
             graphs = (_ort_graphs(model, cfg, cfg.backends, Path(tmp))
-                      if set(cfg.backends) & {*ORT_BACKENDS, *OPENVINO_BACKENDS} else {})
+                      if set(cfg.backends) & {*ORT_BACKENDS, *OPENVINO_BACKENDS, *CUDA_GRAPH_BACKENDS} else {})
             model = model.to(device)
             for backend in cfg.backends:
                 bar.set_postfix_str(f"{name} {backend}")
@@ -528,6 +541,9 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
                     result, mem = _time_openvino(graphs[backend], OPENVINO_BACKENDS[backend], model, ids, mask, cfg)
                 elif backend in graphs:
                     result, mem = _time_ort(graphs[backend], model, ids, mask, cfg, ORT_BACKENDS[backend][0])
+                elif backend in CUDA_GRAPH_BACKENDS:
+                    source = CUDA_GRAPH_BACKENDS[backend]
+                    result, mem = _time_ort(graphs[source], model, ids, mask, cfg, ORT_BACKENDS[source][0], True)
                 else:
                     raise PruMuxError(f"unknown backend {backend!r}; choose from {', '.join(ALL_BACKENDS)}")
                 rows.append(_row(name, N, s, info, backend, result, mem, ids.shape[0], flops, base))

@@ -39,7 +39,8 @@ def load_engine(engine_dir, device: str = "cpu", runtime: str | None = None, tf3
     TensorRT. runtime: run an ONNX engine with another runtime than its manifest's ("onnxruntime" or
     "openvino"; an OpenVINO engine runs in ONNX Runtime too, and the reverse). tf32: on device cuda, let
     ONNX Runtime's CUDA provider run fp32 MatMuls in TF32 (off unless asked; a TensorRT plan's TF32 was
-    fixed when it was built). warn: receives one line when the graph was exported for the other device
+    fixed when it was built). cuda_graph=True (ONNX engines on device cuda): each input shape runs as a
+    CUDA-graph replay of the graph with that shape fixed (runtime_onnxruntime.CudaGraphRunner). warn: receives one line when the graph was exported for the other device
     (`export --device`); default: an EngineTargetWarning. Raises EngineError for an int8 engine on device cuda:
     its quantized ops (DynamicQuantizeMatMul, QAttention) are CPU kernels, so a "cuda" run would time the CPU."""
     manifest = read_manifest(engine_dir)
@@ -72,6 +73,8 @@ def load_engine(engine_dir, device: str = "cpu", runtime: str | None = None, tf3
         return OpenVINOEngine(engine_dir, **kwargs)
     if device == "cuda":
         kwargs["providers"] = ort_providers(device, tf32)
+    elif kwargs.get("cuda_graph"):
+        raise EngineError("CUDA graphs replay work on an NVIDIA GPU: use device cuda (or leave out cuda_graph)")
     return OnnxEngine(engine_dir, **kwargs)
 
 

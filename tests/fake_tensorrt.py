@@ -434,6 +434,20 @@ def onnxruntime_module(cuda_loads: bool, recorder: Recorder) -> types.ModuleType
                          shape=tuple(numpy_obj.shape))
             return cls(np.array(numpy_obj, copy=True), device_type)
 
+        @classmethod
+        def ortvalue_from_shape_and_type(cls, shape, element_type, device_type="cpu", device_id=0):
+            recorder.log("ortvalue_from_shape_and_type", shape=tuple(shape), device_type=device_type)
+            return cls(np.full(shape, np.nan, dtype=element_type), device_type)  # poisoned until written
+
+        def update_inplace(self, numpy_obj):
+            if numpy_obj.shape != self.array.shape or numpy_obj.dtype != self.array.dtype:
+                raise RuntimeError("update_inplace: shape or type differs from the bound buffer's")
+            recorder.log("update_inplace", shape=tuple(numpy_obj.shape))
+            self.array[...] = numpy_obj
+
+        def numpy(self):
+            return self.array.copy()
+
     class IOBinding:
         def __init__(self):
             self.inputs, self.outputs = {}, {}
@@ -447,9 +461,14 @@ def onnxruntime_module(cuda_loads: bool, recorder: Recorder) -> types.ModuleType
             recorder.log("bind_output", name=name, device_type=device_type)
             self.outputs[name] = device_type
 
+        def bind_ortvalue_output(self, name, ortvalue):
+            recorder.log("bind_ortvalue_output", name=name, device=ortvalue.device, shape=ortvalue.array.shape)
+            self.outputs[name] = ortvalue
+
     class InferenceSession:
         def __init__(self, path_or_bytes, sess_options=None, providers=None, provider_options=None, **kwargs):
-            recorder.log("InferenceSession", providers=list(providers or []))
+            recorder.log("InferenceSession", providers=list(providers or []),
+                         graph="bytes" if isinstance(path_or_bytes, bytes) else "file")
             self._session = real.InferenceSession(path_or_bytes, sess_options, providers=["CPUExecutionProvider"])
             names = [p[0] if isinstance(p, tuple) else p for p in (providers or ["CPUExecutionProvider"])]
             self._providers = [p for p in names if cuda_loads or p != "CUDAExecutionProvider"]
@@ -472,7 +491,10 @@ def onnxruntime_module(cuda_loads: bool, recorder: Recorder) -> types.ModuleType
 
         def run_with_iobinding(self, iobinding, run_options=None):
             recorder.log("run_with_iobinding", inputs={n: v.device for n, v in iobinding.inputs.items()})
-            self._session.run(list(iobinding.outputs), {n: v.array for n, v in iobinding.inputs.items()})
+            results = self._session.run(list(iobinding.outputs), {n: v.array for n, v in iobinding.inputs.items()})
+            for (name, bound), result in zip(iobinding.outputs.items(), results):
+                if isinstance(bound, OrtValue):  # a bound buffer receives the result, as on the device
+                    bound.array[...] = result
 
     module = types.ModuleType("onnxruntime")
     module.__version__ = real.__version__ + "+fake-gpu"

@@ -242,3 +242,87 @@ def test_a_gpu_graph_runs_in_the_fake_cuda_provider_with_io_binding(gpu_engine, 
     engine.timed_runner({"input_ids": ids, "attention_mask": np.ones_like(ids)})()
     assert {d["device_type"] for d in ort.named("ortvalue_from_numpy")} == {"cuda"}
     assert engine.arithmetic == "fp16 graph, ONNX Runtime CUDA provider, TF32 off (use_tf32=0)"
+
+
+# --- CUDA graphs: fixed-shape replays, against the fake CUDA provider --------------------------------------------
+
+def test_cuda_graphs_replay_a_fixed_shape_graph_with_buffers_bound_once(gpu_engine, monkeypatch):
+    import onnx
+
+    from prumux_deploy.engine import load_engine
+    from prumux_deploy.runtime_onnxruntime import fixed_shape_graph
+
+    out, _ = gpu_engine
+    proto = onnx.load_from_string(fixed_shape_graph(out / "model.onnx", 6, 10))
+    assert [[d.dim_value for d in i.type.tensor_type.shape.dim] for i in proto.graph.input] == [[6, 10]] * 2
+    assert [d.dim_value for d in proto.graph.output[0].type.tensor_type.shape.dim] == [6, 2]
+
+    ort = fake.install_onnxruntime(monkeypatch, cuda_loads=True)
+    plain = load_engine(out, device="cuda", warn=_quiet)
+    engine = load_engine(out, device="cuda", cuda_graph=True, warn=_quiet)
+    rng = np.random.default_rng(0)
+    a, b = (rng.integers(5, 100, (6, 10)) for _ in range(2))
+    mask = np.ones_like(a)
+    mask[2, 7:] = 0
+    for ids in (a, b, a):  # one graph for the shape, its inputs refreshed in place each call
+        got = engine(ids, mask)
+        np.testing.assert_allclose(got, plain(ids, mask), atol=5e-3)  # fp16: folded shapes round alike, not bitwise
+    sessions = ort.named("InferenceSession")
+    graph_sessions = [s for s in sessions if s["graph"] == "bytes"]
+    assert len(graph_sessions) == 1  # one capture session for the one shape, made on first use
+    assert graph_sessions[0]["providers"][0] == ("CUDAExecutionProvider", {"use_tf32": "0", "enable_cuda_graph": "1"})
+    assert len(ort.named("update_inplace")) == 3 * 2  # both inputs, three calls: no new buffers
+    assert ort.named("bind_ortvalue_output") == [{"name": "logits", "device": "cuda", "shape": (6, 2)}]
+    engine(a[:5], mask[:5])  # another shape: its own fixed graph
+    assert len([s for s in ort.named("InferenceSession") if s["graph"] == "bytes"]) == 2
+
+
+def test_cuda_graphs_are_refused_off_the_gpu(gpu_engine):
+    from prumux_deploy.engine import load_engine
+    from prumux_deploy.errors import EngineError
+
+    with pytest.raises(EngineError, match="CUDA graphs replay work on an NVIDIA GPU: use device cuda"):
+        load_engine(gpu_engine[0], cuda_graph=True, warn=_quiet)
+
+
+def test_bench_times_cuda_graph_replays_with_a_spot_check(monkeypatch, masked_checkpoint, tmp_path):
+    from prumux_deploy.bench import BenchConfig, _inputs, _ort_graphs, _time_ort
+
+    model = compact(load_checkpoint(masked_checkpoint))
+    cfg = BenchConfig(device="cuda", warmup=1, repeats=2, min_seconds=0.0, seq=12)
+    graphs = _ort_graphs(model, cfg, ["onnxruntime-gpu-fp16-cudagraph"], tmp_path)
+    assert set(graphs) == {"onnxruntime-gpu-fp16"}  # the graph it replays is export's fp16 GPU graph
+    ids, mask = _inputs(8, 12, model.config.vocab_size, 0)
+    ort = fake.install_onnxruntime(monkeypatch, cuda_loads=True)
+    result, peak = _time_ort(graphs["onnxruntime-gpu-fp16"], model, ids, mask, cfg, "fp16", cuda_graph=True)
+    assert result["arithmetic"].endswith("CUDA graph") and peak is None
+    assert 0 < result["max_abs_logit_error"] < 5e-2
+    assert len(ort.named("run_with_iobinding")) >= 1 + 1 + 2  # capture, warm-up, timed replays
+    assert len(ort.named("update_inplace")) == 2 * 2  # staged once for the spot check, once for timing
+
+
+# --- the GPU scripts run here as dry runs ----------------------------------------------------------------------
+
+def test_gpu_bench_script_dry_run_lists_its_steps(tmp_path):
+    import subprocess
+
+    done = subprocess.run(["bash", "examples/gpu/gpu_bench.sh", "--dry-run", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    steps = [line.split(":")[0][3:] for line in done.stdout.splitlines() if line.startswith("== ")]
+    assert steps == ["peers", "example", "export", "validate", "placement"]
+    assert "bench --device cuda --peers -n 10,2 -s 0.95" in done.stdout
+
+
+def test_the_profile_script_runs_on_the_cpu(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "examples/gpu/profile_gpu.py", "--out", str(tmp_path), "--points", "2:0.9",
+                           "--device", "cpu"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((tmp_path / "profile.json").read_text())
+    (point,) = report["points"]
+    assert set(point["ms"]) == {"torch fp32", "ort fp32 gpu-graph", "ort fp16 norms32", "ours fp32 (export --device cuda)",
+                                "ours fp16 (export --device cuda)", "ours fp16 fixed shape"}
+    assert point["errors"] == {} and all(ms > 0 for ms in point["ms"].values())

@@ -56,14 +56,16 @@ _RENDER_OPTIONS = {"saved_json", "csv_path", "json_path", "plot_path", "accuracy
 @click.option("--backend", "backends", multiple=True,
               type=click.Choice(["torch", "torch-compile", "onnxruntime", "onnxruntime-opt", "onnxruntime-int8",
                                  "openvino", "openvino-bf16", "openvino-int8", "torch-tf32", "torch-fp16",
-                                 "torch-bf16", "torch-compile-fp16", "onnxruntime-gpu", "onnxruntime-gpu-fp16"]),
+                                 "torch-bf16", "torch-compile-fp16", "onnxruntime-gpu", "onnxruntime-gpu-fp16",
+                                 "onnxruntime-gpu-fp16-cudagraph"]),
               help="Backends to time, repeatable (default on the CPU: torch and the three ONNX Runtime ones; with "
                    "--device cuda: torch, torch-fp16, onnxruntime-gpu and onnxruntime-gpu-fp16): PyTorch eager, "
                    "torch.compile, plain ONNX Runtime, with the transformer optimizer, optimized + int8, "
                    "OpenVINO on the optimized graph in fp32 or bf16, and OpenVINO int8 (NNCF, calibrated on the "
                    "timed rows: a speed figure; export --data measures accuracy) (the openvino extra); on a GPU "
                    "also PyTorch eager in TF32, fp16 and bf16, torch.compile in fp16, and the engines `export "
-                   "--device cuda` writes in fp32 and fp16.")
+                   "--device cuda` writes in fp32 and fp16, the fp16 one also as CUDA-graph replays of its graph fixed at "
+                   "the timed shape (onnxruntime-gpu-fp16-cudagraph).")
 @click.option("--peers", is_flag=True,
               help="Time the same model in every runtime a user could pick and print them by precision, each as a "
                    "ratio to ours at that precision. CPU: PyTorch eager, torch.compile, ONNX Runtime, OpenVINO fp32 "
