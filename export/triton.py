@@ -172,7 +172,19 @@ def model_config(manifest: dict, name: str, max_batch_size: int, copies: int, de
     if ort_tensorrt:
         config["optimization"] = {"execution_accelerators": {"gpu_execution_accelerator": [
             {"name": "tensorrt", "parameters": Map({"precision_mode": ort_tensorrt_precision(manifest)})}]}}
+    elif device == "gpu" and manifest["engine"]["kind"] == "onnx":
+        config["optimization"] = {"execution_accelerators": {"gpu_execution_accelerator": [
+            {"name": "cuda", "parameters": Map(cuda_provider_options(manifest))}]}}
     return config
+
+
+def cuda_provider_options(manifest: dict) -> dict[str, str]:
+    """The CUDA provider's options for an ONNX engine on GPU instances, passed by Triton's ONNX Runtime backend
+    (its `cuda` gpu_execution_accelerator) to the provider: use_tf32 "0", since the provider's default runs fp32
+    MatMuls in TF32 and `validate --device cuda` checked the engine with TF32 off. No enable_cuda_graph: the
+    dynamic batcher sends every batch size up to max_batch_size, and a captured graph holds one fixed shape
+    (CUDA graphs need every shape fixed: runtime_onnxruntime.CudaGraphRunner)."""
+    return {"use_tf32": "0"}
 
 
 def openvino_backend(manifest: dict, device: str) -> bool:
@@ -282,8 +294,10 @@ def isolation_model_source() -> tuple[str, str]:
             resources.files("prumux_deploy").joinpath("isolation.py").read_text())
 
 
-def default_device(kind: str) -> str:
-    return "gpu" if kind == "tensorrt" else "cpu"
+def default_device(kind: str, manifest: dict | None = None) -> str:
+    """TensorRT plans and ONNX engines exported for the GPU (`export --device cuda`, fp16 ones) get GPU
+    instances; other ONNX engines CPU instances."""
+    return "gpu" if kind == "tensorrt" or (manifest or {}).get("optimized_for") == "gpu" else "cpu"
 
 
 # --- checks -----------------------------------------------------------------------------------------
@@ -317,7 +331,7 @@ def _check_options(manifest: dict, engine_dir: Path, name: str, max_batch_size, 
         _check_plan_batches(manifest, engine_dir, max_batch_size)
     if copies < 1:
         raise PruMuxError(f"`copies` must be at least 1, got {copies}")
-    device = default_device(kind) if device is None else device
+    device = default_device(kind, manifest) if device is None else device
     if device not in DEVICES:
         raise PruMuxError(f"`device` must be one of {', '.join(DEVICES)}, got {device!r}")
     if kind == "tensorrt" and device != "gpu":

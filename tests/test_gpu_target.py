@@ -326,3 +326,23 @@ def test_the_profile_script_runs_on_the_cpu(tmp_path):
     assert set(point["ms"]) == {"torch fp32", "ort fp32 gpu-graph", "ort fp16 norms32", "ours fp32 (export --device cuda)",
                                 "ours fp16 (export --device cuda)", "ours fp16 fixed shape"}
     assert point["errors"] == {} and all(ms > 0 for ms in point["ms"].values())
+
+
+def test_triton_serves_a_gpu_engine_on_gpu_instances_with_tf32_off(gpu_engine, engine_dir, tmp_path):
+    model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
+    from google.protobuf import text_format
+
+    from prumux_deploy.export.triton import write_triton_repository
+
+    def config(path):
+        return text_format.Parse((path / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+
+    write_triton_repository(gpu_engine[0], tmp_path / "repo", "g", isolation="shared")
+    served = config(tmp_path / "repo" / "g")
+    assert model_config_pb2.ModelInstanceGroup.Kind.Name(served.instance_group[0].kind) == "KIND_GPU"
+    (cuda,) = served.optimization.execution_accelerators.gpu_execution_accelerator
+    assert cuda.name == "cuda" and dict(cuda.parameters) == {"use_tf32": "0"}  # as validated: no TF32
+    write_triton_repository(engine_dir, tmp_path / "repo", "c", isolation="shared")  # a CPU engine stays on CPUs
+    cpu = config(tmp_path / "repo" / "c")
+    assert model_config_pb2.ModelInstanceGroup.Kind.Name(cpu.instance_group[0].kind) == "KIND_CPU"
+    assert not cpu.HasField("optimization")

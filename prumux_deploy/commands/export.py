@@ -99,7 +99,8 @@ def export(checkpoint, out, fmt, opset, max_seq_length, optimize, data, data_con
               help="Let Triton merge requests into batches (preferred sizes 4N, 8N, ... up to the maximum, "
                    "100 us queue delay).")
 @click.option("--device", type=click.Choice(["cpu", "gpu"]), default=None,
-              help="Where the copies run [default: cpu for ONNX engines, gpu for TensorRT engines].")
+              help="Where the copies run [default: gpu for TensorRT engines and engines exported with --device cuda, "
+                   "which then run on the CUDA provider with TF32 off, as validated; cpu for other ONNX engines].")
 @click.option("--ort-tensorrt", is_flag=True,
               help="ONNX engines on GPU: run the graph with ONNX Runtime's TensorRT provider in the graph's own "
                    "precision (TensorRT 11 is strongly typed: FP16 comes from an fp16 export, --precision fp16).")
@@ -149,12 +150,12 @@ def triton(engine_dir, repo, name, max_batch_size, copies, dynamic_batching, dev
     if isolation == "request":
         click.echo(f"wrote {path} (request isolation front, Python backend) in front of "
                    f"{repo / (name + ENGINE_SUFFIX)}:")
-    served_by = ("openvino backend, bf16" if openvino_backend(manifest, device or default_device(kind))
+    served_by = ("openvino backend, bf16" if openvino_backend(manifest, device or default_device(kind, manifest))
                  else PLATFORMS[kind][0])
     click.echo(f"wrote {repo / (name + ENGINE_SUFFIX) if isolation == 'request' else path} ({served_by}, "
                f"N={n}, max_batch_size "
                f"{max_batch_size or default_max_batch_size(manifest)}, {copies} cop{'y' if copies == 1 else 'ies'} on "
-               f"{device or default_device(kind)})")
+               f"{device or default_device(kind, manifest)})")
     if with_tokenizer:
         click.echo(f"wrote {repo / (name + TOKENIZER_SUFFIX)} (Python backend tokenizer) and "
                    f"{repo / (name + ENSEMBLE_SUFFIX)} (text -> logits; call this one with TEXT)")
