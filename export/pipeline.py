@@ -209,6 +209,8 @@ def _check_device(device: str, fmt: str, precision: str | None, runtime: str,
     fp16 on cuda, fp32 on the CPU) and the runtime (on cuda ONNX Runtime's CUDA provider: `auto` times CPU
     runtimes, which says nothing about a GPU). int8 and bf16 are CPU arithmetic (ONNX Runtime's int8 kernels, OpenVINO's
     bf16), OpenVINO runs on the CPU here, and the GPU target is an optimized graph."""
+    from prumux_deploy.capabilities import why_not
+
     from .gpu import TARGETS
 
     if device not in TARGETS:
@@ -217,12 +219,12 @@ def _check_device(device: str, fmt: str, precision: str | None, runtime: str,
         precision = "fp16" if device == "cuda" else "fp32"
     if device != "cuda":
         return precision, runtime
-    if precision in ("int8", "bf16"):
-        raise PruMuxError(f"`precision` {precision} is CPU arithmetic (int8: ONNX Runtime's CPU kernels; bf16: OpenVINO "
-                          "on the CPU); for `device` cuda use fp16 (the default) or fp32")
+    reason = why_not("onnxruntime", "cuda", precision)
+    if reason:
+        raise PruMuxError(f"`precision` {precision} with `device` cuda: {reason}; use fp16 (the default) or fp32")
     if runtime == "openvino":
-        raise PruMuxError("`runtime` openvino runs engines on the CPU here; `device` cuda engines run in ONNX Runtime's "
-                          "CUDA provider (leave out `runtime`)")
+        raise PruMuxError(f"`runtime` openvino with `device` cuda: {why_not('openvino', 'cuda')}; leave out `runtime` "
+                          "(ONNX Runtime's CUDA provider runs GPU engines)")
     if fmt == "onnx" and optimize is False:
         raise PruMuxError("`device` cuda writes the GPU-optimized graph; --no-optimize writes the plain graph for any "
                           "device (leave out `device`)")
@@ -314,21 +316,22 @@ def _check_runtime(runtime: str, fmt: str, precision: str, with_data: bool = Fal
     """The runtime asked for, checked against the format, precision and data before any work. bf16 is
     OpenVINO's (the only runtime with bf16 on the CPU), fp16 ONNX Runtime's; int8 is either's, OpenVINO's
     only with task data (NNCF calibrates on it), so "auto" with int8 chooses by measurement only then."""
+    from prumux_deploy.capabilities import runs
     from prumux_deploy.runtime_openvino import available, check_bf16, nncf_available, require_nncf, require_openvino
 
     if runtime not in ("onnxruntime", "openvino", "auto"):
         raise PruMuxError(f"`runtime` {runtime!r} is not one of onnxruntime, openvino, auto")
     if fmt == "tensorrt":
-        if runtime == "openvino":
+        if runtime == "openvino":  # (onnxruntime and auto are the defaults: nothing was chosen for a plan)
             raise PruMuxError("`runtime` openvino runs ONNX engines; TensorRT plans run in TensorRT (`fmt` onnx)")
         return "onnxruntime"
     if precision == "bf16":
-        if runtime == "onnxruntime":
+        if runtime != "auto" and not runs(runtime, "cpu", "bf16"):
             raise PruMuxError("`precision` bf16 runs in OpenVINO on the CPU; use `runtime` openvino (or auto)")
         require_openvino()
         check_bf16()
         return "openvino"
-    if runtime == "openvino" and precision == "fp16":
+    if runtime == "openvino" and not runs("openvino", "cpu", precision):
         raise PruMuxError("`runtime` openvino runs fp32, bf16 and int8 engines here; fp16 engines are for GPUs and "
                           "run in ONNX Runtime (`runtime` onnxruntime)")
     if runtime == "openvino" and precision == "int8" and not with_data:

@@ -44,6 +44,7 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
+from prumux_deploy.capabilities import why_not
 from prumux_deploy.atomic import atomic_dir, check_target
 from prumux_deploy.data import copy_tokenizer, has_tokenizer
 from prumux_deploy.documents import sha256_file
@@ -335,7 +336,7 @@ def _check_options(manifest: dict, engine_dir: Path, name: str, max_batch_size, 
     if device not in DEVICES:
         raise PruMuxError(f"`device` must be one of {', '.join(DEVICES)}, got {device!r}")
     if kind == "tensorrt" and device != "gpu":
-        raise PruMuxError("a TensorRT engine runs only on a GPU; use `device` gpu")
+        raise PruMuxError(f"{why_not('tensorrt', 'cpu')}; use `device` gpu")
     if ort_tensorrt and kind != "onnx":
         raise PruMuxError(f"`ort_tensorrt` applies to ONNX engines (ONNX Runtime's TensorRT provider); "
                           f"this engine is {kind!r}")

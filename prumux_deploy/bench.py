@@ -28,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 from .atomic import atomic_file, write_file
+from .capabilities import why_not
 from .checkpoint import create_model, load_checkpoint
 from .compare import compare_logits
 from .counts import bert_flops_per_sample, prumux_flops_per_sample
@@ -472,7 +473,7 @@ def check_config(cfg: BenchConfig) -> None:
     on_gpu = torch.device(cfg.device).type == "cuda"
     check_tf32(torch.device(cfg.device), cfg.tf32)
     if on_gpu and set(cfg.backends) & set(OPENVINO_BACKENDS):
-        raise PruMuxError("the openvino backends run on the CPU; leave them out with --device cuda")
+        raise PruMuxError(f"the openvino backends: {why_not('openvino', 'cuda')}; leave them out with `device` cuda")
     if set(cfg.backends) & set(OPENVINO_BACKENDS):
         from .runtime_openvino import check_bf16, require_openvino
 
@@ -488,9 +489,8 @@ def check_config(cfg: BenchConfig) -> None:
         raise PruMuxError(f"{', '.join(gpu_only)} time GPU arithmetic or GPU-target graphs; use `device` cuda, or leave "
                           "them out")
     if on_gpu and set(cfg.backends) & set(CPU_ONLY_BACKENDS):
-        raise PruMuxError("onnxruntime-int8 is dynamic quantization for CPUs (its DynamicQuantizeMatMul / QAttention "
-                          "ops have CPU kernels only), so on `device` cuda its row would time the CPU; leave it out "
-                          "or bench it with `device` cpu")
+        raise PruMuxError(f"onnxruntime-int8: {why_not('onnxruntime', 'cuda', 'int8')}; leave it out or bench it with "
+                          "`device` cpu")
 
 
 @all_cores()
@@ -582,16 +582,15 @@ def _roofline(row: dict, model_cfg, cfg: BenchConfig, ceilings: dict) -> dict:
 def _end_to_end(graph: Path, model: PruMuxModel, cfg: BenchConfig) -> dict:
     """Raw text to labels through this graph on the data's first 4 batches of dev rows: the fast tokenizer
     batched, rows padded to each batch's longest versus to cfg.seq."""
-    import onnxruntime as ort
-
     from .data import load_examples, load_tokenizer, resolve_task
+    from .runtime_onnxruntime import ort_session
     from .timing import end_to_end
 
     batch = cfg.groups_per_batch * model.config.num_instances
     task = resolve_task(cfg.task, config=model.config)
     examples = load_examples(task, cfg.data, "dev", limit=4 * batch)
     tokenizer = load_tokenizer(model.tokenizer_dir)
-    session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    session = ort_session(graph)
     names = [i.name for i in session.get_inputs()]
 
     def run_feeds(feeds):
@@ -608,10 +607,8 @@ def run_latency(cfg: BenchConfig, progress: bool = True) -> dict:
     """Serving latency of the optimized fp32 (and int8, when asked) engines: p50 / p90 / p99 per call for
     single requests and batches of N and 4N rows at sequence cfg.seq, one call at a time. A lone request
     still runs a whole mux group (the graph fills it with copies), so it costs what a batch of N costs."""
-    from .engine import ort_timed_runner
+    from .runtime_onnxruntime import ort_session, ort_timed_runner
     from .timing import latency
-
-    import onnxruntime as ort
 
     backends = [b for b in cfg.backends if b in ("onnxruntime-opt", "onnxruntime-int8")] or ["onnxruntime-opt"]
     items = list(_structures(cfg))
@@ -621,7 +618,7 @@ def run_latency(cfg: BenchConfig, progress: bool = True) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             graphs = _ort_graphs(model, cfg, backends, Path(tmp))
             for backend in backends:
-                session = ort.InferenceSession(str(graphs[backend]), providers=["CPUExecutionProvider"])
+                session = ort_session(graphs[backend])
                 for batch in sorted({1, N, 4 * N}):
                     ids, mask = _inputs(batch, cfg.seq, model.config.vocab_size, cfg.seed)
                     result = latency(ort_timed_runner(session, {"input_ids": ids.numpy(),

@@ -14,6 +14,7 @@ import numpy as np
 
 from .engine_dir import (MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, Engine, read_manifest, runtime_of, sha256_file,
                          target_warning, verify_engine_file)
+from .capabilities import computed_precision, why_not
 from .errors import EngineError
 from .isolation import run_isolated
 from .runtime_onnxruntime import (GPU_INSTALL_HINT, OnnxEngine, check_providers, ort_arithmetic, ort_providers,
@@ -57,17 +58,16 @@ def load_engine(engine_dir, device: str = "cpu", runtime: str | None = None, tf3
         return TensorRTEngine(engine_dir)
     if kind != "onnx":
         raise EngineError(f"{engine_dir}: unknown engine kind {kind!r}; re-export the engine")
-    if device == "cuda" and manifest.get("precision") == "int8":
-        raise EngineError(f"{engine_dir}: an int8 engine is quantized for CPUs (its DynamicQuantizeMatMul / QAttention "
-                          "ops have CPU kernels only, so on device cuda they would run on the CPU); use device cpu, "
-                          "or export --precision fp16 for the GPU")
     # the runtime a CPU engine was chosen for; on a GPU the same model.onnx runs in ONNX Runtime's CUDA provider
     runtime = runtime or ("onnxruntime" if device == "cuda" else runtime_of(manifest))
     if runtime not in RUNTIMES:
         raise EngineError(f"{engine_dir}: unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
+    reason = why_not(runtime, device, computed_precision(manifest.get("precision", "fp32"), runtime))
+    if reason:
+        fix = ("use runtime onnxruntime for device cuda" if runtime == "openvino" else
+               "use device cpu, or export --device cuda for the GPU")
+        raise EngineError(f"{engine_dir}: {reason}; {fix}")
     if runtime == "openvino":
-        if device == "cuda":
-            raise EngineError("OpenVINO runs engines on the CPU here; use runtime onnxruntime for device cuda")
         from .runtime_openvino import OpenVINOEngine
 
         return OpenVINOEngine(engine_dir, **kwargs)

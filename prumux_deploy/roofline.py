@@ -93,15 +93,10 @@ def _graph(g: Gemm, int8: bool, rng) -> onnx.ModelProto:
 
 def time_gemm(g: Gemm, int8: bool = False, repeats: int = 5, threads: int | None = None) -> float:
     """Median seconds of one product in ONNX Runtime (after two warm-up runs)."""
-    import onnxruntime as ort
+    from .runtime_onnxruntime import ort_session
 
     rng = np.random.default_rng(0)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-    session = ort.InferenceSession(_graph(g, int8, rng).SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
+    session = ort_session(_graph(g, int8, rng).SerializeToString(), threads=threads, where="the GEMM probe")
     a = rng.standard_normal([g.m, g.k] if g.batch == 1 else [g.batch, g.m, g.k]).astype(np.float32)
     for _ in range(2):
         session.run(None, {"a": a})

@@ -46,7 +46,8 @@ def ort_session(path, providers=None, threads: int | None = None, where=None):
     try:
         session = ort.InferenceSession(path if isinstance(path, bytes) else str(path), options, providers=providers)
     except Exception as e:  # ORT raises its own exception types for malformed graphs
-        raise EngineError(f"{path}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:200]})") from None
+        named = where or ("the serialized graph" if isinstance(path, bytes) else path)
+        raise EngineError(f"{named}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:200]})") from None
     check_providers(session, providers, where or path)
     return session
 

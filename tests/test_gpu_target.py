@@ -77,9 +77,9 @@ def test_fp32_on_the_gpu_target_is_the_gpu_graph_without_fp16(tmp_path, masked_c
 
 
 @pytest.mark.parametrize("options, message", [
-    (dict(precision="int8"), "`precision` int8 is CPU arithmetic"),
-    (dict(precision="bf16"), "`precision` bf16 is CPU arithmetic"),
-    (dict(runtime="openvino"), "`runtime` openvino runs engines on the CPU here"),
+    (dict(precision="int8"), "`precision` int8 with `device` cuda: int8 is quantized for CPUs"),
+    (dict(precision="bf16"), "`precision` bf16 with `device` cuda: bf16 engines are OpenVINO's, which runs them on"),
+    (dict(runtime="openvino"), "`runtime` openvino with `device` cuda: OpenVINO runs engines on the CPU here"),
     (dict(optimize=False), "`device` cuda writes the GPU-optimized graph"),
     (dict(device="tpu"), "`device` 'tpu' is not one of cpu, cuda"),
 ])
@@ -151,7 +151,7 @@ def test_export_device_cuda_on_the_command_line(tmp_path, masked_checkpoint):
     manifest = json.loads((tmp_path / "e" / "manifest.json").read_text())
     assert (manifest["precision"], manifest["optimized_for"]) == ("fp16", "gpu")
     refused(run_cli("export", masked_checkpoint, tmp_path / "f", "--device", "cuda", "--precision", "int8"), 2,
-            "--precision int8 is CPU arithmetic")
+            "--precision int8 with --device cuda: int8 is quantized for CPUs")
 
 
 # --- bench's GPU rows, checked on the CPU ----------------------------------------------------------------------
