@@ -209,16 +209,23 @@ def _inputs(rows: int, seq: int, vocab: int, seed: int):
     return ids, torch.ones(rows, seq, dtype=torch.long)
 
 
+def torch_device(cfg: BenchConfig) -> torch.device:
+    """Where the PyTorch rows (and the baseline) run: cfg.device resolved (devices.resolve_device: refused
+    when it is not there). The one place bench places PyTorch work, so that the tests run a GPU run's PyTorch
+    side on the CPU beside fake ONNX Runtime CUDA sessions."""
+    return resolve_device(cfg.device)
+
+
 def _torch_arithmetic(cfg: BenchConfig):
     """The TF32 state cfg asks of PyTorch's fp32 matmuls on a GPU, explicitly (nothing on the CPU)."""
-    return tf32_scope(torch.device(cfg.device), cfg.tf32)
+    return tf32_scope(torch_device(cfg), cfg.tf32)
 
 
 def _time_torch(model, ids, mask, cfg: BenchConfig, tf32: bool | None = None, dtype: str = "fp32"):
     """PyTorch eager (or compiled) on cfg.device, inputs already there, synchronised after every call; its
     TF32 as cfg.tf32 asks on a GPU (or `tf32`, the torch-tf32 row). dtype: what the model's weights are in,
     for the report. Peak memory: host RSS on the CPU, PyTorch's GPU allocator on a GPU."""
-    device = torch.device(cfg.device)
+    device = torch_device(cfg)
     ids, mask = ids.to(device), mask.to(device)
 
     def run():
@@ -430,7 +437,7 @@ def baseline(cfg: BenchConfig) -> dict:
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(cfg.seed)
-    model = BertForSequenceClassification(BertConfig(**cfg.base, num_labels=2)).eval().to(cfg.device)
+    model = BertForSequenceClassification(BertConfig(**cfg.base, num_labels=2)).eval().to(torch_device(cfg))
     ids, mask = _inputs(cfg.groups_per_batch, cfg.seq, cfg.base["vocab_size"], cfg.seed)
     result, mem = _time_torch(lambda a, b: model(input_ids=a, attention_mask=b).logits, ids, mask, cfg)
     row = {"name": "bert-base dense", "N": 1, "sparsity": 0.0, "backend": "torch",
@@ -506,17 +513,18 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
     rates. Raises PruMuxError (a missing GPU or onnxruntime-gpu for cfg.device cuda) before any timing.
     PyTorch uses every core while it runs; the thread count is restored afterwards."""
     check_config(cfg)
-    device = resolve_device(cfg.device)
-    if device.type == "cuda" and set(cfg.backends) & set(ORT_BACKENDS):
+    device = torch_device(cfg)
+    on_gpu = torch.device(cfg.device).type == "cuda"
+    if on_gpu and set(cfg.backends) & {*ORT_BACKENDS, *CUDA_GRAPH_BACKENDS}:
         from .engine import ort_providers
 
-        ort_providers(device.type)  # refuse before minutes of work when onnxruntime-gpu is missing
+        ort_providers("cuda")  # refuse before minutes of work when onnxruntime-gpu is missing
     items = list(_structures(cfg))
     ceilings = None
-    if device.type == "cuda":  # the GPU roofline's two ceilings, measured at the start of this run
-        from .roofline import gpu_ceilings
+    if on_gpu:  # the GPU roofline's two ceilings, measured at the start of this run
+        from . import roofline
 
-        ceilings = gpu_ceilings(device)
+        ceilings = roofline.gpu_ceilings(device)
     bar = tqdm(total=len(items) * len(cfg.backends) + 1, desc="bench", unit="run", disable=not progress,
                file=sys.stderr)
     bar.set_postfix_str("baseline")
@@ -551,7 +559,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
                     rows[-1].update(_roofline(rows[-1], model.config, cfg, ceilings))
                 if cfg.data and backend in ORT_BACKENDS and getattr(model, "tokenizer_dir", None):
                     rows[-1].update(_end_to_end(graphs[backend], model, cfg))
-                if cfg.gemm and device.type == "cpu" and backend != "openvino-bf16":  # (no bf16 GEMM reference) the machine's rate on this model's dense shapes, same run
+                if cfg.gemm and not on_gpu and backend != "openvino-bf16":  # (no bf16 GEMM reference) the machine's rate on this model's dense shapes, same run
                     int8 = backend in ("onnxruntime-int8", "openvino-int8") and int8_capable()
                     dense = model.config.full_size()
                     key = (dumps(dense.to_dict(), sort_keys=True), int8)
@@ -561,9 +569,9 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
                 bar.update(1)
     bar.close()
     return {"machine": machine_info(), "device": device_info(device), "gpu_ceilings": ceilings,
-            "protocol": {"seq": cfg.seq, "groups_per_batch": cfg.groups_per_batch, "device": str(device),
+            "protocol": {"seq": cfg.seq, "groups_per_batch": cfg.groups_per_batch, "device": cfg.device,
                          "warmup": cfg.warmup, "repeats": cfg.repeats, "statistic": "median",
-                         "protocol": cfg.protocol, "tf32": cfg.tf32, "peak_memory": peak_memory_meaning(device.type)},
+                         "protocol": cfg.protocol, "tf32": cfg.tf32, "peak_memory": peak_memory_meaning("cuda" if on_gpu else "cpu")},
             "base_shape": cfg.base, "baseline": base, "rows": rows}
 
 

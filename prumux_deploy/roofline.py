@@ -117,6 +117,24 @@ def gemm_rate(gemms: Counter, int8: bool = False, repeats: int = 5, threads: int
 
 # --- the GPU's limit: two ceilings measured at the start of a run -------------------------------------------
 
+def cuda_median_ms(fn, warmup: int = 3, repeats: int = 10) -> float:
+    """Median time of fn() on the GPU in ms, each call between two CUDA events and synchronised, after
+    `warmup` calls (module loads and handle creation stay out)."""
+    import torch
+
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
 def gpu_ceilings(device="cuda", size: int = 8192, copy_bytes: int = 2**30, repeats: int = 10) -> dict:
     """The two ceilings of a GPU roofline, measured now on `device` (medians of CUDA-event timings after
     three warm-ups; random operands, never zeros, which run faster): an fp16 GEMM [size, size] @ [size, size]
@@ -124,25 +142,12 @@ def gpu_ceilings(device="cuda", size: int = 8192, copy_bytes: int = 2**30, repea
     read plus written. Returns {"fp16_gemm_tflops", "copy_tb_s", "gemm_size", "copy_bytes"}."""
     import torch
 
-    def median_ms(fn) -> float:
-        for _ in range(3):
-            fn()
-        times = []
-        for _ in range(repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        return statistics.median(times)
-
     a = torch.randn(size, size, device=device, dtype=torch.float16)
-    gemm_ms = median_ms(lambda: a @ a)
+    gemm_ms = cuda_median_ms(lambda: a @ a, repeats=repeats)
     del a
     src = torch.randint(0, 255, (copy_bytes,), device=device, dtype=torch.uint8)
     dst = torch.empty_like(src)
-    copy_ms = median_ms(lambda: dst.copy_(src))
+    copy_ms = cuda_median_ms(lambda: dst.copy_(src), repeats=repeats)
     del src, dst
     torch.cuda.empty_cache()
     return {"fp16_gemm_tflops": 2 * size**3 / gemm_ms / 1e9, "copy_tb_s": 2 * copy_bytes / copy_ms / 1e9,

@@ -497,7 +497,12 @@ def onnxruntime_module(cuda_loads: bool, recorder: Recorder) -> types.ModuleType
                     bound.array[...] = result
 
     module = types.ModuleType("onnxruntime")
+    for name in dir(real):  # the real module's other names (GraphOptimizationLevel, RunOptions, ...) as they are
+        if not name.startswith("__"):
+            setattr(module, name, getattr(real, name))
     module.__version__ = real.__version__ + "+fake-gpu"
+    module.__spec__ = real.__spec__  # importlib.util.find_spec (torch._dynamo's import checks) reads it
+    module.__path__ = real.__path__  # its submodules (onnxruntime.tools, .transformers) import from the real package
     module.SessionOptions = real.SessionOptions
     module.InferenceSession = InferenceSession
     module.OrtValue = OrtValue

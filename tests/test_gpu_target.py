@@ -346,3 +346,31 @@ def test_triton_serves_a_gpu_engine_on_gpu_instances_with_tf32_off(gpu_engine, e
     cpu = config(tmp_path / "repo" / "c")
     assert model_config_pb2.ModelInstanceGroup.Kind.Name(cpu.instance_group[0].kind) == "KIND_CPU"
     assert not cpu.HasField("optimization")
+
+
+def test_bench_device_cuda_peers_runs_end_to_end_on_fakes(monkeypatch):
+    """The GPU run as the command makes it, with its PyTorch side on the CPU (bench.torch_device), ONNX Runtime's
+    CUDA provider faked and the roofline's ceilings fixed: every row timed, spot-checked and placed on the
+    roofline, the peers grouped fp32 / fp16 against our GPU engines."""
+    from prumux_deploy import bench, roofline
+    from prumux_deploy.bench import GPU_PEER_BACKENDS, BenchConfig, format_peers, format_table, run_bench
+
+    monkeypatch.setattr(bench, "torch_device", lambda cfg: torch.device("cpu"))
+    monkeypatch.setattr(roofline, "gpu_ceilings", lambda device: {"fp16_gemm_tflops": 1.0, "copy_tb_s": 0.5})
+    ort = fake.install_onnxruntime(monkeypatch, cuda_loads=True)
+    backends = [b for b in GPU_PEER_BACKENDS if not b.startswith("torch-compile")]  # (inductor: minutes on a CPU)
+    cfg = BenchConfig.from_options(quick=True, device="cuda", backends=backends, instances=[2], sparsities=[0.9])
+    result = run_bench(cfg, progress=False)
+    rows = {r["backend"]: r for r in result["rows"]}
+    assert set(rows) == set(backends) and result["gpu_ceilings"] == {"fp16_gemm_tflops": 1.0, "copy_tb_s": 0.5}
+    for r in rows.values():
+        assert r["samples_per_s"] > 0 and 0 < r["roofline_fraction"] == pytest.approx(r["roofline_ms"] / r["batch_ms"])
+    for name in ("onnxruntime-gpu", "onnxruntime-gpu-fp16", "onnxruntime-gpu-fp16-cudagraph", "torch-fp16"):
+        assert rows[name]["max_abs_logit_error"] < 5e-2, name
+    assert rows["onnxruntime-gpu-fp16-cudagraph"]["arithmetic"].endswith("TF32 off (use_tf32=0), CUDA graph")
+    assert all(p == "CUDAExecutionProvider" or p[0] == "CUDAExecutionProvider"
+               for s in ort.named("InferenceSession") for p in s["providers"][:1])
+    table, peers = format_table(result), format_peers(result)
+    assert "fp32 matmuls with TF32 off on every row" in table
+    assert "fp32: ours = onnxruntime-gpu " in peers and "fp16: ours = onnxruntime-gpu-fp16" in peers
+    assert "of roofline" in peers
