@@ -18,8 +18,6 @@ import os
 import platform
 import sys
 import tempfile
-import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,86 +25,27 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from . import backends
 from .atomic import atomic_file, write_file
+from .backends import (ALL_BACKENDS, BACKENDS, BACKENDS_BY_NAME, CPU_ONLY_BACKENDS, GPU_BACKENDS, GPU_ONLY_BACKENDS,
+                       OPENVINO_BACKENDS, ORT_BACKENDS, bench_inputs, names, peer_group, time_backend, time_torch,
+                       write_graphs)
+from .meters import peak_memory_meaning
 from .capabilities import why_not
 from .checkpoint import create_model, load_checkpoint
-from .compare import compare_logits
 from .counts import bert_flops_per_sample, prumux_flops_per_sample
-from .devices import check_tf32, device_info, resolve_device, synchronize, tf32_scope, torch_arithmetic
+from .devices import check_tf32, device_info
 from .documents import dumps
 from .errors import PruMuxError
 from .generate import cofi_like_structure, masks_for_structure
 from .model import PruMuxConfig, PruMuxModel
 from .roofline import gemm_rate, int8_capable, model_gemms
 from .structure import describe
-from .timing import throughput
 
 BERT_BASE = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                  intermediate_size=3072, max_position_embeddings=512)
 QUICK_BASE = dict(vocab_size=1000, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
                   intermediate_size=512, max_position_embeddings=128)
-
-
-# --- peak memory ---------------------------------------------------------------------------------
-
-class PeakRSS:
-    """Samples this process's resident set size while a block runs; reports the peak above the start."""
-
-    def __init__(self, interval: float = 0.005):
-        self.interval, self.peak, self.start = interval, 0, 0
-        self._stop = threading.Event()
-
-    @staticmethod
-    def rss() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.rss())
-            time.sleep(self.interval)
-
-    def __enter__(self):
-        self.start = self.peak = self.rss()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.rss())
-
-    @property
-    def mib(self) -> float:
-        return (self.peak - self.start) / 2**20
-
-
-class PeakCudaMemory:
-    """Peak GPU memory PyTorch's allocator held above the start while a block runs (torch.cuda's peak
-    statistics), MiB: what a PyTorch row on a GPU costs (host RSS would say nothing about it)."""
-
-    def __enter__(self):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        self.start = torch.cuda.memory_allocated()
-        return self
-
-    def __exit__(self, *exc):
-        torch.cuda.synchronize()
-        self.peak = torch.cuda.max_memory_allocated()
-
-    @property
-    def mib(self) -> float:
-        return (self.peak - self.start) / 2**20
-
-
-def peak_memory_meaning(device: str) -> str:
-    """What a run's peak_mib measures on `device` (recorded in the result's protocol)."""
-    if device == "cuda":
-        return ("PyTorch rows: peak GPU memory of PyTorch's allocator above the start; ONNX Runtime rows: not "
-                "measured (its GPU arena is invisible to PyTorch, and host memory would mislead)")
-    return "growth of this process's resident host memory while the backend runs"
 
 
 # --- the grid ------------------------------------------------------------------------------------
@@ -203,216 +142,22 @@ def generated_model(base: dict, N: int, sparsity: float, seed: int, structure=No
     return compact(model)
 
 
-def _inputs(rows: int, seq: int, vocab: int, seed: int):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1000 if vocab > 2000 else 5, vocab, (rows, seq), generator=g)
-    return ids, torch.ones(rows, seq, dtype=torch.long)
-
-
-def torch_device(cfg: BenchConfig) -> torch.device:
-    """Where the PyTorch rows (and the baseline) run: cfg.device resolved (devices.resolve_device: refused
-    when it is not there). The one place bench places PyTorch work, so that the tests run a GPU run's PyTorch
-    side on the CPU beside fake ONNX Runtime CUDA sessions."""
-    return resolve_device(cfg.device)
-
-
-def _torch_arithmetic(cfg: BenchConfig):
-    """The TF32 state cfg asks of PyTorch's fp32 matmuls on a GPU, explicitly (nothing on the CPU)."""
-    return tf32_scope(torch_device(cfg), cfg.tf32)
-
-
-def _time_torch(model, ids, mask, cfg: BenchConfig, tf32: bool | None = None, dtype: str = "fp32"):
-    """PyTorch eager (or compiled) on cfg.device, inputs already there, synchronised after every call; its
-    TF32 as cfg.tf32 asks on a GPU (or `tf32`, the torch-tf32 row). dtype: what the model's weights are in,
-    for the report. Peak memory: host RSS on the CPU, PyTorch's GPU allocator on a GPU."""
-    device = torch_device(cfg)
-    ids, mask = ids.to(device), mask.to(device)
-
-    def run():
-        model(ids, mask)
-        synchronize(device)
-
-    meter = PeakCudaMemory() if device.type == "cuda" else PeakRSS()
-    scope = _torch_arithmetic(cfg) if tf32 is None else tf32_scope(device, tf32)
-    with torch.no_grad(), scope, meter as mem:
-        result = throughput(run, ids.shape[0], cfg.warmup, cfg.repeats, cfg.min_seconds)
-        result["arithmetic"] = torch_arithmetic(device, dtype)
-    return result, mem.mib
-
-
-def _time_torch_backend(backend: str, model: PruMuxModel, ids, mask, cfg: BenchConfig):
-    """A PyTorch row: eager or torch.compile (inductor; its warm-up calls include compilation), in fp32, TF32
-    (torch-tf32) or a half-precision copy of the model (torch-fp16 / torch-bf16 / torch-compile-fp16, weights
-    and activations in that type: what a PyTorch user runs on a GPU)."""
-    import copy
-
-    dtype = {"torch-fp16": "fp16", "torch-bf16": "bf16", "torch-compile-fp16": "fp16"}.get(backend, "fp32")
-    if dtype != "fp32":
-        model = copy.deepcopy(model).to(torch.float16 if dtype == "fp16" else torch.bfloat16)
-    if backend.startswith("torch-compile"):
-        model = torch.compile(model)
-    result, mem = _time_torch(model, ids, mask, cfg, True if backend == "torch-tf32" else None, dtype)
-    if dtype != "fp32":  # the spot check every row gets: its logits against the fp32 model's
-        result["max_abs_logit_error"] = _spot_check_torch(model, ids, mask)
-    return result, mem
-
-
-ORT_BACKENDS = {  # name -> (precision, device the graph is exported for, optimized): export's own graphs
-    "onnxruntime": ("fp32", "cpu", False),          # export --no-optimize
-    "onnxruntime-opt": ("fp32", "cpu", True),       # export (--device cpu), ONNX Runtime's graph
-    "onnxruntime-int8": ("int8", "cpu", True),      # export --precision int8 (dynamic)
-    "onnxruntime-gpu": ("fp32", "cuda", True),      # export --device cuda --precision fp32
-    "onnxruntime-gpu-fp16": ("fp16", "cuda", True),  # export --device cuda: the default GPU engine
-}
-# CUDA-graph replays of an export graph at the timed shape: name -> the ORT_BACKENDS graph it replays
-CUDA_GRAPH_BACKENDS = {"onnxruntime-gpu-fp16-cudagraph": "onnxruntime-gpu-fp16"}
-TORCH_BACKENDS = ("torch", "torch-tf32", "torch-fp16", "torch-bf16", "torch-compile", "torch-compile-fp16")
-OPENVINO_BACKENDS = {  # name -> precision: fp32/bf16 on the optimized graph `export` writes, int8 NNCF's on the plain
-    "openvino": "fp32",
-    "openvino-bf16": "bf16",
-    "openvino-int8": "int8",
-}
-BACKENDS = ("torch", "onnxruntime", "onnxruntime-opt", "onnxruntime-int8")  # the CPU default
-GPU_BACKENDS = ("torch", "torch-fp16", "onnxruntime-gpu", "onnxruntime-gpu-fp16")  # the GPU default
-CPU_ONLY_BACKENDS = ("onnxruntime-int8",)  # its quantized ops (DynamicQuantizeMatMul, QAttention) are CPU kernels
-GPU_ONLY_BACKENDS = ("torch-tf32", "torch-fp16", "torch-bf16", "torch-compile-fp16", "onnxruntime-gpu",
-                     "onnxruntime-gpu-fp16", *CUDA_GRAPH_BACKENDS)  # TF32 and half-precision eager are GPU arithmetic; GPU-target graphs
-# not in the default set: compiling costs a minute or more per structure; OpenVINO is an optional extra
-EXTRA_BACKENDS = ("torch-compile", *OPENVINO_BACKENDS, *GPU_ONLY_BACKENDS)
-ALL_BACKENDS = tuple(dict.fromkeys(BACKENDS + GPU_BACKENDS + EXTRA_BACKENDS))
-# --peers: the same compact model in every runtime a user could pick, at each precision
-PEER_BACKENDS = ("torch", "torch-compile", "onnxruntime-opt", "openvino", "openvino-bf16", "onnxruntime-int8",
-                 "openvino-int8")
-GPU_PEER_BACKENDS = ("torch", "torch-tf32", "torch-compile", "onnxruntime-opt", "onnxruntime-gpu", "torch-fp16",
-                     "torch-bf16", "torch-compile-fp16", "onnxruntime-gpu-fp16", *CUDA_GRAPH_BACKENDS)
-
-
-def _ort_graphs(model: PruMuxModel, cfg: BenchConfig, backends, tmp: Path) -> dict[str, Path]:
-    """The graphs the requested backends run, each written by export's own function (pipeline.write_graph) at
-    sequence cfg.seq: the bytes `export --max-seq-length cfg.seq` writes for that precision and device."""
-    from prumux_deploy.export.pipeline import write_graph
-
-    wanted = set(backends) | {CUDA_GRAPH_BACKENDS[b] for b in backends if b in CUDA_GRAPH_BACKENDS} | ({"onnxruntime-opt"} if {"openvino", "openvino-bf16"} & set(backends) else set()) \
-        | ({"onnxruntime"} if "openvino-int8" in backends else set())
-    graphs = {}
-    for name, (precision, device, optimize) in ORT_BACKENDS.items():
-        if name in wanted:
-            graphs[name] = tmp / f"{name}.onnx"
-            write_graph(model, graphs[name], cfg.seq, precision, device, optimize)
-    raw = graphs.get("onnxruntime")
-    for name in ("openvino", "openvino-bf16"):
-        if name in backends:
-            graphs[name] = graphs["onnxruntime-opt"]
-    if "openvino-int8" in backends:  # as export writes it (export/quantize.py), calibrated on the timed rows
-        from prumux_deploy.export.quantize import quantize_nncf
-
-        ids, mask = _inputs(cfg.groups_per_batch * model.config.num_instances, cfg.seq, model.config.vocab_size,
-                            cfg.seed)
-        graphs["openvino-int8"] = tmp / "nncf.onnx"
-        quantize_nncf(raw, graphs["openvino-int8"], [{"input_ids": ids.numpy(), "attention_mask": mask.numpy()}])
-    return graphs
-
-
-def _time_openvino(path: Path, precision: str, model: PruMuxModel, ids, mask, cfg: BenchConfig):
-    """OpenVINO on `path` at `precision` (fp32, bf16 where the CPU has it, or int8: NNCF's QDQ graph with its
-    float layers at f32; checked in check_config before any timing), with the same parity spot check as ONNX
-    Runtime's rows."""
-    from .runtime_openvino import INFERENCE_PRECISION, cpu_runner
-
-    run = cpu_runner(path, INFERENCE_PRECISION[precision])
-    feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
-
-    def run_rows(rows):
-        return run({n: v[:rows] for n, v in feeds.items()})
-
-    error = _spot_check(model, ids, mask, cfg, run_rows)
-    with PeakRSS() as mem:
-        result = throughput(lambda: run(feeds), ids.shape[0], cfg.warmup, cfg.repeats, cfg.min_seconds)
-    result["max_abs_logit_error"] = error
-    return result, mem.mib
-
-
-def _spot_check_torch(model, ids, mask) -> float:
-    """A half-precision PyTorch row's spot check: its logits of the first 2N rows against fp32 (run here on the
-    CPU from a float copy of the same weights, so the reference is the model's own fp32 function)."""
-    import copy
-
-    base = getattr(model, "_orig_mod", model)
-    rows = 2 * base.config.num_instances
-    device = next(base.parameters()).device
-    with torch.no_grad():
-        got = base(ids[:rows].to(device), mask[:rows].to(device)).float().cpu().numpy()
-        want = copy.deepcopy(base).float().cpu()(ids[:rows], mask[:rows]).numpy()
-    return compare_logits(got, want).max_abs_error
-
-
-def _spot_check(model: PruMuxModel, ids, mask, cfg: BenchConfig, run_rows) -> float:
-    """Max |logit error| of a backend against the PyTorch model on the first 2N timed rows: run_rows(rows) ->
-    the backend's logits of ids[:rows] (a parity spot check on the inputs a row times)."""
-    rows = 2 * model.config.num_instances
-    with torch.no_grad(), _torch_arithmetic(cfg):
-        device = next(model.parameters()).device
-        want = model(ids[:rows].to(device), mask[:rows].to(device)).float().cpu().numpy()
-    return compare_logits(run_rows(rows), want).max_abs_error
-
-
-def _time_ort(path: Path, model: PruMuxModel, ids, mask, cfg: BenchConfig, precision: str = "fp32",
-              cuda_graph: bool = False):
-    """ONNX Runtime on cfg.device (the CUDA provider with IO binding and cfg.tf32's use_tf32 on a GPU; a
-    session that did not get the CUDA provider is refused, never timed), with a parity spot check against
-    the PyTorch model. cuda_graph: time CUDA-graph replays of the graph fixed at the timed shape
-    (runtime_onnxruntime.CudaGraphRunner), spot-checked at that shape. Peak memory: host RSS on the CPU, not
-    measured on a GPU (None)."""
-    from .engine import ort_arithmetic, ort_providers, ort_session, ort_timed_runner
-    from .runtime_onnxruntime import CudaGraphRunner
-
-    providers = ort_providers(torch.device(cfg.device).type, cfg.tf32)
-    session = ort_session(path, providers)
-    feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
-    if cuda_graph:
-        graph = CudaGraphRunner(path, providers, tuple(ids.shape), list(feeds))
-        full = graph(feeds)  # the spot check's rows, from a replay of the whole timed batch
-        error = _spot_check(model, ids, mask, cfg, lambda rows: full[:rows])
-        graph.stage(feeds)
-        runner = graph.replay
-    else:
-        error = _spot_check(model, ids, mask, cfg,
-                            lambda rows: session.run(["logits"], {k: v[:rows] for k, v in feeds.items()})[0])
-        runner = ort_timed_runner(session, feeds)
-    meter = contextlib.nullcontext() if torch.device(cfg.device).type == "cuda" else PeakRSS()
-    with meter as mem:
-        result = throughput(runner, ids.shape[0], cfg.warmup, cfg.repeats, cfg.min_seconds)
-    result["max_abs_logit_error"] = error
-    result["arithmetic"] = ort_arithmetic(precision, providers) + (", CUDA graph" if cuda_graph else "")
-    return result, None if mem is None else mem.mib
-
-
-# what `export --runtime auto` chooses between at each precision (int8: with --data, among those within 1 point)
-OURS = {"fp32": ("onnxruntime-opt", "openvino"), "bf16": ("openvino-bf16",),
-        "int8": ("onnxruntime-int8", "openvino-int8")}
-# on a GPU: what `export --device cuda` writes at each precision; half-precision peers (fp16, bf16) are grouped
-# with ours in fp16
-GPU_OURS = {"fp32": ("onnxruntime-gpu",), "fp16": ("onnxruntime-gpu-fp16", *CUDA_GRAPH_BACKENDS)}
-PRECISION_OF = {backend: precision for precision, names in OURS.items() for backend in names}
-GPU_PRECISION_OF = {"torch-fp16": "fp16", "torch-bf16": "fp16", "torch-compile-fp16": "fp16",
-                    "onnxruntime-gpu-fp16": "fp16", **{name: "fp16" for name in CUDA_GRAPH_BACKENDS}}
-
-
 def format_peers(result: dict) -> str:
     """Each structure's rows grouped by precision: at each precision ours (the fastest of the engines `export
     --runtime auto` chooses between there) and every peer as a ratio to it; the bf16 and int8 lines also as a
     ratio to ours at fp32. Each row's max logit error on its spot check."""
     on_gpu = str((result.get("protocol") or {}).get("device", "cpu")).startswith("cuda")
-    ours_at, precision_of = (GPU_OURS, GPU_PRECISION_OF) if on_gpu else (OURS, PRECISION_OF)
+    device = "cuda" if on_gpu else "cpu"
+    ours = set(names("ours_on", device))
     keeps = "what export --device cuda writes" if on_gpu else "what export --runtime auto keeps"
     lines = ["", f"peers, at each precision as a ratio to ours ({keeps} at that precision):"]
     for name in dict.fromkeys(r["name"] for r in result["rows"]):
         rows = [r for r in result["rows"] if r["name"] == name]
         by_precision = {}
         for r in rows:
-            by_precision.setdefault(precision_of.get(r["backend"], "fp32"), []).append(r)
-        fastest = {p: max((r for r in group if r["backend"] in ours_at.get(p, ())), key=lambda r: r["samples_per_s"],
-                          default=None) for p, group in by_precision.items()}
+            by_precision.setdefault(peer_group(r["backend"], device), []).append(r)
+        fastest = {p: max((r for r in group if r["backend"] in ours), key=lambda r: r["samples_per_s"], default=None)
+                   for p, group in by_precision.items()}
         if fastest.get("fp32") is None:
             continue
         lines.append(f"  {name}:")
@@ -437,9 +182,9 @@ def baseline(cfg: BenchConfig) -> dict:
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(cfg.seed)
-    model = BertForSequenceClassification(BertConfig(**cfg.base, num_labels=2)).eval().to(torch_device(cfg))
-    ids, mask = _inputs(cfg.groups_per_batch, cfg.seq, cfg.base["vocab_size"], cfg.seed)
-    result, mem = _time_torch(lambda a, b: model(input_ids=a, attention_mask=b).logits, ids, mask, cfg)
+    model = BertForSequenceClassification(BertConfig(**cfg.base, num_labels=2)).eval().to(backends.torch_device(cfg))
+    ids, mask = bench_inputs(cfg.groups_per_batch, cfg.seq, cfg.base["vocab_size"], cfg.seed)
+    result, mem = time_torch(lambda a, b: model(input_ids=a, attention_mask=b).logits, ids, mask, cfg)
     row = {"name": "bert-base dense", "N": 1, "sparsity": 0.0, "backend": "torch",
            "samples_per_s": result["samples_per_s"], "batch": ids.shape[0],
            "flops_per_sample": bert_flops_per_sample(cfg.base, cfg.seq), "peak_mib": mem,
@@ -479,6 +224,9 @@ def check_config(cfg: BenchConfig) -> None:
     the CPU)."""
     on_gpu = torch.device(cfg.device).type == "cuda"
     check_tf32(torch.device(cfg.device), cfg.tf32)
+    unknown = [b for b in cfg.backends if b not in BACKENDS_BY_NAME]
+    if unknown:
+        raise PruMuxError(f"unknown backend {unknown[0]!r}; choose from {', '.join(ALL_BACKENDS)}")
     if on_gpu and set(cfg.backends) & set(OPENVINO_BACKENDS):
         raise PruMuxError(f"the openvino backends: {why_not('openvino', 'cuda')}; leave them out with `device` cuda")
     if set(cfg.backends) & set(OPENVINO_BACKENDS):
@@ -513,9 +261,9 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
     rates. Raises PruMuxError (a missing GPU or onnxruntime-gpu for cfg.device cuda) before any timing.
     PyTorch uses every core while it runs; the thread count is restored afterwards."""
     check_config(cfg)
-    device = torch_device(cfg)
+    device = backends.torch_device(cfg)
     on_gpu = torch.device(cfg.device).type == "cuda"
-    if on_gpu and set(cfg.backends) & {*ORT_BACKENDS, *CUDA_GRAPH_BACKENDS}:
+    if on_gpu and any(BACKENDS_BY_NAME[b].runtime == "onnxruntime" for b in cfg.backends):
         from .engine import ort_providers
 
         ort_providers("cuda")  # refuse before minutes of work when onnxruntime-gpu is missing
@@ -535,25 +283,14 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
         model = model or generated_model(cfg.base, N, s, cfg.seed)
         info = describe(model)
         flops = prumux_flops_per_sample(model.config, cfg.seq)
-        ids, mask = _inputs(cfg.groups_per_batch * N, cfg.seq, model.config.vocab_size, cfg.seed)
+        ids, mask = bench_inputs(cfg.groups_per_batch * N, cfg.seq, model.config.vocab_size, cfg.seed)
         with tempfile.TemporaryDirectory() as tmp:
             # graphs are exported from the CPU model; PyTorch then runs where the benchmark runs
-            graphs = (_ort_graphs(model, cfg, cfg.backends, Path(tmp))
-                      if set(cfg.backends) & {*ORT_BACKENDS, *OPENVINO_BACKENDS, *CUDA_GRAPH_BACKENDS} else {})
+            graphs = write_graphs(model, cfg, cfg.backends, Path(tmp))
             model = model.to(device)
             for backend in cfg.backends:
                 bar.set_postfix_str(f"{name} {backend}")
-                if backend in TORCH_BACKENDS:
-                    result, mem = _time_torch_backend(backend, model, ids, mask, cfg)
-                elif backend in OPENVINO_BACKENDS:
-                    result, mem = _time_openvino(graphs[backend], OPENVINO_BACKENDS[backend], model, ids, mask, cfg)
-                elif backend in graphs:
-                    result, mem = _time_ort(graphs[backend], model, ids, mask, cfg, ORT_BACKENDS[backend][0])
-                elif backend in CUDA_GRAPH_BACKENDS:
-                    source = CUDA_GRAPH_BACKENDS[backend]
-                    result, mem = _time_ort(graphs[source], model, ids, mask, cfg, ORT_BACKENDS[source][0], True)
-                else:
-                    raise PruMuxError(f"unknown backend {backend!r}; choose from {', '.join(ALL_BACKENDS)}")
+                result, mem = time_backend(backend, model, graphs, ids, mask, cfg)
                 rows.append(_row(name, N, s, info, backend, result, mem, ids.shape[0], flops, base))
                 if ceilings is not None:
                     rows[-1].update(_roofline(rows[-1], model.config, cfg, ceilings))
@@ -624,11 +361,11 @@ def run_latency(cfg: BenchConfig, progress: bool = True) -> dict:
     for name, N, s, model in tqdm(items, desc="latency", disable=not progress, file=sys.stderr):
         model = model or generated_model(cfg.base, N, s, cfg.seed)
         with tempfile.TemporaryDirectory() as tmp:
-            graphs = _ort_graphs(model, cfg, backends, Path(tmp))
+            graphs = write_graphs(model, cfg, backends, Path(tmp))
             for backend in backends:
                 session = ort_session(graphs[backend])
                 for batch in sorted({1, N, 4 * N}):
-                    ids, mask = _inputs(batch, cfg.seq, model.config.vocab_size, cfg.seed)
+                    ids, mask = bench_inputs(batch, cfg.seq, model.config.vocab_size, cfg.seed)
                     result = latency(ort_timed_runner(session, {"input_ids": ids.numpy(),
                                                                 "attention_mask": mask.numpy()}))
                     rows.append({"name": name, "N": N, "sparsity": s, "backend": backend, "batch": batch,

@@ -6,7 +6,8 @@
 
 `Engine` checks inputs and turns feeds into logits; each runtime is one module that subclasses it
 (runtime_onnxruntime.py, runtime_openvino.py, runtime_tensorrt.py), and engine.load_engine picks one from
-the manifest. Adding a runtime is one module and one registry entry.
+the manifest. Adding a runtime today is one module, its row in capabilities.RUNTIMES (what it runs where) and
+its branch in engine.load_engine; bench's rows of it are one record each in backends.BACKEND_TABLE.
 """
 
 from __future__ import annotations

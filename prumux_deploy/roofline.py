@@ -144,12 +144,9 @@ def gpu_ceilings(device="cuda", size: int = 8192, copy_bytes: int = 2**30, repea
 
     a = torch.randn(size, size, device=device, dtype=torch.float16)
     gemm_ms = cuda_median_ms(lambda: a @ a, repeats=repeats)
-    del a
     src = torch.randint(0, 255, (copy_bytes,), device=device, dtype=torch.uint8)
     dst = torch.empty_like(src)
     copy_ms = cuda_median_ms(lambda: dst.copy_(src), repeats=repeats)
-    del src, dst
-    torch.cuda.empty_cache()
     return {"fp16_gemm_tflops": 2 * size**3 / gemm_ms / 1e9, "copy_tb_s": 2 * copy_bytes / copy_ms / 1e9,
             "gemm_size": size, "copy_bytes": copy_bytes}
 

@@ -273,7 +273,8 @@ def test_the_cuda_provider_is_asked_for_exactly_the_tf32_wanted(monkeypatch, eng
 
 def test_bench_refuses_to_time_a_cpu_fallback_as_cuda(monkeypatch, engine_dir, masked_checkpoint):
     from prumux_deploy import load_checkpoint
-    from prumux_deploy.bench import BenchConfig, _time_ort
+    from prumux_deploy.backends import time_ort as _time_ort
+    from prumux_deploy.bench import BenchConfig
 
     cfg = BenchConfig(device="cuda", warmup=0, repeats=1, min_seconds=0.0)
     model = load_checkpoint(masked_checkpoint)  # engine_dir's model.onnx was exported from it

@@ -157,11 +157,12 @@ def test_export_device_cuda_on_the_command_line(tmp_path, masked_checkpoint):
 # --- bench's GPU rows, checked on the CPU ----------------------------------------------------------------------
 
 def test_bench_times_the_bytes_export_writes(tmp_path, masked_checkpoint):
-    from prumux_deploy.bench import BenchConfig, _ort_graphs
+    from prumux_deploy.backends import write_graphs
+    from prumux_deploy.bench import BenchConfig
 
     model = compact(load_checkpoint(masked_checkpoint))
     cfg = BenchConfig(seq=16)
-    graphs = _ort_graphs(model, cfg, ["onnxruntime-opt", "onnxruntime-gpu-fp16", "onnxruntime-gpu"], tmp_path)
+    graphs = write_graphs(model, cfg, ["onnxruntime-opt", "onnxruntime-gpu-fp16", "onnxruntime-gpu"], tmp_path)
     for backend, options in (("onnxruntime-opt", {}), ("onnxruntime-gpu-fp16", {"device": "cuda"}),
                              ("onnxruntime-gpu", {"device": "cuda", "precision": "fp32"})):
         out = tmp_path / f"export-{backend}"
@@ -179,12 +180,13 @@ def test_write_graph_is_deterministic_per_target(tmp_path, masked_checkpoint):
 
 
 def test_half_precision_torch_rows_carry_their_spot_check(masked_checkpoint):
-    from prumux_deploy.bench import BenchConfig, _inputs, _time_torch_backend
+    from prumux_deploy.backends import bench_inputs, time_torch_backend
+    from prumux_deploy.bench import BenchConfig
 
     model = compact(load_checkpoint(masked_checkpoint))
-    ids, mask = _inputs(8, 12, model.config.vocab_size, 0)
+    ids, mask = bench_inputs(8, 12, model.config.vocab_size, 0)
     cfg = BenchConfig(warmup=0, repeats=1, min_seconds=0.0)
-    result, _ = _time_torch_backend("torch-bf16", model, ids, mask, cfg)
+    result, _ = time_torch_backend("torch-bf16", model, ids, mask, cfg)
     assert result["samples_per_s"] > 0 and 0 < result["max_abs_logit_error"] < 0.5
     assert result["arithmetic"].startswith("bf16")
     assert next(model.parameters()).dtype == torch.float32  # the timed copy is the one in bf16
@@ -286,15 +288,17 @@ def test_cuda_graphs_are_refused_off_the_gpu(gpu_engine):
 
 
 def test_bench_times_cuda_graph_replays_with_a_spot_check(monkeypatch, masked_checkpoint, tmp_path):
-    from prumux_deploy.bench import BenchConfig, _inputs, _ort_graphs, _time_ort
+    from prumux_deploy.backends import bench_inputs, time_ort, write_graphs
+    from prumux_deploy.bench import BenchConfig
 
     model = compact(load_checkpoint(masked_checkpoint))
     cfg = BenchConfig(device="cuda", warmup=1, repeats=2, min_seconds=0.0, seq=12)
-    graphs = _ort_graphs(model, cfg, ["onnxruntime-gpu-fp16-cudagraph"], tmp_path)
-    assert set(graphs) == {"onnxruntime-gpu-fp16"}  # the graph it replays is export's fp16 GPU graph
-    ids, mask = _inputs(8, 12, model.config.vocab_size, 0)
+    graphs = write_graphs(model, cfg, ["onnxruntime-gpu-fp16-cudagraph", "onnxruntime-gpu-fp16"], tmp_path)
+    # the graph it replays is export's fp16 GPU graph, written once
+    assert graphs["onnxruntime-gpu-fp16-cudagraph"] == graphs["onnxruntime-gpu-fp16"]
+    ids, mask = bench_inputs(8, 12, model.config.vocab_size, 0)
     ort = fake.install_onnxruntime(monkeypatch, cuda_loads=True)
-    result, peak = _time_ort(graphs["onnxruntime-gpu-fp16"], model, ids, mask, cfg, "fp16", cuda_graph=True)
+    result, peak = time_ort(graphs["onnxruntime-gpu-fp16"], model, ids, mask, cfg, "fp16", cuda_graph=True)
     assert result["arithmetic"].endswith("CUDA graph") and peak is None
     assert 0 < result["max_abs_logit_error"] < 5e-2
     assert len(ort.named("run_with_iobinding")) >= 1 + 1 + 2  # capture, warm-up, timed replays
@@ -349,13 +353,14 @@ def test_triton_serves_a_gpu_engine_on_gpu_instances_with_tf32_off(gpu_engine, e
 
 
 def test_bench_device_cuda_peers_runs_end_to_end_on_fakes(monkeypatch):
-    """The GPU run as the command makes it, with its PyTorch side on the CPU (bench.torch_device), ONNX Runtime's
+    """The GPU run as the command makes it, with its PyTorch side on the CPU (backends.torch_device), ONNX Runtime's
     CUDA provider faked and the roofline's ceilings fixed: every row timed, spot-checked and placed on the
     roofline, the peers grouped fp32 / fp16 against our GPU engines."""
-    from prumux_deploy import bench, roofline
-    from prumux_deploy.bench import GPU_PEER_BACKENDS, BenchConfig, format_peers, format_table, run_bench
+    from prumux_deploy import backends, roofline
+    from prumux_deploy.backends import GPU_PEER_BACKENDS
+    from prumux_deploy.bench import BenchConfig, format_peers, format_table, run_bench
 
-    monkeypatch.setattr(bench, "torch_device", lambda cfg: torch.device("cpu"))
+    monkeypatch.setattr(backends, "torch_device", lambda cfg: torch.device("cpu"))
     monkeypatch.setattr(roofline, "gpu_ceilings", lambda device: {"fp16_gemm_tflops": 1.0, "copy_tb_s": 0.5})
     ort = fake.install_onnxruntime(monkeypatch, cuda_loads=True)
     backends = [b for b in GPU_PEER_BACKENDS if not b.startswith("torch-compile")]  # (inductor: minutes on a CPU)

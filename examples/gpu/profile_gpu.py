@@ -122,7 +122,8 @@ def main():
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    from prumux_deploy.bench import BERT_BASE, QUICK_BASE, _inputs, generated_model
+    from prumux_deploy.backends import bench_inputs
+    from prumux_deploy.bench import BERT_BASE, QUICK_BASE, generated_model
     from prumux_deploy.export.onnx import export_onnx
     from prumux_deploy.export.optimize import convert_fp16, optimize_onnx
     from prumux_deploy.export.pipeline import write_graph
@@ -141,7 +142,7 @@ def main():
         N, s = int(point.split(":")[0]), float(point.split(":")[1])
         rows = groups * N
         cpu_model = generated_model(base, N, s, 0).eval()
-        ids, mask = _inputs(rows, seq, cpu_model.config.vocab_size, 0)
+        ids, mask = bench_inputs(rows, seq, cpu_model.config.vocab_size, 0)
         feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
         entry = {"N": N, "s": s, "rows": rows, "seq": seq, "ms": {}, "errors": {},
                  "heads": cpu_model.config.heads_per_layer, "ffn": cpu_model.config.ffn_per_layer}
@@ -195,7 +196,6 @@ def main():
                     run, session = ort_runner(graph, feeds, device, cg)
                     run()
                     variants[label] = run
-                    got = ort_runner(graph, {k: v[: 4 * N] for k, v in feeds.items()}, "cpu")[1] if False else None
                 except Exception as e:  # noqa: BLE001 - an exploration: record and go on
                     entry["errors"][label] = f"{type(e).__name__}: {str(e)[:400]}"
         for label, fn in variants.items():

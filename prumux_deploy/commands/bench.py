@@ -150,11 +150,11 @@ def bench(instances, sparsities, backends, peers, checkpoints, structure, groups
     if peers and latency:
         raise PruMuxError("--peers compares throughput; drop --latency (or time latency without --peers)")
     if peers and device == "cuda":
-        from ..bench import GPU_PEER_BACKENDS
+        from ..backends import GPU_PEER_BACKENDS
 
         backends = list(GPU_PEER_BACKENDS)
     elif peers:
-        from ..bench import PEER_BACKENDS
+        from ..backends import PEER_BACKENDS
         from ..runtime_openvino import cpu_has_bf16, nncf_available, require_openvino
 
 
