@@ -187,6 +187,8 @@ def export_checkpoint(checkpoint, out, fmt: str = "onnx", opset: int = DEFAULT_O
         (tmp / "labels.txt").write_text("".join(f"{cfg.id2label[i]}\n" for i in range(cfg.num_labels)))
         if getattr(masked, "tokenizer_dir", None):
             copy_tokenizer(masked.tokenizer_dir, tmp)
+        manifest["files"] = side_file_digests(tmp)  # tokenizer, labels and config: checked before every use
+        write_manifest(tmp, manifest)
     log(f"wrote {out}/{engine_file.name} (max logit error {manifest['parity']['max_abs_logit_error']:.2e})")
     return manifest
 
@@ -306,6 +308,15 @@ def _int8_from_data(onnx_file: Path, rows, runtime: str, log) -> dict:
     if quantization["runtime"] == "onnxruntime":
         entries.update(optimized=True, optimized_for="cpu", fused_ops=fused)
     return entries
+
+
+def side_file_digests(engine_dir: Path) -> dict[str, str]:
+    """{name: sha256} of what an engine reads beside its graph (config.json, labels.txt, the tokenizer files):
+    a damaged or edited tokenizer changes every answer while the graph stays intact, so it is checked like the
+    graph (engine_dir.verify_side_files)."""
+    from prumux_deploy.engine_dir import SIDE_FILES
+
+    return {name: sha256_file(engine_dir / name) for name in SIDE_FILES if (engine_dir / name).is_file()}
 
 
 def write_manifest(engine_dir: Path, manifest: dict):

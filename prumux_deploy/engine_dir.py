@@ -48,6 +48,35 @@ def runtime_of(manifest: dict) -> str:
     return (manifest.get("runtime") or {}).get("name", "onnxruntime")
 
 
+# what an engine reads beside its graph; export records their sha256 in manifest["files"]
+SIDE_FILES = ("config.json", "labels.txt", "vocab.txt", "tokenizer.json", "tokenizer_config.json",
+              "special_tokens_map.json", "added_tokens.json")
+
+
+def verify_side_files(engine_dir, manifest) -> None:
+    """Every file the manifest lists beside the graph (tokenizer, labels, config) is there with the sha256 export
+    recorded, and no tokenizer file was added since: an edited or truncated tokenizer would change answers with
+    the graph intact (and validate, reading the same files, would not see it). Engines exported before 0.4 list
+    none and are not checked. Raises EngineError (one line)."""
+    listed = manifest.get("files")
+    if listed is None:
+        return
+    engine_dir = Path(engine_dir)
+    for name in SIDE_FILES:
+        path = engine_dir / name
+        if name not in listed:
+            if path.is_file():
+                raise EngineError(f"{path}: not part of the exported engine (manifest.json lists no such file); it would "
+                                  "change how texts are read. Remove it, or re-export the engine")
+            continue
+        if not path.is_file():
+            raise EngineError(f"{path}: missing; the engine directory is incomplete, re-export it")
+        digest = sha256_file(path)
+        if digest != listed[name]:
+            raise EngineError(f"{path}: sha256 {digest[:12]}... does not match manifest.json ({str(listed[name])[:12]}...); "
+                              "the file was edited, truncated or swapped. Re-export the engine")
+
+
 def target_warning(manifest: dict, device: str) -> str | None:
     """One line when an ONNX engine runs on another device than the one its graph was exported for
     (`export --device`; the manifest's optimized_for), else None (also for engines that record no target:
@@ -89,6 +118,7 @@ class Engine:
         self.dir = Path(engine_dir)
         self.manifest = read_manifest(self.dir)
         self.path = verify_engine_file(self.dir, self.manifest)
+        verify_side_files(self.dir, self.manifest)
 
     # --- what the engine is --------------------------------------------------------------------
     @property

@@ -342,3 +342,33 @@ def test_engines_check_token_types(tmp_path, bert_dir):
         engine(ids, token_type_ids=np.array([[0, 0, 1, -1]]))
     with pytest.raises(EngineError, match=r"token_type_ids holds 2 at row 0, position 0"):
         engine(ids, token_type_ids=np.array([[2, 0, 0, 0]]))
+
+
+def test_an_edited_tokenizer_or_label_file_is_refused_before_any_answer(engine_dir, tmp_path):
+    """An edited, truncated or added tokenizer file changes every answer while the graph stays intact (and
+    validate, reading the same files, would pass): export records the sha256 of every file beside the graph."""
+    import shutil
+
+    from prumux_deploy.engine import load_engine
+    from prumux_deploy.errors import EngineError
+
+    manifest = json.loads((engine_dir / "manifest.json").read_text())
+    assert {"config.json", "labels.txt", "vocab.txt"} <= set(manifest["files"])
+    for name, damage in (("vocab.txt", lambda p: p.write_text(p.read_text().replace("good", "dull", 1))),
+                         ("labels.txt", lambda p: p.write_text("positive\nnegative\n")),
+                         ("config.json", lambda p: p.write_bytes(p.read_bytes()[:-10]))):
+        copy = tmp_path / name
+        shutil.copytree(engine_dir, copy)
+        damage(copy / name)
+        with pytest.raises(EngineError, match=rf"{name}: sha256 \w+\.\.\. does not match manifest.json .*Re-export"):
+            load_engine(copy)
+    added = tmp_path / "added"
+    shutil.copytree(engine_dir, added)
+    from prumux_deploy.engine_dir import SIDE_FILES
+
+    extra = next(name for name in SIDE_FILES if name not in manifest["files"])  # e.g. added_tokens.json
+    (added / extra).write_text('{"zebra": 5}')
+    with pytest.raises(EngineError, match=f"{extra}: not part of the exported engine"):
+        load_engine(added)
+    result = run("predict", added, "good fun")
+    assert result.exit_code == 2 and result.output.count("\n") == 1 and "not part of the exported engine" in result.output

@@ -296,3 +296,29 @@ def test_contextual_warmup_logs_both_losses_and_refuses_a_multiplexed_teacher(tm
                     "--data", glue_dir, "--max-seq-length", 12), 2,
             "--warmup-teacher " + str(tmp_path / "warm") + " is multiplexed (N=2)")
     assert not (tmp_path / "all").exists()
+
+
+class _Planted:
+    """A pickle that runs code when unpickled: it creates a marker file (what a hostile OUT.run would do)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_resume_never_unpickles_a_planted_train_state(tmp_path, bert_dir, glue_dir):
+    """OUT.run/train_state.pt may come from someone else: it is read as tensors and plain values only."""
+    args = tiny_args(glue_dir, epochs=1.0)
+    run_dir = loop.run_dir(tmp_path / "out")
+    run_dir.mkdir(parents=True)
+    marker = tmp_path / "marker"
+    torch.save({"stage": "finetune", "step": 1, "payload": _Planted(marker)}, run_dir / "train_state.pt")
+    with pytest.raises(PruMuxError, match=r"train_state.pt: holds objects other than tensors and plain values .*"
+                                          r"refusing to unpickle it. Start the stage again without `resume`"):
+        finetune(bert_dir, tmp_path / "out", args, resume=True, log=lambda m: None)
+    assert not marker.exists() and not (tmp_path / "out").exists()
+    (run_dir / "train_state.pt").write_bytes(b"not a zip archive")
+    with pytest.raises(PruMuxError, match="train_state.pt: cannot be read as a train state .*the file is damaged"):
+        finetune(bert_dir, tmp_path / "out", args, resume=True, log=lambda m: None)

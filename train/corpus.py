@@ -156,7 +156,9 @@ class CorpusStream:
     # --- resuming ----------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"dataset": self._state_after_block, "epoch": self.epoch, "texts_in_epoch": self.texts_in_epoch,
-                "rows": list(self._rows), "buffer": self._buffer.copy(), "batch_size": self.batch_size,
+                # token arrays as tensors: the train state loads with torch.load(weights_only=True) (train/loop.py)
+                "rows": [torch.from_numpy(np.array(r, copy=True)) for r in self._rows],
+                "buffer": torch.from_numpy(self._buffer.copy()), "batch_size": self.batch_size,
                 "max_len": self.max_len, "line_by_line": self.args.line_by_line, "source": self.source}
 
     def load_state_dict(self, state: dict):
@@ -177,7 +179,8 @@ class CorpusStream:
                             "was the corpus changed? Resume with the corpus as it was, or start again") from None
         self._state_after_block = state["dataset"]
         self.epoch, self.texts_in_epoch = state["epoch"], state["texts_in_epoch"]
-        self._rows, self._buffer = list(state["rows"]), np.asarray(state["buffer"], np.int32)
+        self._rows = [np.asarray(r) for r in state["rows"]]
+        self._buffer = np.asarray(state["buffer"], np.int32)
 
 
 def mask_tokens(batch: dict, tokenizer, probability: float, generator: torch.Generator):

@@ -6,6 +6,7 @@ rank 0 writes (see distributed.py)."""
 from __future__ import annotations
 
 import random
+import re
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -176,6 +177,38 @@ def run_dir(out) -> Path:
     return Path(str(out) + ".run")
 
 
+def _numpy_rng_state() -> dict:
+    """numpy's global RNG state as tensors and plain values (its key array as an int64 tensor), so the whole
+    train state loads with torch.load(weights_only=True)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached": float(cached)}
+
+
+def _load_tensors_only(path: Path) -> dict:
+    """A train state as tensors and plain values only (torch.load with weights_only=True: nothing in the file can
+    run code, since OUT.run may come from someone else). Raises PruMuxError (one line) for a file holding other
+    objects (a planted pickle, or a state written before 0.4 with numpy arrays in it) or a damaged one."""
+    import pickle
+
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as e:
+        named = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        if named is None:
+            raise PruMuxError(f"{path}: cannot be read as a train state (not a file torch.save wrote); the file is "
+                              "damaged: start the stage again without `resume`") from None
+        raise PruMuxError(f"{path}: holds objects other than tensors and plain values ({named.group(1)}); refusing to "
+                          "unpickle it. Start the stage again without `resume` (a state from an older prumux-deploy "
+                          "cannot be resumed either)") from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise PruMuxError(f"{path}: cannot be read ({str(e).strip().splitlines()[0][:160]}); the file is damaged: start "
+                          "the stage again without `resume`") from None
+    if not isinstance(state, dict):
+        raise PruMuxError(f"{path}: not a train state (a {type(state).__name__}); start the stage again without `resume`")
+    return state
+
+
 class RunState:
     """OUT.run/train_state.pt (atomic) and OUT.run/log.jsonl for one stage. Every process resumes from the same
     state; only the main process (rank 0) writes."""
@@ -190,8 +223,7 @@ class RunState:
             return
         self.out.mkdir(parents=True, exist_ok=True)
         state = {"stage": self.stage, "step": step,
-                 "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                         "python": random.getstate()},
+                 "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_rng_state(), "python": random.getstate()},
                  **{name: obj.state_dict() for name, obj in objects.items()}}
         with atomic_file(self.file, force=True) as tmp:  # a kill mid-save keeps the previous state
             torch.save(state, tmp)
@@ -199,13 +231,15 @@ class RunState:
     def load(self, objects: dict) -> int:
         if not self.file.is_file():
             raise PruMuxError(f"{self.file}: nothing to resume; run the stage without `resume` first")
-        state = torch.load(self.file, weights_only=False, map_location="cpu")
+        state = _load_tensors_only(self.file)
         if state.get("stage") != self.stage:
             raise PruMuxError(f"{self.file}: holds a {state.get('stage')!r} run, not {self.stage!r}")
         for name, obj in objects.items():
             obj.load_state_dict(state[name])
         torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
+        numpy_state = state["rng"]["numpy"]
+        np.random.set_state((numpy_state["kind"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
+                             numpy_state["has_gauss"], numpy_state["cached"]))
         random.setstate(state["rng"]["python"])
         return int(state["step"])
 
