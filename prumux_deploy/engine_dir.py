@@ -56,7 +56,7 @@ SIDE_FILES = ("config.json", "labels.txt", "vocab.txt", "tokenizer.json", "token
 def verify_side_files(engine_dir, manifest) -> None:
     """Every file the manifest lists beside the graph (tokenizer, labels, config) is there with the sha256 export
     recorded, and no tokenizer file was added since: an edited or truncated tokenizer would change answers with
-    the graph intact (and validate, reading the same files, would not see it). Engines exported before 0.4 list
+    the graph intact (and validate, reading the same files, would not see it). Engines exported before 2026-12-04 list
     none and are not checked. Raises EngineError (one line)."""
     listed = manifest.get("files")
     if listed is None:

@@ -188,7 +188,7 @@ def _numpy_rng_state() -> dict:
 def _load_tensors_only(path: Path) -> dict:
     """A train state as tensors and plain values only (torch.load with weights_only=True: nothing in the file can
     run code, since OUT.run may come from someone else). Raises PruMuxError (one line) for a file holding other
-    objects (a planted pickle, or a state written before 0.4 with numpy arrays in it) or a damaged one."""
+    objects (a planted pickle, or a state written before 2026-12-04, with numpy arrays in it) or a damaged one."""
     import pickle
 
     try:
