@@ -20,6 +20,7 @@ from prumux_deploy.errors import ParityError, PruMuxError
 from prumux_deploy.structure import describe
 
 from .compact import compact
+from .gpu import ALIGN
 from .onnx import DEFAULT_OPSET, export_onnx, parity, parity_inputs
 from .tensorrt import TensorRTOptions
 
@@ -175,19 +176,18 @@ def export_checkpoint(checkpoint, out, fmt: str = "onnx", opset: int = DEFAULT_O
             from .quantize import check_bf16_accuracy
 
             manifest["validation"] = check_bf16_accuracy(onnx_file, rows, out, log)
-        write_manifest(tmp, manifest)
-        log(f"checking parity of the {fmt} engine against the PyTorch model ({'masked' if masked.masks else 'no masks'})")
-        if runtime == "auto":  # fp32: every candidate's parity is checked there; the chosen one's is the engine's
-            manifest["runtime"], manifest["parity"] = choose_runtime(tmp, masked, max_len, tolerance, out, log)
-        else:
-            manifest["parity"] = check_parity(tmp, masked, max_len, tolerance, out, trt_profile)
-        write_manifest(tmp, manifest)
         (tmp / "config.json").write_text(dumps(config_dict(model), indent=2) + "\n")
         # one label per line, in class order: what C++ and Triton consumers read without a JSON parser
         (tmp / "labels.txt").write_text("".join(f"{cfg.id2label[i]}\n" for i in range(cfg.num_labels)))
         if getattr(masked, "tokenizer_dir", None):
             copy_tokenizer(masked.tokenizer_dir, tmp)
         manifest["files"] = side_file_digests(tmp)  # tokenizer, labels and config: checked before every use
+        write_manifest(tmp, manifest)
+        log(f"checking parity of the {fmt} engine against the PyTorch model ({'masked' if masked.masks else 'no masks'})")
+        if runtime == "auto":  # fp32: every candidate's parity is checked there; the chosen one's is the engine's
+            manifest["runtime"], manifest["parity"] = choose_runtime(tmp, masked, max_len, tolerance, out, log)
+        else:
+            manifest["parity"] = check_parity(tmp, masked, max_len, tolerance, out, trt_profile)
         write_manifest(tmp, manifest)
     log(f"wrote {out}/{engine_file.name} (max logit error {manifest['parity']['max_abs_logit_error']:.2e})")
     return manifest
@@ -199,10 +199,15 @@ def write_graph(model, onnx_file: Path, max_len: int, precision: str = "fp32", d
     takes it (_for_device), exported (export_onnx), then optimized and converted or quantized (_optimize) unless
     optimize is False and precision fp32. One function, so that bench times the bytes export writes. Returns
     the manifest entries that describe the graph (precision, optimized, fused_ops, ...)."""
-    export_onnx(_for_device(model, device, log), onnx_file, opset=opset, max_seq_length=max_len)
-    if not optimize and precision == "fp32":
-        return {"precision": precision, "optimized": False}
-    return {"precision": precision, "optimized": False, **_optimize(onnx_file, precision, log, model.config, device)}
+    exported = _for_device(model, device, log)
+    export_onnx(exported, onnx_file, opset=opset, max_seq_length=max_len)
+    entries = {"precision": precision, "optimized": False}
+    if device == "cuda":
+        entries["gpu"] = {"target": "cuda", "align": ALIGN, "padded_ffn": exported.config.ffn_per_layer,
+                          "fp16_normalizations": precision == "fp16"}
+    if optimize or precision != "fp32":
+        entries.update(_optimize(onnx_file, precision, log, model.config, device))
+    return entries
 
 
 def _check_device(device: str, fmt: str, precision: str | None, runtime: str,
@@ -238,7 +243,7 @@ def _for_device(model, device: str, log):
     multiples of 8 (export/gpu.py; the same function, zero units), else unchanged."""
     if device != "cuda":
         return model
-    from .gpu import ALIGN, pad_ffn_widths
+    from .gpu import pad_ffn_widths
 
     padded, widths = pad_ffn_widths(model)
     if widths != model.config.ffn_per_layer:
@@ -251,8 +256,7 @@ def _optimize(onnx_file: Path, precision: str, log, cfg=None, device: str = "cpu
     """Run ONNX Runtime's transformer optimizer in place (refused when an expected fusion did not fire:
     optimize.check_fusions), then convert to fp16 or quantize to int8 (dynamic: no task data to calibrate
     on). device cuda: the GPU target (export/gpu.py). Returns the manifest entries: fused-op counts (so users
-    see which fusions fired), quantized ops, the int8 method, and the GPU target's padding."""
-    from .gpu import ALIGN, padded_width
+    see which fusions fired), quantized ops and the int8 method."""
     from .optimize import check_fusions, convert_fp16, optimize_onnx, quantize_int8
 
     log("optimizing with ONNX Runtime's transformer optimizer")
@@ -263,10 +267,6 @@ def _optimize(onnx_file: Path, precision: str, log, cfg=None, device: str = "cpu
                "fused_ops": optimize_onnx(onnx_file, onnx_file, for_gpu=for_gpu)}
     if cfg is not None:
         check_fusions(entries["fused_ops"], cfg, for_gpu)
-    if device == "cuda":
-        entries["gpu"] = {"target": "cuda", "align": ALIGN,
-                          "padded_ffn": [padded_width(w, ALIGN) for w in cfg.ffn_per_layer],
-                          "fp16_normalizations": precision == "fp16"}
     if precision == "fp16" and device == "cuda":
         log("converting to fp16 (activations and normalisations stored in fp16, their statistics accumulated in fp32 "
             "by ONNX Runtime's CUDA kernels; int64 inputs and fp32 logits kept)")

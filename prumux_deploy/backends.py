@@ -239,7 +239,6 @@ def time_ort(path: Path, model: PruMuxModel, ids, mask, cfg, precision: str = "f
     from .runtime_onnxruntime import CudaGraphRunner
 
     providers = ort_providers(torch.device(cfg.device).type, cfg.tf32)
-    session = ort_session(path, providers)
     feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
     if cuda_graph:
         graph = CudaGraphRunner(path, providers, tuple(ids.shape), list(feeds))
@@ -248,8 +247,9 @@ def time_ort(path: Path, model: PruMuxModel, ids, mask, cfg, precision: str = "f
         graph.stage(feeds)
         runner = graph.replay
     else:
+        session = ort_session(path, providers)
         error = spot_check(model, ids, mask, cfg,
-                            lambda rows: session.run(["logits"], {k: v[:rows] for k, v in feeds.items()})[0])
+                           lambda rows: session.run(["logits"], {k: v[:rows] for k, v in feeds.items()})[0])
         runner = ort_timed_runner(session, feeds)
     meter = contextlib.nullcontext() if torch.device(cfg.device).type == "cuda" else PeakRSS()
     with meter as mem:

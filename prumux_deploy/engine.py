@@ -73,8 +73,6 @@ def load_engine(engine_dir, device: str = "cpu", runtime: str | None = None, tf3
         return OpenVINOEngine(engine_dir, **kwargs)
     if device == "cuda":
         kwargs["providers"] = ort_providers(device, tf32)
-    elif kwargs.get("cuda_graph"):
-        raise EngineError("CUDA graphs replay work on an NVIDIA GPU: use device cuda (or leave out cuda_graph)")
     return OnnxEngine(engine_dir, **kwargs)
 
 

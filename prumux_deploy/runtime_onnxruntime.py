@@ -137,6 +137,12 @@ def fixed_shape_graph(path, batch: int, sequence: int) -> bytes:
     return model.SerializeToString()
 
 
+def _with_cuda_graph(provider):
+    """A providers-list entry with the CUDA provider's enable_cuda_graph on (other providers unchanged)."""
+    name, options = (provider if isinstance(provider, tuple) else (provider, {}))
+    return (name, {**dict(options), "enable_cuda_graph": "1"}) if name == CUDA_PROVIDER else provider
+
+
 class CudaGraphRunner:
     """One [batch, sequence] shape of an engine as CUDA-graph replays in ONNX Runtime: a session on the graph
     with that shape fixed (fixed_shape_graph), the CUDA provider's enable_cuda_graph on, inputs and logits bound
@@ -152,9 +158,7 @@ class CudaGraphRunner:
         import onnxruntime as ort
 
         batch, sequence = shape
-        graph_providers = [(CUDA_PROVIDER, {**dict(p[1]), "enable_cuda_graph": "1"}) if isinstance(p, tuple)
-                           and p[0] == CUDA_PROVIDER else ((CUDA_PROVIDER, {"enable_cuda_graph": "1"})
-                                                           if p == CUDA_PROVIDER else p) for p in providers]
+        graph_providers = [_with_cuda_graph(p) for p in providers]
         self.providers = graph_providers
         self.session = ort_session(fixed_shape_graph(path, batch, sequence), graph_providers,
                                    where=f"{path} (CUDA graph, shape {batch}x{sequence})")
