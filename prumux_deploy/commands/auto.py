@@ -1,4 +1,4 @@
-"""`prumux-deploy auto collect | fit | predict | cv | compare | plot`: the Auto-PruMUX commands (prumux_deploy/auto.py)."""
+"""`prumux-deploy auto collect | fit | predict | cv | compare | plot`: the Auto-PruMUX commands (prumux_deploy/auto/)."""
 
 from __future__ import annotations
 
