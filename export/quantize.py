@@ -82,19 +82,17 @@ class TaskRows:
 
 
 def _onnxruntime_runner(path: Path):
-    """feeds -> logits of `path` on ONNX Runtime's CPU provider (ort_session); feeds may hold extra inputs."""
-    from prumux_deploy.runtime_onnxruntime import ort_session
+    """feeds -> logits of `path` on ONNX Runtime's CPU provider; feeds may hold extra inputs."""
+    from prumux_deploy.runners import open_runner
 
-    session = ort_session(path)
-    names = {i.name for i in session.get_inputs()}
-    return lambda feeds: session.run(["logits"], {k: v for k, v in feeds.items() if k in names})[0]
+    return open_runner("onnxruntime", path)
 
 
 def _openvino_runner(path: Path):
     """feeds -> logits of `path` on OpenVINO's CPU at f32 for what is not quantized (never its bf16 default)."""
-    from prumux_deploy.runtime_openvino import cpu_runner
+    from prumux_deploy.runners import open_runner
 
-    return cpu_runner(path, "f32")
+    return open_runner("openvino", path, precision="fp32")
 
 
 def quantize_nncf(src: Path, dst: Path, calibration: list[dict]) -> dict[str, int]:
@@ -169,9 +167,9 @@ def check_bf16_accuracy(graph: Path, rows: TaskRows, out, log, max_drop: float |
     entry ({measured: {fp32, bf16: {accuracy, samples_per_s}}, eval_rows, max_drop}). Raises ParityError
     (nothing written to `out`) when bf16's accuracy is more than `max_drop` below fp32's."""
     max_drop = MAX_DROP if max_drop is None else max_drop
-    from prumux_deploy.runtime_openvino import cpu_runner
+    from prumux_deploy.runners import open_runner
 
-    measured = {name: rows.measure(cpu_runner(graph, hint)) for name, hint in (("fp32", "f32"), ("bf16", "bf16"))}
+    measured = {p: rows.measure(open_runner("openvino", graph, precision=p)) for p in ("fp32", "bf16")}
     drop = measured["fp32"]["accuracy"] - measured["bf16"]["accuracy"]
     log(f"bf16 on {len(rows.dev)} dev rows: {measured['bf16']['accuracy']:.2%} at {measured['bf16']['samples_per_s']:.1f}/s"
         f" (fp32 {measured['fp32']['accuracy']:.2%} at {measured['fp32']['samples_per_s']:.1f}/s)")

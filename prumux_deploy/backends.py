@@ -4,9 +4,10 @@ Each backend is a record of BACKEND_TABLE: the runtime that runs it (capabilitie
 computes in, the devices bench times it on, the engine graph it runs (written by export's own
 pipeline.write_graph, so a row times the bytes `export` writes), and the sets it belongs to (the default rows,
 --peers, "ours" at its precision). time_backend(name, ...) times one row: PyTorch eager or torch.compile
-(time_torch_backend), ONNX Runtime on the CPU or the CUDA provider, optionally as CUDA-graph replays
-(time_ort), OpenVINO on the CPU (time_openvino); every row gets the same parity spot check against the fp32
-PyTorch model. Adding a backend is one record here (and, for a new runtime, one timing function).
+(time_torch_backend), or an engine graph with its runtime's runner (time_graph: ONNX Runtime on the CPU or
+the CUDA provider, optionally as CUDA-graph replays; OpenVINO on the CPU; runners.py); every row gets the
+same parity spot check against the fp32 PyTorch model. Adding a backend is one record here (and, for a new
+runtime, its runner in runners.RUNNERS).
 """
 
 from __future__ import annotations
@@ -180,28 +181,8 @@ def time_backend(name: str, model: PruMuxModel, graphs: dict[str, Path], ids, ma
     backend = BACKENDS_BY_NAME[name]
     if backend.runtime == "torch":
         return time_torch_backend(name, model, ids, mask, cfg)
-    if backend.runtime == "openvino":
-        return time_openvino(graphs[name], backend.precision, model, ids, mask, cfg)
-    return time_ort(graphs[name], model, ids, mask, cfg, backend.graph[0], backend.cuda_graph)
-
-
-def time_openvino(path: Path, precision: str, model: PruMuxModel, ids, mask, cfg):
-    """OpenVINO on `path` at `precision` (fp32, bf16 where the CPU has it, or int8: NNCF's QDQ graph with its
-    float layers at f32; checked in check_config before any timing), with the same parity spot check as ONNX
-    Runtime's rows."""
-    from .runtime_openvino import INFERENCE_PRECISION, cpu_runner
-
-    run = cpu_runner(path, INFERENCE_PRECISION[precision])
-    feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
-
-    def run_rows(rows):
-        return run({n: v[:rows] for n, v in feeds.items()})
-
-    error = spot_check(model, ids, mask, cfg, run_rows)
-    with PeakRSS() as mem:
-        result = throughput(lambda: run(feeds), ids.shape[0], cfg.warmup, cfg.repeats, cfg.min_seconds)
-    result["max_abs_logit_error"] = error
-    return result, mem.mib
+    precision = backend.precision if backend.runtime == "openvino" else backend.graph[0]
+    return time_graph(backend.runtime, graphs[name], precision, model, ids, mask, cfg, backend.cuda_graph)
 
 
 def spot_check_torch(model, ids, mask) -> float:
@@ -228,32 +209,30 @@ def spot_check(model: PruMuxModel, ids, mask, cfg, run_rows) -> float:
     return compare_logits(run_rows(rows), want).max_abs_error
 
 
-def time_ort(path: Path, model: PruMuxModel, ids, mask, cfg, precision: str = "fp32",
-              cuda_graph: bool = False):
-    """ONNX Runtime on cfg.device (the CUDA provider with IO binding and cfg.tf32's use_tf32 on a GPU; a
-    session that did not get the CUDA provider is refused, never timed), with a parity spot check against
-    the PyTorch model. cuda_graph: time CUDA-graph replays of the graph fixed at the timed shape
-    (runtime_onnxruntime.CudaGraphRunner), spot-checked at that shape. Peak memory: host RSS on the CPU, not
-    measured on a GPU (None)."""
-    from .engine import ort_arithmetic, ort_providers, ort_session, ort_timed_runner
-    from .runtime_onnxruntime import CudaGraphRunner
+def time_graph(runtime: str, path: Path, precision: str, model: PruMuxModel, ids, mask, cfg,
+               cuda_graph: bool = False):
+    """A graph row: `runtime`'s runner of `path` (runners.open_runner) on cfg.device at `precision`, with a
+    parity spot check against the PyTorch model, then timed. ONNX Runtime on a GPU runs the CUDA provider
+    with IO binding and cfg.tf32's use_tf32 (a session that did not get the CUDA provider is refused, never
+    timed); cuda_graph times CUDA-graph replays of the graph fixed at the timed shape
+    (runtime_onnxruntime.CudaGraphRunner), spot-checked at that shape. OpenVINO runs bf16 where the CPU has
+    it, int8 (NNCF's QDQ graph) with its float layers at f32 (checked in check_config before any timing).
+    Peak memory: host RSS on the CPU, not measured on a GPU (None)."""
+    from .runners import open_runner
 
-    providers = ort_providers(torch.device(cfg.device).type, cfg.tf32)
+    device = torch.device(cfg.device).type
+    options = {"tf32": cfg.tf32, "cuda_graph": cuda_graph} if runtime == "onnxruntime" else {}
+    runner = open_runner(runtime, path, device=device, precision=precision, **options)
     feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
     if cuda_graph:
-        graph = CudaGraphRunner(path, providers, tuple(ids.shape), list(feeds))
-        full = graph(feeds)  # the spot check's rows, from a replay of the whole timed batch
+        full = runner(feeds)  # the spot check's rows, from a replay of the whole timed batch
         error = spot_check(model, ids, mask, cfg, lambda rows: full[:rows])
-        graph.stage(feeds)
-        runner = graph.replay
     else:
-        session = ort_session(path, providers)
-        error = spot_check(model, ids, mask, cfg,
-                           lambda rows: session.run(["logits"], {k: v[:rows] for k, v in feeds.items()})[0])
-        runner = ort_timed_runner(session, feeds)
-    meter = contextlib.nullcontext() if torch.device(cfg.device).type == "cuda" else PeakRSS()
+        error = spot_check(model, ids, mask, cfg, lambda rows: runner({k: v[:rows] for k, v in feeds.items()}))
+    timed = runner.timed(feeds)
+    meter = contextlib.nullcontext() if device == "cuda" else PeakRSS()
     with meter as mem:
-        result = throughput(runner, ids.shape[0], cfg.warmup, cfg.repeats, cfg.min_seconds)
+        result = throughput(timed, ids.shape[0], cfg.warmup, cfg.repeats, cfg.min_seconds)
     result["max_abs_logit_error"] = error
-    result["arithmetic"] = ort_arithmetic(precision, providers) + (", CUDA graph" if cuda_graph else "")
+    result["arithmetic"] = runner.arithmetic
     return result, None if mem is None else mem.mib

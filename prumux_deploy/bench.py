@@ -328,20 +328,15 @@ def _end_to_end(graph: Path, model: PruMuxModel, cfg: BenchConfig) -> dict:
     """Raw text to labels through this graph on the data's first 4 batches of dev rows: the fast tokenizer
     batched, rows padded to each batch's longest versus to cfg.seq."""
     from .data import load_examples, load_tokenizer, resolve_task
-    from .runtime_onnxruntime import ort_session
+    from .runners import open_runner
     from .timing import end_to_end
 
     batch = cfg.groups_per_batch * model.config.num_instances
     task = resolve_task(cfg.task, config=model.config)
     examples = load_examples(task, cfg.data, "dev", limit=4 * batch)
     tokenizer = load_tokenizer(model.tokenizer_dir)
-    session = ort_session(graph)
-    names = [i.name for i in session.get_inputs()]
-
-    def run_feeds(feeds):
-        return session.run(["logits"], {k: v for k, v in feeds.items() if k in names})[0]
-
-    rates = {f"e2e_{kind}_samples_per_s": end_to_end(run_feeds, tokenizer, examples.text_a, examples.text_b, batch,
+    runner = open_runner("onnxruntime", graph)
+    rates = {f"e2e_{kind}_samples_per_s": end_to_end(runner, tokenizer, examples.text_a, examples.text_b, batch,
                                                      cfg.seq, kind == "fixed", model.config.uses_token_types)
              for kind in ("longest", "fixed")}
     return {**rates, "e2e_rows": len(examples)}
@@ -352,7 +347,7 @@ def run_latency(cfg: BenchConfig, progress: bool = True) -> dict:
     """Serving latency of the optimized fp32 (and int8, when asked) engines: p50 / p90 / p99 per call for
     single requests and batches of N and 4N rows at sequence cfg.seq, one call at a time. A lone request
     still runs a whole mux group (the graph fills it with copies), so it costs what a batch of N costs."""
-    from .runtime_onnxruntime import ort_session, ort_timed_runner
+    from .runners import open_runner
     from .timing import latency
 
     backends = [b for b in cfg.backends if b in ("onnxruntime-opt", "onnxruntime-int8")] or ["onnxruntime-opt"]
@@ -363,11 +358,10 @@ def run_latency(cfg: BenchConfig, progress: bool = True) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             graphs = write_graphs(model, cfg, backends, Path(tmp))
             for backend in backends:
-                session = ort_session(graphs[backend])
+                runner = open_runner("onnxruntime", graphs[backend], precision=BACKENDS_BY_NAME[backend].graph[0])
                 for batch in sorted({1, N, 4 * N}):
                     ids, mask = bench_inputs(batch, cfg.seq, model.config.vocab_size, cfg.seed)
-                    result = latency(ort_timed_runner(session, {"input_ids": ids.numpy(),
-                                                                "attention_mask": mask.numpy()}))
+                    result = latency(runner.timed({"input_ids": ids.numpy(), "attention_mask": mask.numpy()}))
                     rows.append({"name": name, "N": N, "sparsity": s, "backend": backend, "batch": batch,
                                  "seq": cfg.seq, **result, "per_row_p50_ms": result["p50_ms"] / batch})
     return {"machine": machine_info(), "protocol": {"seq": cfg.seq, "statistic": "percentiles of single calls",

@@ -1,6 +1,6 @@
 """Engines: open an engine directory with the runtime its manifest names, and classify texts with it.
 
-    load_engine(dir)    the runtime's Engine (runtime_onnxruntime.py, runtime_openvino.py, runtime_tensorrt.py)
+    load_engine(dir)    an Engine: the directory plus its runtime's runner (runners.py), checked to run there
     classify(engine, texts)  tokenize, run (optionally with request isolation), softmax
 
 The directory format and the Engine interface are in engine_dir.py; their names are re-exported here.
@@ -17,13 +17,13 @@ from .engine_dir import (MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, Engine, re
 from .capabilities import computed_precision, why_not
 from .errors import EngineError
 from .isolation import run_isolated
-from .runtime_onnxruntime import (GPU_INSTALL_HINT, OnnxEngine, check_providers, ort_arithmetic, ort_providers,
-                                  ort_session, ort_tf32, ort_timed_runner, provider_names)
-from .runtime_tensorrt import TensorRTEngine, profile_chunks
+from .runtime_onnxruntime import (GPU_INSTALL_HINT, check_providers, ort_arithmetic, ort_providers, ort_session,
+                                  ort_tf32, ort_timed_runner, provider_names)
+from .runtime_tensorrt import profile_chunks
 
 __all__ = ["MANIFEST", "MANIFEST_FORMAT", "MANIFEST_VERSION", "Engine", "read_manifest", "verify_engine_file", "sha256_file",
-           "GPU_INSTALL_HINT", "OnnxEngine", "check_providers", "ort_arithmetic", "ort_providers", "ort_session",
-           "ort_tf32", "ort_timed_runner", "provider_names", "TensorRTEngine", "profile_chunks", "RUNTIMES",
+           "GPU_INSTALL_HINT", "check_providers", "ort_arithmetic", "ort_providers", "ort_session",
+           "ort_tf32", "ort_timed_runner", "provider_names", "profile_chunks", "RUNTIMES",
            "runtime_of", "load_engine", "EngineTargetWarning", "target_warning", "Predictions", "classify"]
 
 RUNTIMES = ("onnxruntime", "openvino")  # what runs an ONNX engine file (manifest "runtime"; TensorRT: plans)
@@ -40,9 +40,10 @@ def load_engine(engine_dir, device: str = "cpu", runtime: str | None = None, tf3
     TensorRT. runtime: run an ONNX engine with another runtime than its manifest's ("onnxruntime" or
     "openvino"; an OpenVINO engine runs in ONNX Runtime too, and the reverse). tf32: on device cuda, let
     ONNX Runtime's CUDA provider run fp32 MatMuls in TF32 (off unless asked; a TensorRT plan's TF32 was
-    fixed when it was built). cuda_graph=True (ONNX engines on device cuda): each input shape runs as a
-    CUDA-graph replay of the graph with that shape fixed (runtime_onnxruntime.CudaGraphRunner). warn: receives one line when the graph was exported for the other device
-    (`export --device`); default: an EngineTargetWarning. Raises EngineError for an int8 engine on device cuda:
+    fixed when it was built; a plan runs on the GPU whatever `device` says). cuda_graph=True (ONNX engines on
+    device cuda): each input shape runs as a CUDA-graph replay of the graph with that shape fixed
+    (runtime_onnxruntime.CudaGraphRunner). warn: receives one line when the graph was exported for the other
+    device (`export --device`); default: an EngineTargetWarning. Raises EngineError for an int8 engine on device cuda:
     its quantized ops (DynamicQuantizeMatMul, QAttention) are CPU kernels, so a "cuda" run would time the CPU."""
     manifest = read_manifest(engine_dir)
     mismatch = target_warning(manifest, device)
@@ -53,27 +54,29 @@ def load_engine(engine_dir, device: str = "cpu", runtime: str | None = None, tf3
             warnings.warn(mismatch, EngineTargetWarning, stacklevel=2)
         else:
             warn(mismatch)
-    kind = manifest["engine"].get("kind")
-    if kind == "tensorrt":
-        return TensorRTEngine(engine_dir)
-    if kind != "onnx":
-        raise EngineError(f"{engine_dir}: unknown engine kind {kind!r}; re-export the engine")
-    # the runtime a CPU engine was chosen for; on a GPU the same model.onnx runs in ONNX Runtime's CUDA provider
-    runtime = runtime or ("onnxruntime" if device == "cuda" else runtime_of(manifest))
-    if runtime not in RUNTIMES:
-        raise EngineError(f"{engine_dir}: unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
+    runtime = _runtime_for(engine_dir, manifest, device, runtime)
+    if runtime == "tensorrt":
+        device = "cuda"  # a plan is GPU code; TensorRTRunner says so in one line when there is no GPU
     reason = why_not(runtime, device, computed_precision(manifest.get("precision", "fp32"), runtime))
     if reason:
         fix = ("use runtime onnxruntime for device cuda" if runtime == "openvino" else
                "use device cpu, or export --device cuda for the GPU")
         raise EngineError(f"{engine_dir}: {reason}; {fix}")
-    if runtime == "openvino":
-        from .runtime_openvino import OpenVINOEngine
+    return Engine(engine_dir, runtime=runtime, device=device, tf32=tf32, **kwargs)
 
-        return OpenVINOEngine(engine_dir, **kwargs)
-    if device == "cuda":
-        kwargs["providers"] = ort_providers(device, tf32)
-    return OnnxEngine(engine_dir, **kwargs)
+
+def _runtime_for(engine_dir, manifest: dict, device: str, runtime: str | None) -> str:
+    """The runtime that runs this engine on `device`: a TensorRT plan's own; for an ONNX engine the one asked
+    for, else ONNX Runtime on a GPU (the same model.onnx runs in its CUDA provider), else the manifest's."""
+    kind = manifest["engine"].get("kind")
+    if kind == "tensorrt":
+        return "tensorrt"
+    if kind != "onnx":
+        raise EngineError(f"{engine_dir}: unknown engine kind {kind!r}; re-export the engine")
+    runtime = runtime or ("onnxruntime" if device == "cuda" else runtime_of(manifest))
+    if runtime not in RUNTIMES:
+        raise EngineError(f"{engine_dir}: unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
+    return runtime
 
 
 def _each_alone(engine: Engine, feeds: dict) -> np.ndarray:

@@ -4,10 +4,11 @@
     OUT/manifest.json   what the engine is: inputs/outputs, N, labels, structure, sha256, parity, runtime, versions
     OUT/vocab.txt ...   the tokenizer, when the checkpoint had one
 
-`Engine` checks inputs and turns feeds into logits; each runtime is one module that subclasses it
-(runtime_onnxruntime.py, runtime_openvino.py, runtime_tensorrt.py), and engine.load_engine picks one from
-the manifest. Adding a runtime today is one module, its row in capabilities.RUNTIMES (what it runs where) and
-its branch in engine.load_engine; bench's rows of it are one record each in backends.BACKEND_TABLE.
+An `Engine` is the verified directory (manifest, graph, side files) plus the runner its runtime gets from
+the registry in runners.py: it checks inputs and hands feeds to the runner. engine.load_engine picks the
+runtime from the manifest and the device. Adding a runtime is one module with its Runner, one entry in
+runners.RUNNERS and one row in capabilities.RUNTIMES (what it runs where); bench's rows of it are one
+record each in backends.BACKEND_TABLE.
 """
 
 from __future__ import annotations
@@ -110,15 +111,24 @@ def verify_engine_file(engine_dir, manifest) -> Path:
 
 
 class Engine:
-    """What every engine kind shares: the verified manifest, input checks, feeds -> logits."""
+    """An engine directory opened for running: the verified manifest, graph and side files, and the runner of
+    `runtime` (default: the manifest's; runners.RUNNERS) on `device`. Checks inputs; feeds -> logits.
 
-    input_names: list[str]
+    tf32: let ONNX Runtime's CUDA provider run fp32 MatMuls in TF32. options go to the runner (threads,
+    cuda_graph for ONNX Runtime; precision fp32|bf16 for OpenVINO). Which runtime may run the engine where is
+    engine.load_engine's check (capabilities.why_not); this class opens what it is given."""
 
-    def __init__(self, engine_dir):
+    def __init__(self, engine_dir, runtime: str | None = None, device: str = "cpu", tf32: bool = False, **options):
+        from .runners import runner_class
+
         self.dir = Path(engine_dir)
         self.manifest = read_manifest(self.dir)
         self.path = verify_engine_file(self.dir, self.manifest)
         verify_side_files(self.dir, self.manifest)
+        self.runtime = runtime or runtime_of(self.manifest)
+        self.runner = runner_class(self.runtime).for_engine(self.path, self.manifest, self.runtime, device=device,
+                                                             tf32=tf32, **options)
+        self.input_names = self.runner.input_names
 
     # --- what the engine is --------------------------------------------------------------------
     @property
@@ -201,17 +211,18 @@ class Engine:
         """A zero-argument function that runs the engine once on `feeds` and returns when the work is done:
         what throughput timing calls. GPU engines stage the inputs on the device first, so no host copy
         falls inside the timed region."""
-        feeds = {k: v for k, v in feeds.items() if k in self.input_names}
-        return lambda: self._run(feeds)
+        return self.runner.timed(feeds)
 
     def _run(self, feeds: dict) -> np.ndarray:
-        raise NotImplementedError
+        if feeds["input_ids"].shape[0] == 0:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        return self.runner(feeds)
 
     @property
     def arithmetic(self) -> str:
         """What the engine computes in, for reports (validate and bench say it for each side they compare)."""
-        return f"{self.manifest.get('precision', 'fp32')} graph, {runtime_of(self.manifest)}"
+        return self.runner.arithmetic
 
     @property
     def uses_tf32(self) -> bool:
-        return False
+        return self.runner.uses_tf32

@@ -1,12 +1,12 @@
 """ONNX Runtime as a runtime: sessions on the CPU or the CUDA provider (checked: never a silent CPU
-fallback), IO-bound timing on the GPU, fixed-shape CUDA-graph replays, and the ONNX engine class."""
+fallback), IO-bound timing on the GPU, fixed-shape CUDA-graph replays, and its runner (runners.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from .engine_dir import Engine
 from .errors import EngineError
+from .runners import Runner
 
 GPU_INSTALL_HINT = ("pip install 'prumux-deploy[gpu-cu13]', or [gpu-cu12] where nvidia-smi shows CUDA 12.x "
                     "(README, GPU)")
@@ -72,20 +72,30 @@ def ort_arithmetic(precision: str, providers) -> str:
     return f"{precision} graph, ONNX Runtime CUDA provider, TF32 {'on' if tf32 else 'off'} (use_tf32={int(tf32)})"
 
 
-class OnnxEngine(Engine):
-    """An exported ONNX engine run with ONNX Runtime (CPU, or CUDA with onnxruntime-gpu: `ort_providers`).
-    cuda_graph (CUDA provider only): run each input shape as a CUDA-graph replay (CudaGraphRunner), up to
-    MAX_GRAPH_SHAPES shapes; further shapes run in the ordinary dynamic-shape session."""
+class OrtRunner(Runner):
+    """A graph (file or serialized bytes) run by ONNX Runtime on the CPU or, with device "cuda", the CUDA
+    provider (onnxruntime-gpu: `ort_providers`; tf32 sets its use_tf32). cuda_graph (device cuda only): run each
+    input shape as a CUDA-graph replay (CudaGraphRunner), up to MAX_GRAPH_SHAPES shapes; further shapes run in
+    the ordinary dynamic-shape session. threads: ONNX Runtime's intra-op threads (default: all cores)."""
 
-    def __init__(self, engine_dir, providers=None, threads: int | None = None, cuda_graph: bool = False):
-        super().__init__(engine_dir)
-        self.providers = providers or [CPU_PROVIDER]
+    def __init__(self, graph, device: str = "cpu", precision: str = "fp32", tf32: bool = False,
+                 threads: int | None = None, cuda_graph: bool = False, where=None):
+        self.graph, self.precision, self.threads, self.where = graph, precision, threads, where
+        self.providers = ort_providers(device, tf32)
         if cuda_graph and CUDA_PROVIDER not in provider_names(self.providers):
             raise EngineError("CUDA graphs replay work on an NVIDIA GPU: use device cuda (or leave out cuda_graph)")
-        self.session = ort_session(self.path, self.providers, threads)
-        self.input_names = [i.name for i in self.session.get_inputs()]
         self.cuda_graph = cuda_graph
         self._graphs: dict[tuple, CudaGraphRunner] = {}
+        # with CUDA graphs the dynamic-shape session (another copy of the weights on the GPU) is made only when
+        # a shape past MAX_GRAPH_SHAPES needs it
+        self._session = None if cuda_graph else ort_session(graph, self.providers, threads, where)
+        self.input_names = graph_input_names(graph) if cuda_graph else [i.name for i in self._session.get_inputs()]
+
+    @property
+    def session(self):
+        if self._session is None:
+            self._session = ort_session(self.graph, self.providers, self.threads, self.where)
+        return self._session
 
     def graph_runner(self, shape: tuple[int, int]) -> "CudaGraphRunner | None":
         """The CUDA-graph runner of one [batch, sequence] shape (made on first use), or None past
@@ -93,30 +103,39 @@ class OnnxEngine(Engine):
         if not self.cuda_graph:
             return None
         if shape not in self._graphs and len(self._graphs) < MAX_GRAPH_SHAPES:
-            self._graphs[shape] = CudaGraphRunner(self.path, self.providers, shape, self.input_names)
+            self._graphs[shape] = CudaGraphRunner(self.graph, self.providers, shape, self.input_names)
         return self._graphs.get(shape)
 
     @property
     def arithmetic(self) -> str:
-        return ort_arithmetic(self.manifest.get("precision", "fp32"), self.providers)
+        return ort_arithmetic(self.precision, self.providers) + (", CUDA graph" if self.cuda_graph else "")
 
     @property
     def uses_tf32(self) -> bool:
         return bool(ort_tf32(self.providers))
 
-    def _run(self, feeds):
+    def infer(self, feeds):
         graph = self.graph_runner(tuple(feeds["input_ids"].shape)) if len(feeds["input_ids"]) else None
         if graph is not None:
             return graph(feeds)
         return self.session.run(["logits"], feeds)[0]
 
-    def timed_runner(self, feeds: dict):
-        feeds = {k: v for k, v in feeds.items() if k in self.input_names}
+    def timed(self, feeds: dict):
+        feeds = {k: feeds[k] for k in self.input_names}
         graph = self.graph_runner(tuple(feeds["input_ids"].shape))
         if graph is not None:
             graph.stage(feeds)
             return graph.replay
         return ort_timed_runner(self.session, feeds)
+
+
+def graph_input_names(graph) -> list[str]:
+    """The inputs an ONNX graph (file or bytes) takes, read without a session (initializers excluded)."""
+    import onnx
+
+    model = onnx.load_from_string(graph) if isinstance(graph, bytes) else onnx.load(str(graph))
+    weights = {init.name for init in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in weights]
 
 
 MAX_GRAPH_SHAPES = 16  # CUDA-graph sessions an engine keeps (each holds its own copy of the weights on the GPU)
@@ -130,7 +149,7 @@ def fixed_shape_graph(path, batch: int, sequence: int) -> bytes:
     import onnx
     from onnxruntime.tools.onnx_model_utils import fix_output_shapes, make_dim_param_fixed
 
-    model = onnx.load(str(path))
+    model = onnx.load_from_string(path) if isinstance(path, bytes) else onnx.load(str(path))
     make_dim_param_fixed(model.graph, "batch", batch)
     make_dim_param_fixed(model.graph, "sequence", sequence)
     fix_output_shapes(model)
@@ -160,8 +179,9 @@ class CudaGraphRunner:
         batch, sequence = shape
         graph_providers = [_with_cuda_graph(p) for p in providers]
         self.providers = graph_providers
+        named = "the serialized graph" if isinstance(path, bytes) else path
         self.session = ort_session(fixed_shape_graph(path, batch, sequence), graph_providers,
-                                   where=f"{path} (CUDA graph, shape {batch}x{sequence})")
+                                   where=f"{named} (CUDA graph, shape {batch}x{sequence})")
         self.binding = self.session.io_binding()
         self.inputs = {n: ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, np.int64), "cuda", 0) for n in input_names}
         self.logits = ort.OrtValue.ortvalue_from_shape_and_type(

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .engine_dir import Engine
 from .errors import EngineError
+from .runners import Runner
 
 # int8 (NNCF QDQ) engines: the quantized MatMuls run in int8 kernels, what stays float at f32 (not the
 # bf16 OpenVINO defaults to on a bf16 CPU, which the int8 choice never measured)
@@ -105,41 +105,38 @@ def compile_cpu(path, hint: str, threads: int | None = None):
         raise EngineError(f"{path}: OpenVINO cannot compile it ({str(e).splitlines()[0][:200]})") from None
 
 
-def cpu_runner(path, hint: str, threads: int | None = None):
-    """feeds {name: [B, S]} -> logits [B, C] (a float32 copy: OpenVINO reuses its output buffer) of the ONNX
-    file `path` compiled for the CPU at `hint` (compile_cpu); feeds may hold inputs the graph does not take."""
-    compiled = compile_cpu(path, hint, threads)
-    request = compiled.create_infer_request()
-    names = [port.get_any_name() for port in compiled.inputs]
-    return lambda feeds: np.array(request.infer({n: feeds[n] for n in names})[compiled.output(0)], dtype=np.float32)
+class OpenVINORunner(Runner):
+    """A graph compiled by OpenVINO for the CPU (compile_cpu) at the inference precision of `precision`
+    (INFERENCE_PRECISION: fp32 and int8 at f32, bf16 at bf16) or the explicit `hint`. One infer request;
+    calls from several threads take turns. Logits come back as a float32 copy (OpenVINO reuses its output
+    buffer)."""
 
-
-class OpenVINOEngine(Engine):
-    """An exported ONNX engine compiled by OpenVINO for the CPU, at the manifest's inference precision (or
-    `precision`: fp32 or bf16). One infer request; calls from several threads take turns."""
-
-    def __init__(self, engine_dir, precision: str | None = None, threads: int | None = None):
-        require_openvino()  # before the directory checks: the one line a missing extra needs
-        super().__init__(engine_dir)
-        entry = self.manifest.get("runtime") or {}
-        hint = INFERENCE_PRECISION.get(precision) if precision else entry.get("inference_precision", "f32")
-        if hint is None:
-            raise EngineError(f"OpenVINO runs fp32 or bf16 engines, not {precision!r}")
-        self.compiled = compile_cpu(self.path, hint, threads)
-        self.inference_precision = hint
+    def __init__(self, graph, device: str = "cpu", precision: str = "fp32", tf32: bool = False,
+                 threads: int | None = None, hint: str | None = None):
+        require_openvino()  # before anything else: the one line a missing extra needs
+        self.precision = precision
+        self.inference_precision = hint or INFERENCE_PRECISION[precision]
+        self.compiled = compile_cpu(graph, self.inference_precision, threads)
         self.input_names = [port.get_any_name() for port in self.compiled.inputs]
         self._request = self.compiled.create_infer_request()
         self._lock = threading.Lock()
 
+    @classmethod
+    def for_engine(cls, path, manifest: dict, runtime: str, device: str = "cpu", tf32: bool = False,
+                   precision: str | None = None, threads: int | None = None):
+        """An OpenVINO engine runs at its manifest's inference precision, or at `precision` (fp32 or bf16)."""
+        entry = manifest.get("runtime") or {}
+        hint = INFERENCE_PRECISION.get(precision) if precision else entry.get("inference_precision", "f32")
+        if hint is None:
+            raise EngineError(f"OpenVINO runs fp32 or bf16 engines, not {precision!r}")
+        return cls(path, device=device, precision=manifest.get("precision", "fp32"), threads=threads, hint=hint)
+
     @property
     def arithmetic(self) -> str:
-        precision = self.manifest.get("precision", "fp32")
-        graph = "fp32" if precision == "bf16" else precision  # bf16 is the fp32 graph run at bf16
+        graph = "fp32" if self.precision == "bf16" else self.precision  # bf16 is the fp32 graph run at bf16
         return f"{graph} graph, OpenVINO CPU at {self.inference_precision}"
 
-    def _run(self, feeds):
-        if feeds["input_ids"].shape[0] == 0:
-            return np.zeros((0, len(self.labels)), dtype=np.float32)
+    def infer(self, feeds):
         with self._lock:
-            result = self._request.infer({name: feeds[name] for name in self.input_names})
+            result = self._request.infer(feeds)
             return np.array(result[self.compiled.output(0)], dtype=np.float32)  # a copy: the buffer is reused

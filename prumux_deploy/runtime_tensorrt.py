@@ -6,9 +6,10 @@ import threading
 
 import numpy as np
 
-from .engine_dir import Engine
 from .errors import EngineError
+from .runners import Runner
 from .runtime_onnxruntime import GPU_INSTALL_HINT
+
 
 def profile_chunks(batch: int, min_batch: int, max_batch: int):
     """(row indices, real rows) of the chunks a batch runs in under a TensorRT profile: at most max_batch rows
@@ -20,7 +21,7 @@ def profile_chunks(batch: int, min_batch: int, max_batch: int):
         yield np.minimum(np.arange(start, start + max(rows, min_batch)), start + rows - 1), rows
 
 
-class TensorRTEngine(Engine):
+class TensorRTRunner(Runner):
     """A serialized TensorRT engine (model.plan) run on the GPU. Batches outside the plan's optimization
     profile are run in chunks inside it (a multiple of N rows, so mux groups stay intact).
 
@@ -31,9 +32,15 @@ class TensorRTEngine(Engine):
     A version-compatible plan (export --version-compatible) carries TensorRT's lean runtime, host code that
     the runtime deserializes only with engine_host_code_allowed set (TensorRT Runtime docs)."""
 
-    def __init__(self, engine_dir):
-        super().__init__(engine_dir)
+    def __init__(self, path, device: str = "cuda", precision: str = "fp32", tf32: bool = True,
+                 version_compatible: bool = False):
+        from pathlib import Path
+
         from . import cuda
+
+        # tf32: whether the plan was built with BuilderFlag.TF32 (fixed at build; plans from before the flag
+        # was recorded kept TensorRT's default, on)
+        self.path, self.precision, self.tf32_built = Path(path), precision, tf32
 
         try:
             import tensorrt as trt
@@ -41,9 +48,8 @@ class TensorRTEngine(Engine):
             raise EngineError(f"running a TensorRT engine needs the tensorrt package: {GPU_INSTALL_HINT}") from None
         cuda.require_gpu(f"{self.path}: a TensorRT engine")
         self._cuda, self._trt = cuda.backend(), trt
-        entry = self.manifest.get("tensorrt") or {}
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))  # kept: the engine must not outlive it
-        if entry.get("version_compatible"):
+        if version_compatible:
             self.runtime.engine_host_code_allowed = True
         self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
         if self.engine is None:
@@ -64,21 +70,25 @@ class TensorRTEngine(Engine):
         self._bound = None  # who set the context's shapes and addresses last (a timed runner, or None)
         self._lock = threading.Lock()  # one execution context: calls from several threads take turns
 
+    @classmethod
+    def for_engine(cls, path, manifest: dict, runtime: str, device: str = "cuda", tf32: bool = False):
+        """A plan's TF32 and lean-runtime host code were fixed when it was built (manifest["tensorrt"]);
+        the tf32 asked for at run time does not apply."""
+        entry = manifest.get("tensorrt") or {}
+        return cls(path, device=device, precision=manifest.get("precision", "fp32"),
+                   tf32=bool(entry.get("tf32", True)), version_compatible=bool(entry.get("version_compatible")))
+
     @property
     def uses_tf32(self) -> bool:
-        # plans built before prumux-deploy cleared BuilderFlag.TF32 kept TensorRT's default: on
-        return bool((self.manifest.get("tensorrt") or {}).get("tf32", True))
+        return self.tf32_built
 
     @property
     def arithmetic(self) -> str:
         flag = "BuilderFlag.TF32 set at build" if self.uses_tf32 else "BuilderFlag.TF32 cleared at build"
-        return (f"{self.manifest.get('precision', 'fp32')} TensorRT plan, TF32 {'on' if self.uses_tf32 else 'off'} "
-                f"({flag})")
+        return f"{self.precision} TensorRT plan, TF32 {'on' if self.uses_tf32 else 'off'} ({flag})"
 
-    def _run(self, feeds):
+    def infer(self, feeds):
         batch = feeds["input_ids"].shape[0]
-        if batch == 0:
-            return np.zeros((0, len(self.labels)), dtype=np.float32)
         chunks = []
         for pick, rows in profile_chunks(batch, self.min_batch, self.max_batch):
             with self._lock:
@@ -89,11 +99,11 @@ class TensorRTEngine(Engine):
                 chunks.append(self._cuda.to_host(out, self._stream)[:rows])  # waits for the engine on its stream
         return np.concatenate(chunks)
 
-    def timed_runner(self, feeds: dict):
+    def timed(self, feeds: dict):
         """Inputs and logits on the GPU, shapes and addresses set once; each call enqueues and waits."""
         batch = feeds["input_ids"].shape[0]
         if not self.min_batch <= batch <= self.max_batch:
-            return super().timed_runner(feeds)
+            return super().timed(feeds)
         token = object()
         with self._lock:
             staged = self._stage(feeds)

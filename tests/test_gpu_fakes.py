@@ -228,7 +228,7 @@ def test_the_profile_is_read_from_the_plan(plan_dir, trt):
     from prumux_deploy.engine import load_engine
 
     engine = load_engine(plan_dir)
-    assert (engine.min_batch, engine.max_batch) == (1, 8)
+    assert (engine.runner.min_batch, engine.runner.max_batch) == (1, 8)
     assert trt.named("get_tensor_profile_shape")[0] == {"name": "input_ids", "profile_index": 0}
 
 
@@ -273,7 +273,10 @@ def test_the_cuda_provider_is_asked_for_exactly_the_tf32_wanted(monkeypatch, eng
 
 def test_bench_refuses_to_time_a_cpu_fallback_as_cuda(monkeypatch, engine_dir, masked_checkpoint):
     from prumux_deploy import load_checkpoint
-    from prumux_deploy.backends import time_ort as _time_ort
+    from prumux_deploy.backends import time_graph
+
+    def _time_ort(*args):
+        return time_graph("onnxruntime", args[0], "fp32", *args[1:])
     from prumux_deploy.bench import BenchConfig
 
     cfg = BenchConfig(device="cuda", warmup=0, repeats=1, min_seconds=0.0)

@@ -288,7 +288,7 @@ def test_cuda_graphs_are_refused_off_the_gpu(gpu_engine):
 
 
 def test_bench_times_cuda_graph_replays_with_a_spot_check(monkeypatch, masked_checkpoint, tmp_path):
-    from prumux_deploy.backends import bench_inputs, time_ort, write_graphs
+    from prumux_deploy.backends import bench_inputs, time_graph, write_graphs
     from prumux_deploy.bench import BenchConfig
 
     model = compact(load_checkpoint(masked_checkpoint))
@@ -298,7 +298,8 @@ def test_bench_times_cuda_graph_replays_with_a_spot_check(monkeypatch, masked_ch
     assert graphs["onnxruntime-gpu-fp16-cudagraph"] == graphs["onnxruntime-gpu-fp16"]
     ids, mask = bench_inputs(8, 12, model.config.vocab_size, 0)
     ort = fake.install_onnxruntime(monkeypatch, cuda_loads=True)
-    result, peak = time_ort(graphs["onnxruntime-gpu-fp16"], model, ids, mask, cfg, "fp16", cuda_graph=True)
+    result, peak = time_graph("onnxruntime", graphs["onnxruntime-gpu-fp16"], "fp16", model, ids, mask, cfg,
+                              cuda_graph=True)
     assert result["arithmetic"].endswith("CUDA graph") and peak is None
     assert 0 < result["max_abs_logit_error"] < 5e-2
     assert len(ort.named("run_with_iobinding")) >= 1 + 1 + 2  # capture, warm-up, timed replays

@@ -10,7 +10,8 @@ import pytest
 
 from prumux_deploy import runtime_openvino
 from prumux_deploy.data import load_tokenizer, tokenize
-from prumux_deploy.engine import OnnxEngine, load_engine
+from prumux_deploy.engine import load_engine
+from prumux_deploy.runtime_onnxruntime import OrtRunner
 from prumux_deploy.errors import EngineError
 
 from conftest import refused, run_cli
@@ -32,9 +33,9 @@ def test_openvino_engine_matches_onnx_runtime(ov_engine):
     manifest = json.loads((ov_engine / "manifest.json").read_text())
     assert manifest["runtime"]["name"] == "openvino" and manifest["runtime"]["inference_precision"] == "f32"
     engine = load_engine(ov_engine)
-    assert isinstance(engine, runtime_openvino.OpenVINOEngine)
+    assert isinstance(engine.runner, runtime_openvino.OpenVINORunner)
     ort = load_engine(ov_engine, runtime="onnxruntime")
-    assert isinstance(ort, OnnxEngine)
+    assert isinstance(ort.runner, OrtRunner)
     feeds = tokenize(load_tokenizer(ov_engine), TEXTS, max_length=16)
     for rows in (1, 2, 3):  # partial mux groups included
         part = {k: v[:rows] for k, v in feeds.items()}
@@ -181,7 +182,7 @@ def test_int8_auto_measures_every_runtimes_candidates_and_keeps_the_fastest_accu
         assert q["method"] == max(("dynamic", "static", "nncf"), key=lambda m: q["measured"][m]["accuracy"])
     assert q["runtime"] == ("openvino" if q["method"] == "nncf" else "onnxruntime")
     engine = load_engine(tmp_path / "e")  # the runtime the choice measured is the one that runs it
-    assert isinstance(engine, runtime_openvino.OpenVINOEngine if q["runtime"] == "openvino" else OnnxEngine)
+    assert isinstance(engine.runner, runtime_openvino.OpenVINORunner if q["runtime"] == "openvino" else OrtRunner)
     assert f"int8: {q['method']} ({q['runtime']}" in done.output
     assert "━" not in done.stdout  # NNCF's progress bars go to stderr with ours
 
@@ -200,7 +201,7 @@ def test_openvino_int8_is_nncf_qdq_on_the_plain_graph_and_validates(masked_check
     assert 0 < manifest["parity"]["max_abs_logit_error"] <= 1.0
     assert manifest["parity"]["engine_arithmetic"] == "int8 graph, OpenVINO CPU at f32"
     engine = load_engine(out)
-    assert engine.inference_precision == "f32"  # never OpenVINO's bf16 default on a bf16 CPU
+    assert engine.runner.inference_precision == "f32"  # never OpenVINO's bf16 default on a bf16 CPU
     feeds = tokenize(load_tokenizer(out), TEXTS, max_length=16)
     assert engine.run_feeds(feeds).shape == (3, 2)
     report = tmp_path / "r.json"

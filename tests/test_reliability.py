@@ -214,9 +214,9 @@ def test_one_engine_from_eight_threads_matches_sequential_calls(engine_dir):
 @pytest.fixture
 def nan_engine(monkeypatch):
     """Every ONNX engine opened in this test returns NaN for its second row (as a broken engine would)."""
-    from prumux_deploy.engine import OnnxEngine
+    from prumux_deploy.runtime_onnxruntime import OrtRunner
 
-    real = OnnxEngine._run
+    real = OrtRunner.infer
 
     def broken(self, feeds):
         logits = real(self, feeds)
@@ -224,7 +224,7 @@ def nan_engine(monkeypatch):
             logits[1] = np.nan
         return logits
 
-    monkeypatch.setattr(OnnxEngine, "_run", broken)
+    monkeypatch.setattr(OrtRunner, "infer", broken)
 
 
 def overflowing_checkpoint(path, bert_dir, scale=1e8):

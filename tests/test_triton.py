@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from prumux_deploy.cli import main
 from prumux_deploy.data import load_tokenizer, tokenize
-from prumux_deploy.engine import OnnxEngine, read_manifest, sha256_file
+from prumux_deploy.engine import Engine, read_manifest, sha256_file
 from prumux_deploy.errors import EngineError, PruMuxError
 from prumux_deploy.export import triton as tx
 from prumux_deploy.export.triton import preferred_batch_sizes, write_triton_repository
@@ -351,7 +351,7 @@ def load_tokenizer_model(model_dir):
 def test_tokenizer_model_matches_data_tokenize(any_engine, tmp_path, monkeypatch):
     repo = tmp_path / "repo"
     write_shared(any_engine, repo, "cls", with_tokenizer=True)
-    engine = OnnxEngine(any_engine)
+    engine = Engine(any_engine)
     pair = engine.uses_token_types
     model = load_tokenizer_model(repo / "cls_tokenizer")
     request = FakeRequest(TEXT=TEXTS, TEXT_PAIR=PAIRS) if pair else FakeRequest(TEXT=TEXTS)
