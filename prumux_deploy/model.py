@@ -76,6 +76,9 @@ from .errors import ModelError
 
 MASK_NAMES = ("head_z", "head_layer_z", "intermediate_z", "mlp_z", "hidden_z")
 MUX_KINDS = ("gaussian_hadamard", "binary_hadamard")  # both: instance vectors times embeddings, mean over N
+# how a new model draws its instance vectors (HadamardMux; issue 35's arms). Loaded models bring theirs.
+INSTANCE_VECTOR_INITS = ("gaussian", "ones", "near_ones", "binary", "partition")
+NEAR_ONES_NOISE = 0.3  # near_ones: v = 1 + 0.3 g, g ~ N(0, 1) per dim, then unit RMS
 DEMUX_KINDS = ("key_cls", "key_pool", "index_pos", "pooler")
 NEW_MODEL_DEMUX_KINDS = ("key_cls", "key_pool", "index_pos")  # what `init` / `train` create (pooler: N=1 imports)
 RENAMED_DEMUX_KINDS = {"index": "key_cls", "index_pool": "key_pool"}  # names written before 0.2
@@ -103,6 +106,7 @@ class PruMuxConfig:
     num_instances: int = 1
     mux_kind: str = "gaussian_hadamard"
     mux_seed: int = 0
+    mux_init: str | None = None       # how the instance vectors were drawn (None: ones at N=1, else gaussian)
     demux_kind: str = "key_cls"
     num_hidden_demux_layers: int = 3  # index_pos: dense_1 .. dense_{D-1} are used (upstream's count)
     legacy_demuxing: bool = False     # index_pos: upstream's legacy path (dense_1 + layer_norm_1 only)
@@ -132,6 +136,11 @@ class PruMuxConfig:
             self.id2label = {i: f"LABEL_{i}" for i in range(self.num_labels)}
         self.demux_kind = RENAMED_DEMUX_KINDS.get(self.demux_kind, self.demux_kind)
         check_kind("mux_kind", self.mux_kind, MUX_KINDS)
+        if self.mux_init is not None:
+            check_kind("mux_init", self.mux_init, INSTANCE_VECTOR_INITS)
+            if self.mux_init == "ones" and self.num_instances > 1:
+                raise ModelError(f"mux_init 'ones' gives every instance the same vector, so N={self.num_instances} "
+                                 f"instances could not be told apart; use it with N=1, or choose near_ones")
         check_kind("demux_kind", self.demux_kind, DEMUX_KINDS)
         check_kind("mask_convention", self.mask_convention, MASK_CONVENTIONS)
         if self.demux_kind == "pooler" and self.num_instances != 1:
@@ -310,21 +319,41 @@ class PostMuxEmbeddings(nn.Module):
         return self.drop(self.ln(x + self.position(positions)[None]))
 
 
+def instance_vectors(init: str, N: int, H: int, seed: int) -> torch.Tensor:  # -> [N, H]
+    """The instance vectors v_i of a new model's Hadamard multiplexer (DataMUX sec. 3.1 draws them from
+    N(0, 1)). All but partition have unit RMS, so the mix mean_i(emb_i * v_i) keeps the embeddings' scale.
+
+    gaussian   N(0, 1) rows normalised to unit RMS (DataMUX's; every dim gets a random gain and sign)
+    ones       all ones (N=1 only: the plain encoder)
+    near_ones  1 + 0.3 g, unit RMS: the encoder's basis nearly kept, instances told apart by small gains
+    binary     random +-1 per dim (upstream's binary_hadamard): gains kept at 1, signs scrambled
+    partition  the dims dealt out among the instances: v_i = N on instance i's dims, 0 elsewhere, so each
+               dim of the mix carries one instance's value unscaled (each instance keeps 1/N of its dims)
+    """
+    gen = torch.Generator().manual_seed(seed)
+    if init == "ones":
+        return torch.ones(N, H)
+    if init == "partition":
+        owner = torch.randperm(H, generator=gen) % N            # [H]: which instance keeps each dim
+        return (owner[None, :] == torch.arange(N)[:, None]).float() * N
+    g = torch.randn(N, H, generator=gen)
+    if init == "binary":
+        return torch.sign(g) + (g == 0).float()
+    v = 1 + NEAR_ONES_NOISE * g if init == "near_ones" else g
+    return v / v.norm(dim=-1, keepdim=True) * math.sqrt(H)  # unit RMS: mean(v_i * v_i) = 1
+
+
 class HadamardMux(nn.Module):
     """Mix N instances into one sequence: mean_i(emb_i * v_i) (DataMUX's Hadamard multiplexer; upstream's
-    `instance_embedding`). New models draw v_i as row-normalised Gaussians scaled to unit RMS (all ones
-    when N = 1, so a single instance sees the pretrained encoder unchanged); imported models bring theirs."""
+    `instance_embedding`). New models draw v_i by config.mux_init (instance_vectors; by default Gaussian,
+    and all ones when N = 1 so a single instance sees the pretrained encoder unchanged); imported and loaded
+    models bring theirs in the state dict."""
 
     def __init__(self, cfg: PruMuxConfig, seed: int = 0):
         super().__init__()
         N, H = cfg.num_instances, cfg.model_dim
-        gen = torch.Generator().manual_seed(seed)
-        v = torch.randn(N, H, generator=gen)
-        # row-normalised so each vector has unit RMS: v_i * v_i has mean 1 and the mix keeps the embedding scale
-        v = v / v.norm(dim=-1, keepdim=True) * math.sqrt(H)
-        if N == 1:  # nothing to tell apart: N=1 is the plain encoder, as in the paper's baseline
-            v = torch.ones(1, H)
-        self.register_buffer("vectors", v)  # [N, H], saved in the state dict (fixed, not learned)
+        init = cfg.mux_init or ("ones" if N == 1 else "gaussian")
+        self.register_buffer("vectors", instance_vectors(init, N, H, seed))  # [N, H], saved, not learned
 
     def forward(self, x):  # x: [G*N, S, H] -> [G, S, H]
         N = self.vectors.shape[0]

@@ -97,3 +97,9 @@ def force_option(replaced: str = "OUT if it exists"):
     """--force: replace an output that exists (outputs are written beside it and renamed into place, so without
     --force an existing one is never touched; see atomic.py)."""
     return click.option("--force", is_flag=True, help=f"Replace {replaced}.")
+
+
+MUX_HELP = ("How a new model draws its instance vectors: 'gaussian' (DataMUX's random gains and signs), 'near_ones' "
+            "(1 + 0.3 g: the encoder's basis nearly kept), 'binary' (random signs), 'partition' (each instance "
+            "keeps its own share of the dims), 'ones' (N=1 only). Default: ones at N=1, else gaussian. A "
+            "checkpoint keeps its own.")

@@ -183,3 +183,55 @@ def test_dropout_acts_only_in_training_mode():
         assert (model(ids, mask) - reference).abs().max().item() < 1e-6
     sites = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
     assert len(sites) == 1 + 2 * LAYERS + LAYERS + 1  # embeddings; attention probs + output; FFN output; demux
+
+
+# --- instance vectors of new models (model.instance_vectors; issue 35's multiplexers) ----------------------------
+
+def test_instance_vectors_keep_the_embeddings_scale_and_their_promised_structure():
+    from prumux_deploy.model import instance_vectors
+
+    H = 64
+    for init in ("gaussian", "near_ones", "binary"):
+        v = instance_vectors(init, 3, H, seed=0)
+        assert v.shape == (3, H)
+        assert torch.allclose((v * v).mean(1), torch.ones(3))  # unit RMS per instance
+    binary = instance_vectors("binary", 3, H, 0)
+    assert set(binary.unique().tolist()) == {-1.0, 1.0}
+    near = instance_vectors("near_ones", 3, H, 0)
+    assert (near > 0).float().mean() > 0.99 and (near - 1).abs().mean() < 0.35  # the basis kept, signs too
+    part = instance_vectors("partition", 3, H, 0)
+    assert set(part.unique().tolist()) == {0.0, 3.0}
+    assert torch.equal((part > 0).sum(0), torch.ones(H, dtype=torch.long))  # every dim owned by one instance
+    assert sorted((part > 0).sum(1).tolist()) == [21, 21, 22]
+    assert torch.equal(instance_vectors("ones", 1, H, 0), torch.ones(1, H))
+
+
+def test_partition_mux_passes_each_instance_its_own_dims_unscaled():
+    model = create_model(tiny_bert_config(), num_instances=2, num_labels=2, mux_init="partition")
+    x = torch.randn(4, 5, HIDDEN)  # [G*N, S, H]
+    mixed = model.mux(x)  # [G, S, H]
+    owner = model.mux.vectors.argmax(0)  # [H]
+    want = torch.stack([x[0::2], x[1::2]])[owner, :, :, torch.arange(HIDDEN)].permute(1, 2, 0)
+    assert torch.allclose(mixed, want)
+
+
+def test_default_instance_vectors_are_unchanged_and_recorded():
+    from prumux_deploy.model import instance_vectors
+
+    two = create_model(tiny_bert_config(), num_instances=2, num_labels=2, seed=3)
+    assert torch.equal(two.mux.vectors, instance_vectors("gaussian", 2, HIDDEN, 3))
+    assert two.config.mux_init is None and two.config.mux_kind == "gaussian_hadamard"
+    one = create_model(tiny_bert_config(), num_instances=1, num_labels=2)
+    assert torch.equal(one.mux.vectors, torch.ones(1, HIDDEN))
+    scrambled = create_model(tiny_bert_config(), num_instances=1, num_labels=2, mux_init="gaussian")
+    assert torch.equal(scrambled.mux.vectors, instance_vectors("gaussian", 1, HIDDEN, 0))  # the diagnostic arm
+    signs = create_model(tiny_bert_config(), num_instances=2, num_labels=2, mux_init="binary")
+    assert signs.config.mux_kind == "binary_hadamard" and signs.config.mux_init == "binary"
+
+
+def test_identical_instance_vectors_are_refused_for_several_instances():
+    from prumux_deploy.errors import ModelError
+
+    with pytest.raises(ModelError, match="mux_init 'ones' gives every instance the same vector, so N=2 instances "
+                                         "could not be told apart; use it with N=1, or choose near_ones"):
+        create_model(tiny_bert_config(), num_instances=2, num_labels=2, mux_init="ones")

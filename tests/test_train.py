@@ -215,6 +215,19 @@ def test_finetune_can_switch_the_demux_read_out_and_train_with_dropout(tmp_path,
     assert manifest["parity"]["max_abs_logit_error"] <= 1e-4
 
 
+def test_new_models_take_the_mux_and_checkpoints_keep_theirs(tmp_path, bert_dir, glue_dir):
+    finetune(bert_dir, tmp_path / "ft", tiny_args(glue_dir, mux="partition"), log=lambda m: None)
+    model = load_checkpoint(tmp_path / "ft")
+    assert model.config.mux_init == "partition" and set(model.mux.vectors.unique().tolist()) == {0.0, 2.0}
+    finetune(tmp_path / "ft", tmp_path / "again", tiny_args(glue_dir, mux="partition"), log=lambda m: None)
+    with pytest.raises(PruMuxError, match="already has partition instance vectors; --mux gaussian applies to new "
+                                          "models only"):
+        finetune(tmp_path / "ft", tmp_path / "other", tiny_args(glue_dir, mux="gaussian"), log=lambda m: None)
+    assert not (tmp_path / "other").exists()
+    manifest = export_checkpoint(tmp_path / "ft", tmp_path / "engine", log=lambda m: None)
+    assert manifest["parity"]["max_abs_logit_error"] <= 1e-4
+
+
 @pytest.mark.parametrize("target", [0.3, 0.6, 0.9])
 def test_deterministic_masks_sized_to_the_target_compact_to_it(target):
     from prumux_deploy import create_model

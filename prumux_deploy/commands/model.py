@@ -8,8 +8,8 @@ import click
 
 from ..documents import dumps
 from ..errors import PruMuxError
-from ..model import NEW_MODEL_DEMUX_KINDS
-from ..options import COUNT, FRACTION_BELOW_1, SEED, column_options, force_option
+from ..model import INSTANCE_VECTOR_INITS, NEW_MODEL_DEMUX_KINDS
+from ..options import COUNT, FRACTION_BELOW_1, MUX_HELP, SEED, column_options, force_option
 
 
 @click.command()
@@ -31,12 +31,13 @@ from ..options import COUNT, FRACTION_BELOW_1, SEED, column_options, force_optio
               help="Demux read-out: 'key_cls' reads [key_i ; h_CLS] (called 'index' before 0.2); 'key_pool' "
                    "averages [key_i ; h_t] features over instance i's own tokens; 'index_pos' is MUX-PLMs' "
                    "RSA demux with its upstream topology (3 demux layers).")
+@click.option("--mux", type=click.Choice(INSTANCE_VECTOR_INITS), default=None, help=MUX_HELP)
 @click.option("--random-prune", type=FRACTION_BELOW_1, default=None, metavar="S",
               help="Attach random CoFi-like masks removing fraction S of the encoder (a demo / speed-study "
                    "stand-in for a trained pruned model).")
 @force_option()
 def init(out, base, instances, task, text_column, text_pair_column, label_column, labels, num_labels, seed,
-         max_seq_length, demux, random_prune, force):
+         max_seq_length, demux, mux, random_prune, force):
     """Create an untrained PruMUX checkpoint in OUT from a BERT encoder."""
     from ..atomic import check_target
     from ..checkpoint import create_model, resolve_base, save_checkpoint
@@ -54,6 +55,7 @@ def init(out, base, instances, task, text_column, text_pair_column, label_column
         num_labels = len(id2label)
     model = create_model(resolve_base(base), num_instances=instances, num_labels=num_labels or 2, seed=seed,
                          id2label=id2label, task=task, max_seq_length=max_seq_length, demux_kind=demux,
+                         mux_init=mux,
                          task_columns=t.columns if t is not None and t.custom else None)
     if random_prune is not None:
         from ..generate import cofi_like_structure, masks_for_structure
