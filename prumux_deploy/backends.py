@@ -185,6 +185,32 @@ def time_backend(name: str, model: PruMuxModel, graphs: dict[str, Path], ids, ma
     return time_graph(backend.runtime, graphs[name], precision, model, ids, mask, cfg, backend.cuda_graph)
 
 
+def spot_check_verdict(name: str, error: float | None, tf32: bool = False) -> dict:
+    """A row's spot check judged like export's and validate's parity: its max |logit error| against the
+    tolerance of the precision it computes in (compare.tolerance_for; TF32 rows and --tf32 runs take the TF32
+    bound). {"spot_check": "pass" | "FAIL" | None (no check: the baseline), "spot_check_tolerance": bound};
+    NaN never passes."""
+    from .compare import tolerance_for
+
+    precision = BACKENDS_BY_NAME[name].precision
+    bound = tolerance_for("fp32" if precision == "tf32" else precision, tf32=tf32 or precision == "tf32")
+    if error is None:
+        return {"spot_check": None, "spot_check_tolerance": bound.max_logit_error}
+    passed = error == error and error <= bound.max_logit_error
+    return {"spot_check": "pass" if passed else "FAIL", "spot_check_tolerance": bound.max_logit_error}
+
+
+def failed_spot_checks(rows: list[dict]) -> str | None:
+    """One line naming every row whose spot check failed, or None."""
+    bad = [r for r in rows if r.get("spot_check") == "FAIL"]
+    if not bad:
+        return None
+    named = "; ".join(f"{r['name']} {r['backend']}: {r['max_abs_logit_error']:.1e} > {r['spot_check_tolerance']:g}"
+                      for r in bad)
+    return (f"spot check failed (max |logit error| against PyTorch fp32 above the precision's tolerance): {named}. "
+            "Those rows computed something else than the model; their speed is not comparable")
+
+
 def spot_check_torch(model, ids, mask) -> float:
     """A half-precision PyTorch row's spot check: its logits of the first 2N rows against fp32 (run here on the
     CPU from a float copy of the same weights, so the reference is the model's own fp32 function)."""

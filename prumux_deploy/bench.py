@@ -28,8 +28,8 @@ from tqdm import tqdm
 from . import backends
 from .atomic import atomic_file, write_file
 from .backends import (ALL_BACKENDS, BACKENDS, BACKENDS_BY_NAME, CPU_ONLY_BACKENDS, GPU_BACKENDS, GPU_ONLY_BACKENDS,
-                       OPENVINO_BACKENDS, ORT_BACKENDS, bench_inputs, names, peer_group, time_backend, time_torch,
-                       write_graphs)
+                       OPENVINO_BACKENDS, ORT_BACKENDS, bench_inputs, failed_spot_checks, names, peer_group,
+                       spot_check_verdict, time_backend, time_torch, write_graphs)
 from .meters import peak_memory_meaning
 from .capabilities import why_not
 from .checkpoint import create_model, load_checkpoint
@@ -170,7 +170,8 @@ def format_peers(result: dict) -> str:
             lines.append(f"    {precision}: ours = {ours['backend']} {ours['samples_per_s']:.1f}/s{vs_fp32}")
             for r in sorted(by_precision[precision], key=lambda r: -r["samples_per_s"]):
                 error = r.get("max_abs_logit_error")
-                shown = "" if error is None else f"   max |logit error| {error:.1e}"
+                shown = "" if error is None else f"   max |logit error| {error:.1e}" + (
+                    " FAIL" if r.get("spot_check") == "FAIL" else "")
                 roof = f"   {r['roofline_fraction']:5.1%} of roofline" if "roofline_fraction" in r else ""
                 lines.append(f"      {r['backend']:<{width}} {r['samples_per_s']:>9.1f}/s  "
                              f"{r['samples_per_s'] / ours['samples_per_s']:5.2f}x{roof}{shown}")
@@ -257,8 +258,9 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
     samples_per_s (median over cfg.repeats timed runs of a batch of cfg.groups_per_batch*N rows at sequence
     cfg.seq), speedup over the baseline, flops_per_sample (FLOPs), flop_bound_speedup, bound_fraction,
     achieved GFLOP/s and its share of the GEMM rate measured here (roofline.py), peak_mib (resident memory
-    growth, MiB) and max_abs_logit_error of ONNX rows against PyTorch; with cfg.data, end-to-end text -> labels
-    rates. Raises PruMuxError (a missing GPU or onnxruntime-gpu for cfg.device cuda) before any timing.
+    growth, MiB), max_abs_logit_error of every row against PyTorch fp32 on its first 2N timed rows and that
+    spot check's verdict (spot_check pass / FAIL at the precision's tolerance, backends.spot_check_verdict; the
+    command exits 1 after its reports when one fails); with cfg.data, end-to-end text -> labels rates. Raises PruMuxError (a missing GPU or onnxruntime-gpu for cfg.device cuda) before any timing.
     PyTorch uses every core while it runs; the thread count is restored afterwards."""
     check_config(cfg)
     device = backends.torch_device(cfg)
@@ -292,6 +294,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
                 bar.set_postfix_str(f"{name} {backend}")
                 result, mem = time_backend(backend, model, graphs, ids, mask, cfg)
                 rows.append(_row(name, N, s, info, backend, result, mem, ids.shape[0], flops, base))
+                rows[-1].update(spot_check_verdict(backend, rows[-1]["max_abs_logit_error"], cfg.tf32))
                 if ceilings is not None:
                     rows[-1].update(_roofline(rows[-1], model.config, cfg, ceilings))
                 if cfg.data and backend in ORT_BACKENDS and getattr(model, "tokenizer_dir", None):

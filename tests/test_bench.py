@@ -76,6 +76,8 @@ def test_quick_bench_writes_csv_json_and_plot(tmp_path):
             assert r["max_abs_logit_error"] < 1e-3
         elif r["backend"] == "onnxruntime-int8":
             assert r["max_abs_logit_error"] < 0.5
+        if r["backend"] != "torch":  # the fp32 PyTorch row is the reference itself
+            assert (r["spot_check"], r["spot_check_tolerance"]) == ("pass", 1.0 if "int8" in r["backend"] else 1e-4)
     assert data["machine"]["cores"] >= 1
     for r in data["rows"] + [data["baseline"]]:  # every row beside the machine's GEMM rate on its own products
         assert r["gemm_gflops"] > 0
@@ -112,6 +114,29 @@ def test_quick_bench_writes_csv_json_and_plot(tmp_path):
         plot(data, tmp_path / "none.png", read_accuracies(tmp_path / "other.csv"))
     assert not (tmp_path / "none.png").exists()
     assert not (tmp_path / "x.png").exists() and not (tmp_path / "x.json").exists()
+
+
+def test_a_failed_spot_check_fails_bench_after_its_reports(tmp_path, masked_checkpoint, monkeypatch):
+    from prumux_deploy import backends
+    from prumux_deploy.backends import failed_spot_checks, spot_check_verdict
+
+    assert spot_check_verdict("onnxruntime-opt", 2e-4)["spot_check"] == "FAIL"
+    assert spot_check_verdict("onnxruntime-int8", 0.9)["spot_check"] == "pass"
+    assert spot_check_verdict("torch-tf32", 4e-2)["spot_check"] == "pass"  # TF32 takes fp16's bound
+    assert spot_check_verdict("onnxruntime-opt", float("nan"))["spot_check"] == "FAIL"  # NaN never passes
+    assert spot_check_verdict("torch", None)["spot_check"] is None
+    monkeypatch.setattr(backends, "spot_check", lambda *args: 0.25)  # an engine that computes something else
+    done = CliRunner().invoke(main, ["bench", "--checkpoint", str(masked_checkpoint), "--backend", "onnxruntime-opt",
+                                     "--backend", "onnxruntime-int8", "--seq", "16", "--repeats", "1", "--no-gemm",
+                                     "--json", str(tmp_path / "b.json")])
+    assert done.exit_code == 1, done.output
+    last = done.output.strip().splitlines()[-1]
+    assert last.startswith("error: spot check failed (max |logit error| against PyTorch fp32 above the precision's "
+                           "tolerance): ") and "onnxruntime-opt: 2.5e-01 > 0.0001" in last
+    assert "onnxruntime-int8" not in last  # 0.25 is within int8's bound
+    rows = json.loads((tmp_path / "b.json").read_text())["rows"]  # the report is written first
+    assert [r["spot_check"] for r in rows] == ["FAIL", "pass"]
+    assert failed_spot_checks(rows[1:]) is None
 
 
 def test_accuracy_panel_points_per_method_and_their_fronts():

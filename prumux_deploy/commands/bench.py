@@ -189,3 +189,9 @@ def bench(instances, sparsities, backends, peers, checkpoints, structure, groups
     if plot_path:
         plot(result, plot_path, accuracies, force, accuracy_backend)
         click.echo(f"plot: {plot_path}")
+    from ..backends import failed_spot_checks
+    from ..errors import ParityError
+
+    failed = failed_spot_checks(result["rows"])
+    if failed:  # after the reports: they show which rows failed and by how much
+        raise ParityError(failed)
