@@ -1,4 +1,5 @@
-"""ONNX export of a compact model (torch.onnx's dynamo exporter), and the parity check's inputs and comparison.
+"""ONNX export of a compact model (torch.onnx's dynamo exporter), and the parity check (its inputs:
+prumux_deploy/reference.py).
 
 The graph holds everything between token ids and logits: batch padding to a multiple of N, embeddings,
 multiplexer, the per-layer encoder, demultiplexer and classifier. Inputs are int64 [batch, sequence]
@@ -19,6 +20,7 @@ import torch
 from prumux_deploy.compare import Comparison, compare_logits, merge
 from prumux_deploy.errors import ParityError
 from prumux_deploy.model import PruMuxModel
+from prumux_deploy.reference import reference_logits
 
 DEFAULT_OPSET = 18
 
@@ -90,37 +92,13 @@ def _version() -> str:
     return __version__
 
 
-def parity_inputs(cfg, max_len: int, seed: int = 0, min_batch: int = 1,
-                  max_batch: int | None = None, min_len: int = 1):
-    """Generated inputs covering batch sizes around multiples of N and lengths from 1 to max, kept inside
-    [min_batch, max_batch] and [min_len, max_len] (a TensorRT engine's profile)."""
-    N = cfg.num_instances
-    gen = np.random.default_rng(seed)
-    top = max_batch or max(7, 2 * N)
-    batches = sorted({min(max(b, min_batch), top) for b in (1, N + 1, 2 * N, 7)})
-    lengths = sorted({max(s, min_len) for s in (1, max(1, max_len // 2), max_len)})
-    cases = []
-    for b in batches:
-        for s in lengths:
-            ids = gen.integers(0, cfg.vocab_size, size=(b, s), dtype=np.int64)
-            mask = np.ones((b, s), dtype=np.int64)
-            real = gen.integers(1, s + 1, size=b)  # each row's real length; the rest is padding
-            mask[np.arange(s)[None, :] >= real[:, None]] = 0
-            feeds = {"input_ids": ids, "attention_mask": mask}
-            if cfg.uses_token_types:
-                feeds["token_type_ids"] = (np.arange(s)[None, :] >= (real[:, None] // 2)).astype(np.int64)
-            cases.append(feeds)
-    return cases, batches, lengths
-
-
 def parity(run_engine, reference: PruMuxModel, cases) -> Comparison:
     """Engine against reference logits over all cases (run_engine: feeds dict -> numpy logits). Raises
     ParityError when a shape differs or either side holds NaN or Inf (which no maximum may hide)."""
     parts = []
     for feeds in cases:
         got = run_engine(feeds)
-        with torch.no_grad():
-            want = reference(*(torch.from_numpy(feeds[k]) for k in feeds)).numpy()
+        want = reference_logits(reference, feeds)
         c = compare_logits(got, want)
         if c.non_finite_reference:
             raise ParityError(f"the PyTorch model itself computes NaN or Inf logits ({_non_finite(want)}); its "

@@ -21,7 +21,7 @@ from prumux_deploy.structure import describe
 
 from .compact import compact
 from .gpu import ALIGN
-from .onnx import DEFAULT_OPSET, export_onnx, parity, parity_inputs
+from .onnx import DEFAULT_OPSET, export_onnx, parity
 from .tensorrt import TensorRTOptions
 
 
@@ -366,14 +366,14 @@ def choose_runtime(engine_dir: Path, reference, max_len: int, tolerance: float, 
     import numpy as np
 
     from prumux_deploy.engine import load_engine
+    from prumux_deploy.reference import timing_inputs
     from prumux_deploy.runtime_openvino import runtime_entry
     from prumux_deploy.timing import throughput
 
     cfg = reference.config
     batch, seq = 32 * cfg.num_instances, min(128, max_len)
-    rng = np.random.default_rng(0)
-    feeds = {"input_ids": rng.integers(5, cfg.vocab_size, (batch, seq)).astype(np.int64),
-             "attention_mask": np.ones((batch, seq), dtype=np.int64)}
+    ids, mask = timing_inputs(batch, seq, cfg.vocab_size)
+    feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
     if cfg.uses_token_types:
         feeds["token_type_ids"] = np.zeros((batch, seq), dtype=np.int64)
     measured, parities = {}, {}
@@ -407,6 +407,8 @@ def check_parity(engine_dir: Path, reference, max_len: int, tolerance: float, ou
     engine = engine or load_engine(engine_dir, warn=_checked_on_the_cpu)
     bounds = {} if profile is None else dict(min_batch=profile.min_batch, max_batch=profile.max_batch,
                                              min_len=profile.min_seq)
+    from prumux_deploy.reference import parity_inputs
+
     cases, batches, lengths = parity_inputs(reference.config, max_len, **bounds)
     try:
         result = parity(engine.run_feeds, reference, cases)

@@ -22,6 +22,7 @@ from .compare import compare_logits
 from .devices import resolve_device, synchronize, tf32_scope, torch_arithmetic
 from .meters import PeakCudaMemory, PeakRSS
 from .model import PruMuxModel
+from .reference import reference_logits, timing_inputs
 from .timing import throughput
 
 NNCF = ("int8-nncf", "cpu", False)  # OpenVINO's int8 graph: NNCF on the plain graph (export/quantize.py)
@@ -95,12 +96,6 @@ OPENVINO_BACKENDS = {b.name: b.precision for b in BACKEND_TABLE if b.runtime == 
 ORT_BACKENDS = {b.name: b.graph for b in BACKEND_TABLE if b.runtime == "onnxruntime" and not b.cuda_graph}
 
 
-def bench_inputs(rows: int, seq: int, vocab: int, seed: int):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1000 if vocab > 2000 else 5, vocab, (rows, seq), generator=g)
-    return ids, torch.ones(rows, seq, dtype=torch.long)
-
-
 def torch_device(cfg) -> torch.device:
     """Where the PyTorch rows (and the baseline) run: cfg.device resolved (devices.resolve_device: refused
     when it is not there). The one place bench places PyTorch work, so that the tests run a GPU run's PyTorch
@@ -169,7 +164,7 @@ def write_graphs(model: PruMuxModel, cfg, backends, tmp: Path) -> dict[str, Path
 
         plain = tmp / "plain.onnx"
         write_graph(model, plain, cfg.seq, "fp32", "cpu", False)
-        ids, mask = bench_inputs(cfg.groups_per_batch * model.config.num_instances, cfg.seq, model.config.vocab_size,
+        ids, mask = timing_inputs(cfg.groups_per_batch * model.config.num_instances, cfg.seq, model.config.vocab_size,
                                  cfg.seed)
         files[NNCF] = tmp / "nncf.onnx"
         quantize_nncf(plain, files[NNCF], [{"input_ids": ids.numpy(), "attention_mask": mask.numpy()}])
@@ -219,9 +214,9 @@ def spot_check_torch(model, ids, mask) -> float:
     base = getattr(model, "_orig_mod", model)
     rows = 2 * base.config.num_instances
     device = next(base.parameters()).device
-    with torch.no_grad():
-        got = base(ids[:rows].to(device), mask[:rows].to(device)).float().cpu().numpy()
-        want = copy.deepcopy(base).float().cpu()(ids[:rows], mask[:rows]).numpy()
+    feeds = {"input_ids": ids[:rows], "attention_mask": mask[:rows]}
+    got = reference_logits(base, feeds, device)
+    want = reference_logits(copy.deepcopy(base).float().cpu(), feeds)
     return compare_logits(got, want).max_abs_error
 
 
@@ -229,9 +224,8 @@ def spot_check(model: PruMuxModel, ids, mask, cfg, run_rows) -> float:
     """Max |logit error| of a backend against the PyTorch model on the first 2N timed rows: run_rows(rows) ->
     the backend's logits of ids[:rows] (a parity spot check on the inputs a row times)."""
     rows = 2 * model.config.num_instances
-    with torch.no_grad(), torch_arithmetic_scope(cfg):
-        device = next(model.parameters()).device
-        want = model(ids[:rows].to(device), mask[:rows].to(device)).float().cpu().numpy()
+    with torch_arithmetic_scope(cfg):
+        want = reference_logits(model, {"input_ids": ids[:rows], "attention_mask": mask[:rows]})
     return compare_logits(run_rows(rows), want).max_abs_error
 
 

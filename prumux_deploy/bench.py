@@ -28,9 +28,10 @@ from tqdm import tqdm
 from . import backends
 from .atomic import atomic_file, write_file
 from .backends import (ALL_BACKENDS, BACKENDS, BACKENDS_BY_NAME, CPU_ONLY_BACKENDS, GPU_BACKENDS, GPU_ONLY_BACKENDS,
-                       OPENVINO_BACKENDS, ORT_BACKENDS, bench_inputs, failed_spot_checks, names, peer_group,
+                       OPENVINO_BACKENDS, ORT_BACKENDS, names, peer_group,
                        spot_check_verdict, time_backend, time_torch, write_graphs)
 from .meters import peak_memory_meaning
+from .reference import timing_inputs
 from .capabilities import why_not
 from .checkpoint import create_model, load_checkpoint
 from .counts import bert_flops_per_sample, prumux_flops_per_sample
@@ -184,7 +185,7 @@ def baseline(cfg: BenchConfig) -> dict:
 
     torch.manual_seed(cfg.seed)
     model = BertForSequenceClassification(BertConfig(**cfg.base, num_labels=2)).eval().to(backends.torch_device(cfg))
-    ids, mask = bench_inputs(cfg.groups_per_batch, cfg.seq, cfg.base["vocab_size"], cfg.seed)
+    ids, mask = timing_inputs(cfg.groups_per_batch, cfg.seq, cfg.base["vocab_size"], cfg.seed)
     result, mem = time_torch(lambda a, b: model(input_ids=a, attention_mask=b).logits, ids, mask, cfg)
     row = {"name": "bert-base dense", "N": 1, "sparsity": 0.0, "backend": "torch",
            "samples_per_s": result["samples_per_s"], "batch": ids.shape[0],
@@ -285,7 +286,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
         model = model or generated_model(cfg.base, N, s, cfg.seed)
         info = describe(model)
         flops = prumux_flops_per_sample(model.config, cfg.seq)
-        ids, mask = bench_inputs(cfg.groups_per_batch * N, cfg.seq, model.config.vocab_size, cfg.seed)
+        ids, mask = timing_inputs(cfg.groups_per_batch * N, cfg.seq, model.config.vocab_size, cfg.seed)
         with tempfile.TemporaryDirectory() as tmp:
             # graphs are exported from the CPU model; PyTorch then runs where the benchmark runs
             graphs = write_graphs(model, cfg, cfg.backends, Path(tmp))
@@ -363,7 +364,7 @@ def run_latency(cfg: BenchConfig, progress: bool = True) -> dict:
             for backend in backends:
                 runner = open_runner("onnxruntime", graphs[backend], precision=BACKENDS_BY_NAME[backend].graph[0])
                 for batch in sorted({1, N, 4 * N}):
-                    ids, mask = bench_inputs(batch, cfg.seq, model.config.vocab_size, cfg.seed)
+                    ids, mask = timing_inputs(batch, cfg.seq, model.config.vocab_size, cfg.seed)
                     result = latency(runner.timed({"input_ids": ids.numpy(), "attention_mask": mask.numpy()}))
                     rows.append({"name": name, "N": N, "sparsity": s, "backend": backend, "batch": batch,
                                  "seq": cfg.seq, **result, "per_row_p50_ms": result["p50_ms"] / batch})

@@ -29,6 +29,7 @@ from .engine import load_engine
 from .errors import PruMuxError
 from .metrics import metric_names, task_metrics
 from .partners import DEFAULT_DRAWS, partner_sensitivity
+from .reference import reference_logits
 from .timing import end_to_end
 from .timing import throughput as measure
 
@@ -56,11 +57,6 @@ def _check(name, value, op, threshold, fmt):
     passed = value >= threshold if op == ">=" else value <= threshold  # False for NaN: a NaN never passes
     return {"name": name, "value": value, "op": op, "threshold": threshold, "passed": bool(passed),
             "fmt": fmt}
-
-
-def _torch_logits(model, feeds, device=torch.device("cpu")):
-    with torch.no_grad():
-        return model(*(torch.from_numpy(feeds[k]).to(device) for k in feeds)).float().cpu().numpy()
 
 
 def run_validation(engine_dir, checkpoint, task_name: str | None, data_dir, split: str = "dev",
@@ -132,7 +128,7 @@ def run_validation(engine_dir, checkpoint, task_name: str | None, data_dir, spli
                          max_length=max_len, uses_token_types=engine.uses_token_types)
         eng_logits.append(engine.run_feeds(feeds))
         with arithmetic():
-            pt_logits.append(_torch_logits(model, feeds, dev))
+            pt_logits.append(reference_logits(model, feeds, dev))
     eng, pt = np.concatenate(eng_logits), np.concatenate(pt_logits)
     labels = examples.labels
     c = compare_logits(eng, pt)

@@ -180,11 +180,12 @@ def test_write_graph_is_deterministic_per_target(tmp_path, masked_checkpoint):
 
 
 def test_half_precision_torch_rows_carry_their_spot_check(masked_checkpoint):
-    from prumux_deploy.backends import bench_inputs, time_torch_backend
+    from prumux_deploy.backends import time_torch_backend
+    from prumux_deploy.reference import timing_inputs
     from prumux_deploy.bench import BenchConfig
 
     model = compact(load_checkpoint(masked_checkpoint))
-    ids, mask = bench_inputs(8, 12, model.config.vocab_size, 0)
+    ids, mask = timing_inputs(8, 12, model.config.vocab_size, 0)
     cfg = BenchConfig(warmup=0, repeats=1, min_seconds=0.0)
     result, _ = time_torch_backend("torch-bf16", model, ids, mask, cfg)
     assert result["samples_per_s"] > 0 and 0 < result["max_abs_logit_error"] < 0.5
@@ -288,7 +289,8 @@ def test_cuda_graphs_are_refused_off_the_gpu(gpu_engine):
 
 
 def test_bench_times_cuda_graph_replays_with_a_spot_check(monkeypatch, masked_checkpoint, tmp_path):
-    from prumux_deploy.backends import bench_inputs, time_graph, write_graphs
+    from prumux_deploy.backends import time_graph, write_graphs
+    from prumux_deploy.reference import timing_inputs
     from prumux_deploy.bench import BenchConfig
 
     model = compact(load_checkpoint(masked_checkpoint))
@@ -296,7 +298,7 @@ def test_bench_times_cuda_graph_replays_with_a_spot_check(monkeypatch, masked_ch
     graphs = write_graphs(model, cfg, ["onnxruntime-gpu-fp16-cudagraph", "onnxruntime-gpu-fp16"], tmp_path)
     # the graph it replays is export's fp16 GPU graph, written once
     assert graphs["onnxruntime-gpu-fp16-cudagraph"] == graphs["onnxruntime-gpu-fp16"]
-    ids, mask = bench_inputs(8, 12, model.config.vocab_size, 0)
+    ids, mask = timing_inputs(8, 12, model.config.vocab_size, 0)
     ort = fake.install_onnxruntime(monkeypatch, cuda_loads=True)
     result, peak = time_graph("onnxruntime", graphs["onnxruntime-gpu-fp16"], "fp16", model, ids, mask, cfg,
                               cuda_graph=True)

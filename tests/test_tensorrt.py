@@ -101,7 +101,7 @@ def test_chunks_stay_inside_the_profile_and_keep_mux_groups():
 
 
 def test_parity_inputs_stay_inside_a_profile():
-    from prumux_deploy.export.onnx import parity_inputs
+    from prumux_deploy.reference import parity_inputs
     from prumux_deploy.model import PruMuxConfig
 
     cases, batches, lengths = parity_inputs(PruMuxConfig(num_instances=2), 64, min_batch=4, max_batch=8,

@@ -122,7 +122,7 @@ def main():
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    from prumux_deploy.backends import bench_inputs
+    from prumux_deploy.reference import timing_inputs
     from prumux_deploy.bench import BERT_BASE, QUICK_BASE, generated_model
     from prumux_deploy.export.onnx import export_onnx
     from prumux_deploy.export.optimize import convert_fp16, optimize_onnx
@@ -142,7 +142,7 @@ def main():
         N, s = int(point.split(":")[0]), float(point.split(":")[1])
         rows = groups * N
         cpu_model = generated_model(base, N, s, 0).eval()
-        ids, mask = bench_inputs(rows, seq, cpu_model.config.vocab_size, 0)
+        ids, mask = timing_inputs(rows, seq, cpu_model.config.vocab_size, 0)
         feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
         entry = {"N": N, "s": s, "rows": rows, "seq": seq, "ms": {}, "errors": {},
                  "heads": cpu_model.config.heads_per_layer, "ffn": cpu_model.config.ffn_per_layer}
