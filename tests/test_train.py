@@ -215,6 +215,20 @@ def test_finetune_can_switch_the_demux_read_out_and_train_with_dropout(tmp_path,
     assert manifest["parity"]["max_abs_logit_error"] <= 1e-4
 
 
+def test_train_all_is_a_library_function(tmp_path, bert_dir, glue_dir):
+    from prumux_deploy.train.stages import PipelineArgs, train_all
+
+    last = train_all(bert_dir, tmp_path / "run", tiny_args(glue_dir), PruneArgs(sparsity=0.5),
+                     PipelineArgs(warmup_epochs=0.5, prune_epochs=0.5), log=lambda m: None)
+    assert last == tmp_path / "run" / "pruned"
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.is_dir() and "." not in p.name) == [
+        "finetune", "pruned", "warmup"]
+    assert load_checkpoint(last).masks  # the pruned, masked model
+    with pytest.raises(PruMuxError, match="`warmup_teacher`"):  # a stage's errors in the pipeline's terms
+        train_all(bert_dir, tmp_path / "other", tiny_args(glue_dir), PruneArgs(sparsity=0.0),
+                  PipelineArgs(warmup_teacher=str(tmp_path / "run" / "warmup")), log=lambda m: None)
+
+
 def test_new_models_take_the_mux_and_checkpoints_keep_theirs(tmp_path, bert_dir, glue_dir):
     finetune(bert_dir, tmp_path / "ft", tiny_args(glue_dir, mux="partition"), log=lambda m: None)
     model = load_checkpoint(tmp_path / "ft")

@@ -12,6 +12,7 @@ DistributedDataParallel wraps, so every parameter a loss reaches has its gradien
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -22,7 +23,8 @@ from pathlib import Path
 import torch
 
 from prumux_deploy.atomic import check_target
-from prumux_deploy.checkpoint import check_vocab, create_model, load_checkpoint, read_config, save_checkpoint
+from prumux_deploy.checkpoint import (check_vocab, create_model, load_checkpoint, read_config, resolve_base,
+                                      save_checkpoint)
 from prumux_deploy.data import load_tokenizer
 from prumux_deploy.errors import PruMuxError
 from prumux_deploy.export import compact
@@ -642,3 +644,52 @@ def _actual(model, masks) -> float:
     probe.masks = {k: v.detach() for k, v in masks.items()}
     with torch.no_grad():
         return describe(compact(probe), model)["sparsity"]
+
+
+@dataclass
+class PipelineArgs:
+    """What `train all` adds to each stage's TrainArgs and PruneArgs."""
+
+    warmup_epochs: float = 0.5          # retrieval warm-up (0 skips it; so do N=1 and a start checkpoint)
+    prune_epochs: float | None = None   # pruning epochs (None: the fine-tune's --epochs)
+    warmup_teacher: str | None = None   # contextual warm-up: an unmultiplexed encoder ('minilm', BERT dir, N=1)
+    finetune_teacher: str | None = None  # distil the fine-tune from this checkpoint's predictions
+
+
+def train_all(start, out, args: TrainArgs, prune_args: PruneArgs, pipeline: PipelineArgs = PipelineArgs(),
+              from_checkpoint: bool = False, resume: bool = False, force: bool = False, log=print) -> Path:
+    """warm-up -> fine-tune -> prune (the PruMUX recipe in one call): writes OUT/warmup, OUT/finetune and,
+    for a sparsity above 0, OUT/pruned; returns the last checkpoint written. `start` is a BERT directory, or
+    with from_checkpoint a checkpoint to fine-tune from directly (a `train pretrain` or `train warmup`
+    output: no warm-up). With resume, stages whose output is complete are skipped and the interrupted one
+    continues. A stage's errors about its `teacher` name the pipeline's field (`warmup_teacher`,
+    `finetune_teacher`)."""
+    out = Path(out)
+    if not from_checkpoint and pipeline.warmup_epochs > 0 and args.instances > 1:
+        if not (resume and (out / "warmup" / "config.json").is_file()):
+            with _stage_parameter("teacher", "warmup_teacher"):
+                warmup(start, out / "warmup", dataclasses.replace(args, epochs=pipeline.warmup_epochs),
+                       resume=resume, force=force, log=log,
+                       teacher_dir=None if pipeline.warmup_teacher is None else resolve_base(pipeline.warmup_teacher))
+        start = out / "warmup"
+    if not (resume and (out / "finetune" / "config.json").is_file()):
+        with _stage_parameter("teacher", "finetune_teacher"):
+            finetune(start, out / "finetune", args, resume=resume, force=force, log=log,
+                     teacher_dir=pipeline.finetune_teacher)
+    if prune_args.sparsity <= 0:
+        return out / "finetune"
+    epochs = pipeline.prune_epochs if pipeline.prune_epochs is not None else args.epochs
+    prune(out / "finetune", out / "pruned", dataclasses.replace(args, epochs=epochs), prune_args, resume=resume,
+          force=force, log=log)
+    return out / "pruned"
+
+
+@contextlib.contextmanager
+def _stage_parameter(parameter: str, field: str):
+    """Errors of one stage of train_all in its own terms: the stage's `teacher` is `warmup_teacher` or
+    `finetune_teacher` there."""
+    try:
+        yield
+    except PruMuxError as e:
+        e.args = (str(e).replace(f"`{parameter}`", f"`{field}`"),)
+        raise

@@ -3,7 +3,6 @@ command line."""
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import click
@@ -253,17 +252,6 @@ def prune_cmd(out, teacher, resume, force, **kw):
     prune(teacher, out, _args(kw), prune_args, resume=resume, force=force, log=_echo)
 
 
-@contextlib.contextmanager
-def _stage_parameter(parameter: str, option: str):
-    """Errors of one stage of `train all` in this command's terms: the stage's `teacher` is `warmup_teacher`
-    (--warmup-teacher) or `finetune_teacher` here."""
-    try:
-        yield
-    except PruMuxError as e:
-        e.args = (str(e).replace(f"`{parameter}`", f"`{option}`"),)
-        raise
-
-
 @train.command("all")
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--base", default="minilm", show_default=True, help="BERT directory or 'minilm'.")
@@ -283,27 +271,11 @@ def _stage_parameter(parameter: str, option: str):
 def all_cmd(out, base, init, warmup_epochs, prune_epochs, warmup_teacher, finetune_teacher, resume, force, **kw):
     """warm-up -> fine-tune -> prune; writes OUT/warmup, OUT/finetune, OUT/pruned (s=0 stops after fine-tune).
     With --init the fine-tune starts from that checkpoint (no warm-up)."""
-    import copy
-
-    from ..train.stages import finetune, prune, warmup
+    from ..train.stages import PipelineArgs, train_all
 
     prune_args = _prune_args(kw)
-    args = _args(kw)
-    out = Path(out)
+    pipeline = PipelineArgs(warmup_epochs=warmup_epochs, prune_epochs=prune_epochs, warmup_teacher=warmup_teacher,
+                            finetune_teacher=finetune_teacher)
     start = init if init is not None else resolve_base(base)
-    if init is None and warmup_epochs > 0 and args.instances > 1:
-        wargs = copy.copy(args)
-        wargs.epochs = warmup_epochs
-        if not (resume and (out / "warmup" / "config.json").is_file()):
-            with _stage_parameter("teacher", "warmup_teacher"):
-                warmup(start, out / "warmup", wargs, resume=resume, force=force, log=_echo,
-                       teacher_dir=None if warmup_teacher is None else resolve_base(warmup_teacher))
-        start = out / "warmup"
-    if not (resume and (out / "finetune" / "config.json").is_file()):
-        with _stage_parameter("teacher", "finetune_teacher"):
-            finetune(start, out / "finetune", args, resume=resume, force=force, log=_echo,
-                     teacher_dir=finetune_teacher)
-    if prune_args.sparsity > 0:
-        pargs = copy.copy(args)
-        pargs.epochs = prune_epochs if prune_epochs is not None else args.epochs
-        prune(out / "finetune", out / "pruned", pargs, prune_args, resume=resume, force=force, log=_echo)
+    train_all(start, out, _args(kw), prune_args, pipeline, from_checkpoint=init is not None, resume=resume,
+              force=force, log=_echo)
