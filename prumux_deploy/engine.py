@@ -16,7 +16,7 @@ from .engine_dir import (MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, Engine, re
                          target_warning, verify_engine_file)
 from .capabilities import computed_precision, why_not
 from .errors import EngineError
-from .isolation import run_isolated
+from .isolation import each_alone
 from .runtime_onnxruntime import (GPU_INSTALL_HINT, check_providers, ort_arithmetic, ort_providers, ort_session,
                                   ort_tf32, ort_timed_runner, provider_names)
 from .runtime_tensorrt import profile_chunks
@@ -79,23 +79,6 @@ def _runtime_for(engine_dir, manifest: dict, device: str, runtime: str | None) -
     return runtime
 
 
-def _each_alone(engine: Engine, feeds: dict) -> np.ndarray:
-    """Every row as a request of its own, exactly as classifying it alone: its mux group filled with copies
-    of itself (isolation.run_isolated), at its own length (the right padding a lone call would not have is cut;
-    a runtime's rounding may depend on the padded length, OpenVINO's does). Rows of one length run together.
-    feeds {name: [B, S]} -> logits [B, C]."""
-    lengths = feeds["attention_mask"].sum(1)
-    logits = None
-    for length in np.unique(lengths):
-        rows = np.flatnonzero(lengths == length)
-        part = {name: value[rows, :length] for name, value in feeds.items()}
-        out = run_isolated(engine.run_feeds, part, [1] * len(rows), engine.num_instances, "request")
-        if logits is None:
-            logits = np.empty((len(lengths), out.shape[1]), dtype=out.dtype)
-        logits[rows] = out
-    return logits if logits is not None else engine.run_feeds(feeds)
-
-
 @dataclass
 class Predictions:
     """What `classify` returns for B texts."""
@@ -145,7 +128,7 @@ def classify(engine: Engine, texts: list[str], second: list[str] | None = None, 
     if isolation == "shared":
         logits = engine.run_feeds(feeds)  # [B, C]
     else:
-        logits = _each_alone(engine, feeds)
+        logits = each_alone(engine.run_feeds, feeds, engine.num_instances)
     bad = np.flatnonzero(~np.isfinite(logits).all(1))
     if bad.size:
         raise EngineError(f"the engine computed NaN or Inf logits for {bad.size} of {len(texts)} texts (first: "

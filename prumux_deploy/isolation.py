@@ -65,6 +65,23 @@ def run_isolated(run, feeds: dict, sizes, num_instances: int, isolation: str = "
     return logits[real]
 
 
+def each_alone(run, feeds: dict, num_instances: int) -> np.ndarray:
+    """Every row as a request of its own, exactly as classifying it alone: its mux group filled with copies of
+    itself (run_isolated), at its own length (the right padding a lone call would not have is cut; a runtime's
+    rounding may depend on the padded length, OpenVINO's does). Rows of one length run together.
+    run(feeds) -> logits; feeds {name: [B, S]} -> logits [B, C]."""
+    lengths = feeds["attention_mask"].sum(1)
+    logits = None
+    for length in np.unique(lengths):
+        rows = np.flatnonzero(lengths == length)
+        part = {name: value[rows, :length] for name, value in feeds.items()}
+        out = run_isolated(run, part, [1] * len(rows), num_instances, "request")
+        if logits is None:
+            logits = np.empty((len(lengths), out.shape[1]), dtype=out.dtype)
+        logits[rows] = out
+    return logits if logits is not None else run(feeds)
+
+
 def split_requests(values: np.ndarray, sizes) -> list[np.ndarray]:
     """[B, ...] -> one array per request, [size_i, ...] each."""
     return np.split(values, np.cumsum([int(s) for s in sizes])[:-1]) if len(sizes) else []
