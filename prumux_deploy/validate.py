@@ -270,7 +270,33 @@ def _throughput(engine, model, tokenizer, examples, batch, seq_len, device=torch
             "speedup_vs_eager": eng["samples_per_s"] / pt["samples_per_s"], "repeats": eng["repeats"],
             **same_precision,
             "end_to_end_rows": rows, "end_to_end_longest_samples_per_s": e2e(False),
-            "end_to_end_fixed_samples_per_s": e2e(True)}
+            "end_to_end_fixed_samples_per_s": e2e(True),
+            **_pipelined_end_to_end(engine, tokenizer, examples, batch, seq_len)}
+
+
+def _pipelined_end_to_end(engine, tokenizer, examples, batch: int, seq_len: int) -> dict:
+    """Text -> labels through scoring.score_rows (the tokenizer in a thread beside the engine, what `predict
+    --input` runs) on all task rows, against the engine alone on the same batches already tokenized (each
+    padded to its longest row): their ratio is the share of the engine's rate that reaches a user of text."""
+    from .scoring import score_rows
+
+    texts = list(zip(examples.text_a, examples.text_b)) if examples.text_b else list(examples.text_a)
+    tokenized = [tokenize(tokenizer, examples.text_a[s:s + batch], examples.text_b[s:s + batch] if examples.text_b
+                          else None, max_length=seq_len, uses_token_types=engine.uses_token_types)
+                 for s in range(0, len(texts), batch)]
+
+    def engine_only():
+        for feeds in tokenized:
+            engine.run_feeds(feeds)
+
+    def pipelined():
+        for _ in score_rows(engine, texts, batch_size=batch, tokenizer=tokenizer):
+            pass
+
+    alone = measure(engine_only, len(texts), warmup=1, repeats=3)["samples_per_s"]
+    piped = measure(pipelined, len(texts), warmup=1, repeats=3)["samples_per_s"]
+    return {"pipelined_rows": len(texts), "engine_only_longest_samples_per_s": alone,
+            "end_to_end_pipelined_samples_per_s": piped, "end_to_end_share_of_engine": piped / alone}
 
 
 def format_report(report: dict) -> str:
@@ -296,7 +322,11 @@ def format_report(report: dict) -> str:
                       f"{t['pytorch_eager_compact_samples_per_s']:.1f}/s, ratio {t['speedup_vs_eager']:.2f}x",
                   f"  end to end (text -> labels, {t['end_to_end_rows']} rows, batch {t['batch']}): "
                   f"{t['end_to_end_longest_samples_per_s']:.1f}/s padded to each batch's longest row, "
-                  f"{t['end_to_end_fixed_samples_per_s']:.1f}/s padded to {t['sequence']}"]
+                  f"{t['end_to_end_fixed_samples_per_s']:.1f}/s padded to {t['sequence']}",
+                  f"  pipelined (predict --input's path, {t['pipelined_rows']} rows): "
+                  f"{t['end_to_end_pipelined_samples_per_s']:.1f}/s text -> labels against "
+                  f"{t['engine_only_longest_samples_per_s']:.1f}/s for the engine alone on the same batches: "
+                  f"{t['end_to_end_share_of_engine']:.0%} of the engine's rate"]
     if "partners" in report:
         p = report["partners"]
         auc = (f"{p['leakage_auc']:.3f} (0.5: none)" if p["leakage_auc"] is not None

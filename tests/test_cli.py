@@ -1,6 +1,8 @@
 import json
 import shutil
 
+import pytest
+
 from conftest import refused, run_cli as run
 
 
@@ -94,6 +96,11 @@ def test_validate_passes_and_writes_a_report(tmp_path, engine_dir, masked_checkp
     assert data["throughput"]["end_to_end_rows"] == 11  # min(rows, 4 batches)
     assert data["throughput"]["end_to_end_longest_samples_per_s"] > 0
     assert "end to end (text -> labels, 11 rows, batch 4)" in result.output
+    t = data["throughput"]
+    assert t["pipelined_rows"] == 11 and t["end_to_end_pipelined_samples_per_s"] > 0
+    assert t["end_to_end_share_of_engine"] == pytest.approx(t["end_to_end_pipelined_samples_per_s"]
+                                                            / t["engine_only_longest_samples_per_s"])
+    assert "pipelined (predict --input's path, 11 rows)" in result.output
 
 
 def test_validate_fails_a_threshold_with_exit_1(tmp_path, engine_dir, masked_checkpoint, sst2_dir):
