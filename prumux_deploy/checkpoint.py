@@ -90,10 +90,12 @@ DEFAULT_MAX_SEQ_LENGTH = 128
 def create_model(base, num_instances: int = 2, num_labels: int = 2, seed: int = 0,
                  id2label: dict | None = None, task: str | None = None,
                  max_seq_length: int | None = None, demux_kind: str = "key_cls",
-                 task_columns: dict | None = None, mux_init: str | None = None) -> PruMuxModel:
+                 task_columns: dict | None = None, mux_init: str | None = None,
+                 mux_learned: bool = False) -> PruMuxModel:
     """A fresh PruMUX model on a BERT encoder.
 
     mux_init: how the instance vectors are drawn (model.instance_vectors); None: ones at N=1, else gaussian.
+    mux_learned: train the instance vectors with the model (default: fixed, as DataMUX keeps them).
     max_seq_length: the longest input in tokens; None: 128, or the base's position table where smaller.
     A longer one than the position table holds is refused (CheckpointError), never silently cut.
 
@@ -132,6 +134,7 @@ def create_model(base, num_instances: int = 2, num_labels: int = 2, seed: int = 
         num_instances=num_instances, num_labels=num_labels, id2label=id2label or {}, task=task,
         task_columns=task_columns,
         max_seq_length=max_seq_length, mux_seed=seed, demux_kind=demux_kind, mux_init=mux_init,
+        mux_learned=mux_learned,
         mux_kind="binary_hadamard" if mux_init == "binary" else "gaussian_hadamard",
     )
     torch.manual_seed(seed)

@@ -107,6 +107,7 @@ class PruMuxConfig:
     mux_kind: str = "gaussian_hadamard"
     mux_seed: int = 0
     mux_init: str | None = None       # how the instance vectors were drawn (None: ones at N=1, else gaussian)
+    mux_learned: bool = False         # the instance vectors are trained with the model (else fixed)
     demux_kind: str = "key_cls"
     num_hidden_demux_layers: int = 3  # index_pos: dense_1 .. dense_{D-1} are used (upstream's count)
     legacy_demuxing: bool = False     # index_pos: upstream's legacy path (dense_1 + layer_norm_1 only)
@@ -353,7 +354,11 @@ class HadamardMux(nn.Module):
         super().__init__()
         N, H = cfg.num_instances, cfg.model_dim
         init = cfg.mux_init or ("ones" if N == 1 else "gaussian")
-        self.register_buffer("vectors", instance_vectors(init, N, H, seed))  # [N, H], saved, not learned
+        v = instance_vectors(init, N, H, seed)  # [N, H], saved in the state dict either way
+        if cfg.mux_learned:  # trained with the encoder; the engine holds the trained values as constants
+            self.vectors = nn.Parameter(v)
+        else:
+            self.register_buffer("vectors", v)
 
     def forward(self, x):  # x: [G*N, S, H] -> [G, S, H]
         N = self.vectors.shape[0]

@@ -242,6 +242,20 @@ def test_new_models_take_the_mux_and_checkpoints_keep_theirs(tmp_path, bert_dir,
     assert manifest["parity"]["max_abs_logit_error"] <= 1e-4
 
 
+def test_learned_instance_vectors_train_and_export(tmp_path, bert_dir, glue_dir):
+    from prumux_deploy.model import instance_vectors
+
+    finetune(bert_dir, tmp_path / "ft", tiny_args(glue_dir, mux="near_ones", learn_mux=True), log=lambda m: None)
+    model = load_checkpoint(tmp_path / "ft")
+    start = instance_vectors("near_ones", 2, model.config.model_dim, 0)
+    assert model.config.mux_learned and (model.mux.vectors - start).abs().max() > 1e-4  # they moved
+    manifest = export_checkpoint(tmp_path / "ft", tmp_path / "engine", log=lambda m: None)
+    assert manifest["parity"]["max_abs_logit_error"] <= 1e-4
+    finetune(bert_dir, tmp_path / "fixed", tiny_args(glue_dir), log=lambda m: None)
+    with pytest.raises(PruMuxError, match="has fixed instance vectors; --learn-mux applies to new models only"):
+        finetune(tmp_path / "fixed", tmp_path / "x", tiny_args(glue_dir, learn_mux=True), log=lambda m: None)
+
+
 @pytest.mark.parametrize("target", [0.3, 0.6, 0.9])
 def test_deterministic_masks_sized_to_the_target_compact_to_it(target):
     from prumux_deploy import create_model

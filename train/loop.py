@@ -33,6 +33,7 @@ class TrainArgs:
     dropout: float = 0.0          # BERT's dropout sites (model.set_dropout); training only
     demux: str | None = None      # demux kind of a new model, or switch a loaded one to it (None: keep)
     mux: str | None = None        # how a new model draws its instance vectors (model.instance_vectors)
+    learn_mux: bool = False       # a new model trains its instance vectors (config.mux_learned)
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     max_seq_length: int = 64

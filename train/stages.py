@@ -151,13 +151,17 @@ def _start_model(source, args: TrainArgs, device=None) -> torch.nn.Module:
         model = create_model(source, num_instances=args.instances, num_labels=len(task.label_names),
                              seed=args.seed, id2label=task.id2label, task=task.name,
                              max_seq_length=args.max_seq_length, demux_kind=args.demux or "key_cls",
-                             task_columns=task.columns if task.custom else None, mux_init=args.mux)
+                             task_columns=task.columns if task.custom else None, mux_init=args.mux,
+                             mux_learned=args.learn_mux)
     model.set_dropout(args.dropout)
     return model.to(device or "cpu")
 
 
 def _check_mux_choice(model, args: TrainArgs, source):
     """--mux draws a new model's instance vectors; a checkpoint's were trained with its encoder and stay."""
+    if args.learn_mux and not model.config.mux_learned:
+        raise PruMuxError(f"{source} has fixed instance vectors; --learn-mux applies to new models only (start "
+                          f"from a BERT directory or 'minilm'), or drop it")
     if args.mux is None:
         return
     has = model.config.mux_init or ("ones" if model.config.num_instances == 1 else "gaussian")
@@ -382,7 +386,7 @@ def _pretrain_start_model(source, args: TrainArgs, device):
         _fit_length(args, _base_positions(source), source)
         model = create_model(source, num_instances=args.instances, seed=args.seed, task=None,
                              max_seq_length=args.max_seq_length, demux_kind=args.demux or "key_cls",
-                             mux_init=args.mux).to(device)
+                             mux_init=args.mux, mux_learned=args.learn_mux).to(device)
         model.set_dropout(args.dropout)
     if model.masks or model.config.is_compact:
         raise PruMuxError(f"{source} is pruned; pre-train an unpruned model (CoFi pruning comes after fine-tuning)")
@@ -482,7 +486,7 @@ def _contextual_teacher(source, args: TrainArgs, device):
     """The unmultiplexed encoder whose per-token states the contextual warm-up matches (frozen, no dropout)."""
     if _is_checkpoint(Path(source)) and (n := read_config(source).num_instances) != 1:
         raise PruMuxError(f"`teacher` {source} is multiplexed (N={n}); give an unmultiplexed (N=1) encoder")
-    as_teacher = dataclasses.replace(args, instances=1, demux=None, mux=None, dropout=0.0)
+    as_teacher = dataclasses.replace(args, instances=1, demux=None, mux=None, learn_mux=False, dropout=0.0)
     teacher = _start_model(source, as_teacher, device).eval()
     if teacher.masks or teacher.config.is_compact:
         raise PruMuxError(f"`teacher` {source}: give an unpruned encoder or checkpoint, not a pruned one")

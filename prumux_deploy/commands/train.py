@@ -70,7 +70,7 @@ def _args(kw):
               "device", "precision", "grad_accum", "data_config", "text_column", "text_pair_column",
               "label_column", "labels")
     return _checked(TrainArgs(**{k: kw.pop(k) for k in fields}, demux=kw.pop("demux", None),
-                              mux=kw.pop("mux", None),
+                              mux=kw.pop("mux", None), learn_mux=kw.pop("learn_mux", False),
                               max_seq_length_given=_given("max_seq_length")))
 
 
@@ -110,6 +110,9 @@ def demux_option(fn):
 
     from ..options import MUX_HELP
 
+    fn = click.option("--learn-mux", is_flag=True,
+                      help="A new model trains its instance vectors with the encoder (DataMUX keeps them fixed); "
+                           "the engine holds the trained values.")(fn)
     fn = click.option("--mux", type=click.Choice(INSTANCE_VECTOR_INITS), default=None, help=MUX_HELP)(fn)
     return click.option("--demux", type=click.Choice(NEW_MODEL_DEMUX_KINDS), default=None,
                         help="Demux read-out of a new model, or switch the starting checkpoint's between key_cls "
@@ -199,8 +202,8 @@ def _runtime_options(fn):
 @demux_option
 @_runtime_options
 def pretrain_cmd(out, corpus, text_column, split, corpus_config, line_by_line, base, init, mlm_head, instances,
-                 steps, lr, max_seq_length, mlm_probability, mlm_weight, retrieval_weight, demux, mux, resume, force,
-                 **kw):
+                 steps, lr, max_seq_length, mlm_probability, mlm_weight, retrieval_weight, demux, mux, learn_mux,
+                 resume, force, **kw):
     """Multiplexed pre-training: masked language modelling through the multiplexer (MUX-PLMs), on any corpus.
 
     Start from a warm-up checkpoint (--init) or a BERT (--base); OUT is a checkpoint that `train finetune --init`
@@ -212,6 +215,7 @@ def pretrain_cmd(out, corpus, text_column, split, corpus_config, line_by_line, b
     if base is not None and init is not None:
         raise PruMuxError("give `base` (a BERT for a new model) or `init` (a checkpoint), not both")
     args = _checked(TrainArgs(task=None, data=None, instances=instances, epochs=0.0, lr=lr, demux=demux, mux=mux,
+                              learn_mux=learn_mux,
                               max_seq_length=max_seq_length, max_seq_length_given=_given("max_seq_length"), **kw))
     source = init if init is not None else resolve_base(base or "minilm")
     pretrain(source, out, args,
