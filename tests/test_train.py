@@ -248,7 +248,7 @@ def test_learned_instance_vectors_train_and_export(tmp_path, bert_dir, glue_dir)
     finetune(bert_dir, tmp_path / "ft", tiny_args(glue_dir, mux="near_ones", learn_mux=True), log=lambda m: None)
     model = load_checkpoint(tmp_path / "ft")
     start = instance_vectors("near_ones", 2, model.config.model_dim, 0)
-    assert model.config.mux_learned and (model.mux.vectors - start).abs().max() > 1e-4  # they moved
+    assert model.config.mux_learned and (model.mux.vectors - start).abs().max() > 1e-2  # they moved, at 100x lr
     manifest = export_checkpoint(tmp_path / "ft", tmp_path / "engine", log=lambda m: None)
     assert manifest["parity"]["max_abs_logit_error"] <= 1e-4
     finetune(bert_dir, tmp_path / "fixed", tiny_args(glue_dir), log=lambda m: None)

@@ -157,6 +157,23 @@ def _start_model(source, args: TrainArgs, device=None) -> torch.nn.Module:
     return model.to(device or "cpu")
 
 
+MUX_LR_SCALE = 100.0  # learned instance vectors (entries ~1) move at 100x the encoder's rate, without decay
+
+
+def param_groups(model, lr: float, *extra: torch.nn.Module) -> list[dict]:
+    """AdamW parameter groups of a model (and the extra modules trained with it): learned instance vectors
+    (config.mux_learned) get lr * MUX_LR_SCALE and no weight decay, so that a stage of a few hundred steps
+    can move them by O(1) (at the encoder's rate Adam moves each entry by at most about lr per step)."""
+    learned = getattr(getattr(model, "config", None), "mux_learned", False)
+    vectors = [model.mux.vectors] if learned else []
+    rest = [p for p in model.parameters() if all(p is not v for v in vectors)]
+    rest += [p for module in extra for p in module.parameters()]
+    groups = [{"params": rest}]
+    if vectors:
+        groups.append({"params": vectors, "lr": lr * MUX_LR_SCALE, "weight_decay": 0.0})
+    return groups
+
+
 def _check_mux_choice(model, args: TrainArgs, source):
     """--mux draws a new model's instance vectors; a checkpoint's were trained with its encoder and stay."""
     if args.learn_mux and not model.config.mux_learned:
@@ -212,7 +229,7 @@ def _single_model_stage(source, out, args: TrainArgs, force: bool, stage: str, w
     model = _start_model(source, args, rt.device).train()
     _, batches, dev = load_task_data(args, model.tokenizer_dir, args.instances, with_eval=with_eval, cfg=model.config)
     total = _total_steps(args, batches)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(param_groups(model, args.lr), lr=args.lr, weight_decay=0.01)
     schedule = _linear_schedule(optimizer, total)
     run = RunState(run_dir(out), stage, main=rt.is_main)
     return rt, model, batches, dev, total, optimizer, schedule, run
@@ -333,7 +350,7 @@ def pretrain(source, out, args: TrainArgs, corpus: CorpusArgs, pargs: PretrainAr
                           "needs one (a BERT tokenizer)")
     head, head_from = _mlm_head(model, Path(source), pargs.mlm_head, rt.device)
     stream = CorpusStream(corpus, tokenizer, args.batch_size, args.max_seq_length, rt)
-    optimizer = torch.optim.AdamW(list(model.parameters()) + list(head.parameters()), lr=args.lr, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(param_groups(model, args.lr, head), lr=args.lr, weight_decay=0.01)
     schedule = _linear_schedule(optimizer, pargs.steps)
     run = RunState(run_dir(out), "pretrain", main=rt.is_main)
     N = args.instances
@@ -552,7 +569,7 @@ def prune(teacher_dir, out, args: TrainArgs, prune_args: PruneArgs, resume: bool
     gates = CoFiGates(cfg, prune_hidden=prune_args.prune_hidden).to(rt.device)
     align = LayerAlignment(cfg.hidden_size, cfg.num_hidden_layers).to(rt.device)
     lagrange = Lagrangian().to(rt.device)
-    opt_model = torch.optim.AdamW(list(student.parameters()) + list(align.parameters()), lr=args.lr,
+    opt_model = torch.optim.AdamW(param_groups(student, args.lr, align), lr=args.lr,
                                   weight_decay=0.01)
     opt_gates = torch.optim.AdamW(gates.parameters(), lr=prune_args.reg_lr, weight_decay=0.0)
     opt_lagrange = torch.optim.AdamW(lagrange.parameters(), lr=prune_args.reg_lr, weight_decay=0.0,
@@ -612,7 +629,7 @@ def prune(teacher_dir, out, args: TrainArgs, prune_args: PruneArgs, resume: bool
     # final fine-tune with the deterministic masks fixed (CE + prediction distillation), sized to the target
     student.set_masks(gates.deterministic(target=prune_args.sparsity))
     phase["final"] = True
-    opt_final = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.01)
+    opt_final = torch.optim.AdamW(param_groups(student, args.lr), lr=args.lr, weight_decay=0.01)
     final_schedule = _linear_schedule(opt_final, max(1, final_total))
     final_run = RunState(run_dir(out), "prune-final", state_file="final_state.pt", main=rt.is_main)
     if final_total:
