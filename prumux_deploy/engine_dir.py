@@ -130,6 +130,11 @@ class Engine:
                                                              tf32=tf32, **options)
         self.input_names = self.runner.input_names
 
+    def __reduce__(self):
+        raise EngineError("an Engine cannot be pickled or sent to another process (its runtime session cannot be); "
+                          "send prumux_deploy.scoring.EngineHandle(engine_dir, ...) instead: it pickles as its "
+                          "settings and opens the engine once in each worker process")
+
     # --- what the engine is --------------------------------------------------------------------
     @property
     def num_instances(self) -> int:
