@@ -86,6 +86,21 @@ def export_onnx(model: PruMuxModel, path, opset: int = DEFAULT_OPSET, max_seq_le
     onnx.save_model(proto, str(path))
 
 
+def record_graph_facts(path, cfg) -> None:
+    """Write what the graph determines (engine_dir.GRAPH_FACTS: N, the label count, the position table, the
+    vocabulary sizes of `cfg`) into the ONNX file's metadata_props: every opening of the engine checks the
+    manifest, an editable text file, against them."""
+    from prumux_deploy.engine_dir import graph_facts
+
+    proto = onnx.load(str(path))
+    facts = graph_facts(cfg)
+    kept = [(p.key, p.value) for p in proto.metadata_props if p.key not in facts]
+    del proto.metadata_props[:]
+    for key, value in kept + list(facts.items()):
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save_model(proto, str(path))
+
+
 def _version() -> str:
     from prumux_deploy import __version__
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from prumux_deploy.atomic import atomic_dir, check_target
 from prumux_deploy.checkpoint import check_vocab, config_dict, load_checkpoint
-from prumux_deploy.compare import PRECISIONS, tolerance_for
 from prumux_deploy.data import copy_tokenizer, load_tokenizer
 from prumux_deploy.documents import dumps, sha256_file
 from prumux_deploy.engine import MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION
@@ -21,8 +20,8 @@ from prumux_deploy.structure import describe
 
 from .compact import compact
 from .gpu import ALIGN
-from .onnx import DEFAULT_OPSET, export_onnx, parity
-from .tensorrt import TensorRTOptions
+from .onnx import DEFAULT_OPSET, export_onnx, parity, record_graph_facts
+from .options import ExportOptions
 
 
 def library_versions() -> dict:
@@ -57,62 +56,35 @@ def build_manifest(cfg, engine_file: Path, kind: str, opset: int, max_len: int, 
     }
 
 
-def export_checkpoint(checkpoint, out, fmt: str = "onnx", opset: int = DEFAULT_OPSET,
-                      max_seq_length: int | None = None, force: bool = False,
-                      tolerance: float | None = None, log=print,
-                      tensorrt: TensorRTOptions | None = None, optimize: bool | None = None,
-                      precision: str | None = None, data=None, data_config: str | None = None,
-                      runtime: str = "onnxruntime", device: str = "cpu") -> dict:
-    """Export the checkpoint directory `checkpoint` to the engine directory `out`; returns the manifest.
+def export_checkpoint(checkpoint, out, options: ExportOptions | None = None, *, force: bool = False, log=print,
+                      **fields) -> dict:
+    """Export the checkpoint directory `checkpoint` to the engine directory `out` as `options` say (an
+    ExportOptions, export/options.py; or its fields as keywords); returns the manifest.
 
     Steps: compact -> ONNX -> (ONNX Runtime's transformer optimizer, fp16 / int8) or (TensorRT plan) ->
     manifest -> open the engine as users will and compare its logits with the masked PyTorch model on
     generated batches -> rename the directory into place.
 
-    fmt: "onnx" or "tensorrt" (needs a GPU); precision: "fp32", "fp16" or "int8" (ONNX only); optimize:
-    None = optimized ONNX engines, plain TensorRT input graphs; max_seq_length: the longest input in tokens
-    (default: the checkpoint's); tolerance: the largest absolute logit difference accepted (default: the
-    precision's, prumux_deploy/compare.py); tensorrt: the shape profile and builder options; data (with
-    data_config): task data for int8 (the int8 candidates of the runtime(s) measured on it, the fastest within
-    1 point of fp32 kept) or bf16 (its dev accuracy checked against fp32's), export/quantize.py; device: where the engine will
-    run, "cpu" or "cuda" (the GPU target, export/gpu.py: FFN widths padded to multiples of 8,
-    SkipLayerNormalization, fp16 activations throughout; precision defaults to fp16 there, fp32 on the CPU;
-    the manifest's optimized_for records it); log:
-    receives progress lines. `out` must not exist unless force. runtime: what runs the ONNX engine,
-    "onnxruntime", "openvino" (prumux_deploy/runtime_openvino.py; fp32, bf16, or int8 with data) or "auto":
-    at fp32 every runtime installed is checked for parity and timed at batch 32*N x sequence min(128, max
-    length), and the fastest is kept (the manifest's runtime.choice records the measurements); at int8 with
-    data both runtimes' candidates compete (quantization.measured); bf16 is OpenVINO's.
+    int8 with data: the int8 candidates of the runtime(s) measured on it, the fastest within 1 point of fp32
+    kept; bf16 with data: its dev accuracy checked against fp32's (export/quantize.py). device cuda: FFN widths
+    padded to multiples of 8, SkipLayerNormalization, fp16 activations throughout (the manifest's
+    optimized_for records it). runtime auto: at fp32 every runtime installed is checked for parity and timed at
+    batch 32*N x sequence min(128, max length), and the fastest is kept (the manifest's runtime.choice records
+    the measurements); at int8 with data both runtimes' candidates compete (quantization.measured); bf16 is
+    OpenVINO's. log receives progress lines. `out` must not exist unless force.
 
     Raises PruMuxError for inconsistent arguments (before any work), CheckpointError for an unreadable
     checkpoint, DataError for unusable `data`, ParityError when the engine's logits differ from PyTorch's by
     more than the tolerance, either side computes NaN or Inf, or bf16 loses more than 1 point on the dev rows;
     in every case nothing is written to `out`."""
-    if fmt not in ("onnx", "tensorrt"):
-        raise PruMuxError(f"`fmt` {fmt} is not supported; use onnx or tensorrt")
-    precision, runtime = _check_device(device, fmt, precision, runtime, optimize)
-    if precision not in PRECISIONS:
-        raise PruMuxError(f"`precision` {precision} is not supported; use fp32, fp16, int8 or bf16")
-    if data is not None and precision not in ("int8", "bf16"):
-        raise PruMuxError("`data` is for `precision` int8 (calibration rows, and the accuracy the int8 choice keeps) "
-                          "or bf16 (the accuracy it must keep)")
-    if optimize is False and precision == "int8":
-        raise PruMuxError("int8 engines are quantized from the graph each runtime runs fastest (ONNX Runtime: the "
-                          "optimized one; OpenVINO's NNCF: the plain one); leave `optimize` at its default (drop --no-optimize)")
-    if optimize is None:  # ONNX Runtime engines are optimized unless asked not to; TensorRT fuses by itself
-        optimize = fmt == "onnx"
-    if fmt == "tensorrt" and (optimize or precision == "int8"):
-        raise PruMuxError("`optimize` and `precision` int8 are ONNX Runtime options; TensorRT fuses the graph "
-                          "itself (use `precision` fp16 or fp32 with `fmt` tensorrt)")
-    trt_opts = tensorrt or TensorRTOptions()
-    if fmt != "tensorrt" and trt_opts.tf32:
-        raise PruMuxError("`tf32` is a TensorRT build option (`fmt` tensorrt); an ONNX engine's TF32 is chosen where "
-                          "it runs (validate / bench --device cuda --tf32)")
-    if fmt != "tensorrt" and not trt_opts.is_default:
-        raise PruMuxError("the batch/sequence profile, `timing_cache` and `version_compatible` apply to TensorRT "
-                          "engines only (`fmt` tensorrt)")
-    runtime = _check_runtime(runtime, fmt, precision, data is not None)
-    tolerance = tolerance_for(precision, trt_opts.tf32).max_logit_error if tolerance is None else tolerance
+    if options is None:
+        options = ExportOptions(**fields)
+    elif fields:
+        raise TypeError(f"give `options` or keyword options, not both ({', '.join(fields)})")
+    options = options.resolved()  # every refusal of a combination, before any work
+    fmt, precision, device, runtime = options.fmt, options.precision, options.device, options.runtime
+    optimize, opset, tolerance, data = options.optimize, options.opset, options.tolerance, options.data
+    max_seq_length, trt_opts = options.max_seq_length, options.tensorrt
     check_target(out, force)  # refuse before spending minutes on the export
     masked = load_checkpoint(checkpoint)
     cfg = masked.config
@@ -129,7 +101,7 @@ def export_checkpoint(checkpoint, out, fmt: str = "onnx", opset: int = DEFAULT_O
     if data is not None:  # read (and refused when unusable) before minutes of compaction and export
         from .quantize import TaskRows
 
-        rows = TaskRows(cfg, masked.tokenizer_dir, data, max_len, data_config, calibration=precision == "int8")
+        rows = TaskRows(cfg, masked.tokenizer_dir, data, max_len, options.data_config, calibration=precision == "int8")
     trt_profile = None
     if fmt == "tensorrt":  # the profile decides the longest input: the manifest must say the same
         given = trt_opts.profile
@@ -167,6 +139,8 @@ def export_checkpoint(checkpoint, out, fmt: str = "onnx", opset: int = DEFAULT_O
             engine_file = tmp / "model.plan"
             extra["tensorrt"] = build_plan(onnx_file, engine_file, trt_profile, cfg.input_names, trt_opts, log)
             onnx_file.unlink()
+        if from_data:  # the chosen int8 graph replaced write_graph's
+            record_graph_facts(engine_file, model.config)
         manifest = build_manifest(cfg, engine_file, fmt, opset, max_len, describe(model, masked), extra)
         if runtime == "openvino":
             from prumux_deploy.runtime_openvino import runtime_entry
@@ -207,35 +181,8 @@ def write_graph(model, onnx_file: Path, max_len: int, precision: str = "fp32", d
                           "fp16_normalizations": precision == "fp16"}
     if optimize or precision != "fp32":
         entries.update(_optimize(onnx_file, precision, log, model.config, device))
+    record_graph_facts(onnx_file, model.config)  # what the manifest's N, labels, ... are checked against
     return entries
-
-
-def _check_device(device: str, fmt: str, precision: str | None, runtime: str,
-                  optimize: bool | None) -> tuple[str, str]:
-    """The export target checked against the other options before any work; returns the precision (default:
-    fp16 on cuda, fp32 on the CPU) and the runtime (on cuda ONNX Runtime's CUDA provider: `auto` times CPU
-    runtimes, which says nothing about a GPU). int8 and bf16 are CPU arithmetic (ONNX Runtime's int8 kernels, OpenVINO's
-    bf16), OpenVINO runs on the CPU here, and the GPU target is an optimized graph."""
-    from prumux_deploy.capabilities import why_not
-
-    from .gpu import TARGETS
-
-    if device not in TARGETS:
-        raise PruMuxError(f"`device` {device!r} is not one of {', '.join(TARGETS)}")
-    if precision is None:
-        precision = "fp16" if device == "cuda" else "fp32"
-    if device != "cuda":
-        return precision, runtime
-    reason = why_not("onnxruntime", "cuda", precision)
-    if reason:
-        raise PruMuxError(f"`precision` {precision} with `device` cuda: {reason}; use fp16 (the default) or fp32")
-    if runtime == "openvino":
-        raise PruMuxError(f"`runtime` openvino with `device` cuda: {why_not('openvino', 'cuda')}; leave out `runtime` "
-                          "(ONNX Runtime's CUDA provider runs GPU engines)")
-    if fmt == "onnx" and optimize is False:
-        raise PruMuxError("`device` cuda writes the GPU-optimized graph; --no-optimize writes the plain graph for any "
-                          "device (leave out `device`)")
-    return precision, "onnxruntime"
 
 
 def _for_device(model, device: str, log):
@@ -321,41 +268,6 @@ def side_file_digests(engine_dir: Path) -> dict[str, str]:
 
 def write_manifest(engine_dir: Path, manifest: dict):
     (engine_dir / MANIFEST).write_text(dumps(manifest, indent=2) + "\n")
-
-
-def _check_runtime(runtime: str, fmt: str, precision: str, with_data: bool = False) -> str:
-    """The runtime asked for, checked against the format, precision and data before any work. bf16 is
-    OpenVINO's (the only runtime with bf16 on the CPU), fp16 ONNX Runtime's; int8 is either's, OpenVINO's
-    only with task data (NNCF calibrates on it), so "auto" with int8 chooses by measurement only then."""
-    from prumux_deploy.capabilities import runs
-    from prumux_deploy.runtime_openvino import available, check_bf16, nncf_available, require_nncf, require_openvino
-
-    if runtime not in ("onnxruntime", "openvino", "auto"):
-        raise PruMuxError(f"`runtime` {runtime!r} is not one of onnxruntime, openvino, auto")
-    if fmt == "tensorrt":
-        if runtime == "openvino":  # (onnxruntime and auto are the defaults: nothing was chosen for a plan)
-            raise PruMuxError("`runtime` openvino runs ONNX engines; TensorRT plans run in TensorRT (`fmt` onnx)")
-        return "onnxruntime"
-    if precision == "bf16":
-        if runtime != "auto" and not runs(runtime, "cpu", "bf16"):
-            raise PruMuxError("`precision` bf16 runs in OpenVINO on the CPU; use `runtime` openvino (or auto)")
-        require_openvino()
-        check_bf16()
-        return "openvino"
-    if runtime == "openvino" and not runs("openvino", "cpu", precision):
-        raise PruMuxError("`runtime` openvino runs fp32, bf16 and int8 engines here; fp16 engines are for GPUs and "
-                          "run in ONNX Runtime (`runtime` onnxruntime)")
-    if runtime == "openvino" and precision == "int8" and not with_data:
-        raise PruMuxError("OpenVINO's int8 is NNCF's post-training quantization, calibrated on task rows: give "
-                          "`data` (or use `runtime` onnxruntime for dynamic int8)")
-    if runtime == "openvino":
-        require_openvino()
-        if precision == "int8":
-            require_nncf()
-    if runtime == "auto" and (precision == "fp16" or not available() or
-                              (precision == "int8" and not (with_data and nncf_available()))):
-        return "onnxruntime"  # nothing to choose between
-    return runtime
 
 
 def choose_runtime(engine_dir: Path, reference, max_len: int, tolerance: float, out, log) -> tuple[dict, dict]:

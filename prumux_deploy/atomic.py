@@ -13,6 +13,7 @@ import contextlib
 import errno
 import os
 import shutil
+import stat
 import tempfile
 import uuid
 from pathlib import Path
@@ -105,14 +106,61 @@ def _refuse_unwritable(target: Path, folder: Path, error: OSError):
     raise PruMuxError(f"cannot write {target}: {folder} {what} ({reason}); {fix}") from None
 
 
+def _special_kind(target: Path) -> str | None:
+    """What `target` is when it is neither a regular file nor a directory (a device, a FIFO, a socket: things
+    no command writes, which `force` must never replace), else None."""
+    try:
+        mode = os.stat(target).st_mode
+    except OSError:
+        return None
+    for test, kind in ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return None
+
+
+def _refuse_special(target: Path) -> None:
+    kind = _special_kind(target)
+    if kind is not None:
+        raise PruMuxError(f"{target} is {kind}, not a file this command wrote; choose another path")
+
+
+# what marks a directory as one prumux-deploy wrote (and `force` may replace): a checkpoint's config.json, an
+# engine's manifest.json (each with our format name), a Triton model's config.pbtxt
+_OUR_DIRECTORY_MARKS = (("config.json", '"prumux-checkpoint"'), ("manifest.json", '"prumux-engine"'),
+                        ("config.pbtxt", None))
+
+
+def _written_by_us(folder: Path) -> bool:
+    """Whether `folder` is empty or is an output prumux-deploy writes (_OUR_DIRECTORY_MARKS)."""
+    try:
+        if not any(folder.iterdir()):
+            return True
+        for name, mark in _OUR_DIRECTORY_MARKS:
+            file = folder / name
+            if file.is_file() and (mark is None or mark in file.read_text(errors="replace")[:4096]):
+                return True
+    except OSError:
+        return False
+    return False
+
+
 def check_target(target: str | os.PathLike, force: bool) -> Path:
     """Refuse an output directory that exists (unless force) or is a file, or that cannot be written where it
-    is to go (check_writable, first: `force` would not help there); call before long work."""
+    is to go (check_writable, first: `force` would not help there); call before long work. Even with force, a
+    device, FIFO or socket is never replaced, nor a directory that is not an output of ours (a checkpoint,
+    an engine, a Triton model; or empty): `export CKPT ~ --force` must not delete a home directory."""
     target = check_writable(target)
+    _refuse_special(target)
     if target.exists() and not force:
         raise PruMuxError(f"{target} already exists; pass `force` to replace it")
     if target.exists() and not target.is_dir():
         raise PruMuxError(f"{target} exists and is not a directory; choose another output path")
+    if target.is_dir() and not _written_by_us(target):
+        raise PruMuxError(f"{target} is a directory this command did not write (no prumux-deploy checkpoint, engine "
+                          "or Triton model in it), and `force` replaces only those; choose another path, or remove "
+                          "it yourself")
     return target
 
 
@@ -149,6 +197,7 @@ def check_file_target(target: str | os.PathLike, force: bool) -> Path:
     """Refuse an output file that exists (unless force) or is a directory, or that cannot be written where it
     is to go (check_writable, first: `force` would not help there); call before long work."""
     target = check_writable(target)
+    _refuse_special(target)  # `--report /dev/null --force` must not replace the device with a file
     if target.is_dir():
         raise PruMuxError(f"{target} is a directory; choose a file name")
     if target.exists() and not force:

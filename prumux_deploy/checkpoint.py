@@ -22,9 +22,9 @@ from safetensors.torch import load_file, save_file
 
 from .atomic import atomic_dir
 from .data import TOKENIZER_FILES, copy_tokenizer, has_tokenizer
-from .documents import dumps, read_versioned_json, sha256_file
-from .errors import CheckpointError
-from .model import MASK_NAMES, NEW_MODEL_DEMUX_KINDS, PruMuxConfig, PruMuxModel
+from .documents import dumps, json_kind, listed_file, read_versioned_json, sha256_file
+from .errors import CheckpointError, ModelError
+from .model import MASK_NAMES, NEW_MODEL_DEMUX_KINDS, PruMuxConfig, PruMuxModel, check_config_values
 
 FORMAT = "prumux-checkpoint"
 FORMAT_VERSION = 1
@@ -85,6 +85,8 @@ def resolve_base(base: str | os.PathLike) -> Path:
 
 
 DEFAULT_MAX_SEQ_LENGTH = 128
+BASE_DIMENSIONS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                   "max_position_embeddings", "type_vocab_size")
 
 
 def create_model(base, num_instances: int = 2, num_labels: int = 2, seed: int = 0,
@@ -117,7 +119,17 @@ def create_model(base, num_instances: int = 2, num_labels: int = 2, seed: int = 
         base_dir = Path(base)
         if not (base_dir / "config.json").is_file():
             raise CheckpointError(f"{base_dir}: no config.json; `base` must be a local BERT directory")
-        bert = BertConfig.from_pretrained(str(base_dir), local_files_only=True)
+        try:
+            bert = BertConfig.from_pretrained(str(base_dir), local_files_only=True)
+        except Exception as e:  # noqa: BLE001 - transformers' own validation (a string where an int goes, ...)
+            raise CheckpointError(f"{base_dir / 'config.json'}: not a BERT config transformers can read "
+                                  f"({' '.join(str(e).split())[:200]}); correct the base's config.json or give "
+                                  "another BERT") from None
+    try:  # the base's dimensions, before any arithmetic on them or any tensor (a hostile config.json: hidden 1e9)
+        check_config_values({name: getattr(bert, name, None) for name in BASE_DIMENSIONS})
+    except ModelError as e:
+        where = "the base config" if base_dir is None else base_dir / "config.json"
+        raise CheckpointError(f"{where}: {e}; correct the base's config.json or give another BERT") from None
     if bert.hidden_size % bert.num_attention_heads:
         raise CheckpointError(f"hidden_size {bert.hidden_size} is not divisible by "
                               f"num_attention_heads {bert.num_attention_heads}")
@@ -210,14 +222,23 @@ def read_config(path) -> PruMuxConfig:
                               version=FORMAT_VERSION, version_key="format_version",
                               fix_kind="create checkpoints with `prumux-deploy init` or the training stages",
                               fix_version="upgrade prumux-deploy")
+    cfg_files = raw.get("files") or {}
+    if not isinstance(cfg_files, dict):
+        raise CheckpointError(f"{cfg_file}: field 'files' is {json_kind(cfg_files)}, not an object of file names and "
+                              "their sha256 digests; re-create the checkpoint")
+    for name, digest in cfg_files.items():
+        if not isinstance(digest, str):
+            raise CheckpointError(f"{cfg_file}: files[{name!r}] is {json_kind(digest)}, not a sha256 digest (text); "
+                                  "re-create the checkpoint")
+    # every listed file lies inside the checkpoint, checked before any is opened or hashed
+    listed = {listed_file(path, name, cfg_file, CheckpointError, "checkpoint", "Re-create the checkpoint"): digest
+              for name, digest in cfg_files.items()}
     try:
         cfg = PruMuxConfig.from_dict(raw)
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{cfg_file}: {e}") from None
+        raise CheckpointError(f"{cfg_file}: {e}; correct it in config.json or re-create the checkpoint") from None
     _check_config(cfg, cfg_file)
-    cfg_files = raw.get("files") or {}
-    for name, digest in cfg_files.items():
-        file = path / name
+    for file, digest in listed.items():
         if file.is_file() and sha256_file(file) != digest:
             raise CheckpointError(f"{file}: sha256 does not match config.json; the file was modified, "
                                   "truncated or swapped after saving. Restore it or re-create the checkpoint")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from pathlib import Path
 
 from .errors import PruMuxError
@@ -55,6 +56,42 @@ def read_versioned_json(source: Path | str, text: str | None, error: type[Except
         raise error(f"{source}: {version_key} {data.get(version_key)!r} is not supported (this prumux-deploy "
                     f"reads version {version}); {fix_version}")
     return data
+
+
+def json_kind(value) -> str:
+    """What a JSON value is, for one-line messages about a field of the wrong type: "a list", "text ('768')"."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, str):
+        return f"text ({value[:40]!r})"
+    if isinstance(value, (int, float)):
+        return f"the number {value}"
+    return f"a {type(value).__name__}"
+
+
+def listed_file(directory, name, source, error: type[Exception], what: str, fix: str) -> Path:
+    """The file `name` that `source` (a config.json or manifest.json in `directory`) lists, as a path inside
+    `directory`; refused with `error` (one line) before it is opened or hashed when the name is not text, is
+    absolute, climbs out with "..", or is (or passes through) a symbolic link leading outside `directory`:
+    a listing names the artifact's own files, never /etc/passwd. what: "checkpoint" or "engine"."""
+    directory = Path(directory)
+    if not isinstance(name, str) or not name or "\0" in name:
+        raise error(f"{source}: lists {json_kind(name)} as one of its files; files are listed by name. {fix}")
+    if os.path.isabs(name) or ".." in Path(name).parts:
+        raise error(f"{source}: lists the file {name!r}, which lies outside the {what} directory {directory}; only "
+                    f"the {what}'s own files may be listed (nothing was read). {fix}")
+    path = directory / name
+    real, home = os.path.realpath(path), os.path.realpath(directory)
+    if os.path.commonpath([real, home]) != home:
+        raise error(f"{source}: lists the file {name!r}, a symbolic link to {real} outside the {what} directory "
+                    f"{directory} (nothing was read); copy the file into {directory}, or {fix[:1].lower() + fix[1:]}")
+    return path
 
 
 def read_json_object(path, what: str) -> dict:

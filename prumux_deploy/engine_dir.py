@@ -17,12 +17,27 @@ from pathlib import Path
 
 import numpy as np
 
-from .documents import read_versioned_json, sha256_file
+from .documents import json_kind, listed_file, read_versioned_json, sha256_file
 from .errors import EngineError
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "prumux-engine"
 MANIFEST_VERSION = 1
+ENGINE_KINDS = ("onnx", "tensorrt")
+
+# What the graph itself determines, recorded in an ONNX graph's metadata_props at export ("prumux.NAME") and
+# checked against the manifest whenever an engine is opened: the manifest is an editable text file, and a
+# num_instances of 1 on an N=2 graph would make `triton` drop request isolation.
+GRAPH_FACTS = ("num_instances", "num_labels", "max_position_embeddings", "vocab_size", "type_vocab_size")
+GRAPH_FACT_PREFIX = "prumux."
+# the bounds of model.CONFIG_LIMITS (not imported: model.py needs torch, running an engine does not)
+_LIMITS = {"num_instances": 1024, "num_labels": 1 << 16, "max_position_embeddings": 1 << 16, "vocab_size": 1 << 22,
+           "type_vocab_size": 1024, "max_seq_length": 1 << 16, "fixed_length": 1 << 16}
+
+
+def graph_facts(cfg) -> dict[str, str]:
+    """The metadata_props export records in an ONNX engine (`cfg`: the compact model's PruMuxConfig)."""
+    return {GRAPH_FACT_PREFIX + name: str(int(getattr(cfg, name))) for name in GRAPH_FACTS}
 
 
 def read_manifest(engine_dir) -> dict:
@@ -39,7 +54,62 @@ def read_manifest(engine_dir) -> dict:
     for key in ("engine", "inputs", "outputs", "num_instances", "labels", "max_seq_length"):
         if key not in manifest:
             raise EngineError(f"{file}: field {key!r} is missing; re-export the engine")
+    _check_manifest_fields(file, engine_dir, manifest)
     return manifest
+
+
+def _check_manifest_fields(file: Path, engine_dir: Path, manifest: dict) -> None:
+    """Every field the commands read has its JSON type and a sane value, and every file the manifest names lies
+    inside the engine directory: one EngineError line naming the field, never a TypeError / KeyError later."""
+    def refuse(field, value, wanted):
+        raise EngineError(f"{file}: field {field!r} is {json_kind(value)}, not {wanted}; re-export the engine")
+
+    def whole(field, value, low=1, optional=False):
+        high = _LIMITS[field]
+        if optional and value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            refuse(field, value, f"a whole number from {low} to {high}")
+
+    engine = manifest["engine"]
+    if not isinstance(engine, dict):
+        refuse("engine", engine, "an object with the engine's file, kind and sha256")
+    for key in ("file", "sha256"):
+        if not isinstance(engine.get(key), str):
+            refuse(f"engine.{key}", engine.get(key), "text")
+    if engine.get("kind", "onnx") not in ENGINE_KINDS:
+        refuse("engine.kind", engine.get("kind"), f"one of {', '.join(ENGINE_KINDS)}")
+    listed_file(engine_dir, engine["file"], file, EngineError, "engine", "Re-export the engine")
+    for key in ("inputs", "outputs"):
+        value = manifest[key]
+        if not isinstance(value, list) or not all(isinstance(v, dict) and isinstance(v.get("name"), str) for v in value):
+            refuse(key, value, "a list of objects with a name each")
+    whole("num_instances", manifest["num_instances"])
+    labels = manifest["labels"]
+    if not isinstance(labels, dict) or not 1 <= len(labels) <= _LIMITS["num_labels"]:
+        refuse("labels", labels, f"an object of 1 to {_LIMITS['num_labels']} class names")
+    if sorted(labels) != sorted(str(i) for i in range(len(labels))) or not all(isinstance(v, str) for v in labels.values()):
+        raise EngineError(f"{file}: field 'labels' must map the class ids '0' to '{len(labels) - 1}' to names (text), "
+                          f"it has {sorted(labels, key=str)[:4]}; re-export the engine")
+    whole("max_position_embeddings", manifest.get("max_position_embeddings"), optional=True)
+    whole("max_seq_length", manifest["max_seq_length"])
+    positions = manifest.get("max_position_embeddings")
+    if positions is not None and manifest["max_seq_length"] > positions:
+        raise EngineError(f"{file}: max_seq_length {manifest['max_seq_length']} exceeds the engine's position table "
+                          f"(max_position_embeddings {positions}); re-export the engine")
+    for key in ("vocab_size", "type_vocab_size", "fixed_length"):
+        whole(key, manifest.get(key), optional=True)
+    for key in ("runtime", "structure", "tensorrt", "parity"):
+        if manifest.get(key) is not None and not isinstance(manifest[key], dict):
+            refuse(key, manifest[key], "an object")
+    if manifest.get("precision") is not None and not isinstance(manifest["precision"], str):
+        refuse("precision", manifest["precision"], "text")
+    files = manifest.get("files")
+    if files is not None:
+        if not isinstance(files, dict) or not all(isinstance(d, str) for d in files.values()):
+            refuse("files", files, "an object of file names and their sha256 digests")
+        for name in files:
+            listed_file(engine_dir, name, file, EngineError, "engine", "Re-export the engine")
 
 
 def runtime_of(manifest: dict) -> str:
@@ -70,6 +140,7 @@ def verify_side_files(engine_dir, manifest) -> None:
                 raise EngineError(f"{path}: not part of the exported engine (manifest.json lists no such file); it would "
                                   "change how texts are read. Remove it, or re-export the engine")
             continue
+        listed_file(engine_dir, name, engine_dir / MANIFEST, EngineError, "engine", "Re-export the engine")
         if not path.is_file():
             raise EngineError(f"{path}: missing; the engine directory is incomplete, re-export it")
         digest = sha256_file(path)
@@ -107,7 +178,85 @@ def verify_engine_file(engine_dir, manifest) -> Path:
         raise EngineError(f"{path}: sha256 {digest[:12]}... does not match manifest.json "
                           f"({str(entry.get('sha256'))[:12]}...); the file was edited, truncated or swapped. "
                           "Re-export the engine")
+    check_manifest_against_graph(engine_dir, manifest, path)
     return path
+
+
+# --- what the graph says ------------------------------------------------------------------------
+
+def read_graph_facts(path: Path) -> dict[str, int]:
+    """What an ONNX graph file says about itself: the prumux.* metadata export records (GRAPH_FACTS), and the
+    width of its logits output (num_labels; every ONNX engine has it). {} for a file that is not an ONNX
+    graph (the runtime will say what is wrong with it). onnx parses the file (about 0.15 s for 60 MB, once per
+    opening, beside the sha256 check that reads it anyway)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - not an ONNX graph (a protobuf DecodeError, a plan, ...)
+        return {}
+    facts: dict[str, int] = {}
+    for prop in model.metadata_props:
+        name = prop.key[len(GRAPH_FACT_PREFIX):]
+        if prop.key.startswith(GRAPH_FACT_PREFIX) and name in GRAPH_FACTS and prop.value.isdigit():
+            facts[name] = int(prop.value)
+    outputs = model.graph.output
+    dims = outputs[0].type.tensor_type.shape.dim if outputs else []
+    if "num_labels" not in facts and len(dims) == 2 and dims[1].HasField("dim_value"):
+        facts["num_labels"] = int(dims[1].dim_value)
+    return facts
+
+
+def _side_config(engine_dir: Path, manifest: dict) -> dict[str, int]:
+    """The dimensions in the compact model's config.json beside the engine (export writes it; TensorRT plans
+    have no readable graph), when it is the file export recorded (verify_side_files names any other)."""
+    import json
+
+    config = engine_dir / "config.json"
+    listed = (manifest.get("files") or {}).get("config.json")
+    try:
+        if not config.is_file() or (listed is not None and sha256_file(config) != listed):
+            return {}
+        values = json.loads(config.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(values, dict):
+        return {}
+    return {k: values[k] for k in GRAPH_FACTS if isinstance(values.get(k), int) and not isinstance(values[k], bool)}
+
+
+_FACT_WORDS = {  # (what the manifest says, what the graph has)
+    "num_instances": ("num_instances is {}", "N={} (sentences per mux group)"),
+    "num_labels": ("labels lists {} labels", "{} logits per row"),
+    "max_position_embeddings": ("max_position_embeddings is {}", "a position table of {}"),
+    "vocab_size": ("vocab_size is {}", "an embedding table of {} token ids"),
+    "type_vocab_size": ("type_vocab_size is {}", "{} token types"),
+}
+
+
+def check_manifest_against_graph(engine_dir, manifest: dict, engine_file: Path) -> None:
+    """The manifest's fields that the graph determines agree with it: N, the label count, the position table
+    (and max_seq_length within it) and the vocabulary sizes, as the graph's own metadata and logits output say
+    (ONNX), else as the config.json export wrote beside it. Raises EngineError (one line) for an edited
+    manifest or one from another engine."""
+    engine_dir = Path(engine_dir)
+    file = engine_dir / MANIFEST
+    said = {"num_instances": manifest["num_instances"], "num_labels": len(manifest["labels"]),
+            **{k: manifest.get(k) for k in ("max_position_embeddings", "vocab_size", "type_vocab_size")}}
+    sources = []
+    if engine_file.suffix == ".onnx" or manifest["engine"].get("kind", "onnx") == "onnx":
+        sources.append((f"the graph {engine_file.name}", read_graph_facts(engine_file)))
+    sources.append(("config.json beside it", _side_config(engine_dir, manifest)))
+    for where, facts in sources:
+        for name in GRAPH_FACTS:
+            if name in facts and said.get(name) is not None and facts[name] != said[name]:
+                ours, theirs = _FACT_WORDS[name]
+                raise EngineError(f"{file}: {ours.format(said[name])}, but {where} has {theirs.format(facts[name])}; "
+                                  "the manifest was edited or belongs to another engine. Re-export the engine")
+        positions = facts.get("max_position_embeddings")
+        if positions is not None and manifest["max_seq_length"] > positions:
+            raise EngineError(f"{file}: max_seq_length {manifest['max_seq_length']} exceeds the position table of "
+                              f"{where} ({positions}); the manifest was edited. Re-export the engine")
 
 
 class Engine:

@@ -90,6 +90,116 @@ def check_kind(what: str, kind: str, kinds: tuple[str, ...]):
         raise ModelError(f"{what} {kind!r} is unknown; expected one of {', '.join(kinds)}")
 
 
+# Bounds of a config's whole numbers: generous (far above any BERT) but finite, so that a typo or a hostile
+# config.json (hidden_size 1e9, num_hidden_layers 1e6) is refused in one line before any tensor is allocated.
+CONFIG_LIMITS = {
+    "vocab_size": (1, 1 << 22), "hidden_size": (1, 65536), "num_hidden_layers": (1, 1024),
+    "num_attention_heads": (1, 1024), "intermediate_size": (1, 1 << 20), "max_position_embeddings": (1, 1 << 16),
+    "type_vocab_size": (1, 1024), "num_instances": (1, 1024), "num_labels": (1, 1 << 16),
+    "num_hidden_demux_layers": (0, 1024), "max_seq_length": (1, 1 << 16), "pad_token_id": (0, (1 << 22) - 1),
+    "mux_cls_token_id": (0, (1 << 22) - 1), "pruned_hidden_size": (1, 65536), "demux_key_size": (1, 65536),
+}
+LIST_LIMITS = {"layer_num_heads": (0, 1024), "layer_intermediate_size": (0, 1 << 20),
+               "pre_mux_hidden_keep": (0, 65535)}  # each entry of these lists
+MAX_PARAMETERS = 1 << 33  # ~8.6 billion: 32 GiB of float32 weights (BERT-large has 0.34 billion)
+
+
+def _shown(value) -> str:
+    """A config value as the user wrote it (JSON spelling), or its kind for containers."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list, tuple)):
+        return f"({'an object' if isinstance(value, dict) else 'a list'})"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _whole(name: str, value, low, high) -> int:
+    """`value` as an int within [low, high] (either None: unbounded); ModelError naming the field and the range."""
+    import numbers
+
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if ok and (low is None or value >= low) and (high is None or value <= high):
+        return int(value)
+    if low is None and high is None:
+        wanted = "a whole number"
+    elif high is None:
+        wanted = f"a whole number of at least {low}"
+    else:
+        wanted = f"a whole number from {low} to {high}"
+    limit = " (prumux-deploy's limit, far above any BERT's)" if CONFIG_LIMITS.get(name, (0, None))[1] == high \
+        and high is not None and high > 1000 else ""
+    raise ModelError(f"{name} {_shown(value)} is not {wanted}{limit}")
+
+
+def check_config_values(values: dict, annotations: dict[str, str] | None = None) -> dict:
+    """Check each known field of `values` against its type in PruMuxConfig (whole numbers within CONFIG_LIMITS,
+    true/false, text, lists of whole numbers within LIST_LIMITS, objects), before anything is built from them.
+    Returns the values with whole numbers as Python ints. Raises ModelError (one line naming the field and what it
+    must be) for the first that is not."""
+    import numbers
+
+    annotations = annotations or {f.name: str(f.type) for f in fields(PruMuxConfig)}
+    checked = dict(values)
+    for name, value in values.items():
+        if name not in annotations:
+            continue
+        kinds = [k.strip() for k in annotations[name].split("|")]
+        if value is None and "None" in kinds:
+            continue
+        kind = kinds[0].split("[")[0]
+        if name == "max_seq_length" and (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+                                         or value < 1):
+            positions = values.get("max_position_embeddings")
+            raise ModelError(f"max_seq_length {_shown(value)} is not a whole number from 1 to the position table"
+                             + (f" ({positions})" if isinstance(positions, int) else ""))
+        if kind == "int":
+            checked[name] = _whole(name, value, *CONFIG_LIMITS.get(name, (None, None)))
+        elif kind == "bool" and not isinstance(value, bool):
+            raise ModelError(f"{name} {_shown(value)} is not true or false")
+        elif kind == "float":
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+                    or (name == "layer_norm_eps" and not 0 < value < 1):
+                wanted = "a number between 0 and 1" if name == "layer_norm_eps" else "a finite number"
+                raise ModelError(f"{name} {_shown(value)} is not {wanted}")
+            checked[name] = float(value)
+        elif kind == "str" and not isinstance(value, str):
+            raise ModelError(f"{name} {_shown(value)} is not text")
+        elif kind == "list":
+            if not isinstance(value, (list, tuple)):
+                raise ModelError(f"{name} {_shown(value)} is not a list of whole numbers")
+            low, high = LIST_LIMITS.get(name, (None, None))
+            checked[name] = [_whole(f"{name}[{i}]", v, low, high) for i, v in enumerate(value)]
+        elif kind == "dict":
+            if not isinstance(value, dict):
+                raise ModelError(f"{name} {_shown(value)} is not an object")
+            if name == "id2label":
+                for k, v in value.items():
+                    if not (isinstance(k, int) and not isinstance(k, bool) or isinstance(k, str) and k.isdigit()):
+                        raise ModelError(f"id2label has the key {k!r}; its keys are class ids 0, 1, ...")
+                    if not isinstance(v, (str, int)) or isinstance(v, bool):
+                        raise ModelError(f"id2label[{k}] {_shown(v)} is not a label name (text)")
+    return checked
+
+
+def _check_dimensions(cfg) -> None:
+    """What the fields say together: the input length fits the position table, the padding id the vocabulary,
+    and the whole model a bounded size (each field within its limit can still multiply to terabytes)."""
+    if cfg.max_seq_length > cfg.max_position_embeddings:
+        raise ModelError(f"max_seq_length {cfg.max_seq_length} exceeds the position table "
+                         f"({cfg.max_position_embeddings}); use at most {cfg.max_position_embeddings}")
+    if cfg.pad_token_id >= cfg.vocab_size:
+        raise ModelError(f"pad_token_id {cfg.pad_token_id} is not an id of the vocabulary (vocab_size "
+                         f"{cfg.vocab_size}); it must be from 0 to {cfg.vocab_size - 1}")
+    H, L, I = cfg.hidden_size, cfg.num_hidden_layers, cfg.intermediate_size
+    parameters = ((cfg.vocab_size + cfg.max_position_embeddings + cfg.type_vocab_size) * H + L * (4 * H * H + 2 * H * I)
+                  + (cfg.num_hidden_demux_layers + 2) * H * H + (cfg.num_instances + cfg.num_labels) * H)
+    if parameters > MAX_PARAMETERS:
+        raise ModelError(f"these dimensions make a model of about {parameters / 1e9:,.0f} billion parameters "
+                         f"({4 * parameters / 2 ** 30:,.0f} GiB in float32), more than prumux-deploy's limit of "
+                         f"{MAX_PARAMETERS / 1e9:.1f} billion; check hidden_size {H}, num_hidden_layers {L}, "
+                         f"intermediate_size {I} and vocab_size {cfg.vocab_size}")
+
+
 @dataclass
 class PruMuxConfig:
     # base BERT dimensions (what the masks index into)
@@ -132,6 +242,9 @@ class PruMuxConfig:
     imported_from: dict | None = None
 
     def __post_init__(self):
+        for name, value in check_config_values(self.__dict__).items():  # types and bounds, before anything else
+            setattr(self, name, value)
+        _check_dimensions(self)
         self.id2label = {int(k): str(v) for k, v in (self.id2label or {}).items()}
         if not self.id2label:
             self.id2label = {i: f"LABEL_{i}" for i in range(self.num_labels)}

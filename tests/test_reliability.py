@@ -1,6 +1,8 @@
 """Bad artifacts and bad input: every case gets its one-line message and exit code, and no output."""
 
 import json
+import os
+import re
 import shutil
 import signal
 import subprocess
@@ -16,6 +18,7 @@ from click.testing import CliRunner
 from prumux_deploy import save_checkpoint
 from prumux_deploy.cli import main
 from prumux_deploy.engine import load_engine
+from prumux_deploy.errors import PruMuxError
 
 from conftest import refused, run_cli as run, write_sst2
 
@@ -372,3 +375,417 @@ def test_an_edited_tokenizer_or_label_file_is_refused_before_any_answer(engine_d
         load_engine(added)
     result = run("predict", added, "good fun")
     assert result.exit_code == 2 and result.output.count("\n") == 1 and "not part of the exported engine" in result.output
+
+
+# --- manifest fields the graph determines ----------------------------------------------------------------
+
+def _edited_engine(engine_dir, path, **changes):
+    shutil.copytree(engine_dir, path)
+    edit_manifest(**changes)(path)
+    return path
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"num_instances": 1}, "num_instances is 1, but the graph model.onnx has N=2 (sentences per mux group); the "
+                           "manifest was edited or belongs to another engine. Re-export the engine"),
+    ({"labels": {"0": "negative", "1": "neutral", "2": "positive"}},
+     "labels lists 3 labels, but the graph model.onnx has 2 logits per row"),
+    ({"max_position_embeddings": 512, "max_seq_length": 400},
+     "max_position_embeddings is 512, but the graph model.onnx has a position table of 24"),
+    ({"max_seq_length": 100}, "max_seq_length 100 exceeds the engine's position table (max_position_embeddings 24)"),
+    ({"max_seq_length": 0}, "field 'max_seq_length' is the number 0, not a whole number from 1 to 65536"),
+    ({"max_seq_length": -5}, "field 'max_seq_length' is the number -5, not a whole number from 1 to 65536"),
+    ({"vocab_size": 100000}, "vocab_size is 100000, but the graph model.onnx has an embedding table of 120 token ids"),
+])
+def test_manifest_fields_the_graph_determines_must_agree_with_it(tmp_path, engine_dir, changes, message):
+    """The manifest is an editable text file beside a graph whose sha256 it holds: N=1 on an N=2 graph made
+    `triton` drop request isolation, and a swapped label count went unnoticed."""
+    from prumux_deploy.errors import EngineError
+
+    bad = _edited_engine(engine_dir, tmp_path / "engine", **changes)
+    with pytest.raises(EngineError, match=re.escape(message)):
+        load_engine(bad)
+    for argv in (["predict", bad, "fine film"], ["inspect", bad], ["triton", bad, tmp_path / "repo", "--name", "m"]):
+        line = refused(run(*argv), 2, message)
+        assert line.startswith(f"error: {bad / 'manifest.json'}: ")
+    assert not (tmp_path / "repo").exists()
+
+
+def test_export_records_what_the_graph_determines_in_the_graph(engine_dir):
+    from prumux_deploy.engine_dir import read_graph_facts
+
+    assert read_graph_facts(engine_dir / "model.onnx") == {"num_instances": 2, "num_labels": 2,
+                                                          "max_position_embeddings": 24, "vocab_size": 120,
+                                                          "type_vocab_size": 2}
+
+
+def test_a_graph_without_recorded_facts_is_checked_against_its_config(tmp_path, engine_dir):
+    """Engines exported before the graph recorded N: the config.json export wrote beside it (sha256-checked)."""
+    import onnx
+
+    from prumux_deploy.documents import sha256_file
+    from prumux_deploy.engine_dir import read_graph_facts
+    from prumux_deploy.errors import EngineError
+
+    old = tmp_path / "old"
+    shutil.copytree(engine_dir, old)
+    proto = onnx.load(str(old / "model.onnx"))
+    del proto.metadata_props[:]
+    onnx.save_model(proto, str(old / "model.onnx"))
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["engine"]["sha256"] = sha256_file(old / "model.onnx")
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    assert read_graph_facts(old / "model.onnx") == {"num_labels": 2}  # the logits output still says it
+    load_engine(old)  # a consistent old engine opens
+    edit_manifest(num_instances=1)(old)
+    with pytest.raises(EngineError, match=r"num_instances is 1, but config.json beside it has N=2"):
+        load_engine(old)
+    edit_manifest(num_instances=2, labels={"0": "a", "1": "b", "2": "c"})(old)
+    with pytest.raises(EngineError, match=r"labels lists 3 labels, but the graph model.onnx has 2 logits per row"):
+        load_engine(old)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"num_instances": "2"}, "field 'num_instances' is text ('2'), not a whole number from 1 to 1024"),
+    ({"num_instances": True}, "field 'num_instances' is true, not a whole number from 1 to 1024"),
+    ({"num_instances": 5000}, "field 'num_instances' is the number 5000, not a whole number from 1 to 1024"),
+    ({"labels": ["negative", "positive"]}, "field 'labels' is a list, not an object of 1 to 65536 class names"),
+    ({"labels": {"a": "negative", "b": "positive"}}, "field 'labels' must map the class ids '0' to '1' to names"),
+    ({"engine": ["model.onnx"]}, "field 'engine' is a list, not an object with the engine's file, kind and sha256"),
+    ({"engine": {"file": "model.onnx", "kind": "tflite", "sha256": "0" * 64}},
+     "field 'engine.kind' is text ('tflite'), not one of onnx, tensorrt"),
+    ({"inputs": {"name": "input_ids"}}, "field 'inputs' is an object, not a list of objects with a name each"),
+    ({"max_seq_length": "16"}, "field 'max_seq_length' is text ('16'), not a whole number from 1 to 65536"),
+    ({"files": ["vocab.txt"]}, "field 'files' is a list, not an object of file names and their sha256 digests"),
+    ({"runtime": "onnxruntime"}, "field 'runtime' is text ('onnxruntime'), not an object"),
+])
+def test_manifest_fields_of_the_wrong_type_are_one_line(tmp_path, engine_dir, changes, message):
+    bad = _edited_engine(engine_dir, tmp_path / "engine", **changes)
+    for argv in (["predict", bad, "fine film"], ["inspect", bad], ["triton", bad, tmp_path / "repo", "--name", "m"]):
+        line = refused(run(*argv), 2, message)
+        assert line.startswith(f"error: {bad / 'manifest.json'}: ") and line.endswith("; re-export the engine")
+
+
+# --- config dimensions, before any tensor ----------------------------------------------------------------
+
+@pytest.fixture
+def no_allocation(monkeypatch):
+    """Building a model fails the test: a refusal must come before any tensor is allocated."""
+    from prumux_deploy.model import PruMuxModel
+
+    def allocate(self, *args, **kwargs):
+        raise AssertionError("PruMuxModel was built (its tensors allocated) before the config was refused")
+
+    monkeypatch.setattr(PruMuxModel, "__init__", allocate)
+
+
+LIMIT = "(prumux-deploy's limit, far above any BERT's)"
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"hidden_size": 10 ** 9}, f"hidden_size 1000000000 is not a whole number from 1 to 65536 {LIMIT}"),
+    ({"hidden_size": 1e9}, f"hidden_size 1000000000.0 is not a whole number from 1 to 65536 {LIMIT}"),
+    ({"num_hidden_layers": 10 ** 6}, f"num_hidden_layers 1000000 is not a whole number from 1 to 1024 {LIMIT}"),
+    ({"num_attention_heads": 0}, f"num_attention_heads 0 is not a whole number from 1 to 1024 {LIMIT}"),
+    ({"intermediate_size": -64}, f"intermediate_size -64 is not a whole number from 1 to 1048576 {LIMIT}"),
+    ({"vocab_size": True}, f"vocab_size true is not a whole number from 1 to 4194304 {LIMIT}"),
+    ({"num_instances": 2.5}, f"num_instances 2.5 is not a whole number from 1 to 1024 {LIMIT}"),
+    ({"hidden_size": "32"}, f"hidden_size '32' is not a whole number from 1 to 65536 {LIMIT}"),
+    ({"max_seq_length": 0}, "max_seq_length 0 is not a whole number from 1 to the position table (24)"),
+    ({"max_seq_length": -5}, "max_seq_length -5 is not a whole number from 1 to the position table (24)"),
+    ({"hidden_size": 65536, "num_attention_heads": 4, "vocab_size": 1 << 22},
+     "these dimensions make a model of about 365 billion parameters (1,360 GiB in float32), more than "
+     "prumux-deploy's limit of 8.6 billion; check hidden_size 65536"),
+    ({"id2label": ["negative", "positive"]}, "id2label (a list) is not an object"),
+    ({"layer_norm_eps": "tiny"}, "layer_norm_eps 'tiny' is not a number between 0 and 1"),
+    ({"attend_to_padding": "no"}, "attend_to_padding 'no' is not true or false"),
+    ({"task": ["sst2"]}, "task (a list) is not text"),
+    ({"demux_kind": {"kind": "key_cls"}}, "demux_kind (an object) is not text"),
+])
+def test_config_dimensions_and_types_are_refused_before_any_tensor(tmp_path, masked_checkpoint, no_allocation,
+                                                                   changes, message):
+    """hidden_size 1e9 used to try to allocate 122 TB, 1e6 layers ran for 32 s into 3.5 GB; a string where a
+    number goes was an `unexpected TypeError`."""
+    bad = tmp_path / "ckpt"
+    shutil.copytree(masked_checkpoint, bad)
+    config = json.loads((bad / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps({**config, **changes}))
+    for argv in (["inspect", bad], ["export", bad, tmp_path / "e"], ["compact", bad, tmp_path / "c"]):
+        line = refused(run(*argv), 2, message)
+        assert line.startswith(f"error: {bad / 'config.json'}: ")
+        assert line.endswith("; correct it in config.json or re-create the checkpoint")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_a_base_bert_with_absurd_dimensions_is_refused_before_any_tensor(tmp_path, bert_dir, no_allocation):
+    base = tmp_path / "base"
+    shutil.copytree(bert_dir, base)
+    config = json.loads((base / "config.json").read_text())
+    (base / "config.json").write_text(json.dumps({**config, "hidden_size": 4 * 10 ** 8}))
+    line = refused(run("init", tmp_path / "m", "--base", base), 2,
+                   f"hidden_size 400000000 is not a whole number from 1 to 65536 {LIMIT}")
+    assert line.startswith(f"error: {base / 'config.json'}: ")
+    (base / "config.json").write_text(json.dumps({**config, "num_attention_heads": "4"}))
+    refused(run("init", tmp_path / "m", "--base", base), 2, "config.json: not a BERT config transformers can read (")
+    assert not (tmp_path / "m").exists()
+
+
+def test_real_configs_pass_the_checks(masked_checkpoint):
+    from prumux_deploy.model import PruMuxConfig
+
+    from prumux_deploy import load_checkpoint
+
+    load_checkpoint(masked_checkpoint)
+    PruMuxConfig(vocab_size=30522, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                 intermediate_size=4096)  # BERT-large
+
+
+# --- a checkpoint's or engine's files stay inside it ------------------------------------------------------
+
+@pytest.fixture
+def hashed(monkeypatch):
+    """Every path sha256_file reads, in order (checkpoint.py and engine_dir.py import it by name)."""
+    from prumux_deploy import checkpoint, documents, engine_dir
+
+    seen = []
+    real = documents.sha256_file
+
+    def recording(path):
+        seen.append(Path(path))
+        return real(path)
+
+    for module in (checkpoint, engine_dir):
+        monkeypatch.setattr(module, "sha256_file", recording)
+    return seen
+
+
+def test_checkpoint_files_outside_its_directory_are_refused_before_any_is_read(tmp_path, masked_checkpoint,
+                                                                               hashed):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("not yours")
+    for name in ("../../etc/passwd", "/etc/passwd", "../outside/secret.txt"):
+        bad = tmp_path / "ckpt"
+        shutil.rmtree(bad, ignore_errors=True)
+        shutil.copytree(masked_checkpoint, bad)
+        config = json.loads((bad / "config.json").read_text())
+        config["files"][name] = "0" * 64
+        (bad / "config.json").write_text(json.dumps(config))
+        hashed.clear()
+        line = refused(run("inspect", bad), 2, f"config.json: lists the file {name!r}, which lies outside the "
+                                                f"checkpoint directory {bad}; only the checkpoint's own files may be "
+                                                "listed (nothing was read). Re-create the checkpoint")
+        assert line.startswith(f"error: {bad / 'config.json'}")
+        assert hashed == []  # not even the checkpoint's own files: the listing is refused first
+    # a listed file that is a symbolic link leading outside
+    bad = tmp_path / "linked"
+    shutil.copytree(masked_checkpoint, bad)
+    shutil.move(bad / "masks.safetensors", outside / "masks.safetensors")
+    (bad / "masks.safetensors").symlink_to(outside / "masks.safetensors")
+    hashed.clear()
+    refused(run("export", bad, tmp_path / "e"), 2,
+            f"config.json: lists the file 'masks.safetensors', a symbolic link to {outside / 'masks.safetensors'} "
+            f"outside the checkpoint directory {bad} (nothing was read); copy the file into {bad}, or re-create the "
+            "checkpoint")
+    assert hashed == [] and not (tmp_path / "e").exists()
+    # a link inside the directory is fine
+    inside = tmp_path / "inside"
+    shutil.copytree(masked_checkpoint, inside)
+    (inside / "weights").mkdir()
+    shutil.move(inside / "masks.safetensors", inside / "weights" / "masks.safetensors")
+    (inside / "masks.safetensors").symlink_to(Path("weights") / "masks.safetensors")
+    assert run("inspect", inside).exit_code == 0
+
+
+def test_engine_files_outside_its_directory_are_refused_before_any_is_read(tmp_path, engine_dir, hashed):
+    outside = tmp_path / "outside.onnx"
+    shutil.copyfile(engine_dir / "model.onnx", outside)
+    for entry, message in (
+            ({"file": "/etc/passwd", "kind": "onnx", "sha256": "0" * 64}, "lists the file '/etc/passwd', which lies "
+                                                                          "outside the engine directory"),
+            ({"file": "../outside.onnx", "kind": "onnx", "sha256": "0" * 64}, "lists the file '../outside.onnx', "
+                                                                              "which lies outside the engine directory")):
+        bad = _edited_engine(engine_dir, tmp_path / "engine", engine=entry)
+        hashed.clear()
+        for argv in (["predict", bad, "fine film"], ["inspect", bad], ["triton", bad, tmp_path / "repo", "--name", "m"]):
+            line = refused(run(*argv), 2, message)
+            assert line.endswith("(nothing was read). Re-export the engine")
+        assert hashed == []
+        shutil.rmtree(bad)
+    manifest = json.loads((engine_dir / "manifest.json").read_text())
+    bad = _edited_engine(engine_dir, tmp_path / "engine", files={**manifest["files"], "../../etc/shadow": "0" * 64})
+    refused(run("predict", bad, "fine film"), 2, "lists the file '../../etc/shadow', which lies outside the engine")
+    shutil.rmtree(bad)
+    # the graph itself a symbolic link leading outside
+    bad = tmp_path / "linked"
+    shutil.copytree(engine_dir, bad)
+    (bad / "model.onnx").unlink()
+    (bad / "model.onnx").symlink_to(outside)
+    hashed.clear()
+    refused(run("predict", bad, "fine film"), 2, f"lists the file 'model.onnx', a symbolic link to {outside} outside "
+                                                  f"the engine directory {bad} (nothing was read)")
+    assert hashed == []
+
+
+# --- --force replaces only what prumux-deploy wrote --------------------------------------------------------
+
+def test_force_never_replaces_a_fifo_a_socket_or_a_directory_it_did_not_write(tmp_path, engine_dir,
+                                                                                masked_checkpoint, bert_dir):
+    import socket
+    import stat
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for force in ((), ("--force",)):
+        refused(run("predict", engine_dir, "fine film", "--ids-out", fifo, *force), 2,
+                f"{fifo} is a FIFO (named pipe), not a file this command wrote; choose another path")
+        refused(run("export", masked_checkpoint, fifo, *force), 2,
+                f"{fifo} is a FIFO (named pipe), not a file this command wrote; choose another path")
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    sock_path = tmp_path / "s"
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(sock_path))
+        refused(run("predict", engine_dir, "fine film", "--ids-out", sock_path, "--force"), 2,
+                f"{sock_path} is a socket, not a file this command wrote; choose another path")
+        assert stat.S_ISSOCK(os.stat(sock_path).st_mode)
+    # a directory of someone else's files
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    for argv in (["export", masked_checkpoint, mine, "--force"], ["init", mine, "--base", bert_dir, "--force"],
+                 ["compact", masked_checkpoint, mine, "--force"]):
+        refused(run(*argv), 2, f"{mine} is a directory this command did not write (no prumux-deploy checkpoint, "
+                               "engine or Triton model in it), and --force replaces only those; choose another path, "
+                               "or remove it yourself")
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"] and (mine / "notes.txt").read_text() == "keep me"
+    # what it wrote (and empty directories) it still replaces
+    assert run("init", tmp_path / "ckpt", "--base", bert_dir).exit_code == 0
+    assert run("init", tmp_path / "ckpt", "--base", bert_dir, "--force").exit_code == 0
+    (tmp_path / "empty").mkdir()
+    assert run("init", tmp_path / "empty", "--base", bert_dir, "--force").exit_code == 0
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporaries left
+
+
+# --- resuming and sharing OUT.run ---------------------------------------------------------------------------
+
+def _finetune_argv(out, bert_dir, glue_dir, *extra):
+    return ["train", "finetune", out, "--init", bert_dir, "--data", glue_dir, "--task", "sst2", "--instances", 2,
+            "--epochs", 1, "--batch-size", 8, "--lr", 1e-3, "--max-seq-length", 12, "--eval-every", 4,
+            "--save-every", 3, "--seed", 0, "--device", "cpu", *extra]
+
+
+def _die_after_step(monkeypatch, at=3, then=None):
+    """RunState.save raises KeyboardInterrupt (Ctrl-C) after saving step `at`, as an interrupted run."""
+    from prumux_deploy.train import loop
+
+    original = loop.RunState.save
+
+    def save_then_die(self, step, objects):
+        original(self, step, objects)
+        if step == at:
+            if then is not None:
+                then(self)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop.RunState, "save", save_then_die)
+    return original
+
+
+def test_resume_refuses_options_that_differ_from_the_interrupted_run(tmp_path, bert_dir, glue_dir, monkeypatch):
+    """pretrain --resume compared its batch size, length and corpus; finetune, warmup and prune resumed whatever
+    they were given, mixing two runs' settings in one model."""
+    from prumux_deploy.train import loop
+    from prumux_deploy.train.stages import PruneArgs, prune
+
+    out = tmp_path / "ft"
+    original = _die_after_step(monkeypatch)
+    assert run(*_finetune_argv(out, bert_dir, glue_dir)).exit_code == 130
+    monkeypatch.setattr(loop.RunState, "save", original)
+    state = (loop.run_dir(out) / "train_state.pt").read_bytes()
+    for extra, message in ((["--batch-size", 4], "the interrupted run used --batch-size 8, this one 4; resume with "
+                                                 "the same options"),
+                           (["--lr", 1e-4], "the interrupted run used --lr 0.001, this one 0.0001"),
+                           (["--epochs", 2], "the interrupted run used --epochs 1.0, this one 2.0"),
+                           (["--seed", 1], "the interrupted run used --seed 0, this one 1"),
+                           (["--max-train-samples", 20], "the interrupted run used --max-train-samples none, this one 20"),
+                           (["--max-seq-length", 10], "the interrupted run used --max-seq-length 12, this one 10"),
+                           (["--instances", 1, "--batch-size", 8], "the interrupted run used --instances 2, this one 1")):
+        argv = _finetune_argv(out, bert_dir, glue_dir, "--resume")
+        for flag, value in zip(extra[::2], extra[1::2]):
+            if flag in argv:
+                argv[argv.index(flag) + 1] = value
+            else:
+                argv += [flag, value]
+        refused(run(*argv), 2, message)
+        assert not out.exists() and (loop.run_dir(out) / "train_state.pt").read_bytes() == state  # untouched
+    # what may change: how often it saves and evaluates, the device
+    argv = _finetune_argv(out, bert_dir, glue_dir, "--resume")
+    argv[argv.index("--eval-every") + 1] = 2
+    result = run(*argv)
+    assert result.exit_code == 0, result.output
+    # prune: its own options too
+    args = loop.TrainArgs(task="sst2", data=str(glue_dir), instances=2, epochs=1.0, batch_size=8, lr=1e-3,
+                          max_seq_length=12, eval_every=4, save_every=3, seed=0, device="cpu")
+    _die_after_step(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        prune(out, tmp_path / "pruned", args, PruneArgs(sparsity=0.5), log=lambda m: None)
+    monkeypatch.setattr(loop.RunState, "save", original)
+    with pytest.raises(PruMuxError, match="the interrupted run used `sparsity` 0.5, this one 0.3; resume with the same"):
+        prune(out, tmp_path / "pruned", args, PruneArgs(sparsity=0.3), resume=True, log=lambda m: None)
+    prune(out, tmp_path / "pruned", args, PruneArgs(sparsity=0.5), resume=True, log=lambda m: None)
+
+
+HOLD_LOCK = """
+import sys
+from prumux_deploy.train.loop import RunLock
+lock = RunLock(sys.argv[1]).acquire()
+print("holding", flush=True)
+sys.stdin.read()
+lock.release()
+"""
+
+TRY_LOCK = """
+import sys
+from prumux_deploy.errors import PruMuxError
+from prumux_deploy.train.loop import RunLock
+try:
+    RunLock(sys.argv[1]).acquire().release()
+    print("acquired")
+except PruMuxError as e:
+    print(e)
+"""
+
+
+def test_two_runs_with_the_same_out_do_not_share_out_run(tmp_path, bert_dir, glue_dir, monkeypatch):
+    from prumux_deploy.train import loop
+
+    out = tmp_path / "ft"
+    run_path = loop.run_dir(out)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run_path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        before = sorted(p.name for p in run_path.iterdir())
+        for extra in ((), ("--resume",), ("--force",)):
+            line = refused(run(*_finetune_argv(out, bert_dir, glue_dir, *extra)), 2,
+                           f"{run_path} is in use by another run (pid {holder.pid}); wait for it or choose another OUT")
+            assert line.count("error:") == 1
+        assert not out.exists() and sorted(p.name for p in run_path.iterdir()) == before == ["lock"]
+    finally:
+        holder.communicate("", timeout=60)
+    assert not run_path.exists()  # the holder made OUT.run only for its lock, and removed it
+    # a running stage holds the lock from when it sets up its run state to when it has written OUT
+    seen = []
+
+    def try_from_another_process(state):
+        seen.append(subprocess.run([sys.executable, "-c", TRY_LOCK, str(run_path)], capture_output=True, text=True,
+                                   timeout=120).stdout.strip())
+
+    original = _die_after_step(monkeypatch, then=try_from_another_process)
+    assert run(*_finetune_argv(out, bert_dir, glue_dir)).exit_code == 130
+    monkeypatch.setattr(loop.RunState, "save", original)
+    assert seen == [f"{run_path} is in use by another run (pid {os.getpid()}); wait for it or choose another `out`"]
+    assert "lock" not in [p.name for p in run_path.iterdir()]  # released when the interrupted run ended
+    assert run(*_finetune_argv(out, bert_dir, glue_dir, "--resume")).exit_code == 0
+    done = subprocess.run([sys.executable, "-c", TRY_LOCK, str(run_path)], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "acquired"

@@ -5,10 +5,16 @@ rank 0 writes (see distributed.py)."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import errno
+import fcntl
+import functools
+import os
 import random
 import re
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -179,6 +185,128 @@ def run_dir(out) -> Path:
     return Path(str(out) + ".run")
 
 
+# --- one run at a time in OUT.run ------------------------------------------------------------------
+
+LOCK_FILE = "lock"  # OUT.run/lock: flock'ed by the run using OUT.run, holding its pid
+
+
+class RunLock:
+    """An exclusive, non-blocking flock on OUT.run/lock for as long as one training run uses OUT.run: a second
+    run with the same OUT is refused in one line instead of interleaving its state and log with the first's.
+    The kernel drops the lock when the holder dies, so a killed run never leaves OUT.run locked."""
+
+    def __init__(self, run_path):
+        self.dir = Path(run_path)
+        self.file = self.dir / LOCK_FILE
+        self.fd: int | None = None
+        self.made: list[Path] = []  # the directories acquire created (OUT.run, missing parents), deepest first
+
+    def acquire(self) -> "RunLock":
+        missing = self.dir
+        while not os.path.lexists(missing) and missing.parent != missing:
+            self.made.append(missing)
+            missing = missing.parent
+        self.dir.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                self._remove_made()
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise PruMuxError(f"{self.file}: cannot be locked ({e.strerror}); choose another `out`") from None
+                raise PruMuxError(f"{self.dir} is in use by another run (pid {holder}); wait for it or choose "
+                                  "another `out`") from None
+            try:  # the holder we raced may have removed its file: hold the one on disk, or try again
+                if os.fstat(fd).st_ino == os.stat(self.file).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(self.file)  # while still held, so no one locks the file being removed
+        os.close(self.fd)
+        self.fd = None
+        self._remove_made()
+
+    def _remove_made(self) -> None:
+        """Remove the directories made for the lock that the run left empty (it was refused before writing)."""
+        for folder in self.made:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        self.made = []
+
+
+_stage_locks: contextvars.ContextVar[dict | None] = contextvars.ContextVar("prumux_run_locks", default=None)
+
+
+def holds_run_lock(stage):
+    """Decorator of a training stage: the OUT.run lock its RunState takes (rank 0, when the stage makes it, after
+    its arguments, model and data were checked) is held until the stage returns or raises."""
+    @functools.wraps(stage)
+    def run(*args, **kwargs):
+        outer = _stage_locks.get()
+        locks = {} if outer is None else outer
+        token = _stage_locks.set(locks)
+        try:
+            return stage(*args, **kwargs)
+        finally:
+            _stage_locks.reset(token)
+            if outer is None:
+                for lock in locks.values():
+                    lock.release()
+    return run
+
+
+def _lock_run(path: Path) -> None:
+    locks = _stage_locks.get()
+    key = os.path.realpath(path)
+    if locks is not None and key not in locks:
+        locks[key] = RunLock(path).acquire()
+
+
+# --- resuming with the same options --------------------------------------------------------------
+
+# TrainArgs that may change between an interrupted run and its resumption: where and how fast it runs, how often
+# it logs and saves, what it evaluates on; every other field (and each stage's own options) must be the same
+MAY_CHANGE_ON_RESUME = {"device", "precision", "grad_accum", "eval_every", "save_every", "max_eval_samples",
+                        "eval_split", "max_seq_length_given"}
+
+
+def run_options(args: TrainArgs, **stage_options) -> dict:
+    """What a resumed run must share with the interrupted one: TrainArgs but MAY_CHANGE_ON_RESUME, plus the
+    stage's own options (a teacher, the sparsity, ...); paths that exist as their real path."""
+    options = {f.name: getattr(args, f.name) for f in fields(args) if f.name not in MAY_CHANGE_ON_RESUME}
+    options.update(stage_options)
+    for name in ("data", "teacher"):
+        if isinstance(options.get(name), (str, os.PathLike)) and os.path.exists(options[name]):
+            options[name] = os.path.realpath(options[name])
+    return {k: (str(v) if isinstance(v, os.PathLike) else list(v) if isinstance(v, tuple) else v)
+            for k, v in options.items()}
+
+
+def _check_same_options(saved: dict, now: dict) -> None:
+    def shown(value):
+        return "none" if value is None else str(value)
+
+    for name, value in now.items():
+        if name in saved and saved[name] != value:
+            raise PruMuxError(f"the interrupted run used `{name}` {shown(saved[name])}, this one {shown(value)}; "
+                              "resume with the same options")
+
+
 def _numpy_rng_state() -> dict:
     """numpy's global RNG state as tensors and plain values (its key array as an int64 tensor), so the whole
     train state loads with torch.load(weights_only=True)."""
@@ -219,6 +347,9 @@ class RunState:
         self.out, self.stage, self.main = Path(out), stage, main
         self.file = self.out / state_file
         self.log_file = self.out / "log.jsonl"
+        self.options: dict | None = None  # run_options of this run: saved with the state, compared on resume
+        if main:
+            _lock_run(self.out)  # inside a stage (holds_run_lock): refused while another run uses OUT.run
 
     def save(self, step: int, objects: dict):
         if not self.main:
@@ -226,16 +357,22 @@ class RunState:
         self.out.mkdir(parents=True, exist_ok=True)
         state = {"stage": self.stage, "step": step,
                  "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_rng_state(), "python": random.getstate()},
+                 **({"options": self.options} if self.options is not None else {}),
                  **{name: obj.state_dict() for name, obj in objects.items()}}
         with atomic_file(self.file, force=True) as tmp:  # a kill mid-save keeps the previous state
             torch.save(state, tmp)
 
-    def load(self, objects: dict) -> int:
+    def load(self, objects: dict, options: dict | None = None) -> int:
+        """Restore `objects` and the RNGs from the saved state; returns its step. `options` (run_options): refused
+        in one line, before anything is restored, when the interrupted run's differ (states saved before
+        2026-12-05 record none and are not checked)."""
         if not self.file.is_file():
             raise PruMuxError(f"{self.file}: nothing to resume; run the stage without `resume` first")
         state = _load_tensors_only(self.file)
         if state.get("stage") != self.stage:
             raise PruMuxError(f"{self.file}: holds a {state.get('stage')!r} run, not {self.stage!r}")
+        if options is not None and isinstance(state.get("options"), dict):
+            _check_same_options(state["options"], options)
         for name, obj in objects.items():
             obj.load_state_dict(state[name])
         torch.set_rng_state(state["rng"]["torch"])

@@ -32,8 +32,8 @@ from prumux_deploy.structure import describe
 
 from .distributed import Runtime, runtime
 from .gates import CoFiGates, lagrangian_term
-from .loop import (RunState, TrainArgs, evaluate, load_task_data, model_inputs, progress, run_dir,
-                   seed_everything, soft_targets, task_of)
+from .loop import (RunState, TrainArgs, evaluate, holds_run_lock, load_task_data, model_inputs, progress, run_dir,
+                   run_options, seed_everything, soft_targets, task_of)
 from .corpus import CorpusArgs, CorpusStream, mask_tokens, masking_generator
 from .losses import (ContextHead, LayerAlignment, MLMHead, contextual_distillation_loss, prediction_distillation,
                      pretraining_losses, pretraining_totals, read_bert_mlm_head, retrieval_choice, retrieval_loss)
@@ -200,11 +200,14 @@ def _adopt_task(model, task, seed: int):
 
 
 def _train(run: RunState, args: TrainArgs, resume: bool, objects: dict, total: int, step_fn, eval_fn,
-           desc: str, rt: Runtime, fresh_log: bool = True, **start_record):
+           desc: str, rt: Runtime, fresh_log: bool = True, options: dict | None = None, **start_record):
     """The loop every stage shares: resume, step, log/evaluate every --eval-every, save every --save-every
-    and at the end (so resuming a finished phase is a no-op). Every process runs it; rank 0 writes."""
+    and at the end (so resuming a finished phase is a no-op). Every process runs it; rank 0 writes.
+    options: the stage's own options besides `args`, which a resumed run must share with the interrupted one
+    (loop.run_options; compared before anything is restored or logged)."""
+    run.options = run_options(args, **(options or {}))
+    step = run.load(objects, run.options) if resume else 0
     run.start(args, resume, fresh_log, processes=rt.world_size, **start_record)
-    step = run.load(objects) if resume else 0
     bar = progress(total, step, desc, disable=not rt.is_main)
     last = {}
     while step < total:
@@ -237,6 +240,7 @@ def _single_model_stage(source, out, args: TrainArgs, force: bool, stage: str, w
 
 # --- 1. warm-up: token retrieval ---------------------------------------------------------------
 
+@holds_run_lock
 def warmup(base, out, args: TrainArgs, resume: bool = False, force: bool = False, log=print, teacher_dir=None,
            context_weight: float = 1.0):
     """Train mux/demux (and the encoder) to retrieve each instance's tokens from the mixed sequence. With
@@ -288,7 +292,9 @@ def warmup(base, out, args: TrainArgs, resume: bool = False, force: bool = False
         choices["global"] = retrieval_choice(G, S, N, args.seed, step)
         return _step(rt, objective, batch, args, optimizers, schedules, scaler)
 
-    last = _train(run, args, resume, objects, total, step_fn, lambda: {}, "warmup", rt)
+    last = _train(run, args, resume, objects, total, step_fn, lambda: {}, "warmup", rt,
+                  options={"teacher": None if teacher_dir is None else str(teacher_dir),
+                           "context_weight": context_weight})
     _save(model, out, run, force, rt)
     context = f", contextual error {last['context']:.3f}" if "context" in last else ""
     if rt.is_main:
@@ -311,6 +317,7 @@ class PretrainArgs:
     mlm_head: str | None = None      # where the MLM head comes from, if not the start (see _mlm_head)
 
 
+@holds_run_lock
 def pretrain(source, out, args: TrainArgs, corpus: CorpusArgs, pargs: PretrainArgs, resume: bool = False,
              force: bool = False, log=print):
     """Multiplexed masked language modelling (MUX-PLMs' pre-training, PruMUX phase 2): BERT's masking of the
@@ -383,6 +390,8 @@ def pretrain(source, out, args: TrainArgs, corpus: CorpusArgs, pargs: PretrainAr
 
     objects = {"model": model, "head": head, "optimizer": optimizer, "schedule": schedule, "corpus": stream}
     last = _train(run, args, resume, objects, pargs.steps, step_fn, interval_means, "pretrain", rt,
+                  options={**dataclasses.asdict(pargs), "text_column": corpus.text_column, "split": corpus.split,
+                           "corpus_config": corpus.config, "line_by_line": corpus.line_by_line},
                   corpus=dataclasses.asdict(corpus), pretrain=dataclasses.asdict(pargs), mlm_head_from=head_from)
     cfg = model.config  # task-less: the fine-tune gives it its task (_adopt_task)
     cfg.task, cfg.task_columns, cfg.id2label = None, None, {i: f"LABEL_{i}" for i in range(cfg.num_labels)}
@@ -443,6 +452,7 @@ def _mlm_head(model, source: Path, mlm_head: str | None, device):
 
 # --- 2. fine-tune: GLUE classification over multiplexed groups --------------------------------
 
+@holds_run_lock
 def finetune(init, out, args: TrainArgs, resume: bool = False, force: bool = False, log=print,
              teacher_dir=None, temperature: float = 2.0):
     """Cross-entropy on every instance of randomly formed mux groups. With `teacher_dir` (any fine-tuned
@@ -475,7 +485,8 @@ def finetune(init, out, args: TrainArgs, resume: bool = False, force: bool = Fal
     objective, scaler = rt.wrap(Objective(loss_fn, model=model)), rt.grad_scaler()
     _train(run, args, resume, {"model": model, "optimizer": optimizer, "schedule": schedule}, total,
            lambda step: _step(rt, objective, batches.batch(step), args, [optimizer], [schedule], scaler),
-           lambda: {"accuracy": evaluate(model, dev, rt=rt)}, "finetune", rt)
+           lambda: {"accuracy": evaluate(model, dev, rt=rt)}, "finetune", rt,
+           options={"teacher": None if teacher_dir is None else str(teacher_dir), "temperature": temperature})
     accuracy = evaluate(model, dev, rt=rt)
     _save(model, out, run, force, rt)
     if rt.is_main:
@@ -532,6 +543,7 @@ class Lagrangian(torch.nn.Module):
         self.lambda_2 = torch.nn.Parameter(torch.zeros(()))
 
 
+@holds_run_lock
 def prune(teacher_dir, out, args: TrainArgs, prune_args: PruneArgs, resume: bool = False, force: bool = False,
           log=print):
     """Learn L0 gates towards the target sparsity while distilling from the fine-tuned teacher (same N),
@@ -624,7 +636,8 @@ def prune(teacher_dir, out, args: TrainArgs, prune_args: PruneArgs, resume: bool
 
     objects = {"student": student, "gates": gates, "align": align, "lagrange": lagrange, "opt_model": opt_model,
                "opt_gates": opt_gates, "opt_lagrange": opt_lagrange, "schedule": schedule}
-    _train(run, args, resume, objects, total, prune_step, prune_eval, "prune", rt)
+    _train(run, args, resume, objects, total, prune_step, prune_eval, "prune", rt,
+           options=dataclasses.asdict(prune_args))
 
     # final fine-tune with the deterministic masks fixed (CE + prediction distillation), sized to the target
     student.set_masks(gates.deterministic(target=prune_args.sparsity))
@@ -637,7 +650,8 @@ def prune(teacher_dir, out, args: TrainArgs, prune_args: PruneArgs, resume: bool
                {"student": student, "opt_final": opt_final, "schedule": final_schedule}, final_total,
                lambda step: _step(rt, objective, batches.batch(total + step), args, [opt_final], [final_schedule],
                                   scaler),
-               lambda: {"accuracy": evaluate(student, dev, rt=rt)}, "prune-final", rt, fresh_log=False)
+               lambda: {"accuracy": evaluate(student, dev, rt=rt)}, "prune-final", rt, fresh_log=False,
+               options=dataclasses.asdict(prune_args))
     accuracy = evaluate(student, dev, rt=rt)
     actual = _actual(student, student.masks)
     run.log({"event": "done", "accuracy": accuracy, "actual_sparsity": actual,

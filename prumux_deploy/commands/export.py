@@ -71,6 +71,7 @@ def export(checkpoint, out, fmt, opset, max_seq_length, optimize, data, data_con
     by N included); if its logits differ from PyTorch by more than --tolerance nothing is written.
     """
     from ..atomic import check_file_target
+    from ..export.options import ExportOptions
     from ..export.pipeline import export_checkpoint
     from ..export.tensorrt import ShapeProfile, TensorRTOptions
 
@@ -78,10 +79,10 @@ def export(checkpoint, out, fmt, opset, max_seq_length, optimize, data, data_con
         check_file_target(timing_cache, force=True)
     trt = TensorRTOptions(ShapeProfile(min_batch, opt_batch, max_batch, min_seq, opt_seq, max_seq),
                           str(timing_cache) if timing_cache else None, version_compatible, tf32)
-    export_checkpoint(checkpoint, out, fmt=fmt, opset=opset, max_seq_length=max_seq_length, force=force,
-                      tolerance=tolerance, log=lambda msg: click.echo(msg, err=True), tensorrt=trt,
-                      optimize=optimize, precision=precision, data=data, data_config=data_config,
-                      runtime=runtime, device=device)
+    options = ExportOptions(fmt=fmt, precision=precision, device=device, runtime=runtime, optimize=optimize,
+                            opset=opset, max_seq_length=max_seq_length, tolerance=tolerance, data=data,
+                            data_config=data_config, tensorrt=trt)
+    export_checkpoint(checkpoint, out, options, force=force, log=lambda msg: click.echo(msg, err=True))
     click.echo(f"engine ready: {out}")
 
 
