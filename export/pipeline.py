@@ -18,7 +18,7 @@ from prumux_deploy.engine import MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION
 from prumux_deploy.errors import ParityError, PruMuxError
 from prumux_deploy.structure import describe
 
-from .compact import compact
+from prumux_deploy.compact import compact
 from .gpu import ALIGN
 from .onnx import DEFAULT_OPSET, export_onnx, parity, record_graph_facts
 from .options import ExportOptions

@@ -135,7 +135,7 @@ def generated_model(base: dict, N: int, sparsity: float, seed: int, structure=No
     with `structure` = (heads per layer, FFN width per layer) as given."""
     from transformers import BertConfig
 
-    from prumux_deploy.export import compact
+    from .compact import compact
 
     model = create_model(BertConfig(**base), num_instances=N, num_labels=2, seed=seed)
     heads, ffn = structure or cofi_like_structure(model.config, sparsity, seed=seed)
@@ -204,7 +204,7 @@ def _efficiency(row: dict, rate: float) -> dict:
 
 def _structures(cfg: BenchConfig):
     for path in cfg.checkpoints:  # named by path (auto collect matches them); s: measured, to 0.01 like a grid
-        from prumux_deploy.export import compact
+        from .compact import compact
 
         model = compact(load_checkpoint(path))
         yield str(path), model.config.num_instances, round(describe(model)["sparsity"], 2), model

@@ -10,7 +10,7 @@ Read top to bottom, like nanoGPT's model.py. Shapes in comments use:
 One module serves every kind of model the toolchain meets:
 
 * masked models (what CoFi training produces): full-size tensors plus CoFi masks;
-* compact models (what `prumux_deploy.export.compact` produces): no masks, and every layer
+* compact models (what `prumux_deploy.compact` produces): no masks, and every layer
   has its own head count and FFN width, 0 meaning that sub-layer is gone;
 * models imported from the upstream research code (prumux_deploy/upstream.py), whose forward differs
   from ours in the places the config names (the upstream names are kept):
@@ -27,7 +27,7 @@ One module serves every kind of model the toolchain meets:
       demux_kind pooler      BERT's pooler (dense + tanh on [CLS]) then the classifier: CoFi releases, N=1
       mask_convention cofi   CoFi's masked forward (see below)
 
-Mask semantics (the one place they are defined; compaction in export/compact.py folds exactly these):
+Mask semantics (the one place they are defined; compaction in prumux_deploy/compact.py folds exactly these):
     hidden_z[Hb]          x <- x * hidden_z after the embedding LayerNorm, on every sub-layer output
                           before its residual add, and after every sub-layer LayerNorm. LayerNorms
                           normalise over the kept dims (hidden_z != 0) only and write 0 elsewhere.
@@ -653,7 +653,7 @@ class PruMuxModel(nn.Module):
         """Attach CoFi masks (float tensors; 0 = pruned). Only full-size models can carry masks."""
         masks = {k: v.float() for k, v in (masks or {}).items() if v is not None}
         if masks and self.config.is_compact:
-            raise ModelError("a compact model carries no masks; fold them with export.compact first")
+            raise ModelError("a compact model carries no masks; fold them with prumux_deploy.compact first")
         self.masks = masks
 
     def _resolve_masks(self, masks):

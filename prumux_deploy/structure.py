@@ -74,7 +74,7 @@ def inspect_path(path) -> tuple[str, dict]:
                   f"inputs {[i['name'] for i in manifest['inputs']]}, labels {list(manifest['labels'].values())}")
         return header, manifest["structure"]
     from .checkpoint import load_checkpoint
-    from .export import compact
+    from .compact import compact
 
     model = load_checkpoint(path)
     info = describe(compact(model), model)

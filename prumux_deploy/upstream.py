@@ -535,7 +535,7 @@ def summary(model: PruMuxModel) -> str:
         structure = (f"heads kept {cfg.heads_per_layer}/{cfg.num_attention_heads}, FFN kept {cfg.ffn_per_layer}/"
                      f"{cfg.intermediate_size}, hidden kept {cfg.model_dim}/{cfg.hidden_size}")
     elif model.masks:
-        from .export.compact import compact
+        from .compact import compact
 
         small = compact(model).config
         structure = (f"masks keep heads {small.heads_per_layer}/{cfg.num_attention_heads}, FFN "

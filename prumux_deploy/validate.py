@@ -13,7 +13,7 @@ report says which arithmetic each side used ("arithmetic").
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -59,14 +59,32 @@ def _check(name, value, op, threshold, fmt):
             "fmt": fmt}
 
 
-def run_validation(engine_dir, checkpoint, task_name: str | None, data_dir, split: str = "dev",
-                   limit: int | None = None, thresholds: Thresholds = Thresholds(),
-                   with_throughput: bool = False, batch_size: int | None = None,
-                   throughput_seq_len: int = 128, progress: bool = True, truncate: bool = True,
-                   skip_bad_rows: bool = False, warn=lambda msg: print(msg, file=sys.stderr),
-                   device: str = "cpu", data_config: str | None = None, columns: dict | None = None,
-                   partners: int = 0, partner_seed: int = 0, tf32: bool = False) -> dict:
-    """Validate `engine_dir` against `checkpoint` on a task's split; returns the report (see format_report).
+@dataclass(frozen=True)
+class ValidateOptions:
+    """What `validate` is asked for besides the engine, the checkpoint and the data (run_validation's
+    docstring says what each field does)."""
+
+    split: str = "dev"
+    limit: int | None = None
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    with_throughput: bool = False
+    batch_size: int | None = None
+    throughput_seq_len: int = 128
+    progress: bool = True
+    truncate: bool = True
+    skip_bad_rows: bool = False
+    device: str = "cpu"
+    data_config: str | None = None
+    columns: dict | None = None
+    partners: int = 0
+    partner_seed: int = 0
+    tf32: bool = False
+
+
+def run_validation(engine_dir, checkpoint, task_name: str | None, data_dir, options: ValidateOptions | None = None,
+                   *, warn=lambda msg: print(msg, file=sys.stderr), **fields) -> dict:
+    """Validate `engine_dir` against `checkpoint` on a task's split as `options` say; returns the report (see
+    format_report).
 
     task_name: a GLUE task, "custom", or None for the checkpoint's own. data_dir: anything data.load_examples
     reads (data_config: a hub dataset's configuration). columns: a custom task's text / text_pair / label
@@ -89,7 +107,16 @@ def run_validation(engine_dir, checkpoint, task_name: str | None, data_dir, spli
     throughput, samples/s of engine and PyTorch eager (compact), their ratio and end-to-end rates; with
     partners, the partner-sensitivity figures.
     Raises PruMuxError (one line) for unusable inputs; threshold failures are in the report (`passed`), not
-    exceptions."""
+    exceptions. options: a ValidateOptions, or its fields as keywords."""
+    if options is None:
+        options = ValidateOptions(**fields)
+    elif fields:
+        raise TypeError(f"give `options` or keyword options, not both ({', '.join(fields)})")
+    split, limit, thresholds, batch_size = options.split, options.limit, options.thresholds, options.batch_size
+    with_throughput, throughput_seq_len, progress = options.with_throughput, options.throughput_seq_len, options.progress
+    truncate, skip_bad_rows, device, tf32 = options.truncate, options.skip_bad_rows, options.device, options.tf32
+    data_config, columns, partners, partner_seed = (options.data_config, options.columns, options.partners,
+                                                    options.partner_seed)
     dev = resolve_device(device)
     check_tf32(dev, tf32)
     engine = load_engine(engine_dir, device=dev.type, tf32=tf32, warn=lambda line: warn(f"warning: {line}"))
@@ -236,7 +263,7 @@ def _throughput(engine, model, tokenizer, examples, batch, seq_len, device=torch
     same device (and eager in the engine's precision for fp16 engines on a GPU); and the engine end to end
     (raw text -> tokenizer -> engine -> labels) on the task rows, with each batch padded to its longest row
     (what a server sees) and padded to seq_len."""
-    from prumux_deploy.export import compact
+    from .compact import compact
 
     idx = np.arange(batch) % len(examples)
     feeds = tokenize(tokenizer, [examples.text_a[i] for i in idx],

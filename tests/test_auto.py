@@ -378,7 +378,7 @@ def test_compare_finds_the_fastest_point_of_each_method_per_threshold(tmp_path):
 
 def test_collect_joins_validate_reports_and_bench_rows(tmp_path, engine_dir, masked_checkpoint, sst2_dir):
     from prumux_deploy.checkpoint import load_checkpoint
-    from prumux_deploy.export import compact
+    from prumux_deploy.compact import compact
     from prumux_deploy.structure import describe
 
     report, bench_json, out = tmp_path / "report.json", tmp_path / "bench.json", tmp_path / "m.csv"

@@ -11,7 +11,7 @@ from prumux_deploy.bench import BERT_BASE, plot, read_accuracies
 from prumux_deploy.counts import bert_flops_per_sample, encoder_flops, encoder_params, prumux_flops_per_sample
 from prumux_deploy.cli import main
 from prumux_deploy.errors import PruMuxError
-from prumux_deploy.export import compact
+from prumux_deploy.compact import compact
 from prumux_deploy.generate import cofi_like_structure, masks_for_structure
 from prumux_deploy.model import PruMuxConfig
 from prumux_deploy.structure import describe

@@ -7,7 +7,7 @@ from safetensors.torch import load_file, save_file
 from prumux_deploy import load_checkpoint, save_checkpoint
 from prumux_deploy.checkpoint import FORMAT_VERSION
 from prumux_deploy.errors import CheckpointError
-from prumux_deploy.export import compact
+from prumux_deploy.compact import compact
 
 from conftest import HIDDEN, LAYERS, masked_model
 

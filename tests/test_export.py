@@ -35,7 +35,7 @@ def test_onnx_engine_matches_masked_and_compact_pytorch(tmp_path, N):
     save_checkpoint(model, tmp_path / "ckpt")
     manifest = export_checkpoint(tmp_path / "ckpt", tmp_path / "engine", log=quiet)
     engine = load_engine(tmp_path / "engine")
-    from prumux_deploy.export import compact
+    from prumux_deploy.compact import compact
 
     small = compact(model)
     for B in (0, 1, 3, 7):

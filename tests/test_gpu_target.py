@@ -14,7 +14,7 @@ import torch
 import tests.fake_tensorrt as fake
 from prumux_deploy import load_checkpoint
 from prumux_deploy.errors import ExportError, PruMuxError
-from prumux_deploy.export import compact
+from prumux_deploy.compact import compact
 from prumux_deploy.export.gpu import ALIGN, pad_ffn_widths, padded_width
 from prumux_deploy.export.optimize import check_fusions, expected_fused_ops, op_counts
 from prumux_deploy.export.pipeline import export_checkpoint, write_graph

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from prumux_deploy import create_model
-from prumux_deploy.export import compact
+from prumux_deploy.compact import compact
 
 from conftest import FFN, HEADS, HIDDEN, LAYERS, MAX_POS, VOCAB, masked_model, tiny_bert_config
 

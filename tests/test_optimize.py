@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from prumux_deploy.export import compact
+from prumux_deploy.compact import compact
 from prumux_deploy.export.onnx import export_onnx
 from prumux_deploy.export.optimize import (NORMALIZATION_OPS, convert_fp16, expected_fused_ops, op_counts, optimize_onnx,
                                            quantize_int8)

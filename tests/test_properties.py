@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from prumux_deploy import create_model, save_checkpoint
-from prumux_deploy.export import compact
+from prumux_deploy.compact import compact
 
 from conftest import tiny_bert_config
 

@@ -259,7 +259,7 @@ def test_learned_instance_vectors_train_and_export(tmp_path, bert_dir, glue_dir)
 @pytest.mark.parametrize("target", [0.3, 0.6, 0.9])
 def test_deterministic_masks_sized_to_the_target_compact_to_it(target):
     from prumux_deploy import create_model
-    from prumux_deploy.export import compact
+    from prumux_deploy.compact import compact
     from prumux_deploy.structure import describe
 
     from conftest import tiny_bert_config

@@ -15,7 +15,7 @@ import torch
 from prumux_deploy.checkpoint import load_checkpoint
 from prumux_deploy.data import load_tokenizer
 from prumux_deploy.engine import load_engine
-from prumux_deploy.export import compact
+from prumux_deploy.compact import compact
 from prumux_deploy.upstream import fold_and_cut, read_upstream
 
 import upstream_layout as ul

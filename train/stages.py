@@ -27,7 +27,7 @@ from prumux_deploy.checkpoint import (check_vocab, create_model, load_checkpoint
                                       save_checkpoint)
 from prumux_deploy.data import load_tokenizer
 from prumux_deploy.errors import PruMuxError
-from prumux_deploy.export import compact
+from prumux_deploy.compact import compact
 from prumux_deploy.structure import describe
 
 from .distributed import Runtime, runtime

@@ -114,7 +114,7 @@ def compact(checkpoint, out, fp16, force):
 
     from ..atomic import check_target
     from ..checkpoint import load_checkpoint, save_checkpoint
-    from ..export import compact as fold
+    from ..compact import compact as fold
     from ..structure import describe
 
     check_target(out, force)

@@ -70,7 +70,7 @@ def validate(engine_dir, checkpoint, task, data, data_config, text_column, text_
     (F1 for QQP and MRPC, Matthews correlation for CoLA, macro-F1 for custom tasks). With --partners, also
     how much a row's answer depends on the rows it shares a mux group with (gate it with --max-flip-rate)."""
     from ..atomic import check_file_target
-    from ..validate import Thresholds, format_report, run_validation, write_report
+    from ..validate import Thresholds, ValidateOptions, format_report, run_validation, write_report
 
     if labels is not None:
         raise PruMuxError("--labels applies where a model is made (init, train); validate reads the checkpoint's")
@@ -83,12 +83,12 @@ def validate(engine_dir, checkpoint, task, data, data_config, text_column, text_
     thresholds = Thresholds.for_engine(engine_dir, tf32=tf32, min_accuracy=min_accuracy, max_accuracy_drop=max_accuracy_drop,
                                        min_agreement=min_agreement, max_logit_error=max_logit_error,
                                        min_speedup=min_speedup, max_flip_rate=max_flip_rate)
-    result = run_validation(engine_dir, checkpoint, task, data, split=split, limit=limit,
-                            thresholds=thresholds, with_throughput=throughput, batch_size=batch_size,
-                            truncate=not no_truncate, skip_bad_rows=skip_bad_rows,
-                            warn=lambda msg: click.echo(msg, err=True), device=device, data_config=data_config,
-                            columns={"text": text_column, "text_pair": text_pair_column, "label": label_column},
-                            partners=partners, partner_seed=partner_seed, tf32=tf32)
+    options = ValidateOptions(split=split, limit=limit, thresholds=thresholds, with_throughput=throughput,
+                              batch_size=batch_size, truncate=not no_truncate, skip_bad_rows=skip_bad_rows,
+                              device=device, data_config=data_config, partners=partners, partner_seed=partner_seed,
+                              columns={"text": text_column, "text_pair": text_pair_column, "label": label_column},
+                              tf32=tf32)
+    result = run_validation(engine_dir, checkpoint, task, data, options, warn=lambda msg: click.echo(msg, err=True))
     click.echo(format_report(result))
     if report:
         write_report(result, report, force)
