@@ -79,6 +79,17 @@ def _runtime_for(engine_dir, manifest: dict, device: str, runtime: str | None) -
     return runtime
 
 
+def _check_utf8(text: str, number: int, what: str) -> None:
+    """A text that cannot be UTF-8 (a command-line argument in another encoding arrives with lone surrogates,
+    Python's surrogateescape) is refused in one line, before the tokenizer fails on it obscurely."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise EngineError(f"{what} {number} is not valid UTF-8 (character {e.start + 1}: {text[:e.start][-20:]!r} then an "
+                          "undecodable byte); pass text in UTF-8 (set the terminal's or the script's encoding to "
+                          "UTF-8, e.g. iconv -f latin1 -t utf-8)") from None
+
+
 @dataclass
 class Predictions:
     """What `classify` returns for B texts."""
@@ -121,6 +132,8 @@ def classify(engine: Engine, texts: list[str], second: list[str] | None = None, 
         raise EngineError("this engine classifies single sentences; drop `second`")
     if any(not t.strip() for t in texts):
         raise EngineError("empty text; every text must contain some words")
+    for k, text in enumerate(texts + (second or [])):
+        _check_utf8(text, k % len(texts) + 1, "second sentence" if k >= len(texts) else "text")
     tokenizer = load_tokenizer(engine.dir)
     check_lengths(tokenizer, texts, second, engine.max_seq_length, truncate, warn or (lambda msg: None))
     feeds = tokenize(tokenizer, texts, second, max_length=engine.max_seq_length,

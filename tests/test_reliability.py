@@ -789,3 +789,9 @@ def test_two_runs_with_the_same_out_do_not_share_out_run(tmp_path, bert_dir, glu
     assert run(*_finetune_argv(out, bert_dir, glue_dir, "--resume")).exit_code == 0
     done = subprocess.run([sys.executable, "-c", TRY_LOCK, str(run_path)], capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "acquired"
+
+
+def test_a_text_that_is_not_utf8_is_one_line(engine_dir):
+    # a command-line argument in another encoding reaches Python as lone surrogates (surrogateescape)
+    done = run("predict", engine_dir, "good", "caf\udce9 bad")
+    refused(done, 2, "text 2 is not valid UTF-8 (character 4: 'caf' then an undecodable byte); pass text in UTF-8")
