@@ -333,7 +333,26 @@ def _load_file(file: Path):
         raise DataError(f"{file}: unknown data format; use .csv, .tsv, .jsonl (or .json), .parquet")
     if file.stat().st_size == 0:
         raise DataError(f"{file}: empty file")
+    if fmt == "csv":
+        _check_header(file)
     return datasets.load_dataset(fmt, data_files=str(file), split="train", **_reader_options(file.suffix.lower()))
+
+
+def _check_header(file: Path) -> None:
+    """A CSV / TSV header naming a column twice is refused: the reader would rename the second ('label.1')
+    and a command would silently read the first."""
+    import csv
+
+    with open(file, newline="", encoding="utf-8", errors="replace") as f:
+        delimiter = "\t" if file.suffix.lower() == ".tsv" else ","
+        header = next(csv.reader(f, delimiter=delimiter, quoting=csv.QUOTE_NONE if delimiter == "\t" else
+                                 csv.QUOTE_MINIMAL), [])
+    seen = {}
+    for position, name in enumerate(header, 1):
+        if name in seen:
+            raise DataError(f"{file}: the header names column {name!r} twice (columns {seen[name]} and {position}); "
+                            "rename or drop one, so it is clear which one is read")
+        seen[name] = position
 
 
 def _load_hub(name: str, config: str | None, split: str, limit: int | None):

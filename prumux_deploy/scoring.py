@@ -578,7 +578,7 @@ def open_input(path, engine, text_column: str | None = None, second_column: str 
     read, checked against the ones it has. split: which split of a save_to_disk DatasetDict or a directory of
     split files (default: its only split, else 'test'). Raises DataError (one line: the input, the problem, the
     fix) for a missing or empty input, an unknown format, a missing column, a .txt input to a pair engine."""
-    from .data import _data_files, _reader_options
+    from .data import _check_header, _data_files, _reader_options
 
     path = Path(path)
     pair = engine.uses_token_types
@@ -612,6 +612,7 @@ def open_input(path, engine, text_column: str | None = None, second_column: str 
     id_type = None
     total = None
     if kind == "csv":
+        _check_header(path)  # a column named twice: which one is read would be a guess
         options = _reader_options(path.suffix.lower())
         with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
             columns = next(csv.reader(f, **options), None) or []

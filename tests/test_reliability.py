@@ -795,3 +795,14 @@ def test_a_text_that_is_not_utf8_is_one_line(engine_dir):
     # a command-line argument in another encoding reaches Python as lone surrogates (surrogateescape)
     done = run("predict", engine_dir, "good", "caf\udce9 bad")
     refused(done, 2, "text 2 is not valid UTF-8 (character 4: 'caf' then an undecodable byte); pass text in UTF-8")
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv"])
+def test_a_column_named_twice_is_one_line(tmp_path, engine_dir, masked_checkpoint, suffix):
+    sep = "," if suffix == ".csv" else "\t"
+    data = tmp_path / f"dev{suffix}"
+    data.write_text(sep.join(["sentence", "label", "label"]) + "\n" + sep.join(["a good film", "1", "0"]) + "\n")
+    message = f"{data}: the header names column 'label' twice (columns 2 and 3); rename or drop one"
+    refused(run("validate", engine_dir, "--checkpoint", masked_checkpoint, "--data", data), 2, message)
+    refused(run("predict", engine_dir, "--input", data, "--output", tmp_path / "o.jsonl"), 2, message)
+    assert not (tmp_path / "o.jsonl").exists()
