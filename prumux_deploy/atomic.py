@@ -42,6 +42,9 @@ def check_writable(target: str | os.PathLike) -> Path:
 
     Raises PruMuxError: `cannot write TARGET: WHAT (OS reason); FIX`, one line. Returns `target` as a Path."""
     target = Path(target)
+    if os.path.islink(target) and not target.exists():  # found now, not when the finished output is renamed
+        raise PruMuxError(f"cannot write {target}: it is a symbolic link to {os.readlink(target)}, which does not "
+                          "exist; remove the link or choose another output path")
     folder = _nearest_existing(target.parent)
     if os.path.islink(folder) and not folder.exists():
         raise PruMuxError(f"cannot write {target}: {folder} is a symbolic link to {os.readlink(folder)}, which does "

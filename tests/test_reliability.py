@@ -806,3 +806,12 @@ def test_a_column_named_twice_is_one_line(tmp_path, engine_dir, masked_checkpoin
     refused(run("validate", engine_dir, "--checkpoint", masked_checkpoint, "--data", data), 2, message)
     refused(run("predict", engine_dir, "--input", data, "--output", tmp_path / "o.jsonl"), 2, message)
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_a_dangling_link_as_the_output_is_refused_before_the_work(tmp_path, masked_checkpoint):
+    out = tmp_path / "engine"
+    out.symlink_to(tmp_path / "gone" / "x")
+    done = run("export", masked_checkpoint, out)
+    refused(done, 2, f"cannot write {out}: it is a symbolic link to {tmp_path / 'gone' / 'x'}, which does not exist")
+    assert "compacting" not in done.output  # refused before any work
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["engine"] and out.is_symlink()
