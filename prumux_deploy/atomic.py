@@ -184,16 +184,40 @@ def atomic_dir(target: str | os.PathLike, force: bool = False):
     try:
         yield tmp
         _default_permissions(tmp)
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.replace(target, old / "x")  # move the old version aside, then swap the new one in
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
+        _swap_in(tmp, target, force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+SWAP_TRIES = 20
+
+
+def _swap_in(tmp: Path, target: Path, force: bool) -> None:
+    """Rename `tmp` to `target`, moving an existing target aside first (force). Other writers of the same
+    target may swap theirs in between these steps (two `--force` runs at once): a step that finds the target
+    gone or back is tried again, so the last writer wins and each leaves nothing behind. Without force, a
+    target that appeared while this command worked is refused in one line (nothing replaced)."""
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    try:
+        for attempt in range(SWAP_TRIES):
+            try:
+                if os.path.lexists(target):
+                    if not force:
+                        raise PruMuxError(f"{target} appeared while this command ran (another run writing it?); "
+                                          "pass `force` to replace it, or choose another output path")
+                    os.replace(target, old / str(attempt))  # the old version aside, then the new one in
+                os.replace(tmp, target)
+                return
+            except FileNotFoundError:  # another writer moved the target away first
+                continue
+            except OSError as e:
+                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):  # (another writer swapped its own in)
+                    raise
+        raise PruMuxError(f"{target}: other processes kept replacing it ({SWAP_TRIES} tries); run one writer at a "
+                          "time")
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def check_file_target(target: str | os.PathLike, force: bool) -> Path:

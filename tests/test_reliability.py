@@ -815,3 +815,45 @@ def test_a_dangling_link_as_the_output_is_refused_before_the_work(tmp_path, mask
     refused(done, 2, f"cannot write {out}: it is a symbolic link to {tmp_path / 'gone' / 'x'}, which does not exist")
     assert "compacting" not in done.output  # refused before any work
     assert sorted(p.name for p in tmp_path.iterdir()) == ["engine"] and out.is_symlink()
+
+
+def test_concurrent_force_writers_both_finish_and_leave_nothing_behind(tmp_path):
+    import threading
+
+    from prumux_deploy.atomic import atomic_dir
+
+    target = tmp_path / "out"
+    barrier, errors = threading.Barrier(4), []
+
+    def writer(k):
+        try:
+            with atomic_dir(target, force=True) as tmp:
+                (tmp / "config.json").write_text('{"format": "prumux-checkpoint"}')  # an output of ours
+                (tmp / "who").write_text(str(k))
+                barrier.wait()  # all four swap at once
+        except Exception as e:  # noqa: BLE001 - the test reports any
+            errors.append(e)
+
+    (target).mkdir()
+    (target / "config.json").write_text('{"format": "prumux-checkpoint"}')
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no .out.tmp-* or .out.old-* left
+    assert (target / "who").read_text() in {"0", "1", "2", "3"}
+
+
+def test_an_output_that_appears_meanwhile_is_not_replaced_without_force(tmp_path):
+    from prumux_deploy.atomic import atomic_dir
+    from prumux_deploy.errors import PruMuxError
+
+    target = tmp_path / "out"
+    with pytest.raises(PruMuxError, match="appeared while this command ran .*pass `force` to replace it"):
+        with atomic_dir(target) as tmp:
+            (tmp / "mine").write_text("1")
+            target.mkdir()  # another run put its output there first
+            (target / "theirs").write_text("1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and (target / "theirs").exists()
