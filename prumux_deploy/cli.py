@@ -9,10 +9,27 @@ from __future__ import annotations
 import signal
 import sys
 
-import click
 
-from .commands import auto, bench, export, model, predict, train, validate
-from .commands._group import CommandGroup, reader_went_away
+def _interrupted_quietly(signum, frame):
+    """Ctrl-C while the command line starts (torch, transformers, onnxruntime load for seconds) or while the
+    interpreter shuts down: the one line every interruption gets, exit 130, no traceback."""
+    sys.stderr.write("interrupted; no output was written\n")
+    sys.exit(130)
+
+
+def _on_ctrl_c(handler) -> None:
+    import threading
+
+    if threading.current_thread() is threading.main_thread():  # (signal handlers live in the main thread)
+        signal.signal(signal.SIGINT, handler)
+
+
+_on_ctrl_c(_interrupted_quietly)
+
+import click  # noqa: E402 - after the handler: a Ctrl-C while these load is the one line above
+
+from .commands import auto, bench, export, model, predict, train, validate  # noqa: E402
+from .commands._group import CommandGroup, reader_went_away  # noqa: E402
 
 
 class PruMuxGroup(CommandGroup):
@@ -20,6 +37,7 @@ class PruMuxGroup(CommandGroup):
     option, a value out of range) are one line too, with exit 2, and Ctrl-C or `kill` exits 130."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        _on_ctrl_c(signal.default_int_handler)  # from here Ctrl-C is a KeyboardInterrupt: click's Abort, below
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.UsageError as e:
@@ -39,6 +57,7 @@ class PruMuxGroup(CommandGroup):
             click.echo("interrupted; no output was written", err=True)
             sys.exit(130)
         if standalone_mode:
+            _on_ctrl_c(_interrupted_quietly)  # the interpreter's shutdown (atexit, threads) is quiet too
             try:
                 sys.stdout.flush()  # a reader that closed the pipe shows here, not in Python's exit handler
             except BrokenPipeError:

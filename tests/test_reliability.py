@@ -857,3 +857,21 @@ def test_an_output_that_appears_meanwhile_is_not_replaced_without_force(tmp_path
             target.mkdir()  # another run put its output there first
             (target / "theirs").write_text("1")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and (target / "theirs").exists()
+
+
+@pytest.mark.parametrize("after", [0.4, 0.9])
+def test_ctrl_c_while_the_command_line_starts_is_one_line(after, masked_checkpoint):
+    """torch and the runtimes take seconds to load; a Ctrl-C then gets the one line every interruption gets."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    child = subprocess.Popen([sys.executable, "-m", "prumux_deploy.cli", "inspect", str(masked_checkpoint)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(after)
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate(timeout=120)
+    if child.returncode == 0:
+        pytest.skip(f"the command finished within {after} s here; nothing was interrupted")
+    assert (child.returncode, err.strip()) == (130, "interrupted; no output was written"), err
