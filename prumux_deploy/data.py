@@ -318,11 +318,33 @@ def open_split(data, split: str, data_config: str | None = None, limit: int | No
     except Exception as e:  # noqa: BLE001 - pyarrow / pandas / datasets parse errors: one line naming the source
         if "corresponds to no data" in str(e):  # a header and no rows
             raise DataError(f"{data}: no usable rows; the split is empty") from None
+        cache = _cache_failure(e)
+        if cache:
+            raise DataError(cache) from None
         raise DataError(f"{data}: cannot be read as a dataset ({type(e).__name__}: "
                         f"{_first_line(e, 200)}); check its format") from None
     if limit is not None and len(ds) > limit:
         ds = ds.select(range(limit))
     return ds, source
+
+
+def _cache_failure(error: Exception) -> str | None:
+    """One line for an OS error inside the Hugging Face datasets cache (unwritable, missing, full), which
+    `datasets` raises while it reads any data file: the cache is the problem, not the data."""
+    import errno
+
+    import datasets
+
+    if not isinstance(error, OSError):
+        return None
+    cache = Path(datasets.config.HF_DATASETS_CACHE)
+    where = Path(str(getattr(error, "filename", "") or ""))
+    if not (where == cache or cache in where.parents or where in cache.parents):
+        return None
+    why = {errno.ENOSPC: "its file system is full", errno.EACCES: "it is not writable here",
+           errno.EROFS: "it is on a read-only file system"}.get(error.errno, error.strerror or type(error).__name__)
+    return (f"the Hugging Face datasets cache {cache} cannot be used: {why} ({where}); set HF_DATASETS_CACHE "
+            "(or HF_HOME) to a writable directory with free space")
 
 
 def _load_file(file: Path):

@@ -875,3 +875,22 @@ def test_ctrl_c_while_the_command_line_starts_is_one_line(after, masked_checkpoi
     if child.returncode == 0:
         pytest.skip(f"the command finished within {after} s here; nothing was interrupted")
     assert (child.returncode, err.strip()) == (130, "interrupted; no output was written"), err
+
+
+def test_an_unusable_datasets_cache_is_named_not_the_data(tmp_path, engine_dir, masked_checkpoint):
+    import os
+    import subprocess
+    import sys
+
+    data = tmp_path / "dev.csv"
+    data.write_text("sentence,label\na good film,1\na bad film,0\n")
+    (tmp_path / "afile").write_text("not a directory")
+    cache = tmp_path / "afile" / "cache"  # cannot be created: its parent is a file
+    done = subprocess.run([sys.executable, "-m", "prumux_deploy.cli", "validate", str(engine_dir), "--checkpoint",
+                           str(masked_checkpoint), "--data", str(data)], capture_output=True, text=True,
+                          env={**os.environ, "HF_DATASETS_CACHE": str(cache)}, timeout=300)
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: the Hugging Face datasets cache {cache} cannot be used: ") and "Traceback" not in done.stderr
+    assert last.endswith("set HF_DATASETS_CACHE (or HF_HOME) to a writable directory with free space")
+    assert str(data) not in last  # the data file is not blamed
