@@ -19,6 +19,7 @@ import numpy as np
 
 from .documents import json_kind, listed_file, read_versioned_json, sha256_file
 from .errors import EngineError
+from .limits import CONFIG_LIMITS
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "prumux-engine"
@@ -30,9 +31,9 @@ ENGINE_KINDS = ("onnx", "tensorrt")
 # num_instances of 1 on an N=2 graph would make `triton` drop request isolation.
 GRAPH_FACTS = ("num_instances", "num_labels", "max_position_embeddings", "vocab_size", "type_vocab_size")
 GRAPH_FACT_PREFIX = "prumux."
-# the bounds of model.CONFIG_LIMITS (not imported: model.py needs torch, running an engine does not)
-_LIMITS = {"num_instances": 1024, "num_labels": 1 << 16, "max_position_embeddings": 1 << 16, "vocab_size": 1 << 22,
-           "type_vocab_size": 1024, "max_seq_length": 1 << 16, "fixed_length": 1 << 16}
+# the manifest's whole-number fields within the config's bounds (fixed_length is a max_seq_length)
+_LIMITS = {**{name: CONFIG_LIMITS[name][1] for name in GRAPH_FACTS + ("max_seq_length",)},
+           "fixed_length": CONFIG_LIMITS["max_seq_length"][1]}
 
 
 def graph_facts(cfg) -> dict[str, str]:

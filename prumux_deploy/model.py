@@ -73,6 +73,7 @@ from torch import nn
 
 from .data import task_is_pair
 from .errors import ModelError
+from .limits import CONFIG_LIMITS, LIST_LIMITS, MAX_PARAMETERS
 
 MASK_NAMES = ("head_z", "head_layer_z", "intermediate_z", "mlp_z", "hidden_z")
 MUX_KINDS = ("gaussian_hadamard", "binary_hadamard")  # both: instance vectors times embeddings, mean over N
@@ -92,16 +93,6 @@ def check_kind(what: str, kind: str, kinds: tuple[str, ...]):
 
 # Bounds of a config's whole numbers: generous (far above any BERT) but finite, so that a typo or a hostile
 # config.json (hidden_size 1e9, num_hidden_layers 1e6) is refused in one line before any tensor is allocated.
-CONFIG_LIMITS = {
-    "vocab_size": (1, 1 << 22), "hidden_size": (1, 65536), "num_hidden_layers": (1, 1024),
-    "num_attention_heads": (1, 1024), "intermediate_size": (1, 1 << 20), "max_position_embeddings": (1, 1 << 16),
-    "type_vocab_size": (1, 1024), "num_instances": (1, 1024), "num_labels": (1, 1 << 16),
-    "num_hidden_demux_layers": (0, 1024), "max_seq_length": (1, 1 << 16), "pad_token_id": (0, (1 << 22) - 1),
-    "mux_cls_token_id": (0, (1 << 22) - 1), "pruned_hidden_size": (1, 65536), "demux_key_size": (1, 65536),
-}
-LIST_LIMITS = {"layer_num_heads": (0, 1024), "layer_intermediate_size": (0, 1 << 20),
-               "pre_mux_hidden_keep": (0, 65535)}  # each entry of these lists
-MAX_PARAMETERS = 1 << 33  # ~8.6 billion: 32 GiB of float32 weights (BERT-large has 0.34 billion)
 
 
 def _shown(value) -> str:
