@@ -29,23 +29,26 @@ requests, and each answer is what the engine gives for that request alone:
 The tokenizer model needs numpy and transformers in the Python environment of Triton's Python backend
 (the stock Triton image has neither; install them there or point EXECUTION_ENV_PATH at a packed env).
 
-Each model directory is built completely in a temporary directory inside REPO and renamed into place
-(`prumux_deploy.atomic.atomic_dir`); an existing model directory is replaced only with force. A repository
-may hold other models; only the model directories named here are touched.
+One call updates its model directories as a whole (`prumux_deploy.atomic.atomic_dirs`): each is built
+completely in a temporary directory inside REPO (`.NAME.tmp-*`, the same file system), and only then are
+they renamed into place, each old version kept aside until all are in; a failure or interrupt on the way puts
+the old ones back. So a front is never left beside an engine of another export, nor an engine without its
+front. An existing model directory is replaced only with force. A repository may hold other models; only the
+model directories named here are touched.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
-import tempfile
 from importlib import resources
 from pathlib import Path
 
 from prumux_deploy.capabilities import why_not
-from prumux_deploy.atomic import atomic_dir, check_target
+from prumux_deploy.atomic import atomic_dirs, os_error_fix
 from prumux_deploy.data import copy_tokenizer, has_tokenizer
 from prumux_deploy.documents import sha256_file
 from prumux_deploy.engine import MANIFEST, read_manifest, runtime_of, verify_engine_file
@@ -400,34 +403,47 @@ def write_triton_repository(engine_dir, repo, name: str, max_batch_size: int | N
     isolation = effective_isolation(manifest, isolation)
     names = [name] + ([name + TOKENIZER_SUFFIX, name + ENSEMBLE_SUFFIX] if with_tokenizer else [])
     if isolation == "request":
-        names.insert(0, name + ENGINE_SUFFIX)  # written first: the front refers to it
-    for n in names:  # refuse before writing anything
-        check_target(repo / n, force)
-
-    repo.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=repo))
+        names.insert(0, name + ENGINE_SUFFIX)  # put in first: the front refers to it (the ensemble, last)
+    created = not os.path.lexists(repo)
     try:
-        engine_name = name + ENGINE_SUFFIX if isolation == "request" else name
-        _write_model(stage / engine_name, manifest, engine_dir, engine_file, engine_name, max_batch_size, copies,
-                     device, dynamic_batching, ort_tensorrt)
-        if isolation == "request":
-            _write_isolation_front(stage / name, manifest, engine_dir, name, engine_name, max_batch_size, copies,
-                                   dynamic_batching)
-        if with_tokenizer:
-            tokenizer_name, ensemble_name = name + TOKENIZER_SUFFIX, name + ENSEMBLE_SUFFIX
-            _write_tokenizer(stage / tokenizer_name, manifest, engine_dir, tokenizer_name, max_batch_size, copies,
-                             dynamic_batching)
-            model_dir = stage / ensemble_name
-            (model_dir / VERSION).mkdir(parents=True)  # ensembles need an (empty) version directory
-            (model_dir / "config.pbtxt").write_text(
-                to_pbtxt(ensemble_config(manifest, ensemble_name, name, tokenizer_name, max_batch_size)))
-        # the engine first, the ensemble that refers to the others last
-        for n in names:
-            with atomic_dir(repo / n, force=force) as tmp:
-                os.replace(stage / n, tmp)  # onto the empty directory atomic_dir made; it renames it into place
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        # every target is checked (exists without force, not ours, unwritable) before anything is written
+        with atomic_dirs([repo / n for n in names], force=force) as tmps:
+            _write_models(dict(zip(names, tmps)), manifest, engine_dir, engine_file, name, isolation,
+                          with_tokenizer, max_batch_size, copies, device, dynamic_batching, ort_tensorrt)
+    except BaseException as e:
+        if created:  # nothing of this update is left in it: "absent when there was none"
+            with contextlib.suppress(OSError):
+                repo.rmdir()
+        if isinstance(e, OSError):  # a full disk, a lost permission: one line, not "unexpected OSError"
+            raise _update_failed(repo, e) from e
+        raise
     return repo / name
+
+
+def _update_failed(repo: Path, error: OSError) -> PruMuxError:
+    where = f" ({error.filename})" if error.filename else ""
+    return PruMuxError(f"cannot update {repo}: {error.strerror or type(error).__name__}{where}; nothing of this "
+                       f"update was put in, its models are as they were; {os_error_fix(error)}")
+
+
+def _write_models(dirs: dict[str, Path], manifest: dict, engine_dir: Path, engine_file: Path, name: str,
+                  isolation: str, with_tokenizer: bool, max_batch_size: int, copies: int, device: str,
+                  dynamic_batching: bool, ort_tensorrt: bool) -> None:
+    """Write every model directory of one update, each into its temporary directory dirs[model name]."""
+    engine_name = name + ENGINE_SUFFIX if isolation == "request" else name
+    _write_model(dirs[engine_name], manifest, engine_dir, engine_file, engine_name, max_batch_size, copies,
+                 device, dynamic_batching, ort_tensorrt)
+    if isolation == "request":
+        _write_isolation_front(dirs[name], manifest, engine_dir, name, engine_name, max_batch_size, copies,
+                               dynamic_batching)
+    if with_tokenizer:
+        tokenizer_name, ensemble_name = name + TOKENIZER_SUFFIX, name + ENSEMBLE_SUFFIX
+        _write_tokenizer(dirs[tokenizer_name], manifest, engine_dir, tokenizer_name, max_batch_size, copies,
+                         dynamic_batching)
+        model_dir = dirs[ensemble_name]
+        (model_dir / VERSION).mkdir()  # ensembles need an (empty) version directory
+        (model_dir / "config.pbtxt").write_text(
+            to_pbtxt(ensemble_config(manifest, ensemble_name, name, tokenizer_name, max_batch_size)))
 
 
 def effective_isolation(manifest: dict, isolation: str) -> str:

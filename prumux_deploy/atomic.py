@@ -2,7 +2,8 @@
 
 An interrupted or failed command (Ctrl-C, a parity failure, a full disk) leaves the target as it was:
 absent, or the previous complete version. An existing target is replaced only with force (--force).
-Every directory and file prumux-deploy writes goes through `atomic_dir` or `atomic_file`, and every command
+Every directory and file prumux-deploy writes goes through `atomic_dir` or `atomic_file` (the model
+directories of one Triton repository update together: `atomic_dirs`), and every command
 checks its outputs with `check_target` / `check_file_target` (or `check_writable`) before its work starts, so
 an output that cannot be created is refused in one line before minutes of compaction, training or timing.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import shutil
 import stat
@@ -19,6 +21,7 @@ import uuid
 from pathlib import Path
 
 from .errors import PruMuxError
+from .resources import refuse_full_disk, tree_bytes
 
 
 # What the OS says when a probe entry cannot be created, and what to do about it.
@@ -109,6 +112,12 @@ def _refuse_unwritable(target: Path, folder: Path, error: OSError):
     raise PruMuxError(f"cannot write {target}: {folder} {what} ({reason}); {fix}") from None
 
 
+def os_error_fix(error: OSError) -> str:
+    """What to do about an OSError met while writing an output (a full disk, a lost permission), in the words
+    of the checks above; a plain hint for any other."""
+    return _PROBE_FIXES.get(error.errno, ("", "check that location and try again"))[1]
+
+
 def _special_kind(target: Path) -> str | None:
     """What `target` is when it is neither a regular file nor a directory (a device, a FIFO, a socket: things
     no command writes, which `force` must never replace), else None."""
@@ -185,8 +194,10 @@ def atomic_dir(target: str | os.PathLike, force: bool = False):
         yield tmp
         _default_permissions(tmp)
         _swap_in(tmp, target, force)
-    except BaseException:
+    except BaseException as e:
+        written = tree_bytes(tmp) if isinstance(e, Exception) else 0  # (before it is removed: for the message)
         shutil.rmtree(tmp, ignore_errors=True)
+        _refuse_full_disk(e, target, written)
         raise
 
 
@@ -194,30 +205,121 @@ SWAP_TRIES = 20
 
 
 def _swap_in(tmp: Path, target: Path, force: bool) -> None:
-    """Rename `tmp` to `target`, moving an existing target aside first (force). Other writers of the same
-    target may swap theirs in between these steps (two `--force` runs at once): a step that finds the target
-    gone or back is tried again, so the last writer wins and each leaves nothing behind. Without force, a
-    target that appeared while this command worked is refused in one line (nothing replaced)."""
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    """Rename `tmp` to `target`, replacing an existing target (force); on any failure or interrupt, `target` is
+    its previous version again (_undo_swap)."""
+    old = _old_dir(target)
     try:
-        for attempt in range(SWAP_TRIES):
-            try:
-                if os.path.lexists(target):
-                    if not force:
-                        raise PruMuxError(f"{target} appeared while this command ran (another run writing it?); "
-                                          "pass `force` to replace it, or choose another output path")
-                    os.replace(target, old / str(attempt))  # the old version aside, then the new one in
-                os.replace(tmp, target)
-                return
-            except FileNotFoundError:  # another writer moved the target away first
-                continue
-            except OSError as e:
-                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):  # (another writer swapped its own in)
-                    raise
-        raise PruMuxError(f"{target}: other processes kept replacing it ({SWAP_TRIES} tries); run one writer at a "
-                          "time")
+        _swap_into(tmp, target, old, force)
+    except BaseException:
+        _undo_swap(tmp, target, old)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _old_dir(target: Path) -> Path:
+    """A fresh `.NAME.old-*` directory beside `target`, where its previous version is kept during a swap."""
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+
+
+def _swap_into(tmp: Path, target: Path, old: Path, force: bool) -> None:
+    """Rename `tmp` to `target`, moving an existing target aside into `old` first (force). Other writers of the
+    same target may swap theirs in between these steps (two `--force` runs at once): a step that finds the
+    target gone or back is tried again, so the last writer wins and each leaves nothing behind. Without force,
+    a target that appeared while this command worked is refused in one line (nothing replaced)."""
+    for attempt in range(SWAP_TRIES):
+        try:
+            if os.path.lexists(target):
+                if not force:
+                    raise PruMuxError(f"{target} appeared while this command ran (another run writing it?); "
+                                      "pass `force` to replace it, or choose another output path")
+                os.replace(target, old / str(attempt))  # the old version aside, then the new one in
+            os.replace(tmp, target)
+            return
+        except FileNotFoundError:  # another writer moved the target away first
+            continue
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):  # (another writer swapped its own in)
+                raise
+    raise PruMuxError(f"{target}: other processes kept replacing it ({SWAP_TRIES} tries); run one writer at a "
+                      "time")
+
+
+def _undo_swap(tmp: Path, target: Path, old: Path) -> None:
+    """Undo _swap_into(tmp, target, old), wherever it stopped: the new version (in place once `tmp` is gone,
+    since only this writer renames it) out of the way into `old`, the version last moved aside back in, then
+    `old` removed. A step that fails leaves `old` in place, holding the previous version, rather than lose it."""
+    try:
+        if not os.path.lexists(tmp) and os.path.lexists(target):
+            os.replace(target, old / "new")
+        kept = sorted((p for p in old.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+        if kept and not os.path.lexists(target):
+            os.replace(kept[-1], target)
+    except OSError:
+        return
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_dirs(targets: list[str | os.PathLike], force: bool = False):
+    """Yield fresh temporary directories, one beside each of `targets` (all in one folder, e.g. the model
+    directories of one Triton repository update); on success all of them replace their targets as one update:
+    afterwards either every target is its new version or, after any failure or interrupt, every target is its
+    previous version again (or absent, where there was none). See _swap_in_all."""
+    targets = [check_target(t, force) for t in targets]
+    folders = {t.parent for t in targets}
+    if len(folders) != 1 or len(set(targets)) != len(targets):
+        raise ValueError(f"atomic_dirs takes distinct targets in one folder, got {targets}")
+    folder = folders.pop()
+    folder.mkdir(parents=True, exist_ok=True)
+    tmps: list[Path] = []
+    try:
+        for target in targets:
+            tmps.append(Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=folder)))
+        yield tmps
+        for tmp in tmps:
+            _default_permissions(tmp)
+        _swap_in_all(list(zip(tmps, targets)), force, folder)
     finally:
+        for tmp in tmps:  # renamed away on success; what is left is a failed update's
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _swap_in_all(pairs: list[tuple[Path, Path]], force: bool, folder: Path) -> None:
+    """Swap each (tmp, target) in, in order (_swap_into), keeping every old version until all are in; on any
+    failure or interrupt the ones already swapped, and the one under way, are undone last first (_undo_swap)
+    before the error goes on. POSIX has no rename of several directories at once, so a SIGKILL or power loss
+    during these few renames (microseconds) can still leave part of the update in, with the previous versions
+    kept in `.NAME.old-*` beside them. Updates of one folder hold its lock (_folder_lock), so two of them at
+    once (two `--force` runs) do not interleave: the last one in wins whole."""
+    started: list[tuple[Path, Path, Path]] = []  # (tmp, target, the .NAME.old-* keeping its previous version)
+    with _folder_lock(folder):
+        try:
+            for tmp, target in pairs:
+                started.append((tmp, target, _old_dir(target)))
+                _swap_into(tmp, target, started[-1][2], force)
+        except BaseException:
+            for tmp, target, old in reversed(started):
+                _undo_swap(tmp, target, old)
+            raise
+    for _, _, old in started:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path):
+    """Hold an exclusive flock on `folder` itself (nothing is added to it: a Triton repository takes every
+    entry for a model). Best effort: where the file system cannot lock a directory, go on without it."""
+    fd = None
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError:
+        pass
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def check_file_target(target: str | os.PathLike, force: bool) -> Path:
@@ -242,9 +344,19 @@ def atomic_file(target: str | os.PathLike, force: bool = False):
     try:
         yield tmp
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as e:
+        written = tree_bytes(tmp) if isinstance(e, Exception) else 0
         tmp.unlink(missing_ok=True)
+        _refuse_full_disk(e, target, written)
         raise
+
+
+def _refuse_full_disk(error: BaseException, target: Path, written: int) -> None:
+    """A write that failed for a full disk or quota (an OSError, or a library's wrapping of one: safetensors'
+    "(os error 28)", torch's zip writer) as one line naming the output and the file system to free; the
+    target is untouched. Callers that know what the output needs say more (checkpoint, train state)."""
+    if isinstance(error, Exception):
+        refuse_full_disk(error, target, written=written)
 
 
 def write_file(target: str | os.PathLike, text: str, force: bool = False) -> Path:

@@ -25,6 +25,7 @@ from .data import TOKENIZER_FILES, copy_tokenizer, has_tokenizer
 from .documents import dumps, json_kind, listed_file, read_versioned_json, sha256_file
 from .errors import CheckpointError, ModelError
 from .model import MASK_NAMES, NEW_MODEL_DEMUX_KINDS, PruMuxConfig, PruMuxModel, check_config_values
+from .resources import refuse_full_disk, tensor_bytes
 
 FORMAT = "prumux-checkpoint"
 FORMAT_VERSION = 1
@@ -185,18 +186,23 @@ def save_checkpoint(model: PruMuxModel, path, tokenizer_dir=None, force: bool = 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-    with atomic_dir(path, force=force) as tmp:
-        save_file(state, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
-        if model.masks:
-            save_file({k: v.detach().float().cpu().contiguous() for k, v in model.masks.items()},
-                      str(tmp / "masks.safetensors"))
-        for name, tensors in (extra_tensors or {}).items():
-            save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, str(tmp / name))
-        # checksums let load_checkpoint refuse weights that were damaged or swapped after saving
-        files = {f.name: sha256_file(f) for f in sorted(tmp.glob("*.safetensors"))}
-        (tmp / "config.json").write_text(dumps({**config_dict(model), "files": files}, indent=2) + "\n")
-        if tokenizer_dir is not None:
-            copy_tokenizer(tokenizer_dir, tmp)
+    try:
+        with atomic_dir(path, force=force) as tmp:
+            save_file(state, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
+            if model.masks:
+                save_file({k: v.detach().float().cpu().contiguous() for k, v in model.masks.items()},
+                          str(tmp / "masks.safetensors"))
+            for name, tensors in (extra_tensors or {}).items():
+                save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, str(tmp / name))
+            # checksums let load_checkpoint refuse weights that were damaged or swapped after saving
+            files = {f.name: sha256_file(f) for f in sorted(tmp.glob("*.safetensors"))}
+            (tmp / "config.json").write_text(dumps({**config_dict(model), "files": files}, indent=2) + "\n")
+            if tokenizer_dir is not None:
+                copy_tokenizer(tokenizer_dir, tmp)
+    except Exception as e:  # a full disk: one line with the space the checkpoint needs (safetensors only says
+        # "I/O error: No space left on device (os error 28)"); the previous checkpoint is untouched (atomic_dir)
+        refuse_full_disk(e, path, need=tensor_bytes([state, model.masks, extra_tensors or {}]))
+        raise
 
 
 def check_vocab(tokenizer, cfg: PruMuxConfig, where) -> None:

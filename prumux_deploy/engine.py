@@ -117,8 +117,6 @@ def classify(engine: Engine, texts: list[str], second: list[str] | None = None, 
     empty texts), or when the engine computes NaN or Inf (a broken engine must not yield a label);
     DataError for texts longer than the engine takes when truncate is False. `warn` receives the truncation
     notice."""
-    from scipy.special import softmax
-
     from .data import check_lengths, load_tokenizer, tokenize
     from .isolation import MODES
 
@@ -147,4 +145,13 @@ def classify(engine: Engine, texts: list[str], second: list[str] | None = None, 
         raise EngineError(f"the engine computed NaN or Inf logits for {bad.size} of {len(texts)} texts (first: "
                           f"{texts[bad[0]][:40]!r}); the engine is broken (an fp16 overflow?): re-export it, as fp32 "
                           "if it is fp16 (prumux-deploy export --precision fp32)")
-    return Predictions(feeds, softmax(logits.astype(np.float64), axis=1), engine.labels)
+    return Predictions(feeds, softmax(logits.astype(np.float64)), engine.labels)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, as scipy.special.softmax computes it (the same values, bit for bit). Not
+    scipy's own: importing scipy starts a second OpenBLAS, whose start-up spins forever when its thread
+    buffers cannot be allocated (predict under a tight `ulimit -v` hung here, after the engine had taken its
+    memory)."""
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import EngineError
+from .resources import NotEnoughMemoryError, memory_failure, not_enough_memory
 from .runners import Runner
 
 GPU_INSTALL_HINT = ("pip install 'prumux-deploy[gpu-cu13]', or [gpu-cu12] where nvidia-smi shows CUDA 12.x "
@@ -35,18 +36,21 @@ def check_providers(session, providers, where) -> None:
 def ort_session(path, providers=None, threads: int | None = None, where=None):
     """An ONNX Runtime session on `providers` (default: the CPU), checked to run on all of them
     (check_providers). `path`: a graph file, or the serialized graph (bytes). Raises EngineError when ONNX
-    Runtime cannot load the graph."""
+    Runtime cannot load the graph; NotEnoughMemoryError when it runs out of memory doing so (its std::bad_alloc
+    is not a damaged graph)."""
     import onnxruntime as ort
 
     providers = providers or [CPU_PROVIDER]
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # fatal only: an error is raised, and our one line says it (no second line)
     if threads:
         options.intra_op_num_threads = threads
     try:
         session = ort.InferenceSession(path if isinstance(path, bytes) else str(path), options, providers=providers)
     except Exception as e:  # ORT raises its own exception types for malformed graphs
         named = where or ("the serialized graph" if isinstance(path, bytes) else path)
+        if memory_failure(e):
+            raise NotEnoughMemoryError(not_enough_memory(f"open {named} with ONNX Runtime", e)) from None
         raise EngineError(f"{named}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:200]})") from None
     check_providers(session, providers, where or path)
     return session

@@ -13,8 +13,8 @@ from prumux_deploy.export.pipeline import export_checkpoint
 from prumux_deploy.model import PruMuxConfig
 from prumux_deploy.train import loop
 from prumux_deploy.train.gates import CoFiGates, HardConcrete, expected_sparsity, lagrangian_term
-from prumux_deploy.train.losses import (ContextHead, LayerAlignment, contextual_distillation_loss,
-                                        prediction_distillation)
+from prumux_deploy.train.losses import (ContextHead, LayerAlignment, LayerReadout, contextual_distillation_loss,
+                                        hidden_state_distillation, prediction_distillation)
 from prumux_deploy.train.loop import TrainArgs
 from prumux_deploy.train.stages import PruneArgs, finetune, prune, warmup
 
@@ -256,6 +256,57 @@ def test_learned_instance_vectors_train_and_export(tmp_path, bert_dir, glue_dir)
         finetune(tmp_path / "fixed", tmp_path / "x", tiny_args(glue_dir, learn_mux=True), log=lambda m: None)
 
 
+def test_upstream_plumbing_options_shape_new_models_export_and_are_refused_on_checkpoints(tmp_path, bert_dir,
+                                                                                           glue_dir):
+    """--second-embedding-pass and --demux-key-std (issue 35's upstream plumbing): a new model takes them, the
+    engine matches it at 1e-4, and a checkpoint that already has its own is refused in one line."""
+    args = tiny_args(glue_dir, second_embedding_pass=True, demux_key_std=1.0)
+    finetune(bert_dir, tmp_path / "ft", args, log=lambda m: None)
+    model = load_checkpoint(tmp_path / "ft")
+    assert model.config.second_embedding_pass
+    assert 0.7 < model.demux.keys.std().item() < 1.3  # N(0, 1) keys, against 0.02 by default (after 9 steps)
+    plain = []
+    model.encode(torch.tensor([[101, 7, 8, 102], [101, 9, 102, 0]]), hidden_states=plain)
+    model.config.second_embedding_pass = False
+    once = []
+    model.encode(torch.tensor([[101, 7, 8, 102], [101, 9, 102, 0]]), hidden_states=once)
+    assert not torch.allclose(plain[0], once[0])  # the mixed embeddings went through the LayerNorm again
+    manifest = export_checkpoint(tmp_path / "ft", tmp_path / "engine", log=lambda m: None)
+    assert manifest["parity"]["max_abs_logit_error"] <= 1e-4
+    finetune(bert_dir, tmp_path / "plain", tiny_args(glue_dir), log=lambda m: None)
+    with pytest.raises(PruMuxError, match="runs one embedding pass; --second-embedding-pass applies to new models"):
+        finetune(tmp_path / "plain", tmp_path / "x", tiny_args(glue_dir, second_embedding_pass=True),
+                 log=lambda m: None)
+    with pytest.raises(PruMuxError, match="has trained demux keys; --demux-key-std applies to new models only"):
+        finetune(tmp_path / "plain", tmp_path / "x", tiny_args(glue_dir, demux_key_std=1.0), log=lambda m: None)
+    assert not (tmp_path / "x").exists()
+
+
+def test_keep_best_writes_the_best_evaluations_weights(tmp_path, bert_dir, glue_dir, monkeypatch):
+    """With keep_best the checkpoint holds the weights of the evaluation that scored best (here the second of
+    three, scripted), not the last step's; without it, the last step's."""
+    from prumux_deploy.train import stages
+
+    scripted = iter([0.5, 0.9, 0.6, 0.55])  # evaluations at steps 4 and 8, the end (9), then the final check
+    seen = []
+
+    def fake_evaluate(model, batches, masks=None, rt=None):
+        seen.append({k: v.clone() for k, v in model.state_dict().items()})
+        return next(scripted)
+
+    monkeypatch.setattr(stages, "evaluate", fake_evaluate)
+    logs = []
+    _, accuracy = finetune(bert_dir, tmp_path / "best", tiny_args(glue_dir), log=logs.append, keep_best=True)
+    assert accuracy == 0.9 and "(the best evaluation's weights, step 8)" in logs[-1]
+    kept = load_checkpoint(tmp_path / "best").state_dict()
+    assert all(torch.equal(kept[k], seen[1][k]) for k in kept)
+    assert not all(torch.equal(kept[k], seen[-1][k]) for k in kept)
+    scripted = iter([0.5, 0.9, 0.6, 0.55])
+    monkeypatch.setattr(stages, "evaluate", lambda *a, **k: next(scripted))
+    _, accuracy = finetune(bert_dir, tmp_path / "last", tiny_args(glue_dir), log=lambda m: None)
+    assert accuracy == 0.55
+
+
 @pytest.mark.parametrize("target", [0.3, 0.6, 0.9])
 def test_deterministic_masks_sized_to_the_target_compact_to_it(target):
     from prumux_deploy import create_model
@@ -320,6 +371,67 @@ def test_contextual_distillation_is_relative_to_the_targets_and_learnable():
         loss.backward()
         opt.step()
     assert loss.item() < 0.1
+
+
+def test_hidden_state_distillation_is_relative_per_layer_and_learnable():
+    """Each layer's error is relative to the teacher's mean square at that layer (a zero readout scores exactly
+    1), and a multiplexed student with its readouts learns every layer's state of each instance alone."""
+    torch.manual_seed(0)
+    teacher = masked_model(1, seed=1)
+    teacher.set_masks(None)
+    student = masked_model(2, seed=2)
+    student.set_masks(None)
+    L, H = student.config.num_hidden_layers, student.config.hidden_size
+    readout = LayerReadout(L, 2, H, teacher.config.hidden_size)
+    ids = torch.randint(5, 100, (8, 10))
+    mask = (torch.arange(10)[None] < torch.tensor([10, 3, 7, 10, 1, 5, 9, 6])[:, None]).long()
+    with torch.no_grad():
+        wanted = []
+        teacher.encode(ids, mask, hidden_states=wanted)
+    assert len(wanted) == L + 1 and wanted[1].shape == (8, 10, teacher.config.hidden_size)
+
+    def loss():
+        mixed = []
+        student(ids, mask, hidden_states=mixed)
+        assert len(mixed) == L + 1 and mixed[1].shape == (4, 10, H)  # G = B / N groups
+        return hidden_state_distillation(readout, mixed, wanted, mask)
+
+    for layer in readout.outer:
+        torch.nn.init.zeros_(layer.weight)
+        torch.nn.init.zeros_(layer.bias)
+    assert loss().item() == pytest.approx(1.0)
+    opt = torch.optim.Adam(list(student.parameters()) + list(readout.parameters()), lr=3e-3)
+    for _ in range(300):
+        value = loss()
+        opt.zero_grad()
+        value.backward()
+        opt.step()
+    assert value.item() < 0.1
+
+
+def test_finetune_with_hidden_distillation_logs_it_and_refuses_what_it_cannot_match(
+        tmp_path, bert_dir, glue_dir):
+    finetune(bert_dir, tmp_path / "teacher", tiny_args(glue_dir, instances=1), log=lambda m: None)
+    finetune(bert_dir, tmp_path / "student", tiny_args(glue_dir), log=lambda m: None,
+             teacher_dir=tmp_path / "teacher", hidden_distill=0.5)
+    records = [json.loads(l) for l in (tmp_path / "student" / "train_log.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r.get("event") == "eval"]
+    assert evals and all(0 < r["hidden"] < 2 and r["loss"] == pytest.approx(r["ce"] + r["kd"] + 0.5 * r["hidden"],
+                                                                             rel=1e-4) for r in evals)
+    # the readouts are training-only: the checkpoint holds the same tensors as one trained without them
+    plain = load_checkpoint(tmp_path / "teacher").state_dict().keys()
+    assert not any("readout" in k for k in load_checkpoint(tmp_path / "student").state_dict())
+    assert len(load_checkpoint(tmp_path / "student").state_dict()) >= len(plain)
+    # a weight without a teacher, and a multiplexed teacher, are refused before any training
+    refused(run_cli("train", "finetune", tmp_path / "o", "--init", bert_dir, "--hidden-distill", 1,
+                    "--data", glue_dir, "--max-seq-length", 12), 2,
+            "--hidden-distill 1.0 needs a --teacher (an N=1 checkpoint of the same depth); give one, or set the "
+            "weight to 0")
+    refused(run_cli("train", "finetune", tmp_path / "o", "--init", bert_dir, "--hidden-distill", 1,
+                    "--teacher", tmp_path / "student", "--data", glue_dir, "--max-seq-length", 12), 2,
+            f"--teacher {tmp_path / 'student'} is multiplexed (N=2); hidden-state distillation needs an "
+            "unmultiplexed (N=1) teacher")
+    assert not (tmp_path / "o").exists()
 
 
 def test_contextual_warmup_logs_both_losses_and_refuses_a_multiplexed_teacher(tmp_path, bert_dir, glue_dir):

@@ -4,9 +4,11 @@ on fake requests against prumux_deploy.data.tokenize."""
 
 from __future__ import annotations
 
+import errno
 import functools
 import importlib.util
 import json
+import os
 import shutil
 import sys
 import types
@@ -460,3 +462,108 @@ def test_an_n1_engine_is_served_directly_there_being_nothing_to_isolate(tmp_path
     assert f"wrote {repo / 'one'} (onnxruntime_onnx, N=1," in result.output
     assert sorted(p.name for p in repo.iterdir()) == ["one"]  # no front, no one_engine
     check_model_against_engine(repo / "one", tmp_path / "e1", parse_config(repo / "one"))
+
+
+# --- a repository update is whole or not at all ------------------------------------------------------
+
+WHOLE = ["m_engine", "m", "m_tokenizer", "m_ensemble"]  # request isolation + tokenizer: four model directories
+
+
+def snapshot(folder):
+    """Every entry under `folder`, hidden ones too, with its bytes (None for a directory)."""
+    return {str(p.relative_to(folder)): (None if p.is_dir() else p.read_bytes()) for p in sorted(folder.rglob("*"))}
+
+
+def fail_a_model_rename(monkeypatch, repo, at, error):
+    """Make the `at`-th rename that moves a model directory of `repo` (into place, or its old version aside)
+    raise `error`, once: a failure, or a Ctrl-C, between the model directories of one update."""
+    real, seen = os.replace, []
+
+    def replace(src, dst, *args, **kwargs):
+        if any(os.path.dirname(os.fspath(p)) == str(repo) and not os.path.basename(os.fspath(p)).startswith(".")
+               for p in (src, dst)):
+            seen.append(dst)
+            if len(seen) == at:
+                raise error
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+    return seen
+
+
+@pytest.mark.parametrize("at", range(1, 2 * len(WHOLE) + 1))  # each model moved aside, each put in
+def test_a_failure_between_model_directories_leaves_the_previous_repository(engine_dir, tmp_path, monkeypatch, at):
+    repo = tmp_path / "repo"
+    write_triton_repository(engine_dir, repo, "m", with_tokenizer=True)
+    (repo / "other").mkdir()  # another model of the same repository
+    (repo / "other" / "config.pbtxt").write_text('name: "other"\n')
+    before = snapshot(repo)
+    fail_a_model_rename(monkeypatch, repo, at, OSError(errno.ENOSPC, "No space left on device"))
+    with pytest.raises(PruMuxError, match="cannot update .*: No space left on device; nothing of this update was "
+                                          "put in, its models are as they were; free space there"):
+        write_triton_repository(engine_dir, repo, "m", with_tokenizer=True, max_batch_size=8, copies=3, force=True)
+    assert snapshot(repo) == before  # the complete previous set, byte for byte; nothing left beside it
+
+
+def test_a_failed_update_is_one_line_on_the_command_line(engine_dir, tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    assert cli("triton", engine_dir, repo, "--name", "m", "--with-tokenizer").exit_code == 0
+    before = snapshot(repo)
+    fail_a_model_rename(monkeypatch, repo, 4, OSError(errno.ENOSPC, "No space left on device"))
+    result = cli("triton", engine_dir, repo, "--name", "m", "--with-tokenizer", "--copies", "3", "--force")
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert lines == [f"error: cannot update {repo}: No space left on device; nothing of this update was put in, "
+                     "its models are as they were; free space there or choose another location"], result.output
+    assert snapshot(repo) == before
+
+
+@pytest.mark.parametrize("at", [1, 2, 3])
+def test_an_interrupted_first_update_leaves_no_repository(engine_dir, tmp_path, monkeypatch, at):
+    repo = tmp_path / "repo"
+    fail_a_model_rename(monkeypatch, repo, at, KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        write_triton_repository(engine_dir, repo, "m", with_tokenizer=True)
+    assert not repo.exists()
+
+
+def test_an_update_replaces_every_model_directory(engine_dir, tmp_path):
+    repo, fresh = tmp_path / "repo", tmp_path / "fresh"
+    write_triton_repository(engine_dir, repo, "m", with_tokenizer=True)
+    (repo / "m_tokenizer" / "1" / "stale.txt").write_text("from the previous version")
+    (repo / "other").mkdir()
+    (repo / "other" / "config.pbtxt").write_text('name: "other"\n')
+    before = snapshot(repo)
+    write_triton_repository(engine_dir, repo, "m", with_tokenizer=True, max_batch_size=8, copies=3, force=True)
+    write_triton_repository(engine_dir, fresh, "m", with_tokenizer=True, max_batch_size=8, copies=3)
+    after = snapshot(repo)
+    assert {k: v for k, v in after.items() if k.split("/")[0] in WHOLE} == snapshot(fresh)  # all new, no stale file
+    assert all(after[f"{n}/config.pbtxt"] != before[f"{n}/config.pbtxt"] for n in WHOLE)
+    assert {k: v for k, v in after.items() if k.startswith("other")} == \
+        {k: v for k, v in before.items() if k.startswith("other")}
+    assert sorted(p.name for p in repo.iterdir()) == sorted(WHOLE + ["other"])  # nothing left beside them
+
+
+def test_concurrent_updates_of_one_repository_never_mix(engine_dir, tmp_path):
+    """Two --force runs updating the same models at once: the repository ends as one run's complete set."""
+    import threading
+
+    repo = tmp_path / "repo"
+    write_triton_repository(engine_dir, repo, "m", with_tokenizer=True)
+    errors = []
+
+    def update(copies):
+        try:
+            write_triton_repository(engine_dir, repo, "m", with_tokenizer=True, copies=copies, force=True)
+        except Exception as e:  # noqa: BLE001 - the test reports any
+            errors.append(e)
+
+    for _ in range(3):
+        threads = [threading.Thread(target=update, args=(c,)) for c in (2, 3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        counts = {parse_config(repo / n).instance_group[0].count for n in ("m_engine", "m", "m_tokenizer")}
+        assert len(counts) == 1 and not leftovers(repo)

@@ -8,12 +8,14 @@ backend, bound with REPO/NAME/config.pbtxt's inputs, outputs, max_batch_size, in
 batching, and the returned logits are mapped to labels with REPO/NAME/labels.txt.
 
 pytriton's Python-backend stub for 3.11 links Debian's libpython3.11, so the server runs in its own venv,
-.venv-triton/ at the repository root, made from Debian's /usr/bin/python3.11 (package python3.11-venv). The
-test makes that venv (once; it is kept) when it is missing, and skips with what to install when it cannot:
+.venv-triton/ at the repository root (or $PRUMUX_TRITON_VENV), made from Debian's /usr/bin/python3.11. The
+test makes that venv (once; it is kept) when it is missing, without pip in it (`--without-pip`: Debian's
+ensurepip, package python3.11-venv, is not needed), and installs the server's packages into it with the main
+venv's own pip (`pip --python`, pip 22.3 or later). It needs network to PyPI once, and no apt; it skips with
+what to install only where Debian's python3.11 or libpython3.11 is missing. By hand:
 
-    apt-get install -y python3.11-venv
-    /usr/bin/python3.11 -m venv .venv-triton
-    .venv-triton/bin/pip install nvidia-pytriton==0.7.0 onnxruntime numpy
+    /usr/bin/python3.11 -m venv --without-pip .venv-triton
+    .venv/bin/python -m pip --python .venv-triton/bin/python install nvidia-pytriton==0.7.0 onnxruntime numpy
 
 The client side needs `tritonclient[http]` in the main venv. Traffic goes to 127.0.0.1 only; the server is
 always stopped (its process group killed) and every wait is bounded.
@@ -30,6 +32,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -49,11 +52,12 @@ from prumux_deploy.export.triton import LABELS_FILE, write_triton_repository
 pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TRITON_VENV = REPO_ROOT / ".venv-triton"
+TRITON_VENV = Path(os.environ.get("PRUMUX_TRITON_VENV") or REPO_ROOT / ".venv-triton")
 DEBIAN_PYTHON = Path("/usr/bin/python3.11")
+LIBPYTHON = "libpython3.11.so.1.0"  # what pytriton's 3.11 stub links (Debian package libpython3.11)
 TRITON_PACKAGES = ["nvidia-pytriton==0.7.0", "onnxruntime", "numpy"]  # 0.7.0: the version verified here
-SETUP = (f"apt-get install -y python3.11-venv && /usr/bin/python3.11 -m venv .venv-triton && "
-         f".venv-triton/bin/pip install {' '.join(TRITON_PACKAGES)}")
+SETUP = (f"{DEBIAN_PYTHON} -m venv --without-pip {TRITON_VENV} && {sys.executable} -m pip --python "
+         f"{TRITON_VENV}/bin/python install {' '.join(TRITON_PACKAGES)}")
 VENV_TIMEOUT_S, PIP_TIMEOUT_S = 120, 900
 READY_TIMEOUT_S, STOP_TIMEOUT_S, REQUEST_TIMEOUT_S = 120, 30, 30
 MODEL = "sst2_live"
@@ -182,35 +186,55 @@ def triton_python() -> Path:
         if ok:
             return _debian_based(python, detail)
     else:
-        if not DEBIAN_PYTHON.exists():
-            pytest.skip(f"needs Debian's {DEBIAN_PYTHON} for the Triton venv; run: {SETUP}")
-        check = subprocess.run([str(DEBIAN_PYTHON), "-c", "import venv, ensurepip"], capture_output=True,
-                               timeout=60)
-        if check.returncode != 0:
-            pytest.skip(f"{DEBIAN_PYTHON} has no venv/ensurepip module; run: {SETUP}")
-        try:
-            made = subprocess.run([str(DEBIAN_PYTHON), "-m", "venv", str(TRITON_VENV)], capture_output=True,
-                                  text=True, timeout=VENV_TIMEOUT_S, env=_clean_env())
-        except subprocess.TimeoutExpired:
-            pytest.skip(f"making {TRITON_VENV} took over {VENV_TIMEOUT_S} s; run: {SETUP}")
-        if made.returncode != 0:
-            shutil.rmtree(TRITON_VENV, ignore_errors=True)
-            pytest.skip(f"{DEBIAN_PYTHON} -m venv failed ({_last_line(made.stderr)}); run: {SETUP}")
-    # made just now, or made earlier but missing packages (an interrupted install): install them
-    try:
-        pip = subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                              *TRITON_PACKAGES], capture_output=True, text=True, timeout=PIP_TIMEOUT_S,
-                             env=_clean_env())
-    except subprocess.TimeoutExpired:
-        pytest.skip(f"pip install {' '.join(TRITON_PACKAGES)} into {TRITON_VENV} took over {PIP_TIMEOUT_S} s "
-                    f"(no network?); run: {SETUP}")
-    if pip.returncode != 0:
-        pytest.skip(f"pip install {' '.join(TRITON_PACKAGES)} into {TRITON_VENV} failed (no network?): "
-                    f"{_last_line(pip.stderr)}; run: {SETUP}")
+        _check_debian_python()
+        _make_venv()
+    _install(python)  # made just now, or made earlier but missing packages (an interrupted install)
     ok, detail = _probe(python)
     if not ok:
         pytest.skip(f"{TRITON_VENV} cannot import what the server needs ({detail}); run: {SETUP}")
     return _debian_based(python, detail)
+
+
+def _check_debian_python():
+    """Debian's python3.11 and the libpython3.11 its stub links: the two things only apt can provide."""
+    if not DEBIAN_PYTHON.exists():
+        pytest.skip(f"needs Debian's {DEBIAN_PYTHON} (pytriton's Python-backend stub links its libpython3.11): "
+                    "apt-get install python3.11 libpython3.11")
+    check = subprocess.run([str(DEBIAN_PYTHON), "-c", f"import ctypes; ctypes.CDLL({LIBPYTHON!r})"],
+                           capture_output=True, timeout=60)
+    if check.returncode != 0:
+        pytest.skip(f"needs {LIBPYTHON}, which pytriton's Python-backend stub links: apt-get install libpython3.11")
+
+
+def _make_venv():
+    """The venv without pip: `venv --without-pip` needs no ensurepip (Debian's python3.11-venv); its packages
+    come from the main venv's pip (_install)."""
+    try:
+        made = subprocess.run([str(DEBIAN_PYTHON), "-m", "venv", "--without-pip", str(TRITON_VENV)],
+                              capture_output=True, text=True, timeout=VENV_TIMEOUT_S, env=_clean_env())
+    except subprocess.TimeoutExpired:
+        shutil.rmtree(TRITON_VENV, ignore_errors=True)
+        pytest.skip(f"making {TRITON_VENV} took over {VENV_TIMEOUT_S} s; run: {SETUP}")
+    if made.returncode != 0:
+        shutil.rmtree(TRITON_VENV, ignore_errors=True)
+        pytest.skip(f"{DEBIAN_PYTHON} -m venv --without-pip failed ({_last_line(made.stderr)}); run: {SETUP}")
+
+
+def _install(python: Path):
+    """pip install the server's packages into the Triton venv with this (the main) venv's pip: `pip --python`
+    runs it against another interpreter, so the Triton venv needs no pip of its own."""
+    try:
+        pip = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q",
+                              "--disable-pip-version-check", *TRITON_PACKAGES], capture_output=True, text=True,
+                             timeout=PIP_TIMEOUT_S, env=_clean_env())
+    except subprocess.TimeoutExpired:
+        pytest.skip(f"pip install {' '.join(TRITON_PACKAGES)} into {TRITON_VENV} took over {PIP_TIMEOUT_S} s "
+                    f"(no network?); run: {SETUP}")
+    if pip.returncode != 0:
+        if "no such option: --python" in pip.stderr:
+            pytest.skip(f"the main venv's pip is older than 22.3 (no --python): {sys.executable} -m pip install -U pip")
+        pytest.skip(f"pip install {' '.join(TRITON_PACKAGES)} into {TRITON_VENV} failed (no network?): "
+                    f"{_last_line(pip.stderr)}; run: {SETUP}")
 
 
 def _debian_based(python: Path, base_prefix: str) -> Path:

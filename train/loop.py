@@ -10,6 +10,7 @@ import contextvars
 import errno
 import fcntl
 import functools
+import inspect
 import os
 import random
 import re
@@ -26,6 +27,7 @@ from prumux_deploy.checkpoint import check_vocab
 from prumux_deploy.data import Examples, load_examples, load_tokenizer, read_labels, resolve_task
 from prumux_deploy.documents import dumps
 from prumux_deploy.errors import PruMuxError
+from prumux_deploy.resources import refuse_full_disk, tensor_bytes
 
 
 @dataclass
@@ -40,6 +42,8 @@ class TrainArgs:
     demux: str | None = None      # demux kind of a new model, or switch a loaded one to it (None: keep)
     mux: str | None = None        # how a new model draws its instance vectors (model.instance_vectors)
     learn_mux: bool = False       # a new model trains its instance vectors (config.mux_learned)
+    second_embedding_pass: bool = False  # a new model runs the mixed sequence through the embedding LayerNorm again
+    demux_key_std: float | None = None   # a new model's demux keys ~ N(0, std) (None: the default 0.02)
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     max_seq_length: int = 64
@@ -270,6 +274,66 @@ def holds_run_lock(stage):
     return run
 
 
+# --- what an interruption leaves written --------------------------------------------------------------
+
+class InterruptedAfterWriting(PruMuxError, KeyboardInterrupt):
+    """Ctrl-C, SIGTERM or SIGHUP after a stage's output was renamed into place: the line every other
+    interruption gets ("no output was written") would be false, so this one names what was written (the CLI
+    prints a PruMuxError's message). Still a KeyboardInterrupt, for Python callers that stop on one."""
+
+    exit_code = 130  # as every interruption
+
+
+_outputs_watched: contextvars.ContextVar[bool] = contextvars.ContextVar("prumux_outputs_watched", default=False)
+
+
+def names_written_outputs(outputs):
+    """Decorator of a training stage (and `train all`): `outputs(arguments)` lists the directories a call with
+    these arguments (by name) may write, the last being its result. A KeyboardInterrupt (the CLI's Ctrl-C,
+    SIGTERM and SIGHUP) raised after one of them was published becomes InterruptedAfterWriting, naming it. Each
+    output is published by one rename, so one written by this call is one whose (device, inode) changed: it is
+    complete. The outermost decorated call decides (`train all` for its stages)."""
+    def decorate(stage):
+        signature = inspect.signature(stage)
+
+        @functools.wraps(stage)
+        def run(*args, **kwargs):
+            if _outputs_watched.get():
+                return stage(*args, **kwargs)
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            paths = [Path(path) for path in outputs(bound.arguments)]
+            before = {path: _identity(path) for path in paths}
+            token = _outputs_watched.set(True)
+            try:
+                return stage(*args, **kwargs)
+            except KeyboardInterrupt:
+                written = [path for path in paths if _identity(path) not in (None, before[path])]
+                if not written:
+                    raise  # the CLI's "interrupted; no output was written" is true
+                raise InterruptedAfterWriting(_interrupted_after(written, paths[-1])) from None
+            finally:
+                _outputs_watched.reset(token)
+        return run
+    return decorate
+
+
+def _identity(path: Path):
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
+
+
+def _interrupted_after(written: list[Path], result: Path) -> str:
+    names = " and ".join(str(path) for path in written)
+    if result in written:
+        return f"interrupted after {names} had been written (complete); nothing else was left to do"
+    return (f"interrupted after {names} had been written (complete); the later stages did not run: continue with "
+            "`resume`")
+
+
 def _lock_run(path: Path) -> None:
     locks = _stage_locks.get()
     key = os.path.realpath(path)
@@ -285,26 +349,136 @@ MAY_CHANGE_ON_RESUME = {"device", "precision", "grad_accum", "eval_every", "save
                         "eval_split", "max_seq_length_given"}
 
 
+# stage options that name a model (the one a stage starts from, a teacher): saved as model_identity, so that a
+# resume against another model, or against one changed since, is refused by name before any tensor is loaded
+MODEL_OPTIONS = ("base", "init", "teacher")
+
+
 def run_options(args: TrainArgs, **stage_options) -> dict:
     """What a resumed run must share with the interrupted one: TrainArgs but MAY_CHANGE_ON_RESUME, plus the
-    stage's own options (a teacher, the sparsity, ...); paths that exist as their real path."""
+    stage's own options (the model it starts from, a teacher, the sparsity, ...); the data's path as its real
+    path, a model (MODEL_OPTIONS) as its model_identity."""
     options = {f.name: getattr(args, f.name) for f in fields(args) if f.name not in MAY_CHANGE_ON_RESUME}
     options.update(stage_options)
-    for name in ("data", "teacher"):
-        if isinstance(options.get(name), (str, os.PathLike)) and os.path.exists(options[name]):
-            options[name] = os.path.realpath(options[name])
+    if isinstance(options.get("data"), (str, os.PathLike)) and os.path.exists(options["data"]):
+        options["data"] = os.path.realpath(options["data"])
+    for name in MODEL_OPTIONS:
+        if isinstance(options.get(name), (str, os.PathLike)) and os.path.isdir(options[name]):
+            options[name] = model_identity(options[name])
     return {k: (str(v) if isinstance(v, os.PathLike) else list(v) if isinstance(v, tuple) else v)
             for k, v in options.items()}
 
 
-def _check_same_options(saved: dict, now: dict) -> None:
+def model_identity(folder) -> dict:
+    """Which model a directory holds: its real path; a fingerprint, the sha256 of its config.json (a checkpoint's
+    lists its weights' sha256, so it covers them) and, for a BERT base, whose config.json does not, of its weight
+    files (a second or so for BERT-base, once per run); and its shape in words ("N=2, 6 layers, hidden 384")."""
+    import hashlib
+    import json
+
+    from prumux_deploy.documents import sha256_file
+
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    config = {}
+    try:
+        raw = (folder / "config.json").read_bytes()
+        digest.update(raw)
+        config = json.loads(raw)
+        if not (isinstance(config, dict) and config.get("format") == "prumux-checkpoint"):
+            for weights in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
+                digest.update(f"{weights.name}:{sha256_file(weights)};".encode())
+    except (OSError, ValueError):
+        pass  # described by its path alone; the stage that loaded it has reported anything unreadable
+    return {"path": os.path.realpath(folder), "fingerprint": digest.hexdigest(), "about": _shape_in_words(config)}
+
+
+def _shape_in_words(config) -> str:
+    """"N=2, 6 layers, hidden 384" for a checkpoint's config.json, "BERT, 6 layers, hidden 384" for a base's."""
+    if not isinstance(config, dict) or not config:
+        return ""
+    kind = f"N={config.get('num_instances', '?')}" if config.get("format") == "prumux-checkpoint" else "BERT"
+    return f"{kind}, {config.get('num_hidden_layers', '?')} layers, hidden {config.get('hidden_size', '?')}"
+
+
+def _shown_model(value) -> str:
+    """A saved or current MODEL_OPTIONS value in a message: `runs/a (N=2, 6 layers, hidden 384)`, or `none`."""
+    if value is None:
+        return "none"
+    if not isinstance(value, dict):  # a state of an earlier version kept a teacher's real path only
+        return _shown_path(value)
+    about = f" ({value['about']})" if value.get("about") else ""
+    return f"{_shown_path(value.get('path'))}{about}"
+
+
+def _shown_path(path) -> str:
+    """A path relative to the working directory when it lies below it (as the user typed it, mostly)."""
+    relative = os.path.relpath(str(path))
+    return str(path) if relative.startswith("..") else relative
+
+
+def _check_same_model(name: str, saved, now, run_path: Path) -> None:
+    """One MODEL_OPTIONS entry: the same model when the fingerprints agree (a copy or a moved directory is the
+    same model); a state of an earlier version recorded a teacher's path only, compared as a path."""
+    saved_path = saved.get("path") if isinstance(saved, dict) else saved
+    now_path = now.get("path") if isinstance(now, dict) else now
+    if isinstance(saved, dict) and isinstance(now, dict):
+        if saved.get("fingerprint") == now.get("fingerprint"):
+            return
+    elif saved_path == now_path:
+        return
+    fix = f"resume with the interrupted run's `{name}`, or delete {run_path} to start the stage over"
+    if saved_path is not None and saved_path == now_path:
+        raise PruMuxError(f"{run_path} was started with `{name}` {_shown_model(saved)}, which has changed since "
+                          f"(now {now.get('about') or 'other files'}); {fix}")
+    raise PruMuxError(f"{run_path} was started with `{name}` {_shown_model(saved)}; this run's `{name}` is "
+                      f"{_shown_model(now)}; {fix}")
+
+
+def _check_same_options(saved: dict, now: dict, run_path: Path) -> None:
     def shown(value):
         return "none" if value is None else str(value)
 
+    for name in MODEL_OPTIONS:  # first: another model explains any other difference in shape
+        if name in saved and name in now:
+            _check_same_model(name, saved[name], now[name], run_path)
     for name, value in now.items():
-        if name in saved and saved[name] != value:
+        if name in saved and name not in MODEL_OPTIONS and saved[name] != value:
             raise PruMuxError(f"the interrupted run used `{name}` {shown(saved[name])}, this one {shown(value)}; "
                               "resume with the same options")
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [l.strip() for l in str(error).splitlines() if l.strip()]
+    return (lines[0] if lines else type(error).__name__)[:200]
+
+
+def _refuse_other_model(file: Path, run_path: Path, what: str):
+    raise PruMuxError(f"{file}: {what}; it was saved by a run of another model: resume with the interrupted "
+                      f"run's options, or delete {run_path} to start the stage over") from None
+
+
+def _check_fits(file: Path, run_path: Path, name: str, saved, obj) -> None:
+    """Refuse, in one line naming the first tensor that differs, a saved part that does not fit this run's
+    object (another model's state: other shapes, other layers), before anything is restored."""
+    if saved is None:
+        _refuse_other_model(file, run_path, f"holds no {name}, which this run trains")
+    if not isinstance(obj, torch.nn.Module):
+        return  # optimizers, schedules, the corpus: their load_state_dict errors are caught in load
+    if not isinstance(saved, dict):
+        _refuse_other_model(file, run_path, f"its {name} is a {type(saved).__name__}, not tensors")
+    mine = obj.state_dict()
+    for key, tensor in mine.items():
+        if key not in saved:
+            _refuse_other_model(file, run_path, f"its {name} has no {key}, which this run's has")
+        theirs = saved[key]
+        if not isinstance(theirs, torch.Tensor) or theirs.shape != tensor.shape:
+            shape = list(theirs.shape) if isinstance(theirs, torch.Tensor) else type(theirs).__name__
+            _refuse_other_model(file, run_path, f"its {name}'s {key} has shape {shape}, this run's "
+                                                f"{list(tensor.shape)}")
+    extra = [key for key in saved if key not in mine]
+    if extra:
+        _refuse_other_model(file, run_path, f"its {name} has {extra[0]}, which this run's has not")
 
 
 def _numpy_rng_state() -> dict:
@@ -354,13 +528,22 @@ class RunState:
     def save(self, step: int, objects: dict):
         if not self.main:
             return
-        self.out.mkdir(parents=True, exist_ok=True)
         state = {"stage": self.stage, "step": step,
                  "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_rng_state(), "python": random.getstate()},
                  **({"options": self.options} if self.options is not None else {}),
                  **{name: obj.state_dict() for name, obj in objects.items()}}
-        with atomic_file(self.file, force=True) as tmp:  # a kill mid-save keeps the previous state
-            torch.save(state, tmp)
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            with atomic_file(self.file, force=True) as tmp:  # a kill or a full disk mid-save keeps the previous state
+                with open(tmp, "wb") as f:  # through a Python file, torch's failure carries the OSError (ENOSPC)
+                    torch.save(state, f)
+                    f.flush()
+                    os.fsync(f.fileno())  # a late write error (quota, NFS) is found here, before the rename
+        except Exception as e:  # torch's "[enforce fail at inline_container.cc:672] . unexpected pos ..." on a
+            # full disk (or quota) as one line: the file, the file system to free, the space the state needs
+            rerun = "rerun with `resume` (the state saved before is intact)" if self.file.is_file() else "rerun"
+            refuse_full_disk(e, self.file, need=tensor_bytes(state), rerun=rerun)
+            raise
 
     def load(self, objects: dict, options: dict | None = None) -> int:
         """Restore `objects` and the RNGs from the saved state; returns its step. `options` (run_options): refused
@@ -372,9 +555,15 @@ class RunState:
         if state.get("stage") != self.stage:
             raise PruMuxError(f"{self.file}: holds a {state.get('stage')!r} run, not {self.stage!r}")
         if options is not None and isinstance(state.get("options"), dict):
-            _check_same_options(state["options"], options)
+            _check_same_options(state["options"], options, self.out)
+        for name, obj in objects.items():  # every part checked before any is restored
+            _check_fits(self.file, self.out, name, state.get(name), obj)
         for name, obj in objects.items():
-            obj.load_state_dict(state[name])
+            try:
+                obj.load_state_dict(state[name])
+            except (KeyError, ValueError, RuntimeError, TypeError) as e:  # an optimizer's or schedule's groups
+                _refuse_other_model(self.file, self.out, f"its {name} does not fit this run's "
+                                                         f"({_first_line(e)})")
         torch.set_rng_state(state["rng"]["torch"])
         numpy_state = state["rng"]["numpy"]
         np.random.set_state((numpy_state["kind"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],

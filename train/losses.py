@@ -137,6 +137,52 @@ def contextual_distillation_loss(model, teacher, head: ContextHead, input_ids, a
     return (rt or current()).mean_of((head(features) - wanted).pow(2).sum(), wanted.pow(2).sum())
 
 
+# --- hidden-state distillation from an unmultiplexed teacher (train finetune --hidden-distill) ---------
+
+class LayerReadout(nn.Module):
+    """Training-only readouts of one instance's state from the multiplexed state of every encoder layer:
+    for layer l and instance i, readout_l(x, i) = U_l gelu(W_l x + b_{l,i}) + c_l, with x [P, H] the
+    multiplexed state at P positions and b_{l,i} a per-instance bias (a one-hot instance index through W_l).
+    The map is what lets a layer keep N sentences apart without asking its state to equal any one of them;
+    it is not exported (the engine runs the encoder and the demux only)."""
+
+    def __init__(self, num_layers: int, num_instances: int, hidden_size: int, teacher_size: int):
+        super().__init__()
+        H, L = hidden_size, num_layers
+        self.instance = nn.Parameter(torch.randn(L, num_instances, H) * 0.02)  # [L, N, H]
+        self.inner = nn.ModuleList(nn.Linear(H, H) for _ in range(L))
+        self.outer = nn.ModuleList(nn.Linear(H, teacher_size) for _ in range(L))
+
+    def forward(self, layer: int, x, instance):  # x [P, H], instance [P] (long) -> [P, Ht]
+        return self.outer[layer](F.gelu(self.inner[layer](x) + self.instance[layer, instance]))
+
+
+def hidden_state_distillation(readout: LayerReadout, student_hidden, teacher_hidden, attention_mask,
+                              rt=None) -> torch.Tensor:
+    """Per-layer hidden-state distillation from an unmultiplexed teacher (issue 35's CPU stand-in for
+    multiplexed pre-training): at every real token of every instance and every encoder layer l >= 1, the
+    readout of the multiplexed state should equal the state the teacher (N = 1, same depth) computes at
+    layer l for that sentence alone. The groups are the training batch's random pairings.
+
+    student_hidden: L + 1 tensors [G, S', H] (mixed embeddings, then each layer; PruMuxModel's hidden_states);
+    teacher_hidden: L + 1 tensors [B, S', Ht] for the same B = G * N rows; attention_mask: [B, S].
+    Returns the mean over layers of the squared error relative to the targets' mean square (1: no better
+    than zeros, 0: exact), as a mean over every process's real tokens."""
+    rt = rt or current()
+    B, S = attention_mask.shape
+    G = student_hidden[0].shape[0]
+    real = attention_mask.view(G, B // G, S).bool()  # [G, N, S]
+    group, instance, pos = real.nonzero().unbind(1)  # [P] each: every real token of every instance
+    layers = len(readout.inner)
+    total = student_hidden[0].new_zeros((), dtype=torch.float32)
+    for l in range(layers):
+        mixed = student_hidden[l + 1][group, pos]  # [P, H]
+        wanted = teacher_hidden[l + 1][:, :S].reshape(G, B // G, S, -1)[real].float()  # [P, Ht]
+        error = (readout(l, mixed, instance).float() - wanted).pow(2).sum()
+        total = total + rt.mean_of(error, wanted.pow(2).sum()) / layers
+    return total
+
+
 # --- multiplexed masked language modelling (train pretrain) ------------------------------------------
 
 MLM_HEAD_WEIGHTS = {  # BertForMaskedLM's prediction head (cls.predictions) -> MLMHead's names

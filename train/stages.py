@@ -16,13 +16,14 @@ import contextlib
 import copy
 import dataclasses
 import math
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from prumux_deploy.atomic import check_target
+from prumux_deploy.atomic import atomic_dir, check_target
 from prumux_deploy.checkpoint import (check_vocab, create_model, load_checkpoint, read_config, resolve_base,
                                       save_checkpoint)
 from prumux_deploy.data import load_tokenizer
@@ -32,10 +33,11 @@ from prumux_deploy.structure import describe
 
 from .distributed import Runtime, runtime
 from .gates import CoFiGates, lagrangian_term
-from .loop import (RunState, TrainArgs, evaluate, holds_run_lock, load_task_data, model_inputs, progress, run_dir,
-                   run_options, seed_everything, soft_targets, task_of)
+from .loop import (RunState, TrainArgs, evaluate, holds_run_lock, load_task_data, model_inputs,
+                   names_written_outputs, progress, run_dir, run_options, seed_everything, soft_targets, task_of)
 from .corpus import CorpusArgs, CorpusStream, mask_tokens, masking_generator
-from .losses import (ContextHead, LayerAlignment, MLMHead, contextual_distillation_loss, prediction_distillation,
+from .losses import (ContextHead, LayerAlignment, LayerReadout, MLMHead, contextual_distillation_loss,
+                     hidden_state_distillation, prediction_distillation,
                      pretraining_losses, pretraining_totals, read_bert_mlm_head, retrieval_choice, retrieval_loss)
 
 
@@ -153,6 +155,7 @@ def _start_model(source, args: TrainArgs, device=None) -> torch.nn.Module:
                              max_seq_length=args.max_seq_length, demux_kind=args.demux or "key_cls",
                              task_columns=task.columns if task.custom else None, mux_init=args.mux,
                              mux_learned=args.learn_mux)
+        _new_model_plumbing(model, args)
     model.set_dropout(args.dropout)
     return model.to(device or "cpu")
 
@@ -174,8 +177,28 @@ def param_groups(model, lr: float, *extra: torch.nn.Module) -> list[dict]:
     return groups
 
 
+def _new_model_plumbing(model, args: TrainArgs):
+    """Upstream's forward and initialisation choices for a new model (MUX-PLMs / DataMUX code; issue 35 measures
+    each): the second embedding pass (position and token-type rows added to the mixed sequence, LayerNorm again:
+    model.Embeddings.second_pass) and demux keys drawn from N(0, std) (upstream: std 1; here 0.02 by default)."""
+    if args.second_embedding_pass:
+        model.config.second_embedding_pass = True
+    keys = getattr(model.demux, "keys", None)
+    if args.demux_key_std is not None and keys is not None:
+        gen = torch.Generator().manual_seed(args.seed)
+        with torch.no_grad():
+            keys.copy_(torch.randn(keys.shape, generator=gen) * args.demux_key_std)
+    return model
+
+
 def _check_mux_choice(model, args: TrainArgs, source):
     """--mux draws a new model's instance vectors; a checkpoint's were trained with its encoder and stay."""
+    if args.second_embedding_pass and not model.config.second_embedding_pass:
+        raise PruMuxError(f"{source} runs one embedding pass; --second-embedding-pass applies to new models only "
+                          "(start from a BERT directory or 'minilm'), or drop it")
+    if args.demux_key_std is not None:
+        raise PruMuxError(f"{source} has trained demux keys; --demux-key-std applies to new models only (start from "
+                          "a BERT directory or 'minilm'), or drop it")
     if args.learn_mux and not model.config.mux_learned:
         raise PruMuxError(f"{source} has fixed instance vectors; --learn-mux applies to new models only (start "
                           f"from a BERT directory or 'minilm'), or drop it")
@@ -207,7 +230,8 @@ def _train(run: RunState, args: TrainArgs, resume: bool, objects: dict, total: i
     (loop.run_options; compared before anything is restored or logged)."""
     run.options = run_options(args, **(options or {}))
     step = run.load(objects, run.options) if resume else 0
-    run.start(args, resume, fresh_log, processes=rt.world_size, **start_record)
+    stage_options = {k: str(v) if isinstance(v, os.PathLike) else v for k, v in (options or {}).items()}
+    run.start(args, resume, fresh_log, processes=rt.world_size, options=stage_options, **start_record)
     bar = progress(total, step, desc, disable=not rt.is_main)
     last = {}
     while step < total:
@@ -221,6 +245,26 @@ def _train(run: RunState, args: TrainArgs, resume: bool, objects: dict, total: i
             run.save(step, objects)
     bar.close()
     return last
+
+
+class _Trained:
+    """What a single-model stage trains: the objects its run state saves and restores, its optimizers and LR
+    schedules (stepped together by _step), and its modules by name (one Objective, which DDP wraps)."""
+
+    def __init__(self, model, optimizer, schedule):
+        self.objects = {"model": model, "optimizer": optimizer, "schedule": schedule}
+        self.optimizers, self.schedules, self.modules = [optimizer], [schedule], {"model": model}
+
+    def add_fresh(self, name: str, module, state_names: tuple[str, str, str], lr: float, total: int) -> None:
+        """A freshly initialised module trained beside the model, with its own AdamW at 10x `lr`: at an encoder's
+        fine-tuning rate new layers would take thousands of steps to move. state_names: the run state's names of
+        the module, its optimizer and its schedule."""
+        optimizer = torch.optim.AdamW(module.parameters(), lr=10 * lr, weight_decay=0.01)
+        schedule = _linear_schedule(optimizer, total)
+        self.objects.update(zip(state_names, (module, optimizer, schedule)))
+        self.optimizers.append(optimizer)
+        self.schedules.append(schedule)
+        self.modules[name] = module
 
 
 def _single_model_stage(source, out, args: TrainArgs, force: bool, stage: str, with_eval: bool = True, log=print):
@@ -240,6 +284,7 @@ def _single_model_stage(source, out, args: TrainArgs, force: bool, stage: str, w
 
 # --- 1. warm-up: token retrieval ---------------------------------------------------------------
 
+@names_written_outputs(lambda arguments: [arguments["out"]])
 @holds_run_lock
 def warmup(base, out, args: TrainArgs, resume: bool = False, force: bool = False, log=print, teacher_dir=None,
            context_weight: float = 1.0):
@@ -259,19 +304,11 @@ def warmup(base, out, args: TrainArgs, resume: bool = False, force: bool = False
     rt, model, batches, _, total, optimizer, schedule, run = _single_model_stage(base, out, args, force, "warmup",
                                                                                  with_eval=False, log=log)
     teacher = None if teacher_dir is None else _contextual_teacher(teacher_dir, args, rt.device)
-    objects = {"model": model, "optimizer": optimizer, "schedule": schedule}
-    optimizers, schedules = [optimizer], [schedule]
-    modules = {"model": model}
+    parts = _Trained(model, optimizer, schedule)
     if teacher is not None:
         _check_same_tokenizer(teacher, model, f"`teacher` {teacher_dir}")
         head = ContextHead(model.config.hidden_size, teacher.config.hidden_size).to(rt.device)
-        # a fresh linear layer: at the encoder's fine-tuning lr it would take thousands of steps to move
-        opt_head = torch.optim.AdamW(head.parameters(), lr=10 * args.lr, weight_decay=0.01)
-        schedule_head = _linear_schedule(opt_head, total)
-        objects.update(context_head=head, opt_head=opt_head, schedule_head=schedule_head)
-        optimizers.append(opt_head)
-        schedules.append(schedule_head)
-        modules["head"] = head
+        parts.add_fresh("head", head, ("context_head", "opt_head", "schedule_head"), args.lr, total)
     N = args.instances
     choices = {}
 
@@ -284,16 +321,16 @@ def warmup(base, out, args: TrainArgs, resume: bool = False, force: bool = False
         loss = retrieval + context_weight * context
         return loss, {"loss": loss.item(), "retrieval": retrieval.item(), "context": context.item()}
 
-    objective, scaler = rt.wrap(Objective(loss_fn, **modules)), rt.grad_scaler()
+    objective, scaler = rt.wrap(Objective(loss_fn, **parts.modules)), rt.grad_scaler()
 
     def step_fn(step):
         batch = batches.batch(step)
         G, S = batch["input_ids"].shape[0] // N, batch["input_ids"].shape[1]
         choices["global"] = retrieval_choice(G, S, N, args.seed, step)
-        return _step(rt, objective, batch, args, optimizers, schedules, scaler)
+        return _step(rt, objective, batch, args, parts.optimizers, parts.schedules, scaler)
 
-    last = _train(run, args, resume, objects, total, step_fn, lambda: {}, "warmup", rt,
-                  options={"teacher": None if teacher_dir is None else str(teacher_dir),
+    last = _train(run, args, resume, parts.objects, total, step_fn, lambda: {}, "warmup", rt,
+                  options={"base": base, "teacher": None if teacher_dir is None else str(teacher_dir),
                            "context_weight": context_weight})
     _save(model, out, run, force, rt)
     context = f", contextual error {last['context']:.3f}" if "context" in last else ""
@@ -317,6 +354,7 @@ class PretrainArgs:
     mlm_head: str | None = None      # where the MLM head comes from, if not the start (see _mlm_head)
 
 
+@names_written_outputs(lambda arguments: [arguments["out"]])
 @holds_run_lock
 def pretrain(source, out, args: TrainArgs, corpus: CorpusArgs, pargs: PretrainArgs, resume: bool = False,
              force: bool = False, log=print):
@@ -391,15 +429,24 @@ def pretrain(source, out, args: TrainArgs, corpus: CorpusArgs, pargs: PretrainAr
     objects = {"model": model, "head": head, "optimizer": optimizer, "schedule": schedule, "corpus": stream}
     last = _train(run, args, resume, objects, pargs.steps, step_fn, interval_means, "pretrain", rt,
                   options={**dataclasses.asdict(pargs), "text_column": corpus.text_column, "split": corpus.split,
-                           "corpus_config": corpus.config, "line_by_line": corpus.line_by_line},
+                           "corpus_config": corpus.config, "line_by_line": corpus.line_by_line,
+                           **_start_option(source)},
                   corpus=dataclasses.asdict(corpus), pretrain=dataclasses.asdict(pargs), mlm_head_from=head_from)
     cfg = model.config  # task-less: the fine-tune gives it its task (_adopt_task)
     cfg.task, cfg.task_columns, cfg.id2label = None, None, {i: f"LABEL_{i}" for i in range(cfg.num_labels)}
     _save(model, out, run, force, rt, extra_tensors={MLM_HEAD_FILE: head.state_dict()})
     if rt.is_main:
-        log(f"pretrain: {pargs.steps} steps on {stream.source} (pass {stream.epoch + 1} over it), final MLM loss "
-            f"{last['mlm']:.3f}, retrieval {last['retrieval']:.3f}; wrote {out}")
+        # (no losses when a resume found the steps done: interrupted while OUT was being written)
+        losses = f", final MLM loss {last['mlm']:.3f}, retrieval {last['retrieval']:.3f}" if last else ""
+        log(f"pretrain: {pargs.steps} steps on {stream.source} (pass {stream.epoch + 1} over it){losses}; wrote {out}")
     return model
+
+
+def _start_option(source) -> dict:
+    """pretrain's start as the option the user gave: --init (a checkpoint) or --base (a BERT), the other none, so
+    that a resume from the other kind of start is compared too."""
+    checkpoint = _is_checkpoint(Path(source))
+    return {"init": source if checkpoint else None, "base": None if checkpoint else source}
 
 
 def _pretrain_start_model(source, args: TrainArgs, device):
@@ -412,7 +459,8 @@ def _pretrain_start_model(source, args: TrainArgs, device):
         _fit_length(args, _base_positions(source), source)
         model = create_model(source, num_instances=args.instances, seed=args.seed, task=None,
                              max_seq_length=args.max_seq_length, demux_kind=args.demux or "key_cls",
-                             mux_init=args.mux, mux_learned=args.learn_mux).to(device)
+                             mux_init=args.mux, mux_learned=args.learn_mux)
+        model = _new_model_plumbing(model, args).to(device)
         model.set_dropout(args.dropout)
     if model.masks or model.config.is_compact:
         raise PruMuxError(f"{source} is pruned; pre-train an unpruned model (CoFi pruning comes after fine-tuning)")
@@ -452,46 +500,124 @@ def _mlm_head(model, source: Path, mlm_head: str | None, device):
 
 # --- 2. fine-tune: GLUE classification over multiplexed groups --------------------------------
 
+@names_written_outputs(lambda arguments: [arguments["out"]])
 @holds_run_lock
 def finetune(init, out, args: TrainArgs, resume: bool = False, force: bool = False, log=print,
-             teacher_dir=None, temperature: float = 2.0):
+             teacher_dir=None, temperature: float = 2.0, hidden_distill: float = 0.0, keep_best: bool = False):
     """Cross-entropy on every instance of randomly formed mux groups. With `teacher_dir` (any fine-tuned
     checkpoint of the task, usually the N=1 model), plus distillation from its predictions on the same
     sentences (KL at `temperature`). On SST-2 N=2 it made learning faster, not the end result better
-    (docs/results.md).
+    (docs/results.md). With `hidden_distill` > 0 (the teacher then unmultiplexed, N = 1, with as many layers),
+    plus that weight times per-layer hidden-state distillation (losses.hidden_state_distillation): a
+    training-only readout of every layer's multiplexed state per instance should equal the teacher's state of
+    that sentence alone. With `keep_best`, `out` holds the weights of the evaluation (every --eval-every steps)
+    with the best accuracy on the evaluation split, as upstream's fine-tuning keeps (load_best_model_at_end):
+    a selection on that split, so its accuracy there is optimistic.
 
     base/init/teacher_dir: a checkpoint directory, or a BERT directory for a new model (resolve_base turns
     "minilm" into one). out: the checkpoint directory to write (refused if it exists, unless force). args: the
     data, batch (sentences per optimizer step over all processes), learning rate, epochs, device and precision
     (loop.TrainArgs). resume: continue from out.run/train_state.pt. log: receives progress lines.
 
-    Returns (model, dev accuracy as a fraction); writes `out` and out/train_log.jsonl (dev accuracy at every
-    evaluation).
+    Returns (model, dev accuracy as a fraction: the kept weights'); writes `out` and out/train_log.jsonl (dev
+    accuracy at every evaluation).
     Raises PruMuxError for unusable arguments or data (before training)."""
+    if hidden_distill < 0:
+        raise PruMuxError(f"`hidden_distill` {hidden_distill} is negative; give a weight >= 0 (0 turns it off)")
+    if hidden_distill > 0 and teacher_dir is None:
+        raise PruMuxError(f"`hidden_distill` {hidden_distill} needs a `teacher` (an N=1 checkpoint of the same "
+                          "depth); give one, or set the weight to 0")
     rt, model, batches, dev, total, optimizer, schedule, run = _single_model_stage(init, out, args, force,
                                                                                    "finetune", log=log)
-    targets = None
+    targets, teacher = None, None
     if teacher_dir is not None:
-        targets = soft_targets(_distillation_teacher(teacher_dir, model, rt.device), batches, rt=rt).to(rt.device)
+        teacher = _distillation_teacher(teacher_dir, model, rt.device).eval()
+    readout = _layer_readout(teacher, model, teacher_dir, rt.device) if hidden_distill > 0 else None
+    if teacher is not None:
+        targets = soft_targets(teacher, batches, rt=rt).to(rt.device)
+    parts = _Trained(model, optimizer, schedule)
+    if readout is not None:
+        parts.add_fresh("readout", readout, ("layer_readout", "opt_readout", "schedule_readout"), args.lr, total)
 
     def loss_fn(part):
-        logits = model(**model_inputs(part)).float()
+        inputs = model_inputs(part)
+        hidden = [] if readout is not None else None
+        logits = model(**inputs, hidden_states=hidden).float()
         ce = torch.nn.functional.cross_entropy(logits, part["labels"])
         if targets is None:
             return ce, {"loss": ce.item()}
         kd = prediction_distillation(logits, targets[part["rows"]], temperature)
-        return ce + kd, {"loss": (ce + kd).item(), "ce": ce.item(), "kd": kd.item()}
+        loss, record = ce + kd, {"ce": ce.item(), "kd": kd.item()}
+        if readout is not None:
+            with torch.no_grad():
+                teacher_hidden = []
+                teacher.encode(inputs["input_ids"], inputs["attention_mask"], hidden_states=teacher_hidden)
+            hd = hidden_state_distillation(readout, hidden, teacher_hidden, inputs["attention_mask"], rt)
+            loss, record = loss + hidden_distill * hd, dict(record, hidden=hd.item())
+        return loss, {"loss": loss.item(), **record}
 
-    objective, scaler = rt.wrap(Objective(loss_fn, model=model)), rt.grad_scaler()
-    _train(run, args, resume, {"model": model, "optimizer": optimizer, "schedule": schedule}, total,
-           lambda step: _step(rt, objective, batches.batch(step), args, [optimizer], [schedule], scaler),
-           lambda: {"accuracy": evaluate(model, dev, rt=rt)}, "finetune", rt,
-           options={"teacher": None if teacher_dir is None else str(teacher_dir), "temperature": temperature})
-    accuracy = evaluate(model, dev, rt=rt)
+    best, done = _BestWeights(run, keep_best, resume), {"steps": 0}
+    objective, scaler = rt.wrap(Objective(loss_fn, **parts.modules)), rt.grad_scaler()
+
+    def step_fn(step):
+        done["steps"] = step + 1
+        return _step(rt, objective, batches.batch(step), args, parts.optimizers, parts.schedules, scaler)
+
+    def eval_fn():
+        accuracy = evaluate(model, dev, rt=rt)
+        best.offer(model, accuracy, done["steps"])
+        return {"accuracy": accuracy}
+
+    _train(run, args, resume, parts.objects, total, step_fn, eval_fn, "finetune", rt,
+           options={"init": init, "teacher": None if teacher_dir is None else str(teacher_dir),
+                    "temperature": temperature, "hidden_distill": hidden_distill, "keep_best": keep_best})
+    accuracy = best.restore(model, evaluate(model, dev, rt=rt))
     _save(model, out, run, force, rt)
     if rt.is_main:
-        log(f"finetune: {total} steps, {args.eval_split} accuracy {accuracy:.2%}; wrote {out}")
+        kept = f" (the best evaluation's weights, step {best.step})" if best.restored else ""
+        log(f"finetune: {total} steps, {args.eval_split} accuracy {accuracy:.2%}{kept}; wrote {out}")
     return model, accuracy
+
+
+class _BestWeights:
+    """finetune's keep_best: the weights of the best evaluation so far, in OUT.run/best.safetensors (written
+    atomically, with the accuracy and step in its metadata), so that a resumed run keeps the best of the
+    interrupted one. Disabled: does nothing."""
+
+    def __init__(self, run: RunState, enabled: bool, resume: bool):
+        from safetensors import safe_open
+
+        self.run, self.enabled, self.file = run, enabled, run.out / "best.safetensors"
+        self.accuracy, self.step, self.restored = -1.0, None, False
+        if enabled and resume and self.file.is_file():
+            with safe_open(str(self.file), "pt") as f:
+                meta = f.metadata() or {}
+            self.accuracy, self.step = float(meta.get("accuracy", -1.0)), meta.get("step")
+        elif run.main and self.file.exists():  # a fresh run: an older run's best is not this one's
+            self.file.unlink()
+
+    def offer(self, model, accuracy: float, step: int) -> None:
+        if not self.enabled or accuracy <= self.accuracy:
+            return
+        self.accuracy, self.step = accuracy, str(step)
+        if self.run.main:
+            from safetensors.torch import save_file
+
+            tmp = self.file.with_name(self.file.name + ".tmp")
+            save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp),
+                      metadata={"accuracy": repr(accuracy), "step": self.step})
+            os.replace(tmp, self.file)
+
+    def restore(self, model, last_accuracy: float) -> float:
+        """Load the best weights into `model` when they beat the last step's; returns the kept accuracy."""
+        if not self.enabled or self.accuracy <= last_accuracy or not self.file.is_file():
+            return last_accuracy
+        from safetensors.torch import load_file
+
+        device = next(model.parameters()).device
+        model.load_state_dict({k: v.to(device) for k, v in load_file(str(self.file)).items()})
+        self.restored = True
+        return self.accuracy
 
 
 def _distillation_teacher(teacher_dir, student, device):
@@ -504,6 +630,20 @@ def _distillation_teacher(teacher_dir, student, device):
     return teacher
 
 
+def _layer_readout(teacher, student, teacher_dir, device) -> LayerReadout:
+    """The readouts hidden-state distillation trains, after checking that the teacher's layers can be matched
+    one to one with the student's (same depth, unmultiplexed)."""
+    t, s = teacher.config, student.config
+    if t.num_instances != 1:
+        raise PruMuxError(f"`teacher` {teacher_dir} is multiplexed (N={t.num_instances}); hidden-state "
+                          "distillation needs an unmultiplexed (N=1) teacher")
+    if t.num_hidden_layers != s.num_hidden_layers:
+        raise PruMuxError(f"`teacher` {teacher_dir} has {t.num_hidden_layers} layers, the student "
+                          f"{s.num_hidden_layers}; hidden-state distillation matches layer l to layer l, so give "
+                          "a teacher of the same depth")
+    return LayerReadout(s.num_hidden_layers, s.num_instances, s.model_dim, t.model_dim).to(device)
+
+
 def _check_same_tokenizer(teacher, student, what: str):
     if load_tokenizer(teacher.tokenizer_dir).get_vocab() != load_tokenizer(student.tokenizer_dir).get_vocab():
         raise PruMuxError(f"{what} has a different tokenizer from the student; give a teacher trained from the "
@@ -514,7 +654,8 @@ def _contextual_teacher(source, args: TrainArgs, device):
     """The unmultiplexed encoder whose per-token states the contextual warm-up matches (frozen, no dropout)."""
     if _is_checkpoint(Path(source)) and (n := read_config(source).num_instances) != 1:
         raise PruMuxError(f"`teacher` {source} is multiplexed (N={n}); give an unmultiplexed (N=1) encoder")
-    as_teacher = dataclasses.replace(args, instances=1, demux=None, mux=None, learn_mux=False, dropout=0.0)
+    as_teacher = dataclasses.replace(args, instances=1, demux=None, mux=None, learn_mux=False, dropout=0.0,
+                                     second_embedding_pass=False, demux_key_std=None)
     teacher = _start_model(source, as_teacher, device).eval()
     if teacher.masks or teacher.config.is_compact:
         raise PruMuxError(f"`teacher` {source}: give an unpruned encoder or checkpoint, not a pruned one")
@@ -543,6 +684,7 @@ class Lagrangian(torch.nn.Module):
         self.lambda_2 = torch.nn.Parameter(torch.zeros(()))
 
 
+@names_written_outputs(lambda arguments: [arguments["out"]])
 @holds_run_lock
 def prune(teacher_dir, out, args: TrainArgs, prune_args: PruneArgs, resume: bool = False, force: bool = False,
           log=print):
@@ -637,7 +779,7 @@ def prune(teacher_dir, out, args: TrainArgs, prune_args: PruneArgs, resume: bool
     objects = {"student": student, "gates": gates, "align": align, "lagrange": lagrange, "opt_model": opt_model,
                "opt_gates": opt_gates, "opt_lagrange": opt_lagrange, "schedule": schedule}
     _train(run, args, resume, objects, total, prune_step, prune_eval, "prune", rt,
-           options=dataclasses.asdict(prune_args))
+           options={**dataclasses.asdict(prune_args), "teacher": teacher_dir})
 
     # final fine-tune with the deterministic masks fixed (CE + prediction distillation), sized to the target
     student.set_masks(gates.deterministic(target=prune_args.sparsity))
@@ -651,7 +793,7 @@ def prune(teacher_dir, out, args: TrainArgs, prune_args: PruneArgs, resume: bool
                lambda step: _step(rt, objective, batches.batch(total + step), args, [opt_final], [final_schedule],
                                   scaler),
                lambda: {"accuracy": evaluate(student, dev, rt=rt)}, "prune-final", rt, fresh_log=False,
-               options=dataclasses.asdict(prune_args))
+               options={**dataclasses.asdict(prune_args), "teacher": teacher_dir})
     accuracy = evaluate(student, dev, rt=rt)
     actual = _actual(student, student.masks)
     run.log({"event": "done", "accuracy": accuracy, "actual_sparsity": actual,
@@ -664,13 +806,26 @@ def prune(teacher_dir, out, args: TrainArgs, prune_args: PruneArgs, resume: bool
 
 
 def _save(model, out, run: RunState, force: bool, rt: Runtime, extra_tensors: dict | None = None):
-    """The checkpoint, with the stage's JSON log beside it; written by rank 0 while the others wait (the next
-    stage of `train all` reads it)."""
+    """The checkpoint with the stage's JSON log in it (train_log.jsonl), published by one rename: both are
+    complete in the temporary directory first, so an interruption leaves OUT absent (or the previous one) or
+    whole, never a checkpoint with a missing or truncated log. Written by rank 0 while the others wait (the
+    next stage of `train all` reads it)."""
     if rt.is_main:
-        save_checkpoint(model.eval(), out, force=force, extra_tensors=extra_tensors)
-        if run.log_file.is_file():
-            shutil.copyfile(run.log_file, Path(out) / "train_log.jsonl")
+        with atomic_dir(out, force=force) as tmp:
+            _checkpoint_into(tmp, model.eval(), extra_tensors)
+            if run.log_file.is_file():
+                shutil.copyfile(run.log_file, tmp / "train_log.jsonl")
     rt.barrier()
+
+
+def _checkpoint_into(folder: Path, model, extra_tensors: dict | None) -> None:
+    """save_checkpoint's files, written into `folder` (a temporary directory not yet published): it publishes
+    a directory of its own, so it writes one inside `folder`, whose entries then move up."""
+    inner = folder / "checkpoint"
+    save_checkpoint(model, inner, extra_tensors=extra_tensors)
+    for entry in inner.iterdir():
+        os.replace(entry, folder / entry.name)
+    inner.rmdir()
 
 
 def _actual(model, masks) -> float:
@@ -691,31 +846,42 @@ class PipelineArgs:
     finetune_teacher: str | None = None  # distil the fine-tune from this checkpoint's predictions
 
 
+def _pipeline_outputs(arguments) -> list[Path]:
+    """What train_all may write, its result last."""
+    out = Path(arguments["out"])
+    return [out / "warmup", out / "finetune"] + ([out / "pruned"] if arguments["prune_args"].sparsity > 0 else [])
+
+
+@names_written_outputs(_pipeline_outputs)
 def train_all(start, out, args: TrainArgs, prune_args: PruneArgs, pipeline: PipelineArgs = PipelineArgs(),
               from_checkpoint: bool = False, resume: bool = False, force: bool = False, log=print) -> Path:
     """warm-up -> fine-tune -> prune (the PruMUX recipe in one call): writes OUT/warmup, OUT/finetune and,
     for a sparsity above 0, OUT/pruned; returns the last checkpoint written. `start` is a BERT directory, or
     with from_checkpoint a checkpoint to fine-tune from directly (a `train pretrain` or `train warmup`
     output: no warm-up). With resume, stages whose output is complete are skipped and the interrupted one
-    continues. A stage's errors about its `teacher` name the pipeline's field (`warmup_teacher`,
-    `finetune_teacher`)."""
+    continues; the stages after it start afresh. A stage's errors about its `teacher` name the pipeline's field
+    (`warmup_teacher`, `finetune_teacher`)."""
     out = Path(out)
+
+    def resumes(stage_out: Path) -> bool:  # a stage interrupted before its first save, or not reached, starts
+        return resume and (run_dir(stage_out) / "train_state.pt").is_file()
+
     if not from_checkpoint and pipeline.warmup_epochs > 0 and args.instances > 1:
         if not (resume and (out / "warmup" / "config.json").is_file()):
             with _stage_parameter("teacher", "warmup_teacher"):
                 warmup(start, out / "warmup", dataclasses.replace(args, epochs=pipeline.warmup_epochs),
-                       resume=resume, force=force, log=log,
+                       resume=resumes(out / "warmup"), force=force, log=log,
                        teacher_dir=None if pipeline.warmup_teacher is None else resolve_base(pipeline.warmup_teacher))
         start = out / "warmup"
     if not (resume and (out / "finetune" / "config.json").is_file()):
         with _stage_parameter("teacher", "finetune_teacher"):
-            finetune(start, out / "finetune", args, resume=resume, force=force, log=log,
+            finetune(start, out / "finetune", args, resume=resumes(out / "finetune"), force=force, log=log,
                      teacher_dir=pipeline.finetune_teacher)
     if prune_args.sparsity <= 0:
         return out / "finetune"
     epochs = pipeline.prune_epochs if pipeline.prune_epochs is not None else args.epochs
-    prune(out / "finetune", out / "pruned", dataclasses.replace(args, epochs=epochs), prune_args, resume=resume,
-          force=force, log=log)
+    prune(out / "finetune", out / "pruned", dataclasses.replace(args, epochs=epochs), prune_args,
+          resume=resumes(out / "pruned"), force=force, log=log)
     return out / "pruned"
 
 

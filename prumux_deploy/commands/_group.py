@@ -45,11 +45,28 @@ class CommandGroup(click.Group):
         except BrokenPipeError:
             reader_went_away()
         except Exception as e:  # a bug or an environment problem: still one line, the traceback with --debug
-            _traceback_if_debug(ctx)
+            self._unexpected(ctx, e)
+        except BaseException as e:  # a Rust library's panic (pyo3's PanicException is no Exception)
+            if type(e).__name__ != "PanicException":
+                raise
+            self._unexpected(ctx, e)
+
+    def _unexpected(self, ctx, e: BaseException):
+        """One line for an error no library call named: a resource that ran out (a full disk, memory) in
+        words that say so (resources.resource_message), anything else as unexpected; exit 2."""
+        from ..resources import resource_message
+
+        _traceback_if_debug(ctx)
+        command = self.get_command(ctx, ctx.invoked_subcommand) if ctx.invoked_subcommand else None
+        resumable = any(param.name == "resume" for param in getattr(command, "params", []))
+        line = resource_message(e, f"run {ctx.command_path} {ctx.invoked_subcommand or ''}".strip(), resumable)
+        if line is None:
             msg = str(e).splitlines()[0] if str(e) else ""
-            click.echo(f"error: unexpected {type(e).__name__}: {msg} (rerun with --debug for the traceback)",
-                       err=True)
-            ctx.exit(2)
+            line = f"unexpected {type(e).__name__}: {msg} (rerun with --debug for the traceback)"
+        else:
+            line = in_cli_terms(line, command)
+        click.echo(f"error: {line}", err=True)
+        ctx.exit(2)
 
 
 def reader_went_away():

@@ -71,6 +71,8 @@ def _args(kw):
               "label_column", "labels")
     return _checked(TrainArgs(**{k: kw.pop(k) for k in fields}, demux=kw.pop("demux", None),
                               mux=kw.pop("mux", None), learn_mux=kw.pop("learn_mux", False),
+                              second_embedding_pass=kw.pop("second_embedding_pass", False),
+                              demux_key_std=kw.pop("demux_key_std", None),
                               max_seq_length_given=_given("max_seq_length")))
 
 
@@ -110,6 +112,11 @@ def demux_option(fn):
 
     from ..options import MUX_HELP
 
+    fn = click.option("--second-embedding-pass", is_flag=True,
+                      help="A new model adds the position and token-type rows to the mixed sequence and runs the "
+                           "embedding LayerNorm again after multiplexing (upstream's MUX-PLMs forward).")(fn)
+    fn = click.option("--demux-key-std", type=POSITIVE, default=None,
+                      help="A new model draws its demux keys from N(0, STD) (upstream: 1). Default: 0.02.")(fn)
     fn = click.option("--learn-mux", is_flag=True,
                       help="A new model trains its instance vectors with the encoder (DataMUX keeps them fixed); "
                            "the engine holds the trained values.")(fn)
@@ -203,7 +210,7 @@ def _runtime_options(fn):
 @_runtime_options
 def pretrain_cmd(out, corpus, text_column, split, corpus_config, line_by_line, base, init, mlm_head, instances,
                  steps, lr, max_seq_length, mlm_probability, mlm_weight, retrieval_weight, demux, mux, learn_mux,
-                 resume, force, **kw):
+                 second_embedding_pass, demux_key_std, resume, force, **kw):
     """Multiplexed pre-training: masked language modelling through the multiplexer (MUX-PLMs), on any corpus.
 
     Start from a warm-up checkpoint (--init) or a BERT (--base); OUT is a checkpoint that `train finetune --init`
@@ -215,7 +222,8 @@ def pretrain_cmd(out, corpus, text_column, split, corpus_config, line_by_line, b
     if base is not None and init is not None:
         raise PruMuxError("give `base` (a BERT for a new model) or `init` (a checkpoint), not both")
     args = _checked(TrainArgs(task=None, data=None, instances=instances, epochs=0.0, lr=lr, demux=demux, mux=mux,
-                              learn_mux=learn_mux,
+                              learn_mux=learn_mux, second_embedding_pass=second_embedding_pass,
+                              demux_key_std=demux_key_std,
                               max_seq_length=max_seq_length, max_seq_length_given=_given("max_seq_length"), **kw))
     source = init if init is not None else resolve_base(base or "minilm")
     pretrain(source, out, args,
@@ -232,14 +240,23 @@ def pretrain_cmd(out, corpus, text_column, split, corpus_config, line_by_line, b
               help="Checkpoint to start from (e.g. the warm-up output), a BERT directory, or 'minilm'.")
 @click.option("--teacher", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Also distil from this fine-tuned checkpoint's predictions (e.g. the N=1 model; same tokenizer).")
+@click.option("--hidden-distill", "hidden_distill", type=click.FloatRange(min=0.0), default=0.0, show_default=True,
+              help="Weight of per-layer hidden-state distillation from --teacher (then an N=1 checkpoint of the "
+                   "same depth): a training-only readout of each layer's multiplexed state per instance learns to "
+                   "match the teacher's state of that sentence alone. 0 turns it off.")
+@click.option("--keep-best", is_flag=True,
+              help="Write the weights of the evaluation (every --eval-every steps) with the best --eval-split "
+                   "accuracy instead of the last step's, as upstream's fine-tuning does. A selection on that split: "
+                   "its accuracy there is then optimistic.")
 @demux_option
 @common_options
-def finetune_cmd(out, init, teacher, resume, force, **kw):
+def finetune_cmd(out, init, teacher, hidden_distill, keep_best, resume, force, **kw):
     """GLUE fine-tuning of the multiplexed model (cross-entropy on every instance, plus distillation from
     --teacher when given)."""
     from ..train.stages import finetune
 
-    finetune(resolve_base(init), out, _args(kw), resume=resume, force=force, log=_echo, teacher_dir=teacher)
+    finetune(resolve_base(init), out, _args(kw), resume=resume, force=force, log=_echo, teacher_dir=teacher,
+             hidden_distill=hidden_distill, keep_best=keep_best)
 
 
 @train.command("prune")

@@ -27,6 +27,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from ..errors import DataError, EngineError
+from ..engine import softmax
 from ..isolation import each_alone
 
 DEFAULT_BATCH_SIZE = 256
@@ -257,17 +258,15 @@ def _in_background(items: Iterator, depth: int = QUEUE_DEPTH, name: str = "prumu
 
 def _scored(engine, items: Iterable, isolation: str) -> Iterator[tuple[_Window, np.ndarray]]:
     """Run the engine on each batch; yield (window, probabilities [rows, C] in the window's order)."""
-    from scipy.special import softmax
-
     try:
-        yield from _scored_items(engine, items, isolation, softmax)
+        yield from _scored_items(engine, items, isolation)
     finally:
         close = getattr(items, "close", None)
         if close is not None:
             close()
 
 
-def _scored_items(engine, items, isolation, softmax):
+def _scored_items(engine, items, isolation):
     probabilities = None
     for item in items:
         if isinstance(item, _Window):
@@ -286,7 +285,7 @@ def _scored_items(engine, items, isolation, softmax):
                               "re-export it, as fp32 if it is fp16 (prumux-deploy export --precision fp32)")
         if probabilities is None:
             probabilities = np.empty((item.size, logits.shape[1]), dtype=np.float64)
-        probabilities[item.positions] = softmax(logits.astype(np.float64), axis=1)
+        probabilities[item.positions] = softmax(logits.astype(np.float64))
 
 
 def _check_options(isolation: str, batch_size: int, sort_window: int | None) -> int:
