@@ -275,7 +275,7 @@ def _first_line(error: Exception, width: int) -> str:
 def _quiet_datasets():
     import datasets
 
-    datasets.logging.set_verbosity_error()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its "Failed to read file" lines: ours say more
     datasets.disable_progress_bars()
 
 
@@ -296,6 +296,7 @@ def open_split(data, split: str, data_config: str | None = None, limit: int | No
     """(datasets.Dataset, source name) of one split, through `datasets` (see the module docstring)."""
     path = Path(data)
     _quiet_datasets()
+    file = path if path.is_file() else None  # the one file read, where it is known (for a decoding error)
     try:
         if (saved := _saved_split(path, split)) is not None:
             ds, source = saved, str(path)
@@ -305,7 +306,8 @@ def open_split(data, split: str, data_config: str | None = None, limit: int | No
                 raise DataError(f"{path}: no data here; `data` takes a GLUE TSV directory, a save_to_disk directory, "
                                 "split files (train.csv, validation.csv, ... or .tsv .jsonl .parquet) or such a file")
             name = _pick_split(files, split, str(path))
-            ds, source = _load_file(Path(files[name])), files[name]
+            file = Path(files[name])
+            ds, source = _load_file(file), files[name]
         elif path.is_file():
             ds, source = _load_file(path), str(path)
         elif _is_hub_name(data):
@@ -321,11 +323,46 @@ def open_split(data, split: str, data_config: str | None = None, limit: int | No
         cache = _cache_failure(e)
         if cache:
             raise DataError(cache) from None
+        where = first_undecodable_line(file) if file is not None and _undecodable(e) else None
+        if where:
+            raise DataError(where) from None
         raise DataError(f"{data}: cannot be read as a dataset ({type(e).__name__}: "
                         f"{_first_line(e, 200)}); check its format") from None
     if limit is not None and len(ds) > limit:
         ds = ds.select(range(limit))
     return ds, source
+
+
+def first_undecodable_line(file, limit_bytes: int = 1 << 30) -> str | None:
+    """Where a text data file stops being UTF-8, as "FILE:LINE: not valid UTF-8 (byte 0xE9 at byte K of the
+    line)", or None when its first `limit_bytes` decode. For the one line a Latin-1 (or binary) file gets instead
+    of the UnicodeDecodeError that pyarrow, pandas and `datasets` wrap in their own errors."""
+    try:
+        with open(file, "rb") as f:
+            read = 0
+            for number, line in enumerate(f, 1):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    return (f"{file}:{number}: not valid UTF-8 (byte 0x{line[e.start]:02X} at byte {e.start + 1} of "
+                            "the line); re-save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)")
+                read += len(line)
+                if read > limit_bytes:
+                    return None
+    except OSError:
+        return None
+    return None
+
+
+def _undecodable(error: BaseException) -> bool:
+    """A UnicodeDecodeError anywhere in the error's chain (the libraries wrap it)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, UnicodeDecodeError):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _cache_failure(error: Exception) -> str | None:

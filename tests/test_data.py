@@ -120,6 +120,32 @@ def test_bad_data_is_one_line_naming_file_row_and_fix(tmp_path, content, message
     assert str(e.value) == f"{file}: {message}"
 
 
+@pytest.mark.parametrize("form", ["file", "split directory"])
+def test_a_latin1_data_file_is_one_line_naming_its_line_and_byte(tmp_path, form):
+    """A file saved in Latin-1 (the libraries raise DatasetGenerationError or ArrowInvalid around the
+    UnicodeDecodeError): the file, its first undecodable line and byte, and the fix; was "cannot be read as a
+    dataset (DatasetGenerationError: An error occurred while generating the dataset); check its format"."""
+    folder = tmp_path / "d"
+    folder.mkdir()
+    file = folder / "dev.csv"
+    file.write_bytes("utterance,intent\nplay jazz,music\ncafé lights on,home\n".encode("latin-1"))
+    task = custom_task("utterance", None, "intent", LABELS_SORTED)
+    with pytest.raises(DataError) as e:
+        load_examples(task, file if form == "file" else folder, "dev")
+    assert str(e.value) == (f"{file}:3: not valid UTF-8 (byte 0xE9 at byte 4 of the line); re-save the file as "
+                            "UTF-8 (e.g. iconv -f latin1 -t utf-8)")
+
+
+def test_a_latin1_json_lines_input_is_named_as_such_not_as_holding_no_object(tmp_path):
+    from prumux_deploy.scoring.inputs import _jsonl_columns
+
+    file = tmp_path / "in.jsonl"
+    file.write_bytes('{"text": "café"}\n'.encode("latin-1"))
+    with pytest.raises(DataError) as e:
+        _jsonl_columns(file)
+    assert str(e.value).startswith(f"{file}:1: not valid UTF-8 (byte 0xE9 at byte 14 of the line)")
+
+
 def test_skip_bad_rows_counts_and_an_empty_split_is_refused(tmp_path):
     file = write_split(tmp_path / "dev.csv", "csv", {"utterance": ["a", "", "c"], "intent": ["music", "home", "x"]})
     ex = load_examples(custom_task("utterance", None, "intent", LABELS_SORTED), file, "dev", skip_bad_rows=True)

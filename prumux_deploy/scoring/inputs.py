@@ -175,6 +175,7 @@ def _pick(columns: list[str], given: str | None, candidates: list[str], flag: st
 
 def _jsonl_columns(file: Path) -> list[str]:
     """The keys of the first JSON object in a JSON Lines file (what the columns are checked against)."""
+    undecodable = False
     with open(file, "rb") as f:
         for line in f:
             if not line.strip():
@@ -183,10 +184,15 @@ def _jsonl_columns(file: Path) -> list[str]:
                 raise DataError(f"{file}: a JSON array; write it as JSON Lines (one object per line, .jsonl)")
             try:
                 row = json.loads(line)
-            except ValueError:
+            except ValueError as e:
+                undecodable = undecodable or isinstance(e, UnicodeDecodeError)
                 continue
             if isinstance(row, dict):
                 return list(row)
+    if undecodable:  # e.g. a Latin-1 file: that is the problem, not a missing object
+        from ..data import first_undecodable_line
+
+        raise DataError(first_undecodable_line(file) or f"{file}: not valid UTF-8; re-save the file as UTF-8")
     raise DataError(f"{file}: no JSON object in it; JSON Lines hold one object per line")
 
 
