@@ -14,7 +14,7 @@ import numpy as np
 
 from .engine_dir import (MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, Engine, read_manifest, runtime_of, sha256_file,
                          target_warning, verify_engine_file)
-from .capabilities import computed_precision, why_not
+from .capabilities import computed_precision, runtimes_for, why_not
 from .errors import EngineError
 from .isolation import each_alone
 from .runtime_onnxruntime import (GPU_INSTALL_HINT, check_providers, ort_arithmetic, ort_providers, ort_session,
@@ -26,7 +26,7 @@ __all__ = ["MANIFEST", "MANIFEST_FORMAT", "MANIFEST_VERSION", "Engine", "read_ma
            "ort_tf32", "ort_timed_runner", "provider_names", "profile_chunks", "RUNTIMES",
            "runtime_of", "load_engine", "EngineTargetWarning", "target_warning", "Predictions", "classify"]
 
-RUNTIMES = ("onnxruntime", "openvino")  # what runs an ONNX engine file (manifest "runtime"; TensorRT: plans)
+RUNTIMES = runtimes_for("onnx")  # what runs an ONNX engine file (manifest "runtime"; TensorRT: plans)
 
 
 class EngineTargetWarning(UserWarning):
