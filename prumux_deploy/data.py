@@ -326,6 +326,9 @@ def open_split(data, split: str, data_config: str | None = None, limit: int | No
         where = first_undecodable_line(file) if file is not None and _undecodable(e) else None
         if where:
             raise DataError(where) from None
+        unreadable = _unreadable(e, data)
+        if unreadable:
+            raise DataError(unreadable) from None
         raise DataError(f"{data}: cannot be read as a dataset ({type(e).__name__}: "
                         f"{_first_line(e, 200)}); check its format") from None
     if limit is not None and len(ds) > limit:
@@ -351,6 +354,24 @@ def first_undecodable_line(file, limit_bytes: int = 1 << 30) -> str | None:
                     return None
     except OSError:
         return None
+    return None
+
+
+def _unreadable(error: BaseException, data) -> str | None:
+    """One line for a data file the operating system will not let us read (no permission, an I/O error), which
+    the libraries pass on inside their own errors: the file and the fix, not its format."""
+    import errno
+
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError) and error.errno is not None:
+            fix = {errno.EACCES: "make it readable (chmod a+r) or run as a user who may read it",
+                   errno.EPERM: "make it readable (chmod a+r) or run as a user who may read it",
+                   errno.EIO: "the disk or network file system failed; copy the file elsewhere and retry"}
+            where = error.filename or data
+            return f"{where}: cannot be read ({error.strerror}); {fix.get(error.errno, 'check the file and retry')}"
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
     return None
 
 

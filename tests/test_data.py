@@ -136,6 +136,26 @@ def test_a_latin1_data_file_is_one_line_naming_its_line_and_byte(tmp_path, form)
                             "UTF-8 (e.g. iconv -f latin1 -t utf-8)")
 
 
+def test_an_unreadable_data_file_names_the_file_and_the_permission_not_its_format(tmp_path, monkeypatch):
+    """The libraries wrap the OS error (datasets: DatasetGenerationError from a PermissionError); measured as an
+    unprivileged user on a chmod 000 file, which root (these tests) cannot reproduce, so the wrapping is staged."""
+    from prumux_deploy import data
+
+    file = write_split(tmp_path / "dev.csv", "csv", rows_dict())
+
+    def denied(path):
+        try:
+            raise PermissionError(13, "Permission denied", str(path))
+        except PermissionError as e:
+            raise RuntimeError("An error occurred while generating the dataset") from e
+
+    monkeypatch.setattr(data, "_load_file", denied)
+    with pytest.raises(DataError) as e:
+        data.open_split(file, "dev")
+    assert str(e.value) == (f"{file}: cannot be read (Permission denied); make it readable (chmod a+r) or run as a "
+                            "user who may read it")
+
+
 def test_a_latin1_json_lines_input_is_named_as_such_not_as_holding_no_object(tmp_path):
     from prumux_deploy.scoring.inputs import _jsonl_columns
 
