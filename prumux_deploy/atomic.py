@@ -165,14 +165,15 @@ def check_target(target: str | os.PathLike, force: bool) -> Path:
     an engine, a Triton model; or empty): `export CKPT ~ --force` must not delete a home directory."""
     target = check_writable(target)
     _refuse_special(target)
-    if target.exists() and not force:
-        raise PruMuxError(f"{target} already exists; pass `force` to replace it")
+    # what `force` could not replace first, so that its advice never leads to a second refusal
     if target.exists() and not target.is_dir():
         raise PruMuxError(f"{target} exists and is not a directory; choose another output path")
     if target.is_dir() and not _written_by_us(target):
         raise PruMuxError(f"{target} is a directory this command did not write (no prumux-deploy checkpoint, engine "
                           "or Triton model in it), and `force` replaces only those; choose another path, or remove "
                           "it yourself")
+    if target.exists() and not force:
+        raise PruMuxError(f"{target} already exists; pass `force` to replace it")
     return target
 
 

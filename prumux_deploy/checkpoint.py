@@ -119,7 +119,8 @@ def create_model(base, num_instances: int = 2, num_labels: int = 2, seed: int = 
     else:
         base_dir = Path(base)
         if not (base_dir / "config.json").is_file():
-            raise CheckpointError(f"{base_dir}: no config.json; `base` must be a local BERT directory")
+            raise CheckpointError(f"{base_dir}: no config.json; `base` must be a local BERT directory, or 'minilm' "
+                                  "(the bundled all-MiniLM-L6-v2)")
         try:
             bert = BertConfig.from_pretrained(str(base_dir), local_files_only=True)
         except Exception as e:  # noqa: BLE001 - transformers' own validation (a string where an int goes, ...)
@@ -216,6 +217,14 @@ def check_vocab(tokenizer, cfg: PruMuxConfig, where) -> None:
 
 # --- loading -----------------------------------------------------------------------------------
 
+def _refuse_an_engine(path: Path) -> None:
+    """An engine directory given where a checkpoint goes (it has a config.json too, but no weights): say so,
+    rather than call it a checkpoint that lost its weights."""
+    if (path / "manifest.json").is_file():
+        raise CheckpointError(f"{path} is an engine directory (manifest.json), not a checkpoint; give the checkpoint "
+                              "it was exported from (the directory with model.safetensors)")
+
+
 def read_config(path) -> PruMuxConfig:
     path = Path(path)
     cfg_file = path / "config.json"
@@ -223,6 +232,7 @@ def read_config(path) -> PruMuxConfig:
         raise CheckpointError(f"{path}: not a directory; a checkpoint is a directory with config.json "
                               "and model.safetensors")
     if not cfg_file.is_file():
+        _refuse_an_engine(path)
         raise CheckpointError(f"{cfg_file}: missing; is {path} a prumux checkpoint?")
     raw = read_versioned_json(cfg_file, None, CheckpointError, what="a prumux checkpoint config", kind=FORMAT,
                               version=FORMAT_VERSION, version_key="format_version",
@@ -317,6 +327,7 @@ def load_checkpoint(path) -> PruMuxModel:
     cfg = read_config(path)
     weights_file = path / "model.safetensors"
     if not weights_file.is_file():
+        _refuse_an_engine(path)
         raise CheckpointError(f"{weights_file}: missing; the checkpoint has no weights")
     state = _load_tensors(weights_file)
     model = PruMuxModel(cfg)

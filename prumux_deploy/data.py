@@ -19,6 +19,7 @@ Rows keep their order (mux groups are consecutive rows, in validate as in traini
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,11 +202,23 @@ def _read_rows(file: Path, task: Task, skip_bad_rows: bool) -> tuple[dict[str, l
         for c in text_cols:
             columns[c].append(row[c])
         labels.append(value_to_id[label])
+    _refuse_another_tasks_labels(file, task, bad, labels)
     if bad and not skip_bad_rows:
         lineno, reason = bad[0]
         more = f" ({len(bad)} bad rows in all)" if len(bad) > 1 else ""
         raise DataError(f"{file}:{lineno}: {reason}{more}; fix the file or pass `skip_bad_rows`")
     return columns, labels, len(bad)
+
+
+def _refuse_another_tasks_labels(source, task: Task, bad: list, labels: list) -> None:
+    """Every row has a label the task does not know (QNLI's 'entailment' read as SST-2): the data is another
+    task's, which neither fixing rows nor skipping them would mend. Custom tasks name their labels themselves."""
+    if task.custom or labels or len(bad) < 3 or not all(reason.startswith("label ") for _, reason in bad):
+        return  # (one or two rows with a stray label are bad rows, not evidence of another task)
+    first = bad[0][1].split(" is not one of ")[0][len("label "):]
+    raise DataError(f"{source}: none of its {len(bad)} rows has a label of {task.name} "
+                    f"({', '.join(map(str, task.label_values))}; the first row has {first}): this looks like another "
+                    f"task's data; give the {task.name} data, or the task of this data with `task`")
 
 
 def is_glue_tsv_dir(path: Path) -> bool:
@@ -313,8 +326,10 @@ def open_split(data, split: str, data_config: str | None = None, limit: int | No
         elif _is_hub_name(data):
             ds, source = _load_hub(str(data), data_config, split, limit), f"{data}" + (f" ({data_config})" if data_config else "")
         else:
-            raise DataError(f"{data}: no such file or directory; `data` takes a GLUE TSV directory, a save_to_disk "
-                            "directory, a .csv/.tsv/.jsonl/.parquet file or a directory of them, or a hub dataset name")
+            where = "" if path.is_absolute() else f" (looked for from {os.getcwd()})"  # the default is relative
+            raise DataError(f"{data}: no such file or directory{where}; `data` takes a GLUE TSV directory, a "
+                            "save_to_disk directory, a .csv/.tsv/.jsonl/.parquet file or a directory of them, or a hub "
+                            "dataset name")
     except DataError:
         raise
     except Exception as e:  # noqa: BLE001 - pyarrow / pandas / datasets parse errors: one line naming the source
@@ -412,7 +427,7 @@ def _load_file(file: Path):
     if fmt is None:
         raise DataError(f"{file}: unknown data format; use .csv, .tsv, .jsonl (or .json), .parquet")
     if file.stat().st_size == 0:
-        raise DataError(f"{file}: empty file")
+        raise DataError(f"{file}: empty file; a data file needs a header (or JSON objects) and at least one row")
     if fmt == "csv":
         _check_header(file)
     return datasets.load_dataset(fmt, data_files=str(file), split="train", **_reader_options(file.suffix.lower()))
@@ -510,6 +525,7 @@ def _examples_from_dataset(ds, task: Task, source: str, skip_bad_rows: bool) -> 
         if b is not None:
             b.append(tb)
         labels.append(lookup[key])
+    _refuse_another_tasks_labels(source, task, bad, labels)
     if bad and not skip_bad_rows:
         row, reason = bad[0]
         more = f" ({len(bad)} bad rows in all)" if len(bad) > 1 else ""

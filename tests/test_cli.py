@@ -27,7 +27,8 @@ def test_init_then_inspect(tmp_path, bert_dir):
 def test_init_errors(tmp_path, bert_dir):
     (tmp_path / "m").mkdir()
     refused(run("init", tmp_path / "m", "--base", bert_dir), 2, "already exists; pass --force")
-    refused(run("init", tmp_path / "n", "--base", tmp_path / "none"), 2, "no config.json")
+    refused(run("init", tmp_path / "n", "--base", tmp_path / "none"), 2, "no config.json; --base must be a local BERT "
+                                                                         "directory, or 'minilm' (the bundled")
     refused(run("init", tmp_path / "n", "--base", bert_dir, "--task", "nope"), 2, "unknown task 'nope'")
     assert not (tmp_path / "n").exists()
 

@@ -166,6 +166,22 @@ def test_a_latin1_json_lines_input_is_named_as_such_not_as_holding_no_object(tmp
     assert str(e.value).startswith(f"{file}:1: not valid UTF-8 (byte 0xE9 at byte 14 of the line)")
 
 
+def test_another_tasks_data_is_named_as_such_not_as_bad_rows(tmp_path):
+    """QNLI's dev.tsv read as SST-2 (every label 'entailment' / 'not_entailment'): skipping bad rows would leave
+    none, so the line says what the data looks like instead (was: "label 'entailment' is not one of 0, 1 (N bad
+    rows in all); fix the file or pass --skip-bad-rows")."""
+    (tmp_path / "dev.tsv").write_text("sentence\tlabel\na question?\tentailment\nanother\tnot_entailment\n"
+                                      "a third\tentailment\n")
+    with pytest.raises(DataError) as e:
+        load_examples(get_task("sst2"), tmp_path, "dev", skip_bad_rows=True)
+    assert str(e.value) == (f"{tmp_path / 'dev.tsv'}: none of its 3 rows has a label of sst2 (0, 1; the first row "
+                            "has 'entailment'): this looks like another task's data; give the sst2 data, or the "
+                            "task of this data with `task`")
+    (tmp_path / "dev.tsv").write_text("sentence\tlabel\nfine\t1\nodd\tentailment\n")  # one bad row: a bad row
+    with pytest.raises(DataError, match="dev.tsv:3: label 'entailment' is not one of 0, 1; fix the file"):
+        load_examples(get_task("sst2"), tmp_path, "dev")
+
+
 def test_skip_bad_rows_counts_and_an_empty_split_is_refused(tmp_path):
     file = write_split(tmp_path / "dev.csv", "csv", {"utterance": ["a", "", "c"], "intent": ["music", "home", "x"]})
     ex = load_examples(custom_task("utterance", None, "intent", LABELS_SORTED), file, "dev", skip_bad_rows=True)

@@ -103,7 +103,7 @@ def test_parity_failure_writes_nothing(tmp_path, masked_checkpoint, monkeypatch)
 def test_existing_target_is_refused_before_work(tmp_path, masked_checkpoint):
     (tmp_path / "engine").mkdir()
     (tmp_path / "engine" / "keep.txt").write_text("mine")
-    with pytest.raises(PruMuxError, match="already exists; pass `force`"):
+    with pytest.raises(PruMuxError, match="is a directory this command did not write"):
         export_checkpoint(masked_checkpoint, tmp_path / "engine", log=quiet)
     assert (tmp_path / "engine" / "keep.txt").read_text() == "mine"
 

@@ -356,6 +356,15 @@ def test_file_form_refusals(tmp_path, engine_dir):
     refused(run("predict", engine_dir, "--input", write_input(tmp_path, "csv", TEXTS), "--output",
                 tmp_path / "o.jsonl", "--text-column", "body"), 2,
             "no column 'body' (columns: sentence); name the right one with --text-column")
+    refused(run("predict", engine_dir, "--output", tmp_path / "o.jsonl"), 2, "--output needs --input: the file of "
+                                                                             "texts to score")
+    (tmp_path / "noheader.tsv").write_text("a gorgeous film\ndull and tedious\n")  # texts, but no header line
+    refused(run("predict", engine_dir, "--input", tmp_path / "noheader.tsv", "--output", tmp_path / "o.jsonl"), 2,
+            "no column 'sentence' (columns: a gorgeous film); name the right one with --text-column; the first line "
+            "is read as the header: add a header line, or give one text per line in a .txt file")
+    refused(run("export", engine_dir, tmp_path / "e2"), 2,  # an engine where a checkpoint goes
+            f"{engine_dir} is an engine directory (manifest.json), not a checkpoint; give the checkpoint it was "
+            "exported from (the directory with model.safetensors)")
     assert not (tmp_path / "o.jsonl").exists() and not (tmp_path / "o.txt").exists()
 
 

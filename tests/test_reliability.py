@@ -658,6 +658,11 @@ def test_force_never_replaces_a_fifo_a_socket_or_a_directory_it_did_not_write(tm
                                "engine or Triton model in it), and --force replaces only those; choose another path, "
                                "or remove it yourself")
     assert [p.name for p in mine.iterdir()] == ["notes.txt"] and (mine / "notes.txt").read_text() == "keep me"
+    # without --force the same refusals come first: advice to pass --force would only lead to them
+    refused(run("export", masked_checkpoint, mine), 2, f"{mine} is a directory this command did not write")
+    (tmp_path / "a.txt").write_text("keep me too")
+    refused(run("export", masked_checkpoint, tmp_path / "a.txt"), 2,
+            f"{tmp_path / 'a.txt'} exists and is not a directory; choose another output path")
     # what it wrote (and empty directories) it still replaces
     assert run("init", tmp_path / "ckpt", "--base", bert_dir).exit_code == 0
     assert run("init", tmp_path / "ckpt", "--base", bert_dir, "--force").exit_code == 0

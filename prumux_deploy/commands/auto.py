@@ -39,9 +39,9 @@ def auto():
 @click.option("--throughput-task", default=None,
               help="Task whose speedups fit the (task-independent) speedup model "
                    "[default: the task with the most throughput measurements].")
-@force_option()
+@force_option("the --out file if it exists")
 def fit_cmd(csv_path, out, throughput_task, force):
-    """Fit the accuracy surfaces and the speedup model on the measurements in CSV and save them to OUT."""
+    """Fit the accuracy surfaces and the speedup model on the measurements in CSV and save them to --out."""
     from ..atomic import check_file_target
     from ..auto import fit, read_measurements, save_model
 
@@ -185,7 +185,7 @@ def compare_cmd(csv_path, task, step, depth, as_json):
 @click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path),
               help="Image to write (.png, .pdf, .svg).")
-@force_option()
+@force_option("the --out file if it exists")
 def plot_cmd(model_path, out, force):
     """Plot each task's predicted accuracy surface and the speedup surface of MODEL (needs matplotlib)."""
     from ..atomic import check_file_target

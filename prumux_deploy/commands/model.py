@@ -28,7 +28,7 @@ from ..options import COUNT, FRACTION_BELOW_1, MUX_HELP, SEED, column_options, f
               help="Longest input the engine expects, in tokens [default: 128, or the base model's position "
                    "table where smaller; a longer one is refused].")
 @click.option("--demux", type=click.Choice(NEW_MODEL_DEMUX_KINDS), default="key_cls", show_default=True,
-              help="Demux read-out: 'key_cls' reads [key_i ; h_CLS] (called 'index' before 0.2); 'key_pool' "
+              help="Demux read-out: 'key_cls' reads [key_i ; h_CLS] (formerly called 'index'); 'key_pool' "
                    "averages [key_i ; h_t] features over instance i's own tokens; 'index_pos' is MUX-PLMs' "
                    "RSA demux with its upstream topology (3 demux layers).")
 @click.option("--mux", type=click.Choice(INSTANCE_VECTOR_INITS), default=None, help=MUX_HELP)

@@ -85,6 +85,8 @@ def predict(ctx, engine_dir, texts, second, as_json, no_truncate, ids_out, input
         return _score_file(ctx, engine_dir, input_path, output, text_column, second_column, id_column, split,
                            batch_size, sort_window, skip_bad_rows, resume, progress, device, isolation, no_truncate,
                            force)
+    if not texts and output is not None:
+        raise PruMuxError("`output` needs `input_path`: the file of texts to score")
     if not texts:
         raise PruMuxError("nothing to classify: give TEXTS, or a file with `input_path` and `output`")
     extra = [name for name, unset in _FILE_ONLY.items() if given[name] != unset]
@@ -162,5 +164,5 @@ def _score_file(ctx, engine_dir, input_path, output, text_column, second_column,
     notes = [f"{summary.bad_rows} bad rows skipped"] if skip_bad_rows else []
     if summary.resumed_at:
         notes.append(f"resumed after input row {summary.resumed_at}")
-    click.echo(f"wrote {output}: {summary.rows_written} rows in {summary.seconds:.1f} s ({rate:,.0f} rows/s)"
+    click.echo(f"wrote {output}: {summary.rows_written} row{'' if summary.rows_written == 1 else 's'} in {summary.seconds:.1f} s ({rate:,.0f} rows/s)"
                + "".join(f"; {note}" for note in notes))

@@ -45,9 +45,11 @@ def common_options(fn, only: tuple[str, ...] | None = None):
         click.option("--eval-every", type=COUNT, default=200, show_default=True, help="Evaluate and log every K steps."),
         click.option("--save-every", type=COUNT, default=100, show_default=True,
                      help="Save resumable state every K steps (an interruption loses at most K)."),
-        click.option("--seed", type=SEED, default=0, show_default=True),
-        click.option("--train-split", default="train", show_default=True),
-        click.option("--eval-split", default="dev", show_default=True),
+        click.option("--seed", type=SEED, default=0, show_default=True,
+                     help="Seeds the data order, the new layers' initialisation and the instance vectors."),
+        click.option("--train-split", default="train", show_default=True, help="The split trained on."),
+        click.option("--eval-split", default="dev", show_default=True,
+                     help="The split evaluated every --eval-every steps and at the end."),
         click.option("--resume", is_flag=True, help="Continue from OUT.run/ where an interrupted run stopped."),
         force_option(),
     ]
@@ -93,7 +95,8 @@ def _checked(args):
 def prune_options(fn):
     options = [
         click.option("--sparsity", "-s", type=FRACTION_BELOW_1, default=0.0, show_default=True,
-                     help="Target fraction of prunable encoder parameters removed."),
+                     help="Target fraction of prunable encoder parameters removed: in (0, 1) for `train prune` "
+                          "(required there); for `train all`, 0 skips pruning."),
         click.option("--reg-lr", type=POSITIVE, default=0.01, show_default=True, help="Learning rate of gates and multipliers."),
         click.option("--ramp", type=FRACTION, default=0.5, show_default=True,
                      help="Fraction of pruning steps over which the target rises linearly from 0."),

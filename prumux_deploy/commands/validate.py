@@ -35,8 +35,9 @@ from ..partners import DEFAULT_DRAWS
 @click.option("--max-logit-error", type=NON_NEGATIVE, default=None,
               help=f"Fail if any logit differs by more than this [default: {describe_defaults('max_logit_error')}].")
 @click.option("--throughput", is_flag=True,
-              help="Also time engine vs PyTorch eager on the same device at sequence 128 (batch 32*N on the CPU, "
-                   "128*N on a GPU as in the paper), and end to end from text.")
+              help="Also time engine vs PyTorch eager on the same device at sequence 128, or the engine's maximum "
+                   "length when shorter (batch 32*N on the CPU, 128*N on a GPU as in the paper), and end to end "
+                   "from text.")
 @click.option("--min-speedup", type=POSITIVE, default=None, metavar="X",
               help="Fail if engine samples/s / PyTorch fp32 eager samples/s (same device, same run) is below X; "
                    "implies --throughput.")

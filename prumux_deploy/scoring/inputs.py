@@ -169,8 +169,10 @@ def _pick(columns: list[str], given: str | None, candidates: list[str], flag: st
     for name in candidates:
         if name in columns:
             return name
+    headerless = ("; the first line is read as the header: add a header line, or give one text per line in a .txt "
+                  "file") if source.endswith((".csv", ".tsv")) else ""  # (a file without one shows its first row)
     raise DataError(f"{source}: no column {candidates[0]!r} (columns: {', '.join(map(str, columns))}); name the "
-                    f"right one with `{flag}`")
+                    f"right one with `{flag}`{headerless}")
 
 
 def _jsonl_columns(file: Path) -> list[str]:
