@@ -243,7 +243,7 @@ def pretrain_cmd(out, corpus, text_column, split, corpus_config, line_by_line, b
               help="Checkpoint to start from (e.g. the warm-up output), a BERT directory, or 'minilm'.")
 @click.option("--teacher", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Also distil from this fine-tuned checkpoint's predictions (e.g. the N=1 model; same tokenizer).")
-@click.option("--hidden-distill", "hidden_distill", type=click.FloatRange(min=0.0), default=0.0, show_default=True,
+@click.option("--hidden-distill", "hidden_distill", type=NON_NEGATIVE, default=0.0, show_default=True,
               help="Weight of per-layer hidden-state distillation from --teacher (then an N=1 checkpoint of the "
                    "same depth): a training-only readout of each layer's multiplexed state per instance learns to "
                    "match the teacher's state of that sentence alone. 0 turns it off.")
