@@ -183,26 +183,34 @@ def save_checkpoint(model: PruMuxModel, path, tokenizer_dir=None, force: bool = 
     """Write the checkpoint directory atomically. dtype=torch.float16 halves the file (weights only).
     extra_tensors: {file name: tensors} written beside the weights and checksummed with them, for training-only
     weights that load_checkpoint does not read (`train pretrain`'s MLM head: mlm_head.safetensors)."""
+    with atomic_dir(path, force=force) as tmp:
+        write_checkpoint(model, tmp, path, tokenizer_dir, dtype, extra_tensors)
+
+
+def write_checkpoint(model: PruMuxModel, folder: Path, target, tokenizer_dir=None, dtype: torch.dtype | None = None,
+                     extra_tensors: dict[str, dict] | None = None) -> None:
+    """save_checkpoint's files, written into `folder`: the temporary directory (atomic_dir) of `target`, the
+    output that publishes them, which may hold more (a training stage adds its log). A full disk is one line
+    naming `target` and the space the checkpoint needs."""
     tokenizer_dir = tokenizer_dir or getattr(model, "tokenizer_dir", None)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     try:
-        with atomic_dir(path, force=force) as tmp:
-            save_file(state, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
-            if model.masks:
-                save_file({k: v.detach().float().cpu().contiguous() for k, v in model.masks.items()},
-                          str(tmp / "masks.safetensors"))
-            for name, tensors in (extra_tensors or {}).items():
-                save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, str(tmp / name))
-            # checksums let load_checkpoint refuse weights that were damaged or swapped after saving
-            files = {f.name: sha256_file(f) for f in sorted(tmp.glob("*.safetensors"))}
-            (tmp / "config.json").write_text(dumps({**config_dict(model), "files": files}, indent=2) + "\n")
-            if tokenizer_dir is not None:
-                copy_tokenizer(tokenizer_dir, tmp)
+        save_file(state, str(folder / "model.safetensors"), metadata={"format": FORMAT})
+        if model.masks:
+            save_file({k: v.detach().float().cpu().contiguous() for k, v in model.masks.items()},
+                      str(folder / "masks.safetensors"))
+        for name, tensors in (extra_tensors or {}).items():
+            save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, str(folder / name))
+        # checksums let load_checkpoint refuse weights that were damaged or swapped after saving
+        files = {f.name: sha256_file(f) for f in sorted(folder.glob("*.safetensors"))}
+        (folder / "config.json").write_text(dumps({**config_dict(model), "files": files}, indent=2) + "\n")
+        if tokenizer_dir is not None:
+            copy_tokenizer(tokenizer_dir, folder)
     except Exception as e:  # a full disk: one line with the space the checkpoint needs (safetensors only says
         # "I/O error: No space left on device (os error 28)"); the previous checkpoint is untouched (atomic_dir)
-        refuse_full_disk(e, path, need=tensor_bytes([state, model.masks, extra_tensors or {}]))
+        refuse_full_disk(e, target, need=tensor_bytes([state, model.masks, extra_tensors or {}]))
         raise
 
 

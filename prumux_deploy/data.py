@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError
+from .resources import exception_chain
 
 
 @dataclass(frozen=True)
@@ -377,28 +378,19 @@ def _unreadable(error: BaseException, data) -> str | None:
     the libraries pass on inside their own errors: the file and the fix, not its format."""
     import errno
 
-    seen = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, OSError) and error.errno is not None:
-            fix = {errno.EACCES: "make it readable (chmod a+r) or run as a user who may read it",
-                   errno.EPERM: "make it readable (chmod a+r) or run as a user who may read it",
-                   errno.EIO: "the disk or network file system failed; copy the file elsewhere and retry"}
-            where = error.filename or data
-            return f"{where}: cannot be read ({error.strerror}); {fix.get(error.errno, 'check the file and retry')}"
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
+    fixes = {errno.EACCES: "make it readable (chmod a+r) or run as a user who may read it",
+             errno.EPERM: "make it readable (chmod a+r) or run as a user who may read it",
+             errno.EIO: "the disk or network file system failed; copy the file elsewhere and retry"}
+    for e in exception_chain(error):
+        if isinstance(e, OSError) and e.errno is not None:
+            return (f"{e.filename or data}: cannot be read ({e.strerror}); "
+                    f"{fixes.get(e.errno, 'check the file and retry')}")
     return None
 
 
 def _undecodable(error: BaseException) -> bool:
     """A UnicodeDecodeError anywhere in the error's chain (the libraries wrap it)."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, UnicodeDecodeError):
-            return True
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return False
+    return any(isinstance(e, UnicodeDecodeError) for e in exception_chain(error))
 
 
 def _cache_failure(error: Exception) -> str | None:

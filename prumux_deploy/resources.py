@@ -53,7 +53,7 @@ class NotEnoughMemoryError(PruMuxError, MemoryError):
     which callers may already catch."""
 
 
-def _chain(error: BaseException):
+def exception_chain(error: BaseException):
     """`error` and the exceptions it was raised from or while handling (a library's wrapper often hides the
     OSError that says what happened in __context__), each once."""
     seen = set()
@@ -68,13 +68,13 @@ def out_of_space(error: BaseException, where=None, need: int | None = None) -> s
     any other failure. Recognises OSError (ENOSPC, EDQUOT) anywhere in the exception chain and a Rust "(os error
     28)"; torch's zip-writer RuntimeError, whose text has no errno, counts when `where` (the file system
     written) has less than `need` bytes (or 1 MB) free, i.e. the write could not have fitted."""
-    for e in _chain(error):
+    for e in exception_chain(error):
         if isinstance(e, OSError) and e.errno in _FULL:
             return _FULL[e.errno]
         match = _RUST_OS_ERROR.search(str(e))
         if match and int(match.group(1)) in _FULL:
             return _FULL[int(match.group(1))]
-    if where is not None and any(_TORCH_WRITE_FAILED.search(str(e)) for e in _chain(error)):
+    if where is not None and any(_TORCH_WRITE_FAILED.search(str(e)) for e in exception_chain(error)):
         free = free_bytes(where)
         if free is not None and free < max(need or 0, MB):
             return _FULL[errno.ENOSPC]
@@ -273,7 +273,7 @@ def memory_failure(error: BaseException) -> bool:
     std::bad_alloc (ONNX Runtime, OpenVINO), "Failed to allocate N bytes of memory" (OpenVINO's CPU plugin);
     under an address-space limit also a thread that could not start or a library that could not be mapped."""
     limited = address_space_limit() is not None
-    for e in _chain(error):
+    for e in exception_chain(error):
         if isinstance(e, NotEnoughMemoryError):
             return True
         if isinstance(e, PruMuxError):
@@ -311,7 +311,7 @@ def resource_message(error: BaseException, doing: str, resumable: bool = False) 
     rerun = "rerun with `resume`" if resumable else "rerun"
     reason = out_of_space(error)
     if reason:
-        named = next((e.filename for e in _chain(error) if isinstance(e, OSError) and e.filename), None)
+        named = next((e.filename for e in exception_chain(error) if isinstance(e, OSError) and e.filename), None)
         if named:
             return out_of_space_message(named, reason, rerun=rerun)
         return f"{reason} while saving an output; free space on its file system and {rerun}"

@@ -25,7 +25,7 @@ import torch
 
 from prumux_deploy.atomic import atomic_dir, check_target
 from prumux_deploy.checkpoint import (check_vocab, create_model, load_checkpoint, read_config, resolve_base,
-                                      save_checkpoint)
+                                      write_checkpoint)
 from prumux_deploy.data import load_tokenizer
 from prumux_deploy.errors import PruMuxError
 from prumux_deploy.compact import compact
@@ -812,20 +812,10 @@ def _save(model, out, run: RunState, force: bool, rt: Runtime, extra_tensors: di
     next stage of `train all` reads it)."""
     if rt.is_main:
         with atomic_dir(out, force=force) as tmp:
-            _checkpoint_into(tmp, model.eval(), extra_tensors)
+            write_checkpoint(model.eval(), tmp, out, extra_tensors=extra_tensors)
             if run.log_file.is_file():
                 shutil.copyfile(run.log_file, tmp / "train_log.jsonl")
     rt.barrier()
-
-
-def _checkpoint_into(folder: Path, model, extra_tensors: dict | None) -> None:
-    """save_checkpoint's files, written into `folder` (a temporary directory not yet published): it publishes
-    a directory of its own, so it writes one inside `folder`, whose entries then move up."""
-    inner = folder / "checkpoint"
-    save_checkpoint(model, inner, extra_tensors=extra_tensors)
-    for entry in inner.iterdir():
-        os.replace(entry, folder / entry.name)
-    inner.rmdir()
 
 
 def _actual(model, masks) -> float:
