@@ -92,6 +92,15 @@ def _retrieval_from(model, x, keys, input_ids, attention_mask, choice=None, rt=N
     return rt.mean_of(local_sum, real.sum())
 
 
+def retrieval_from_encoder_output(model, x, input_ids, attention_mask, choice=None, rt=None) -> torch.Tensor:
+    """retrieval_loss on the encoder output x [G, S', H] a classification forward computed already (its
+    hidden_states[-1]), so that fine-tuning keeps token retrieval as an auxiliary loss without a second encoder
+    pass, as upstream's fine-tuning does (datamux-pretraining: retrieval_loss_coeff in the sequence-classification
+    models). The demux keys are the model's, scaled by its attached hidden_z in the prumux convention."""
+    masks = {k: v.to(x.device) for k, v in model.masks.items()} if model.masks else None
+    return _retrieval_from(model, x, model.demux_keys(masks), input_ids, attention_mask, choice, rt)
+
+
 def batch_mean(local_sum, total, micro_steps: int, rt) -> torch.Tensor:
     """This micro-batch's share of a mean over the whole global batch, whose count `total` every process knows:
     after _step's division by the micro-step count and DDP's average over the processes, the gradient is that

@@ -38,7 +38,8 @@ from .loop import (RunState, TrainArgs, evaluate, holds_run_lock, load_task_data
 from .corpus import CorpusArgs, CorpusStream, mask_tokens, masking_generator
 from .losses import (ContextHead, LayerAlignment, LayerReadout, MLMHead, contextual_distillation_loss,
                      hidden_state_distillation, prediction_distillation,
-                     pretraining_losses, pretraining_totals, read_bert_mlm_head, retrieval_choice, retrieval_loss)
+                     pretraining_losses, pretraining_totals, read_bert_mlm_head, retrieval_choice, retrieval_from_encoder_output,
+                     retrieval_loss)
 
 
 def _linear_schedule(optimizer, total_steps: int, warmup_frac: float = 0.06):
@@ -503,7 +504,8 @@ def _mlm_head(model, source: Path, mlm_head: str | None, device):
 @names_written_outputs(lambda arguments: [arguments["out"]])
 @holds_run_lock
 def finetune(init, out, args: TrainArgs, resume: bool = False, force: bool = False, log=print,
-             teacher_dir=None, temperature: float = 2.0, hidden_distill: float = 0.0, keep_best: bool = False):
+             teacher_dir=None, temperature: float = 2.0, hidden_distill: float = 0.0, keep_best: bool = False,
+             retrieval_weight: float = 0.0):
     """Cross-entropy on every instance of randomly formed mux groups. With `teacher_dir` (any fine-tuned
     checkpoint of the task, usually the N=1 model), plus distillation from its predictions on the same
     sentences (KL at `temperature`). On SST-2 N=2 it made learning faster, not the end result better
@@ -512,7 +514,9 @@ def finetune(init, out, args: TrainArgs, resume: bool = False, force: bool = Fal
     training-only readout of every layer's multiplexed state per instance should equal the teacher's state of
     that sentence alone. With `keep_best`, `out` holds the weights of the evaluation (every --eval-every steps)
     with the best accuracy on the evaluation split, as upstream's fine-tuning keeps (load_best_model_at_end):
-    a selection on that split, so its accuracy there is optimistic.
+    a selection on that split, so its accuracy there is optimistic. With `retrieval_weight` > 0, plus that weight
+    times the warm-up's token retrieval on the same multiplexed sequences (losses.retrieval_from_encoder_output,
+    one encoder pass for both), as upstream keeps it during fine-tuning (its retrieval_loss_coeff, 0.1).
 
     base/init/teacher_dir: a checkpoint directory, or a BERT directory for a new model (resolve_base turns
     "minilm" into one). out: the checkpoint directory to write (refused if it exists, unless force). args: the
@@ -527,8 +531,14 @@ def finetune(init, out, args: TrainArgs, resume: bool = False, force: bool = Fal
     if hidden_distill > 0 and teacher_dir is None:
         raise PruMuxError(f"`hidden_distill` {hidden_distill} needs a `teacher` (an N=1 checkpoint of the same "
                           "depth); give one, or set the weight to 0")
+    if retrieval_weight < 0:
+        raise PruMuxError(f"`retrieval_weight` {retrieval_weight} is negative; give a weight >= 0 (0 turns it off)")
     rt, model, batches, dev, total, optimizer, schedule, run = _single_model_stage(init, out, args, force,
                                                                                    "finetune", log=log)
+    if retrieval_weight > 0 and not hasattr(model.demux, "instance_features"):
+        raise PruMuxError(f"{init}: its {model.config.demux_kind} read-out has no per-instance token demux to retrieve "
+                          "tokens through; set `retrieval_weight` to 0, or start from a key_cls, key_pool or "
+                          "index_pos model")
     targets, teacher = None, None
     if teacher_dir is not None:
         teacher = _distillation_teacher(teacher_dir, model, rt.device).eval()
@@ -539,15 +549,25 @@ def finetune(init, out, args: TrainArgs, resume: bool = False, force: bool = Fal
     if readout is not None:
         parts.add_fresh("readout", readout, ("layer_readout", "opt_readout", "schedule_readout"), args.lr, total)
 
+    N, choices = args.instances, {}
+
     def loss_fn(part):
         inputs = model_inputs(part)
-        hidden = [] if readout is not None else None
+        hidden = [] if readout is not None or retrieval_weight > 0 else None
         logits = model(**inputs, hidden_states=hidden).float()
         ce = torch.nn.functional.cross_entropy(logits, part["labels"])
-        if targets is None:
+        if targets is None and retrieval_weight == 0:
             return ce, {"loss": ce.item()}
+        loss, record = ce, {"ce": ce.item()}
+        if retrieval_weight > 0:
+            choice = choices["global"][part["position"][::N].cpu() // N]  # this micro-batch's groups
+            retrieval = retrieval_from_encoder_output(model, hidden[-1], inputs["input_ids"],
+                                                      inputs["attention_mask"], choice, rt)
+            loss, record = loss + retrieval_weight * retrieval, dict(record, retrieval=retrieval.item())
+        if targets is None:
+            return loss, {"loss": loss.item(), **record}
         kd = prediction_distillation(logits, targets[part["rows"]], temperature)
-        loss, record = ce + kd, {"ce": ce.item(), "kd": kd.item()}
+        loss, record = loss + kd, dict(record, kd=kd.item())
         if readout is not None:
             with torch.no_grad():
                 teacher_hidden = []
@@ -561,7 +581,11 @@ def finetune(init, out, args: TrainArgs, resume: bool = False, force: bool = Fal
 
     def step_fn(step):
         done["steps"] = step + 1
-        return _step(rt, objective, batches.batch(step), args, parts.optimizers, parts.schedules, scaler)
+        batch = batches.batch(step)
+        if retrieval_weight > 0:  # drawn for the global batch, so every process count retrieves the same
+            G, S = batch["input_ids"].shape[0] // N, batch["input_ids"].shape[1]
+            choices["global"] = retrieval_choice(G, S, N, args.seed, step)
+        return _step(rt, objective, batch, args, parts.optimizers, parts.schedules, scaler)
 
     def eval_fn():
         accuracy = evaluate(model, dev, rt=rt)
@@ -570,7 +594,8 @@ def finetune(init, out, args: TrainArgs, resume: bool = False, force: bool = Fal
 
     _train(run, args, resume, parts.objects, total, step_fn, eval_fn, "finetune", rt,
            options={"init": init, "teacher": None if teacher_dir is None else str(teacher_dir),
-                    "temperature": temperature, "hidden_distill": hidden_distill, "keep_best": keep_best})
+                    "temperature": temperature, "hidden_distill": hidden_distill, "keep_best": keep_best,
+                    "retrieval_weight": retrieval_weight})
     accuracy = best.restore(model, evaluate(model, dev, rt=rt))
     _save(model, out, run, force, rt)
     if rt.is_main:

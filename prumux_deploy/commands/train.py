@@ -251,15 +251,18 @@ def pretrain_cmd(out, corpus, text_column, split, corpus_config, line_by_line, b
               help="Write the weights of the evaluation (every --eval-every steps) with the best --eval-split "
                    "accuracy instead of the last step's, as upstream's fine-tuning does. A selection on that split: "
                    "its accuracy there is then optimistic.")
+@click.option("--retrieval-weight", "retrieval_weight", type=NON_NEGATIVE, default=0.0, show_default=True,
+              help="Weight of the warm-up's token retrieval kept as an auxiliary loss on the same multiplexed "
+                   "batches (upstream's retrieval_loss_coeff, 0.1 there). 0 turns it off.")
 @demux_option
 @common_options
-def finetune_cmd(out, init, teacher, hidden_distill, keep_best, resume, force, **kw):
+def finetune_cmd(out, init, teacher, hidden_distill, keep_best, retrieval_weight, resume, force, **kw):
     """GLUE fine-tuning of the multiplexed model (cross-entropy on every instance, plus distillation from
     --teacher when given)."""
     from ..train.stages import finetune
 
     finetune(resolve_base(init), out, _args(kw), resume=resume, force=force, log=_echo, teacher_dir=teacher,
-             hidden_distill=hidden_distill, keep_best=keep_best)
+             hidden_distill=hidden_distill, keep_best=keep_best, retrieval_weight=retrieval_weight)
 
 
 @train.command("prune")
