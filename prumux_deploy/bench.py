@@ -16,14 +16,13 @@ import contextlib
 import csv
 import os
 import platform
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from .progress import progress_bar
 
 from . import backends
 from .atomic import atomic_file, write_file
@@ -276,9 +275,8 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
         from . import roofline
 
         ceilings = roofline.gpu_ceilings(device)
-    bar = tqdm(total=len(items) * len(cfg.backends) + 1, desc="bench", unit="run", disable=not progress,
-               file=sys.stderr)
-    bar.set_postfix_str("baseline")
+    bar = progress_bar(total=len(items) * len(cfg.backends) + 1, desc="bench", unit="run", disable=not progress)
+    bar.set_postfix_str("baseline", refresh=False)
     base = baseline(cfg)
     bar.update(1)
     rows, rates = [], {}
@@ -292,7 +290,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
             graphs = write_graphs(model, cfg, cfg.backends, Path(tmp))
             model = model.to(device)
             for backend in cfg.backends:
-                bar.set_postfix_str(f"{name} {backend}")
+                bar.set_postfix_str(f"{name} {backend}", refresh=False)
                 result, mem = time_backend(backend, model, graphs, ids, mask, cfg)
                 rows.append(_row(name, N, s, info, backend, result, mem, ids.shape[0], flops, base))
                 rows[-1].update(spot_check_verdict(backend, rows[-1]["max_abs_logit_error"], cfg.tf32))
@@ -357,7 +355,7 @@ def run_latency(cfg: BenchConfig, progress: bool = True) -> dict:
     backends = [b for b in cfg.backends if b in ("onnxruntime-opt", "onnxruntime-int8")] or ["onnxruntime-opt"]
     items = list(_structures(cfg))
     rows = []
-    for name, N, s, model in tqdm(items, desc="latency", disable=not progress, file=sys.stderr):
+    for name, N, s, model in progress_bar(items, desc="latency", disable=not progress):
         model = model or generated_model(cfg.base, N, s, cfg.seed)
         with tempfile.TemporaryDirectory() as tmp:
             graphs = write_graphs(model, cfg, backends, Path(tmp))

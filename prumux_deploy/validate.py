@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import sys
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from .progress import progress_bar
 
 from .atomic import write_file
 from .checkpoint import load_checkpoint
@@ -99,8 +100,8 @@ def run_validation(engine_dir, checkpoint, task_name: str | None, data_dir, opti
     tf32 (device cuda only): fp32 MatMuls of both sides in TF32 (PyTorch's cuBLAS matmuls, ONNX Runtime's
     use_tf32; a TensorRT plan must have been built with it, export --tf32); off, both run full fp32.
 
-    Returns the report: engine, checkpoint, task, split, data, examples, precision, num_instances,
-    batch_size, skipped_rows, truncated_rows, device, arithmetic (what engine and PyTorch computed in);
+    Returns the report: engine, checkpoint, task, split (None for a single data file, read whole), data,
+    examples, precision, num_instances, batch_size, skipped_rows, truncated_rows, device, arithmetic (what engine and PyTorch computed in);
     metrics (engine_accuracy, pytorch_accuracy, agreement
     and accuracy_drop as fractions, max_abs_logit_error and mean_abs_logit_error in logits, rows with NaN or
     Inf logits, the task's own metrics); thresholds; checks (name, value, op, threshold, passed); passed; and with
@@ -149,7 +150,7 @@ def run_validation(engine_dir, checkpoint, task_name: str | None, data_dir, opti
 
     eng_logits, pt_logits = [], []
     starts = range(0, len(examples), batch)
-    for s in tqdm(starts, desc="validate", unit="batch", disable=not progress, file=sys.stderr):
+    for s in progress_bar(starts, desc="validate", unit="batch", disable=not progress):
         feeds = tokenize(tokenizer, examples.text_a[s:s + batch],
                          examples.text_b[s:s + batch] if examples.text_b else None,
                          max_length=max_len, uses_token_types=engine.uses_token_types)
@@ -206,7 +207,8 @@ def run_validation(engine_dir, checkpoint, task_name: str | None, data_dir, opti
                                  thresholds.min_speedup, "x"))
 
     report = {
-        "engine": str(engine_dir), "checkpoint": str(checkpoint), "task": task.name, "split": split,
+        "engine": str(engine_dir), "checkpoint": str(checkpoint), "task": task.name,
+        "split": None if Path(data_dir).is_file() else split,  # a single data file is read whole, whatever `split`
         "task_metrics": metric_names(task), "labels": list(task.label_names),
         "data": str(examples.source), "examples": len(examples),
         "precision": engine.manifest.get("precision", "fp32"), "skipped_rows": examples.skipped, "truncated_rows": truncated, "num_instances": N, "batch_size": batch,
@@ -238,8 +240,7 @@ def _partner_sensitivity(engine, tokenizer, examples, batch, draws, seed, progre
     mux groups (batch rounded up to a multiple of N), padded to each chunk's longest row."""
     N = engine.num_instances
     chunk = -(-batch // N) * N
-    bar = tqdm(total=(draws + N) * len(examples), desc="partners", unit="row", disable=not progress,
-               file=sys.stderr)
+    bar = progress_bar(total=(draws + N) * len(examples), desc="partners", unit="row", disable=not progress)
 
     def run_rows(order):
         out = []
@@ -331,7 +332,8 @@ def format_report(report: dict) -> str:
         return {"pct": f"{value * 100:.2f}%", "x": f"{value:.2f}x", "count": f"{value:g}"}.get(fmt, f"{value:.2e}")
 
     m = report["metrics"]
-    lines = [f"{report['task']} {report['split']}: {report['examples']} examples, N={report['num_instances']}",
+    where = report["split"] or Path(report["data"]).name  # a single data file has no split
+    lines = [f"{report['task']} {where}: {report['examples']} examples, N={report['num_instances']}",
              f"  accuracy  engine {m['engine_accuracy'] * 100:.2f}%   PyTorch {m['pytorch_accuracy'] * 100:.2f}%",
              *[f"  {name.replace('_', ' ')}  engine {m['engine_' + name] * 100:.2f}   PyTorch "
                f"{m['pytorch_' + name] * 100:.2f}" for name in report["task_metrics"][1:]],

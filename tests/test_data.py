@@ -241,6 +241,14 @@ def test_a_custom_three_label_task_trains_exports_validates_and_predicts(tmp_pat
     assert report["examples"] == 6 and "engine_macro_f1" in report["metrics"]
     assert report["metrics"]["engine_macro_f1"] == pytest.approx(report["metrics"]["pytorch_macro_f1"])
     assert "macro f1  engine" in result.output
+    # a single file is read whole: no split in the report, its name in the summary, and a --split given is named
+    assert report["split"] == "dev" and "custom dev: 6 examples, N=2" in result.output
+    file = intents["file"]  # train.csv alone
+    result = run_cli("validate", tmp_path / "engine", "--checkpoint", tmp_path / "run" / "finetune", "--data", file,
+                     "--split", "dev", "--report", tmp_path / "f.json")
+    assert result.exit_code == 0 and f"custom train.csv: {len(ROWS)} examples, N=2" in result.output
+    assert f"warning: --split dev does not apply to a single data file; all of {file} is read" in result.output
+    assert json.loads((tmp_path / "f.json").read_text())["split"] is None
     result = run_cli("predict", tmp_path / "engine", "play some jazz", "--json")
     assert json.loads(result.output)["label"] in LABELS_SORTED
 

@@ -225,7 +225,8 @@ def test_too_long_rows_are_truncated_or_bad(tmp_path, engine_dir):
     path = tmp_path / "rows.txt"
     path.write_text(f"fun\n{long}\nbad\n")
     result = run("predict", engine_dir, "--input", path, "--output", tmp_path / "a.jsonl")
-    assert result.exit_code == 0 and "1 rows are longer than 16 tokens and were truncated" in result.output
+    assert result.exit_code == 0 and ("1 rows are longer than 16 tokens and were truncated (--no-truncate, or "
+                                      "truncate=False, makes them bad rows instead)") in result.output
     refused(run("predict", engine_dir, "--input", path, "--output", tmp_path / "b.jsonl", "--no-truncate"), 2,
             "row 2: longer than 16 tokens")
     result = run("predict", engine_dir, "--input", path, "--output", tmp_path / "c.jsonl", "--no-truncate",

@@ -14,19 +14,18 @@ import inspect
 import os
 import random
 import re
-import sys
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from prumux_deploy.atomic import atomic_file
 from prumux_deploy.checkpoint import check_vocab
 from prumux_deploy.data import Examples, load_examples, load_tokenizer, read_labels, resolve_task
 from prumux_deploy.documents import dumps
 from prumux_deploy.errors import PruMuxError
+from prumux_deploy.progress import progress_bar
 from prumux_deploy.resources import refuse_full_disk, tensor_bytes
 
 
@@ -586,8 +585,7 @@ class RunState:
 
 
 def progress(total: int, start: int, desc: str, unit: str = "step", disable: bool = False):
-    return tqdm(total=total, initial=start, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True,
-                disable=disable)
+    return progress_bar(total=total, initial=start, desc=desc, unit=unit, disable=disable)
 
 
 def seed_everything(seed: int):

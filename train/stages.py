@@ -238,8 +238,8 @@ def _train(run: RunState, args: TrainArgs, resume: bool, objects: dict, total: i
     while step < total:
         last = step_fn(step)
         step += 1
+        bar.set_postfix({k: f"{v:.3g}" for k, v in last.items()}, refresh=False)  # shown by the update
         bar.update(1)
-        bar.set_postfix({k: f"{v:.3g}" for k, v in last.items()})
         if step % args.eval_every == 0 or step == total:
             run.log({"event": "eval", "step": step, **last, **eval_fn()})
         if step % args.save_every == 0 or step == total:

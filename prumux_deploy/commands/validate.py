@@ -79,6 +79,9 @@ def validate(engine_dir, checkpoint, task, data, data_config, text_column, text_
             "partners") is not click.core.ParameterSource.DEFAULT:
         raise PruMuxError("--max-flip-rate gates partner draws, and --partners 0 asks for none; give --partners K "
                           f"(K >= 1) or leave it out for {DEFAULT_DRAWS}")
+    if Path(data).is_file() and click.get_current_context().get_parameter_source(
+            "split") is not click.core.ParameterSource.DEFAULT:
+        click.echo(f"warning: --split {split} does not apply to a single data file; all of {data} is read", err=True)
     if report:
         check_file_target(report, force)  # refuse before minutes of validation
     thresholds = Thresholds.for_engine(engine_dir, tf32=tf32, min_accuracy=min_accuracy, max_accuracy_drop=max_accuracy_drop,

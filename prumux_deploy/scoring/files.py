@@ -99,7 +99,7 @@ def score_file(engine, input, output, *, text_column: str | None = None, second_
     saved = run.state.saved
     if saved.truncated:
         warn(f"warning: {saved.truncated} rows are longer than {engine.max_seq_length} tokens and were truncated "
-             "(with truncation off they are bad rows instead)")
+             "(--no-truncate, or truncate=False, makes them bad rows instead)")
     return ScoreSummary(output, saved.rows_done, saved.rows_written, saved.bad_rows, saved.truncated, resumed_at,
                         time.perf_counter() - started)
 
