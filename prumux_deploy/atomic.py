@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 
 from .errors import PruMuxError
-from .resources import refuse_full_disk, tree_bytes
+from .resources import out_of_space, refuse_full_disk, tree_bytes
 
 
 # What the OS says when a probe entry cannot be created, and what to do about it.
@@ -196,9 +196,10 @@ def atomic_dir(target: str | os.PathLike, force: bool = False):
         _default_permissions(tmp)
         _swap_in(tmp, target, force)
     except BaseException as e:
-        written = tree_bytes(tmp) if isinstance(e, Exception) else 0  # (before it is removed: for the message)
-        shutil.rmtree(tmp, ignore_errors=True)
-        _refuse_full_disk(e, target, written)
+        try:
+            _refuse_full_disk(e, target, tmp)  # (measures tmp before it is removed, for the message)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
@@ -346,18 +347,20 @@ def atomic_file(target: str | os.PathLike, force: bool = False):
         yield tmp
         os.replace(tmp, target)
     except BaseException as e:
-        written = tree_bytes(tmp) if isinstance(e, Exception) else 0
-        tmp.unlink(missing_ok=True)
-        _refuse_full_disk(e, target, written)
+        try:
+            _refuse_full_disk(e, target, tmp)
+        finally:
+            tmp.unlink(missing_ok=True)
         raise
 
 
-def _refuse_full_disk(error: BaseException, target: Path, written: int) -> None:
+def _refuse_full_disk(error: BaseException, target: Path, partial: Path) -> None:
     """A write that failed for a full disk or quota (an OSError, or a library's wrapping of one: safetensors'
-    "(os error 28)", torch's zip writer) as one line naming the output and the file system to free; the
-    target is untouched. Callers that know what the output needs say more (checkpoint, train state)."""
-    if isinstance(error, Exception):
-        refuse_full_disk(error, target, written=written)
+    "(os error 28)", torch's zip writer) as one line naming the output, the file system to free and what the
+    partial output `partial` had written (measured only then); the target is untouched. Callers that know what
+    the output needs say more (checkpoint, train state)."""
+    if isinstance(error, Exception) and out_of_space(error, target.parent) is not None:
+        refuse_full_disk(error, target, written=tree_bytes(partial))
 
 
 def write_file(target: str | os.PathLike, text: str, force: bool = False) -> Path:

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from .atomic import atomic_dir
 from .data import TOKENIZER_FILES, copy_tokenizer, has_tokenizer
 from .documents import dumps, json_kind, listed_file, read_versioned_json, sha256_file
-from .errors import CheckpointError, ModelError
+from .errors import CheckpointError, ModelError, first_line
 from .model import MASK_NAMES, NEW_MODEL_DEMUX_KINDS, PruMuxConfig, PruMuxModel, check_config_values
 from .resources import refuse_full_disk, tensor_bytes
 
@@ -301,7 +301,7 @@ def _load_tensors(file: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(file))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{file}: cannot be read ({str(e).splitlines()[0]}); the file is damaged, "
+        raise CheckpointError(f"{file}: cannot be read ({first_line(e)}); the file is damaged, "
                               "re-create or re-download it") from None
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError
+from .errors import DataError, first_line
 from .resources import exception_chain
 
 
@@ -280,12 +280,6 @@ def _is_hub_name(data) -> bool:
     return "/" in text and not text.startswith((".", "/")) and not Path(text).suffix
 
 
-def _first_line(error: Exception, width: int) -> str:
-    """The first line of a library's error message, at most `width` characters ('' for none)."""
-    text = str(error).strip()
-    return text.splitlines()[0][:width] if text else ""
-
-
 def _quiet_datasets():
     import datasets
 
@@ -346,7 +340,7 @@ def open_split(data, split: str, data_config: str | None = None, limit: int | No
         if unreadable:
             raise DataError(unreadable) from None
         raise DataError(f"{data}: cannot be read as a dataset ({type(e).__name__}: "
-                        f"{_first_line(e, 200)}); check its format") from None
+                        f"{first_line(e, 200)}); check its format") from None
     if limit is not None and len(ds) > limit:
         ds = ds.select(range(limit))
     return ds, source
@@ -458,7 +452,7 @@ def _load_hub(name: str, config: str | None, split: str, limit: int | None):
     except Exception as e:  # noqa: BLE001 - connection errors, missing configs, offline mode
         cache = datasets.config.HF_DATASETS_CACHE
         raise DataError(f"hub dataset {name}{f' ({config})' if config else ''} cannot be loaded here "
-                        f"({type(e).__name__}: {_first_line(e, 120)}); "
+                        f"({type(e).__name__}: {first_line(e, 120)}); "
                         f"without network only a copy in the local cache ({cache}) works. Elsewhere, save it "
                         "with save_to_disk or to .parquet/.jsonl/.csv files and pass those to `data`") from None
 
@@ -587,7 +581,7 @@ def open_corpus(source, split: str = "train", config: str | None = None):
     except DataError:
         raise
     except Exception as e:  # noqa: BLE001 - pyarrow / datasets parse errors: one line naming the source
-        raise DataError(f"{source}: cannot be read as a corpus ({type(e).__name__}: {_first_line(e, 200)}); check its "
+        raise DataError(f"{source}: cannot be read as a corpus ({type(e).__name__}: {first_line(e, 200)}); check its "
                         "format") from None
     raise DataError(f"{source}: no such file or directory; `corpus` takes {CORPUS_FORMS}")
 
@@ -646,7 +640,7 @@ def _stream_hub(name: str, config: str | None, split: str):
         cache = datasets.config.HF_DATASETS_CACHE
         raise DataError(f"hub dataset {name}{f' ({config})' if config else ''} cannot be streamed or read from the "
                         f"local cache ({cache}) here ({type(e).__name__}: "
-                        f"{_first_line(e, 120)}); without network save it "
+                        f"{first_line(e, 120)}); without network save it "
                         "elsewhere with save_to_disk or as .parquet/.jsonl/.txt files and pass those to "
                         "`corpus`") from None
 

@@ -34,3 +34,10 @@ class ExportError(PruMuxError):
     """A graph transformation broke an invariant (changed the engine's inputs, left a cycle); nothing is
     written. This is a bug in prumux-deploy or in the library it drives: report it with the traceback (the CLI
     prints it with --debug)."""
+
+
+def first_line(error: BaseException, width: int = 200) -> str:
+    """The first non-blank line of a library's error message, at most `width` characters; the error's type name
+    when the message is empty (so that a one-line error never shows empty parentheses)."""
+    line = next((l.strip() for l in str(error).splitlines() if l.strip()), "")
+    return line[:width] if line else type(error).__name__

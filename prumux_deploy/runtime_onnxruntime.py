@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import EngineError
+from .errors import EngineError, first_line
 from .resources import NotEnoughMemoryError, memory_failure, not_enough_memory
 from .runners import Runner
 
@@ -51,7 +51,7 @@ def ort_session(path, providers=None, threads: int | None = None, where=None):
         named = where or ("the serialized graph" if isinstance(path, bytes) else path)
         if memory_failure(e):
             raise NotEnoughMemoryError(not_enough_memory(f"open {named} with ONNX Runtime", e)) from None
-        raise EngineError(f"{named}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:200]})") from None
+        raise EngineError(f"{named}: ONNX Runtime cannot load it ({first_line(e)})") from None
     check_providers(session, providers, where or path)
     return session
 
@@ -202,7 +202,7 @@ class CudaGraphRunner:
         try:
             self.session.run_with_iobinding(self.binding)
         except Exception as e:  # noqa: BLE001 - ONNX Runtime's own error types; one line
-            raise EngineError(f"ONNX Runtime could not run the engine as a CUDA graph ({str(e).splitlines()[0][:200]}); "
+            raise EngineError(f"ONNX Runtime could not run the engine as a CUDA graph ({first_line(e)}); "
                               "run it without cuda_graph") from None
         return self.logits
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import EngineError
+from .errors import EngineError, first_line
 from .resources import MB, NotEnoughMemoryError, memory_failure, not_enough_memory, require_address_space
 from .runners import Runner
 
@@ -110,7 +110,7 @@ def compile_cpu(path, hint: str, threads: int | None = None):
     except Exception as e:  # OpenVINO raises RuntimeError with a long message for graphs it cannot read
         if memory_failure(e):  # its std::bad_alloc comes under the same first line as a graph it cannot read
             raise NotEnoughMemoryError(not_enough_memory(f"open {path} with OpenVINO", e)) from None
-        raise EngineError(f"{path}: OpenVINO cannot compile it ({str(e).splitlines()[0][:200]})") from None
+        raise EngineError(f"{path}: OpenVINO cannot compile it ({first_line(e)})") from None
 
 
 class OpenVINORunner(Runner):

@@ -24,7 +24,7 @@ from prumux_deploy.atomic import atomic_file
 from prumux_deploy.checkpoint import check_vocab
 from prumux_deploy.data import Examples, load_examples, load_tokenizer, read_labels, resolve_task
 from prumux_deploy.documents import dumps
-from prumux_deploy.errors import PruMuxError
+from prumux_deploy.errors import PruMuxError, first_line
 from prumux_deploy.progress import progress_bar
 from prumux_deploy.resources import refuse_full_disk, tensor_bytes
 
@@ -447,11 +447,6 @@ def _check_same_options(saved: dict, now: dict, run_path: Path) -> None:
                               "resume with the same options")
 
 
-def _first_line(error: BaseException) -> str:
-    lines = [l.strip() for l in str(error).splitlines() if l.strip()]
-    return (lines[0] if lines else type(error).__name__)[:200]
-
-
 def _refuse_other_model(file: Path, run_path: Path, what: str):
     raise PruMuxError(f"{file}: {what}; it was saved by a run of another model: resume with the interrupted "
                       f"run's options, or delete {run_path} to start the stage over") from None
@@ -562,7 +557,7 @@ class RunState:
                 obj.load_state_dict(state[name])
             except (KeyError, ValueError, RuntimeError, TypeError) as e:  # an optimizer's or schedule's groups
                 _refuse_other_model(self.file, self.out, f"its {name} does not fit this run's "
-                                                         f"({_first_line(e)})")
+                                                         f"({first_line(e)})")
         torch.set_rng_state(state["rng"]["torch"])
         numpy_state = state["rng"]["numpy"]
         np.random.set_state((numpy_state["kind"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],

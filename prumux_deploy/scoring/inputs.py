@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 
-from ..errors import DataError
+from ..errors import DataError, first_line
 from .pipeline import MISSING, _BadRow
 
 INPUT_FILES = {".txt": "txt", ".tsv": "csv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
@@ -78,7 +78,7 @@ class InputFile:
                     yield _BadRow(f"not valid UTF-8 (byte {e.start + 1})")
                     continue
                 except ValueError as e:
-                    yield _BadRow(f"not valid JSON ({str(e).splitlines()[0][:80]})")
+                    yield _BadRow(f"not valid JSON ({first_line(e, 80)})")
                     continue
                 if not isinstance(row, dict):
                     yield _BadRow(f"not a JSON object ({type(row).__name__})")
@@ -251,7 +251,7 @@ def open_input(path, engine, text_column: str | None = None, second_column: str 
             parquet = pq.ParquetFile(path)
         except Exception as e:  # noqa: BLE001 - pyarrow's errors: one line naming the file
             raise DataError(f"{path}: cannot be read as parquet ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0][:160] if str(e) else ''}); check the file") from None
+                            f"{first_line(e, 160)}); check the file") from None
         schema = parquet.schema_arrow
         columns, total = list(schema.names), parquet.metadata.num_rows
         if id_column in columns:
@@ -281,7 +281,7 @@ def _open_dataset(path: Path, engine, text_column, second_column, id_column, spl
         ds = datasets.load_from_disk(str(path))
     except Exception as e:  # noqa: BLE001
         raise DataError(f"{path}: cannot be read as a save_to_disk dataset ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:160] if str(e) else ''}); check the directory") from None
+                        f"{first_line(e, 160)}); check the directory") from None
     if isinstance(ds, datasets.DatasetDict):
         ds = ds[_choose_split(ds.keys(), split, str(path))]
     text_candidates, second_candidates = _engine_columns(engine)
