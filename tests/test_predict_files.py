@@ -190,6 +190,21 @@ def test_pair_engine_reads_both_columns(tmp_path, pair_engine_dir):
             "classifies sentence pairs")
 
 
+def test_pair_data_to_a_single_sentence_engine_is_scored_on_its_text_column_with_a_warning(tmp_path, engine_dir):
+    path = tmp_path / "pairs.tsv"
+    path.write_text("sentence1\tsentence2\na good film\tthe film is good\nawful\tnot good\n")
+    result = run("predict", engine_dir, "--input", path, "--output", tmp_path / "o.jsonl", "--text-column",
+                 "sentence1")
+    assert result.exit_code == 0, result.output
+    assert (f"warning: {path} has a second-text column `sentence2`, and this engine classifies single sentences: "
+            "only `sentence1` is scored; use a sentence-pair engine for pairs") in result.output
+    assert len((tmp_path / "o.jsonl").read_text().splitlines()) == 2
+    plain = tmp_path / "plain.tsv"  # no second-text column: no warning
+    plain.write_text("sentence\tlabel\na good film\t1\n")
+    result = run("predict", engine_dir, "--input", plain, "--output", tmp_path / "p.jsonl")
+    assert result.exit_code == 0 and "warning" not in result.output, result.output
+
+
 @pytest.mark.parametrize("form, content, message", [
     ("tsv", "sentence\tlabel\ngood\t1\nbad\t0\n \t1\nfun\t1\n", "row 3: empty 'sentence'"),
     ("jsonl", '{"sentence": "good"}\n{"sentence": 7}\n', "row 2: 'sentence' is not text (int 7)"),

@@ -56,6 +56,10 @@ def score_file(engine, input, output, *, text_column: str | None = None, second_
                         f"{', '.join(OUTPUT_FORMATS)}")
     check_file_target(output, force)
     source = open_input(input, engine, text_column, second_column, id_column, split)
+    if source.unread_pair_column:
+        warn(f"warning: {source.source} has a second-text column `{source.unread_pair_column}`, and this engine "
+             f"classifies single sentences: only `{source.text_column}` is scored; use a sentence-pair engine for "
+             "pairs")
     tokenizer = tokenizer if tokenizer is not None else _engine_tokenizer(engine)
     record = {"format": PROGRESS_FORMAT, "version": PROGRESS_VERSION, "input": source.fingerprint(),
               "engine": _engine_record(engine),

@@ -44,6 +44,7 @@ class InputFile:
     id_type: object = None      # pyarrow type of the id column (parquet, save_to_disk)
     dataset: object = None      # datasets.Dataset (save_to_disk)
     delimiter_options: dict | None = None
+    unread_pair_column: str | None = None  # a second-text column a single-sentence engine does not read
 
     def fingerprint(self) -> dict:
         """What identifies the input's content for resume: path, size and modification time of its files."""
@@ -259,7 +260,8 @@ def open_input(path, engine, text_column: str | None = None, second_column: str 
     text = _pick(columns, text_column, text_candidates, "text_column", source)
     second = _pick(columns, second_column, second_candidates, "second_column", source) if pair else None
     ident = _pick(columns, id_column, [id_column], "id_column", source) if id_column is not None else None
-    return InputFile(path, source, kind, path, text, second, ident, total, id_type, delimiter_options=options)
+    return InputFile(path, source, kind, path, text, second, ident, total, id_type, delimiter_options=options,
+                     unread_pair_column=_unread_pair_column(columns, text, pair))
 
 
 def _choose_split(available, split: str | None, where: str) -> str:
@@ -291,6 +293,16 @@ def _open_dataset(path: Path, engine, text_column, second_column, id_column, spl
         else None
     ident = _pick(columns, id_column, [id_column], "id_column", source) if id_column is not None else None
     id_type = ds.data.schema.field(ident).type if ident else None
-    return InputFile(path, source, "dataset", None, text, second, ident, len(ds), id_type, dataset=ds)
+    return InputFile(path, source, "dataset", None, text, second, ident, len(ds), id_type, dataset=ds,
+                     unread_pair_column=_unread_pair_column(columns, text, engine.uses_token_types))
+
+
+# Second-text columns of the pair tasks (GLUE's, and transformers' text_pair) that are never a single-sentence
+# task's text: an input that has one next to a single-sentence engine is probably meant for a pair engine.
+PAIR_COLUMNS = ("text_pair", "sentence2", "question2", "hypothesis")
+
+
+def _unread_pair_column(columns: list[str], text: str | None, pair: bool) -> str | None:
+    return None if pair else next((c for c in PAIR_COLUMNS if c in columns and c != text), None)
 
 
