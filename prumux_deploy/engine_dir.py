@@ -13,6 +13,8 @@ record each in backends.BACKEND_TABLE.
 
 from __future__ import annotations
 
+import hashlib
+
 from pathlib import Path
 
 import numpy as np
@@ -174,26 +176,33 @@ def verify_engine_file(engine_dir, manifest) -> Path:
     path = Path(engine_dir) / entry.get("file", "")
     if not path.is_file():
         raise EngineError(f"{path}: missing; the engine directory is incomplete, re-export it")
-    digest = sha256_file(path)
+    # an ONNX graph is read once for both its digest and its facts; a plan (no readable facts) is streamed
+    graph = path.read_bytes() if _is_onnx(manifest, path) else None
+    digest = hashlib.sha256(graph).hexdigest() if graph is not None else sha256_file(path)
     if digest != entry.get("sha256"):
         raise EngineError(f"{path}: sha256 {digest[:12]}... does not match manifest.json "
                           f"({str(entry.get('sha256'))[:12]}...); the file was edited, truncated or swapped. "
                           "Re-export the engine")
-    check_manifest_against_graph(engine_dir, manifest, path)
+    check_manifest_against_graph(engine_dir, manifest, path, graph)
     return path
+
+
+def _is_onnx(manifest: dict, engine_file: Path) -> bool:
+    return engine_file.suffix == ".onnx" or manifest["engine"].get("kind", "onnx") == "onnx"
 
 
 # --- what the graph says ------------------------------------------------------------------------
 
-def read_graph_facts(path: Path) -> dict[str, int]:
+def read_graph_facts(path: Path, graph: bytes | None = None) -> dict[str, int]:
     """What an ONNX graph file says about itself: the prumux.* metadata export records (GRAPH_FACTS), and the
     width of its logits output (num_labels; every ONNX engine has it). {} for a file that is not an ONNX
-    graph (the runtime will say what is wrong with it). onnx parses the file (about 0.15 s for 60 MB, once per
-    opening, beside the sha256 check that reads it anyway)."""
+    graph (the runtime will say what is wrong with it). graph: the file's bytes, when read already. onnx parses
+    the file (about 0.15 s for 60 MB, once per opening)."""
     import onnx
 
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        model = (onnx.load_model_from_string(graph) if graph is not None
+                 else onnx.load(str(path), load_external_data=False))
     except Exception:  # noqa: BLE001 - not an ONNX graph (a protobuf DecodeError, a plan, ...)
         return {}
     facts: dict[str, int] = {}
@@ -235,18 +244,18 @@ _FACT_WORDS = {  # (what the manifest says, what the graph has)
 }
 
 
-def check_manifest_against_graph(engine_dir, manifest: dict, engine_file: Path) -> None:
+def check_manifest_against_graph(engine_dir, manifest: dict, engine_file: Path, graph: bytes | None = None) -> None:
     """The manifest's fields that the graph determines agree with it: N, the label count, the position table
     (and max_seq_length within it) and the vocabulary sizes, as the graph's own metadata and logits output say
     (ONNX), else as the config.json export wrote beside it. Raises EngineError (one line) for an edited
-    manifest or one from another engine."""
+    manifest or one from another engine. graph: the engine file's bytes, when read already."""
     engine_dir = Path(engine_dir)
     file = engine_dir / MANIFEST
     said = {"num_instances": manifest["num_instances"], "num_labels": len(manifest["labels"]),
             **{k: manifest.get(k) for k in ("max_position_embeddings", "vocab_size", "type_vocab_size")}}
     sources = []
-    if engine_file.suffix == ".onnx" or manifest["engine"].get("kind", "onnx") == "onnx":
-        sources.append((f"the graph {engine_file.name}", read_graph_facts(engine_file)))
+    if _is_onnx(manifest, engine_file):
+        sources.append((f"the graph {engine_file.name}", read_graph_facts(engine_file, graph)))
     sources.append(("config.json beside it", _side_config(engine_dir, manifest)))
     for where, facts in sources:
         for name in GRAPH_FACTS:
