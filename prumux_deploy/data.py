@@ -180,6 +180,7 @@ def _read_rows(file: Path, task: Task, skip_bad_rows: bool) -> tuple[dict[str, l
     columns: dict[str, list[str]] = {c: [] for c in text_cols}
     labels: list[int] = []
     bad: list[tuple[int, str]] = []
+    unknown: list = []  # the labels of the rows bad for their label alone
     for lineno, line in enumerate(lines[first:], start=first + 1):
         if not line.strip():
             continue  # blank lines (a trailing newline) carry no row
@@ -199,11 +200,12 @@ def _read_rows(file: Path, task: Task, skip_bad_rows: bool) -> tuple[dict[str, l
         label = row[task.label_column].strip()
         if label not in value_to_id:
             bad.append((lineno, f"label {label!r} is not one of {', '.join(task.label_values)}"))
+            unknown.append(label)
             continue
         for c in text_cols:
             columns[c].append(row[c])
         labels.append(value_to_id[label])
-    _refuse_another_tasks_labels(file, task, bad, labels)
+    _refuse_another_tasks_labels(file, task, bad, labels, unknown)
     if bad and not skip_bad_rows:
         lineno, reason = bad[0]
         more = f" ({len(bad)} bad rows in all)" if len(bad) > 1 else ""
@@ -211,12 +213,13 @@ def _read_rows(file: Path, task: Task, skip_bad_rows: bool) -> tuple[dict[str, l
     return columns, labels, len(bad)
 
 
-def _refuse_another_tasks_labels(source, task: Task, bad: list, labels: list) -> None:
+def _refuse_another_tasks_labels(source, task: Task, bad: list, labels: list, unknown: list) -> None:
     """Every row has a label the task does not know (QNLI's 'entailment' read as SST-2): the data is another
-    task's, which neither fixing rows nor skipping them would mend. Custom tasks name their labels themselves."""
-    if task.custom or labels or len(bad) < 3 or not all(reason.startswith("label ") for _, reason in bad):
+    task's, which neither fixing rows nor skipping them would mend. Custom tasks name their labels themselves.
+    bad: every bad row; labels: the good rows' labels; unknown: the labels of the rows bad for their label."""
+    if task.custom or labels or len(bad) < 3 or len(unknown) != len(bad):
         return  # (one or two rows with a stray label are bad rows, not evidence of another task)
-    first = bad[0][1].split(" is not one of ")[0][len("label "):]
+    first = repr(unknown[0])
     raise DataError(f"{source}: none of its {len(bad)} rows has a label of {task.name} "
                     f"({', '.join(map(str, task.label_values))}; the first row has {first}): this looks like another "
                     f"task's data; give the {task.name} data, or the task of this data with `task`")
@@ -494,7 +497,7 @@ def _examples_from_dataset(ds, task: Task, source: str, skip_bad_rows: bool) -> 
             fix = f"name the right one with {flag}" if task.custom else f"is this the {task.name} data?"
             raise DataError(f"{source}: no column {col!r} (columns: {', '.join(ds.column_names)}); {fix}")
     lookup = _label_lookup(task, ds.features.get(label_column))
-    a, b, labels, bad = [], [] if text_b else None, [], []
+    a, b, labels, bad, unknown = [], [] if text_b else None, [], [], []
     rows = zip(ds[text_a], ds[text_b] if text_b else [None] * len(ds), ds[label_column])
     for row, (ta, tb, label) in enumerate(rows, start=1):
         empty = [c for c, t in ((text_a, ta), (text_b, tb)) if c and (not isinstance(t, str) or not t.strip())]
@@ -506,12 +509,13 @@ def _examples_from_dataset(ds, task: Task, source: str, skip_bad_rows: bool) -> 
             key = int(key)
         if key not in lookup:
             bad.append((row, f"label {label!r} is not one of {', '.join(task.label_names)}"))
+            unknown.append(label)
             continue
         a.append(ta)
         if b is not None:
             b.append(tb)
         labels.append(lookup[key])
-    _refuse_another_tasks_labels(source, task, bad, labels)
+    _refuse_another_tasks_labels(source, task, bad, labels, unknown)
     if bad and not skip_bad_rows:
         row, reason = bad[0]
         more = f" ({len(bad)} bad rows in all)" if len(bad) > 1 else ""
