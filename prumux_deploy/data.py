@@ -707,8 +707,9 @@ def check_lengths(tokenizer, text_a, text_b, max_length: int, truncate: bool, wa
     long_rows = too_long_rows(tokenizer, text_a, text_b, max_length)
     if long_rows and not truncate:
         raise DataError(f"{len(long_rows)} of {len(text_a)} inputs are longer than {max_length} tokens "
-                        f"(first: row {long_rows[0] + 1}); shorten them or allow truncation")
+                        f"(first: row {long_rows[0] + 1}); shorten them, or allow truncation (drop --no-truncate; "
+                        "truncate=True in Python)")
     if long_rows:
         warn(f"warning: {len(long_rows)} of {len(text_a)} inputs are longer than {max_length} tokens and "
-             "were truncated (with truncation off they are refused instead)")
+             "were truncated (--no-truncate, or truncate=False, refuses them instead)")
     return len(long_rows)

@@ -32,7 +32,8 @@ def progress_bar(iterable=None, *, disable: bool = False, stream=None, **kwargs)
     stream = stream or sys.stderr
     if disable or _is_terminal(stream):
         return tqdm(iterable, file=stream, disable=disable, dynamic_ncols=True, **kwargs)
-    return tqdm(iterable, file=_Lines(stream), mininterval=LOG_INTERVAL_S, ncols=100, **kwargs)
+    # miniters=1: tqdm's adaptive miniters would let its monitor thread force a line every 10 s (maxinterval)
+    return tqdm(iterable, file=_Lines(stream), mininterval=LOG_INTERVAL_S, miniters=1, ncols=100, **kwargs)
 
 
 def _is_terminal(stream) -> bool:

@@ -31,7 +31,7 @@ import torch
 
 from .checkpoint import bert_to_prumux_name, check_vocab, save_checkpoint
 from .data import TOKENIZER_FILES, has_tokenizer
-from .errors import CheckpointError
+from .errors import CheckpointError, first_line
 from .model import PruMuxConfig, PruMuxModel
 
 KIND_NAMES = {
@@ -80,7 +80,7 @@ def load_tensor_file(file: Path, allow_none: bool = False) -> dict[str, torch.Te
         try:
             return load_file(str(file))
         except Exception as e:  # noqa: BLE001 - safetensors raises several types for damaged files
-            raise CheckpointError(f"{file}: cannot be read ({str(e).splitlines()[0]}); re-download it") from None
+            raise CheckpointError(f"{file}: cannot be read ({first_line(e)}); re-download it") from None
     try:
         obj = torch.load(str(file), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - UnpicklingError for objects, RuntimeError/EOFError for damage

@@ -34,3 +34,22 @@ def test_a_terminal_gets_the_redrawn_bar_and_disable_writes_nothing():
     quiet = io.StringIO()
     assert list(progress_bar(range(3), desc="x", stream=quiet, disable=True)) == [0, 1, 2]
     assert quiet.getvalue() == ""
+
+
+def test_lines_come_at_most_every_interval_on_a_slow_run(monkeypatch):
+    """A step every 7 s for 100 steps (700 s): a line at the start, then one per LOG_INTERVAL_S, and the last. The
+    bar keeps miniters at 1 (not tqdm's adaptive miniters), without which tqdm's monitor thread forces a redraw
+    every 10 s (its maxinterval) whatever mininterval says."""
+    now = [1000.0]
+    monkeypatch.setattr("tqdm.std.time", lambda: now[0])
+    log = io.StringIO()
+    bar = progress_bar(total=100, desc="warmup", stream=log)
+    assert bar.miniters == 1 and not bar.dynamic_miniters
+    for _ in range(100):
+        now[0] += 7.0
+        bar.update(1)
+    bar.close()
+    lines = log.getvalue().splitlines()
+    # printed at 0 s, then at the first step >= 30 s after the last line (35, 70, ...: every 5th step), then closed
+    assert len(lines) == 1 + 700 // 35 + 1, lines
+    assert lines[1].startswith("warmup:   5%") and lines[-1].startswith("warmup: 100%")

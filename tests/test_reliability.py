@@ -186,9 +186,11 @@ def test_long_text_is_truncated_with_a_count_or_refused(engine_dir):
     long_text = " ".join(["good"] * 40)  # max_seq_length of the engine is 16
     result = run("predict", engine_dir, long_text, "fine", long_text)
     assert result.exit_code == 0
-    assert "warning: 2 of 3 inputs are longer than 16 tokens and were truncated" in result.output
+    assert ("warning: 2 of 3 inputs are longer than 16 tokens and were truncated (--no-truncate, or truncate=False, "
+            "refuses them instead)") in result.output
     refused(run("predict", engine_dir, long_text, "--no-truncate"), 2,
-            "1 of 1 inputs are longer than 16 tokens (first: row 1)")
+            "1 of 1 inputs are longer than 16 tokens (first: row 1); shorten them, or allow truncation (drop "
+            "--no-truncate; truncate=True in Python)")
     refused(run("predict", engine_dir, "  "), 2, "empty text")
 
 

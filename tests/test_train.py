@@ -3,6 +3,7 @@ resumable stages, and a pruned checkpoint that exports with the spine's parity c
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -479,6 +480,30 @@ def test_finetune_keeps_token_retrieval_when_weighted(tmp_path, bert_dir, glue_d
     assert trained < plain - 0.2, (trained, plain)  # measured: 4.35 against 4.84 nats
     refused(run_cli("train", "finetune", tmp_path / "o", "--init", bert_dir, "--retrieval-weight", -1,
                     "--data", glue_dir), 2, "--retrieval-weight")
+    assert not (tmp_path / "o").exists()
+
+
+def test_retrieval_is_refused_where_it_cannot_run_and_so_is_data_smaller_than_a_batch(
+        tmp_path, bert_dir, glue_dir, masked_checkpoint):
+    """A compact model with pruned hidden dims has a word embedding narrower than the demux features, so the tied
+    decoder cannot read them: one line, for finetune --retrieval-weight and for warmup. Training data with fewer
+    rows than one batch would make a step of partial mux groups: one line naming --batch-size."""
+    from prumux_deploy.compact import compact
+
+    small = compact(load_checkpoint(masked_checkpoint))
+    assert small.config.embedding_dim == 16 and small.config.hidden_size == 32
+    save_checkpoint(small, tmp_path / "compact")
+    fix = "set `retrieval_weight` to 0, or start from an unpruned key_cls, key_pool or index_pos model"
+    with pytest.raises(PruMuxError, match="its hidden dims are pruned \\(16 of 32\\), so the token decoder tied to "
+                                          "the word embeddings does not fit the demux; " + re.escape(fix)):
+        finetune(tmp_path / "compact", tmp_path / "o", tiny_args(glue_dir), log=lambda m: None, retrieval_weight=0.1)
+    with pytest.raises(PruMuxError, match="hidden dims are pruned .* warm up an unpruned key_cls"):
+        warmup(tmp_path / "compact", tmp_path / "o", tiny_args(glue_dir), log=lambda m: None)
+    assert not (tmp_path / "o").exists()
+    refused(run_cli("train", "finetune", tmp_path / "o", "--init", bert_dir, "--data", glue_dir, "--max-seq-length",
+                    12, "--max-train-samples", 15, "--retrieval-weight", 0.1), 2,
+            "the training data has 15 rows, fewer than one batch (--batch-size 32); give a --batch-size of at most "
+            "15, or more rows")
     assert not (tmp_path / "o").exists()
 
 

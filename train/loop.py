@@ -174,6 +174,9 @@ def load_task_data(args: TrainArgs, tokenizer_dir, num_instances: int, with_eval
     train = load_examples(task, args.data, args.train_split, args.max_train_samples, skip_bad_rows=True,
                           data_config=args.data_config)
     pair = train.text_b is not None
+    if len(train) < args.batch_size:  # every step is one whole batch: its mux groups and micro-batches are full
+        raise PruMuxError(f"the training data has {len(train)} rows, fewer than one batch (`batch_size` "
+                          f"{args.batch_size}); give a `batch_size` of at most {len(train)}, or more rows")
     train_b = Batches(tokenizer, train, args.batch_size, num_instances, args.max_seq_length, args.seed, pair)
     eval_b = None
     if with_eval:
@@ -500,7 +503,7 @@ def _load_tensors_only(path: Path) -> dict:
                           "unpickle it. Start the stage again without `resume` (a state from an older prumux-deploy "
                           "cannot be resumed either)") from None
     except (RuntimeError, EOFError, OSError) as e:
-        raise PruMuxError(f"{path}: cannot be read ({str(e).strip().splitlines()[0][:160]}); the file is damaged: start "
+        raise PruMuxError(f"{path}: cannot be read ({first_line(e, 160)}); the file is damaged: start "
                           "the stage again without `resume`") from None
     if not isinstance(state, dict):
         raise PruMuxError(f"{path}: not a train state (a {type(state).__name__}); start the stage again without `resume`")

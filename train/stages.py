@@ -304,6 +304,7 @@ def warmup(base, out, args: TrainArgs, resume: bool = False, force: bool = False
     check_target(out, force)
     rt, model, batches, _, total, optimizer, schedule, run = _single_model_stage(base, out, args, force, "warmup",
                                                                                  with_eval=False, log=log)
+    _check_can_retrieve(model, base, "warm up an unpruned key_cls, key_pool or index_pos model")
     teacher = None if teacher_dir is None else _contextual_teacher(teacher_dir, args, rt.device)
     parts = _Trained(model, optimizer, schedule)
     if teacher is not None:
@@ -339,6 +340,19 @@ def warmup(base, out, args: TrainArgs, resume: bool = False, force: bool = False
         log(f"warmup: {total} steps, final retrieval loss "
             f"{last.get('retrieval', last.get('loss', float('nan'))):.3f}{context}; wrote {out}")
     return model
+
+
+def _check_can_retrieve(model, source, fix: str) -> None:
+    """Token retrieval needs a per-instance token demux (not the N=1 pooler head) whose features (width
+    hidden_size) fit the decoder tied to the word embeddings (width embedding_dim, narrower once hidden dims
+    are pruned). PruMuxError naming `source` and `fix` otherwise."""
+    cfg = model.config
+    if not hasattr(model.demux, "instance_features"):
+        raise PruMuxError(f"{source}: its {cfg.demux_kind} read-out has no per-instance token demux to retrieve "
+                          f"tokens through; {fix}")
+    if cfg.embedding_dim != cfg.hidden_size:
+        raise PruMuxError(f"{source}: its hidden dims are pruned ({cfg.embedding_dim} of {cfg.hidden_size}), so "
+                          f"the token decoder tied to the word embeddings does not fit the demux; {fix}")
 
 
 # --- 1b. pre-train: masked language modelling through the multiplexer (MUX-PLMs) ------------------
@@ -535,10 +549,9 @@ def finetune(init, out, args: TrainArgs, resume: bool = False, force: bool = Fal
         raise PruMuxError(f"`retrieval_weight` {retrieval_weight} is negative; give a weight >= 0 (0 turns it off)")
     rt, model, batches, dev, total, optimizer, schedule, run = _single_model_stage(init, out, args, force,
                                                                                    "finetune", log=log)
-    if retrieval_weight > 0 and not hasattr(model.demux, "instance_features"):
-        raise PruMuxError(f"{init}: its {model.config.demux_kind} read-out has no per-instance token demux to retrieve "
-                          "tokens through; set `retrieval_weight` to 0, or start from a key_cls, key_pool or "
-                          "index_pos model")
+    if retrieval_weight > 0:
+        _check_can_retrieve(model, init, "set `retrieval_weight` to 0, or start from an unpruned key_cls, key_pool "
+                                          "or index_pos model")
     targets, teacher = None, None
     if teacher_dir is not None:
         teacher = _distillation_teacher(teacher_dir, model, rt.device).eval()

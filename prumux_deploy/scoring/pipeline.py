@@ -356,6 +356,6 @@ def score_rows(engine, rows: Iterable, *, batch_size: int = DEFAULT_BATCH_SIZE, 
             yield ScoredRows(window.rows[0], probabilities, engine.labels)
     if truncated and warn is not None:
         warn(f"warning: {truncated} of {counted['rows']} inputs are longer than {engine.max_seq_length} tokens and "
-             "were truncated (with truncation off they are refused instead)")
+             "were truncated (--no-truncate, or truncate=False, refuses them instead)")
 
 
