@@ -290,6 +290,14 @@ def _quiet_datasets():
     datasets.disable_progress_bars()
 
 
+def has_splits(data) -> bool:
+    """Whether `data` has splits to choose from; a single data file and a save_to_disk Dataset (not a
+    DatasetDict) are read whole, whatever `split` says."""
+    path = Path(data)
+    single_dataset = (path / "state.json").is_file() and not (path / "dataset_dict.json").is_file()
+    return not (path.is_file() or single_dataset)
+
+
 def _saved_split(path: Path, split: str):
     """The `split` of a `datasets` save_to_disk directory (a Dataset, or a DatasetDict's split), or None when
     `path` is not one."""

@@ -22,7 +22,7 @@ from .progress import progress_bar
 
 from .atomic import write_file
 from .checkpoint import load_checkpoint
-from .data import check_lengths, load_examples, load_tokenizer, resolve_task, tokenize
+from .data import check_lengths, has_splits, load_examples, load_tokenizer, resolve_task, tokenize
 from .devices import check_tf32, device_info, resolve_device, synchronize, tf32_scope, torch_arithmetic
 from .compare import TOLERANCES, compare_logits, tolerance_for
 from .documents import dumps
@@ -100,7 +100,7 @@ def run_validation(engine_dir, checkpoint, task_name: str | None, data_dir, opti
     tf32 (device cuda only): fp32 MatMuls of both sides in TF32 (PyTorch's cuBLAS matmuls, ONNX Runtime's
     use_tf32; a TensorRT plan must have been built with it, export --tf32); off, both run full fp32.
 
-    Returns the report: engine, checkpoint, task, split (None for a single data file, read whole), data,
+    Returns the report: engine, checkpoint, task, split (None for a single data file or Dataset, read whole), data,
     examples, precision, num_instances, batch_size, skipped_rows, truncated_rows, device, arithmetic (what engine and PyTorch computed in);
     metrics (engine_accuracy, pytorch_accuracy, agreement
     and accuracy_drop as fractions, max_abs_logit_error and mean_abs_logit_error in logits, rows with NaN or
@@ -208,7 +208,7 @@ def run_validation(engine_dir, checkpoint, task_name: str | None, data_dir, opti
 
     report = {
         "engine": str(engine_dir), "checkpoint": str(checkpoint), "task": task.name,
-        "split": None if Path(data_dir).is_file() else split,  # a single data file is read whole, whatever `split`
+        "split": split if has_splits(data_dir) else None,  # a single file or Dataset is read whole
         "task_metrics": metric_names(task), "labels": list(task.label_names),
         "data": str(examples.source), "examples": len(examples),
         "precision": engine.manifest.get("precision", "fp32"), "skipped_rows": examples.skipped, "truncated_rows": truncated, "num_instances": N, "batch_size": batch,
@@ -332,7 +332,7 @@ def format_report(report: dict) -> str:
         return {"pct": f"{value * 100:.2f}%", "x": f"{value:.2f}x", "count": f"{value:g}"}.get(fmt, f"{value:.2e}")
 
     m = report["metrics"]
-    where = report["split"] or Path(report["data"]).name  # a single data file has no split
+    where = report["split"] or Path(report["data"]).name  # a single file or Dataset has no split
     lines = [f"{report['task']} {where}: {report['examples']} examples, N={report['num_instances']}",
              f"  accuracy  engine {m['engine_accuracy'] * 100:.2f}%   PyTorch {m['pytorch_accuracy'] * 100:.2f}%",
              *[f"  {name.replace('_', ' ')}  engine {m['engine_' + name] * 100:.2f}   PyTorch "

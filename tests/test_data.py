@@ -221,6 +221,18 @@ def test_task_metrics_match_hand_computed_values():
     assert not math.isnan(custom["accuracy"])
 
 
+def test_which_data_forms_have_splits(tmp_path, intents):
+    """A single file and a save_to_disk Dataset are read whole; directories of split files and DatasetDicts are
+    not (validate reports no split and warns about a --split given for the former)."""
+    import datasets
+
+    from prumux_deploy.data import has_splits
+
+    datasets.Dataset.from_dict(rows_dict()).save_to_disk(str(tmp_path / "one"))
+    assert not has_splits(intents["file"]) and not has_splits(tmp_path / "one")
+    assert has_splits(intents["csv"]) and has_splits(intents["save_to_disk"])
+
+
 def test_a_custom_three_label_task_trains_exports_validates_and_predicts(tmp_path, bert_dir, intents):
     data = intents["jsonl"]
     result = run_cli("train", "all", tmp_path / "run", "--base", bert_dir, "--task", "custom", "--data", data,
@@ -247,7 +259,8 @@ def test_a_custom_three_label_task_trains_exports_validates_and_predicts(tmp_pat
     result = run_cli("validate", tmp_path / "engine", "--checkpoint", tmp_path / "run" / "finetune", "--data", file,
                      "--split", "dev", "--report", tmp_path / "f.json")
     assert result.exit_code == 0 and f"custom train.csv: {len(ROWS)} examples, N=2" in result.output
-    assert f"warning: --split dev does not apply to a single data file; all of {file} is read" in result.output
+    assert (f"warning: --split dev does not apply to a single data file or dataset; all of {file} is read"
+            in result.output)
     assert json.loads((tmp_path / "f.json").read_text())["split"] is None
     result = run_cli("predict", tmp_path / "engine", "play some jazz", "--json")
     assert json.loads(result.output)["label"] in LABELS_SORTED

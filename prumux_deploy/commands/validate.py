@@ -71,6 +71,7 @@ def validate(engine_dir, checkpoint, task, data, data_config, text_column, text_
     (F1 for QQP and MRPC, Matthews correlation for CoLA, macro-F1 for custom tasks). With --partners, also
     how much a row's answer depends on the rows it shares a mux group with (gate it with --max-flip-rate)."""
     from ..atomic import check_file_target
+    from ..data import has_splits
     from ..validate import Thresholds, ValidateOptions, format_report, run_validation, write_report
 
     if labels is not None:
@@ -79,9 +80,10 @@ def validate(engine_dir, checkpoint, task, data, data_config, text_column, text_
             "partners") is not click.core.ParameterSource.DEFAULT:
         raise PruMuxError("--max-flip-rate gates partner draws, and --partners 0 asks for none; give --partners K "
                           f"(K >= 1) or leave it out for {DEFAULT_DRAWS}")
-    if Path(data).is_file() and click.get_current_context().get_parameter_source(
+    if not has_splits(data) and click.get_current_context().get_parameter_source(
             "split") is not click.core.ParameterSource.DEFAULT:
-        click.echo(f"warning: --split {split} does not apply to a single data file; all of {data} is read", err=True)
+        click.echo(f"warning: --split {split} does not apply to a single data file or dataset; all of {data} is read",
+                   err=True)
     if report:
         check_file_target(report, force)  # refuse before minutes of validation
     thresholds = Thresholds.for_engine(engine_dir, tf32=tf32, min_accuracy=min_accuracy, max_accuracy_drop=max_accuracy_drop,
