@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from prumux_deploy import load_checkpoint, save_checkpoint
+from prumux_deploy import create_model, load_checkpoint, save_checkpoint
 from prumux_deploy.errors import PruMuxError
 from prumux_deploy.export.pipeline import export_checkpoint
 from prumux_deploy.model import PruMuxConfig
@@ -505,6 +505,46 @@ def test_retrieval_is_refused_where_it_cannot_run_and_so_is_data_smaller_than_a_
             "the training data has 15 rows, fewer than one batch (--batch-size 32); give a --batch-size of at most "
             "15, or more rows")
     assert not (tmp_path / "o").exists()
+
+
+def test_every_retrieving_stage_refuses_a_pooler_read_out_in_one_line(tmp_path, bert_dir, glue_dir):
+    """An imported N=1 CoFi model reads out through BERT's pooler: there is no per-instance token demux for the
+    warm-up's, fine-tuning's or pre-training's retrieval (or pre-training's MLM) to run through."""
+    import dataclasses
+
+    from prumux_deploy.model import PruMuxModel
+    from prumux_deploy.train.corpus import CorpusArgs
+    from prumux_deploy.train.stages import PretrainArgs, pretrain
+
+    start = create_model(bert_dir, num_instances=1, num_labels=2, seed=0, task="sst2", max_seq_length=16)
+    save_checkpoint(PruMuxModel(dataclasses.replace(start.config, demux_kind="pooler")), tmp_path / "cofi",
+                    tokenizer_dir=bert_dir)
+    args = tiny_args(glue_dir, instances=1)
+    no_demux = re.escape(f"{tmp_path / 'cofi'}: its pooler read-out has no per-instance token demux to ")
+    with pytest.raises(PruMuxError, match=no_demux + "retrieve tokens through; warm up an unpruned key_cls"):
+        warmup(tmp_path / "cofi", tmp_path / "o", args, log=lambda m: None)
+    with pytest.raises(PruMuxError, match=no_demux + "retrieve tokens through; set `retrieval_weight` to 0"):
+        finetune(tmp_path / "cofi", tmp_path / "o", args, log=lambda m: None, retrieval_weight=0.1)
+    (tmp_path / "corpus.txt").write_text("a very lovely plot\n" * 20)
+    with pytest.raises(PruMuxError, match=no_demux + "predict masked tokens through; start from a key_cls, key_pool "
+                                                     "or index_pos model$"):
+        pretrain(tmp_path / "cofi", tmp_path / "o", args, CorpusArgs(str(tmp_path / "corpus.txt")),
+                 PretrainArgs(steps=1), log=lambda m: None)
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o.run").exists()
+
+
+def test_step_choices_slice_the_global_draw_by_each_rows_position():
+    """Micro-batches (any split of the global batch into whole mux groups) retrieve exactly the global draw."""
+    from prumux_deploy.train.losses import StepChoices, retrieval_choice
+
+    choices = StepChoices(num_instances=2, seed=4)
+    drawn = choices.draw(torch.zeros(8, 5, dtype=torch.long), step=7)  # 8 rows = 4 groups of N=2
+    assert drawn.shape == (4, 5) and torch.equal(drawn, retrieval_choice(4, 5, 2, seed=4, step=7))
+    second_half = choices.of({"position": torch.tensor([4, 5, 6, 7])})
+    assert torch.equal(second_half, drawn[2:])
+    parts = [choices.of({"position": torch.tensor(p)}) for p in ([0, 1], [2, 3], [4, 5, 6, 7])]
+    assert torch.equal(torch.cat(parts), drawn)
+    assert not torch.equal(choices.draw(torch.zeros(8, 5), step=8), drawn)  # a new step, a new draw
 
 
 def test_contextual_warmup_logs_both_losses_and_refuses_a_multiplexed_teacher(tmp_path, bert_dir, glue_dir):

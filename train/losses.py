@@ -60,6 +60,26 @@ def retrieval_choice(num_groups: int, seq_len: int, num_instances: int, seed: in
     return torch.randint(0, num_instances, (num_groups, seq_len), generator=gen)
 
 
+class StepChoices:
+    """The retrieval choices of the current optimizer step, for warm-up, pre-training and fine-tuning's retrieval
+    term: `draw` them once for the global batch (retrieval_choice), then `of` slices a micro-batch's groups by
+    its rows' positions in the global batch, so every process count and accumulation retrieves alike."""
+
+    def __init__(self, num_instances: int, seed: int):
+        self.num_instances, self.seed, self.current = num_instances, seed, None
+
+    def draw(self, input_ids: torch.Tensor, step: int) -> torch.Tensor:
+        """input_ids: the global batch [B, S], B a multiple of N. Returns (and keeps) the choices [B / N, S]."""
+        N = self.num_instances
+        self.current = retrieval_choice(input_ids.shape[0] // N, input_ids.shape[1], N, self.seed, step)
+        return self.current
+
+    def of(self, part: dict) -> torch.Tensor:
+        """part: a micro-batch with "position" [b] (each row's index in the global batch). Returns [b / N, S]."""
+        N = self.num_instances
+        return self.current[part["position"][::N].cpu() // N]
+
+
 def retrieval_loss(model, input_ids, attention_mask, choice=None, rt=None) -> torch.Tensor:
     """Token retrieval warm-up (DataMUX / MUX-PLMs): at every position of the multiplexed sequence pick
     one instance at random and predict that instance's token from the encoder output, through the demux

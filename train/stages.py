@@ -38,8 +38,8 @@ from .loop import (RunState, TrainArgs, evaluate, holds_run_lock, load_task_data
 from .corpus import CorpusArgs, CorpusStream, mask_tokens, masking_generator
 from .losses import (ContextHead, LayerAlignment, LayerReadout, MLMHead, contextual_distillation_loss,
                      hidden_state_distillation, prediction_distillation,
-                     pretraining_losses, pretraining_totals, read_bert_mlm_head, retrieval_choice, retrieval_from_encoder_output,
-                     retrieval_loss)
+                     pretraining_losses, pretraining_totals, read_bert_mlm_head, retrieval_from_encoder_output,
+                     retrieval_loss, StepChoices)
 
 
 def _linear_schedule(optimizer, total_steps: int, warmup_frac: float = 0.06):
@@ -311,12 +311,10 @@ def warmup(base, out, args: TrainArgs, resume: bool = False, force: bool = False
         _check_same_tokenizer(teacher, model, f"`teacher` {teacher_dir}")
         head = ContextHead(model.config.hidden_size, teacher.config.hidden_size).to(rt.device)
         parts.add_fresh("head", head, ("context_head", "opt_head", "schedule_head"), args.lr, total)
-    N = args.instances
-    choices = {}
+    choices = StepChoices(args.instances, args.seed)
 
     def loss_fn(part):
-        choice = choices["global"][part["position"][::N].cpu() // N]  # this micro-batch's groups
-        retrieval = retrieval_loss(model, part["input_ids"], part["attention_mask"], choice, rt)
+        retrieval = retrieval_loss(model, part["input_ids"], part["attention_mask"], choices.of(part), rt)
         if teacher is None:
             return retrieval, {"loss": retrieval.item()}
         context = contextual_distillation_loss(model, teacher, head, part["input_ids"], part["attention_mask"], rt)
@@ -327,8 +325,7 @@ def warmup(base, out, args: TrainArgs, resume: bool = False, force: bool = False
 
     def step_fn(step):
         batch = batches.batch(step)
-        G, S = batch["input_ids"].shape[0] // N, batch["input_ids"].shape[1]
-        choices["global"] = retrieval_choice(G, S, N, args.seed, step)
+        choices.draw(batch["input_ids"], step)
         return _step(rt, objective, batch, args, parts.optimizers, parts.schedules, scaler)
 
     last = _train(run, args, resume, parts.objects, total, step_fn, lambda: {}, "warmup", rt,
@@ -342,14 +339,14 @@ def warmup(base, out, args: TrainArgs, resume: bool = False, force: bool = False
     return model
 
 
-def _check_can_retrieve(model, source, fix: str) -> None:
+def _check_can_retrieve(model, source, fix: str, purpose: str = "retrieve tokens") -> None:
     """Token retrieval needs a per-instance token demux (not the N=1 pooler head) whose features (width
     hidden_size) fit the decoder tied to the word embeddings (width embedding_dim, narrower once hidden dims
     are pruned). PruMuxError naming `source` and `fix` otherwise."""
     cfg = model.config
     if not hasattr(model.demux, "instance_features"):
-        raise PruMuxError(f"{source}: its {cfg.demux_kind} read-out has no per-instance token demux to retrieve "
-                          f"tokens through; {fix}")
+        raise PruMuxError(f"{source}: its {cfg.demux_kind} read-out has no per-instance token demux to {purpose} "
+                          f"through; {fix}")
     if cfg.embedding_dim != cfg.hidden_size:
         raise PruMuxError(f"{source}: its hidden dims are pruned ({cfg.embedding_dim} of {cfg.hidden_size}), so "
                           f"the token decoder tied to the word embeddings does not fit the demux; {fix}")
@@ -413,13 +410,11 @@ def pretrain(source, out, args: TrainArgs, corpus: CorpusArgs, pargs: PretrainAr
     optimizer = torch.optim.AdamW(param_groups(model, args.lr, head), lr=args.lr, weight_decay=0.01)
     schedule = _linear_schedule(optimizer, pargs.steps)
     run = RunState(run_dir(out), "pretrain", main=rt.is_main)
-    N = args.instances
-    step_data, interval = {}, []  # the global batch's retrieval choices and counts; the losses since the last log
+    choices, step_data, interval = StepChoices(args.instances, args.seed), {}, []  # totals; losses since last log
 
     def loss_fn(part):
-        choice = step_data["choice"][part["position"][::N].cpu() // N]  # this micro-batch's groups
         mlm, retrieval = pretraining_losses(model, head, part["input_ids"], part["attention_mask"], part["labels"],
-                                            choice, step_data["totals"], args.grad_accum, rt)
+                                            choices.of(part), step_data["totals"], args.grad_accum, rt)
         loss = pargs.mlm_weight * mlm + pargs.retrieval_weight * retrieval
         return loss, {"loss": loss.item(), "mlm": mlm.item(), "retrieval": retrieval.item()}
 
@@ -428,9 +423,8 @@ def pretrain(source, out, args: TrainArgs, corpus: CorpusArgs, pargs: PretrainAr
     def step_fn(step):
         batch = stream.batch(step)
         inputs, labels = mask_tokens(batch, tokenizer, pargs.mlm_probability, masking_generator(args.seed, step))
-        G, S = inputs.shape[0] // N, inputs.shape[1]
-        step_data["choice"] = choice = retrieval_choice(G, S, N, args.seed, step)
-        step_data["totals"] = pretraining_totals(labels, batch["attention_mask"], choice, N)
+        choice = choices.draw(inputs, step)
+        step_data["totals"] = pretraining_totals(labels, batch["attention_mask"], choice, args.instances)
         record = _step(rt, objective, {**batch, "input_ids": inputs, "labels": labels}, args, [optimizer],
                        [schedule], scaler)
         interval.append(record)
@@ -479,9 +473,8 @@ def _pretrain_start_model(source, args: TrainArgs, device):
         model.set_dropout(args.dropout)
     if model.masks or model.config.is_compact:
         raise PruMuxError(f"{source} is pruned; pre-train an unpruned model (CoFi pruning comes after fine-tuning)")
-    if not hasattr(model.demux, "instance_features"):
-        raise PruMuxError(f"{source}: its {model.config.demux_kind} read-out has no per-instance token demux to "
-                          "predict masked tokens through; start from a key_cls, key_pool or index_pos model")
+    _check_can_retrieve(model, source, "start from a key_cls, key_pool or index_pos model",
+                        purpose="predict masked tokens")
     return model.train()
 
 
@@ -562,7 +555,7 @@ def finetune(init, out, args: TrainArgs, resume: bool = False, force: bool = Fal
     if readout is not None:
         parts.add_fresh("readout", readout, ("layer_readout", "opt_readout", "schedule_readout"), args.lr, total)
 
-    N, choices = args.instances, {}
+    choices = StepChoices(args.instances, args.seed)
 
     def loss_fn(part):
         inputs = model_inputs(part)
@@ -573,9 +566,8 @@ def finetune(init, out, args: TrainArgs, resume: bool = False, force: bool = Fal
             return ce, {"loss": ce.item()}
         loss, record = ce, {"ce": ce.item()}
         if retrieval_weight > 0:
-            choice = choices["global"][part["position"][::N].cpu() // N]  # this micro-batch's groups
             retrieval = retrieval_from_encoder_output(model, hidden[-1], inputs["input_ids"],
-                                                      inputs["attention_mask"], choice, rt)
+                                                      inputs["attention_mask"], choices.of(part), rt)
             loss, record = loss + retrieval_weight * retrieval, dict(record, retrieval=retrieval.item())
         if targets is None:
             return loss, {"loss": loss.item(), **record}
@@ -595,9 +587,8 @@ def finetune(init, out, args: TrainArgs, resume: bool = False, force: bool = Fal
     def step_fn(step):
         done["steps"] = step + 1
         batch = batches.batch(step)
-        if retrieval_weight > 0:  # drawn for the global batch, so every process count retrieves the same
-            G, S = batch["input_ids"].shape[0] // N, batch["input_ids"].shape[1]
-            choices["global"] = retrieval_choice(G, S, N, args.seed, step)
+        if retrieval_weight > 0:
+            choices.draw(batch["input_ids"], step)
         return _step(rt, objective, batch, args, parts.optimizers, parts.schedules, scaler)
 
     def eval_fn():
