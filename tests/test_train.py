@@ -200,7 +200,54 @@ def test_train_cli_refuses_bad_flags(tmp_path, glue_dir):
     result = CliRunner().invoke(main, ["train", "finetune", str(tmp_path / "o"), "--dropout", "1",
                                        "--data", str(glue_dir)])
     assert result.exit_code == 2 and "Invalid value for '--dropout': 1.0 is not in the range 0.0<=x<1.0" in result.output
+    refused(run_cli("train", "finetune", tmp_path / "o", "--init", tmp_path / "nope", "--data", glue_dir), 2,
+            f"{tmp_path / 'nope'}: no config.json, so neither a checkpoint nor a BERT directory; give a checkpoint "
+            "(what train or init writes), a local BERT directory, or 'minilm'")
     assert not (tmp_path / "o").exists()
+
+
+def test_training_refuses_bad_rows_unless_told_to_skip_them_and_names_a_single_file(tmp_path, bert_dir, glue_dir):
+    """An unknown label or an empty text in the training data is one line naming the row and --skip-bad-rows
+    (before, training dropped such rows silently); with --skip-bad-rows they are counted in a warning. One data
+    file is both the training and the evaluation split: said, since the accuracy is then on training rows."""
+    rows = (glue_dir / "train.tsv").read_text().splitlines()
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "train.tsv").write_text("\n".join(rows[:3] + ["a film\tmaybe", "\t1"] + rows[3:40]) + "\n")
+    (bad / "dev.tsv").write_text((glue_dir / "dev.tsv").read_text())
+
+    def tune(out, data, *extra):
+        return run_cli("train", "finetune", tmp_path / out, "--init", bert_dir, "--data", data, "--batch-size", 8,
+                       "--max-seq-length", 12, "--epochs", 0.2, "--eval-every", 50, *extra)
+
+    refused(tune("o", bad), 2, f"{bad / 'train.tsv'}:4: label 'maybe' is not one of 0, 1 (2 bad rows in all); fix "
+                               "the file or pass --skip-bad-rows")
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o.run").exists()
+    skipped = tune("s", bad, "--skip-bad-rows")
+    assert skipped.exit_code == 0, skipped.output
+    assert f"warning: skipped 2 bad rows of {bad / 'train.tsv'}" in skipped.output
+    assert "no splits" not in skipped.output
+    single = tune("one", glue_dir / "train.tsv")
+    assert single.exit_code == 0, single.output
+    assert (f"warning: {glue_dir / 'train.tsv'} is one data file (or dataset) with no splits, so training and "
+            "evaluation both read all of it and the accuracy reported is on training rows; give a directory with "
+            "train and dev files for a held-out score") in single.output
+    warm = run_cli("train", "warmup", tmp_path / "w", "--base", bert_dir, "--data", glue_dir / "train.tsv",
+                   "--batch-size", 8, "--max-seq-length", 12, "--epochs", 0.2)
+    assert warm.exit_code == 0 and "no splits" not in warm.output, warm.output  # warm-up evaluates nothing
+    refused(run_cli("train", "warmup", tmp_path / "w2", "--eval-split", "dev", "--data", glue_dir), 2,
+            "No such option '--eval-split'")
+
+
+def test_the_progress_bar_shows_the_last_evaluation_beside_the_loss(tmp_path, bert_dir, glue_dir):
+    result = run_cli("train", "finetune", tmp_path / "o", "--init", bert_dir, "--data", glue_dir, "--batch-size", 8,
+                     "--max-seq-length", 12, "--max-train-samples", 24, "--eval-every", 1)
+    assert result.exit_code == 0, result.output
+    log = [json.loads(line) for line in (tmp_path / "o" / "train_log.jsonl").read_text().splitlines()]
+    evals = [r["accuracy"] for r in log if r.get("event") == "eval"]
+    bar = [line for line in result.output.splitlines() if line.startswith("finetune: 100%")][-1]
+    assert re.search(r"loss=[0-9.]+, accuracy=([0-9.]+)\]$", bar), bar
+    assert float(re.search(r"accuracy=([0-9.]+)", bar).group(1)) == pytest.approx(evals[-2], abs=1e-3)  # step 2's
 
 
 def test_finetune_can_switch_the_demux_read_out_and_train_with_dropout(tmp_path, bert_dir, glue_dir):

@@ -57,7 +57,9 @@ def argv(stage, out, glue_dir, corpus, start, *extra):
             "--instances", 2]
     if stage == "pretrain":
         return ["train", "pretrain", out, "--corpus", corpus, "--base", start, "--steps", 3, *tiny, *extra]
-    data = ["--data", glue_dir, "--max-train-samples", 24, "--max-eval-samples", 8, "--lr", 1e-3, *tiny]
+    data = ["--data", glue_dir, "--max-train-samples", 24, "--lr", 1e-3, *tiny]
+    if stage != "warmup":  # the warm-up has no held-out evaluation, so no evaluation options
+        data += ["--max-eval-samples", 8]
     flag = {"warmup": "--base", "finetune": "--init", "prune": "--teacher", "all": "--base"}[stage]
     own = {"prune": ["--sparsity", 0.5], "all": ["--sparsity", 0.5, "--warmup-epochs", 1]}.get(stage, [])
     return ["train", stage, out, flag, start, *own, *data, *extra]

@@ -22,7 +22,8 @@ import torch
 
 from prumux_deploy.atomic import atomic_file
 from prumux_deploy.checkpoint import check_vocab
-from prumux_deploy.data import Examples, load_examples, load_tokenizer, read_labels, resolve_task
+from prumux_deploy.data import (Examples, has_splits, load_examples, load_tokenizer, read_labels, resolve_task,
+                                warn_skipped)
 from prumux_deploy.documents import dumps
 from prumux_deploy.errors import PruMuxError, first_line
 from prumux_deploy.progress import progress_bar
@@ -60,6 +61,7 @@ class TrainArgs:
     device: str = "auto"          # auto (CUDA when available), cpu, cuda
     precision: str = "fp32"       # fp32, bf16 or fp16 autocast (fp16 with a gradient scaler)
     grad_accum: int = 1           # micro-steps per optimizer step (the global batch is split into them)
+    skip_bad_rows: bool = False   # drop (and count) unusable rows instead of refusing the data
 
 
 class Batches:
@@ -162,7 +164,13 @@ def task_of(args: TrainArgs, config=None):
     return task
 
 
-def load_task_data(args: TrainArgs, tokenizer_dir, num_instances: int, with_eval: bool = True, cfg=None):
+def load_task_data(args: TrainArgs, tokenizer_dir, num_instances: int, with_eval: bool = True, cfg=None,
+                   warn=None):
+    """The task, the training batches and (with_eval) the evaluation batches. An unusable row (malformed, an
+    empty text, an unknown label) is a DataError naming it, or with args.skip_bad_rows is dropped and counted;
+    `warn` (None: silent) is told the counts, and that one data file without splits is both trained on and
+    evaluated on. Raises PruMuxError for labels other than the model's and for fewer rows than one batch."""
+    warn = warn or (lambda message: None)
     task = task_of(args, cfg)
     if cfg is not None and list(task.label_names) != [cfg.id2label[i] for i in range(cfg.num_labels)] \
             and task.custom:
@@ -171,8 +179,9 @@ def load_task_data(args: TrainArgs, tokenizer_dir, num_instances: int, with_eval
     tokenizer = load_tokenizer(tokenizer_dir)
     if cfg is not None:
         check_vocab(tokenizer, cfg, tokenizer_dir)
-    train = load_examples(task, args.data, args.train_split, args.max_train_samples, skip_bad_rows=True,
-                          data_config=args.data_config)
+    train = load_examples(task, args.data, args.train_split, args.max_train_samples,
+                          skip_bad_rows=args.skip_bad_rows, data_config=args.data_config)
+    warn_skipped(train, warn)
     pair = train.text_b is not None
     if len(train) < args.batch_size:  # every step is one whole batch: its mux groups and micro-batches are full
         raise PruMuxError(f"the training data has {len(train)} rows, fewer than one batch (`batch_size` "
@@ -180,8 +189,13 @@ def load_task_data(args: TrainArgs, tokenizer_dir, num_instances: int, with_eval
     train_b = Batches(tokenizer, train, args.batch_size, num_instances, args.max_seq_length, args.seed, pair)
     eval_b = None
     if with_eval:
-        dev = load_examples(task, args.data, args.eval_split, args.max_eval_samples, skip_bad_rows=True,
-                            data_config=args.data_config)
+        if not has_splits(args.data):
+            warn(f"warning: {args.data} is one data file (or dataset) with no splits, so training and evaluation "
+                 "both read all of it and the accuracy reported is on training rows; give a directory with train "
+                 "and dev files for a held-out score")
+        dev = load_examples(task, args.data, args.eval_split, args.max_eval_samples,
+                            skip_bad_rows=args.skip_bad_rows, data_config=args.data_config)
+        warn_skipped(dev, warn)
         eval_b = Batches(tokenizer, dev, args.batch_size, num_instances, args.max_seq_length, args.seed, pair)
     return task, train_b, eval_b
 

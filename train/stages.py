@@ -149,6 +149,9 @@ def _start_model(source, args: TrainArgs, device=None) -> torch.nn.Module:
         if model.config.task is None and args.task:  # a pre-trained checkpoint has no task yet: it takes this one
             _adopt_task(model, task_of(args), args.seed)
     else:
+        if not (source / "config.json").is_file():
+            raise PruMuxError(f"{source}: no config.json, so neither a checkpoint nor a BERT directory; give a "
+                              "checkpoint (what train or init writes), a local BERT directory, or 'minilm'")
         task = task_of(args)
         _fit_length(args, _base_positions(source), source)
         model = create_model(source, num_instances=args.instances, num_labels=len(task.label_names),
@@ -234,14 +237,15 @@ def _train(run: RunState, args: TrainArgs, resume: bool, objects: dict, total: i
     stage_options = {k: str(v) if isinstance(v, os.PathLike) else v for k, v in (options or {}).items()}
     run.start(args, resume, fresh_log, processes=rt.world_size, options=stage_options, **start_record)
     bar = progress(total, step, desc, disable=not rt.is_main)
-    last = {}
+    last, evaluated = {}, {}  # the step's losses; the last evaluation's results (the bar shows both)
     while step < total:
         last = step_fn(step)
         step += 1
-        bar.set_postfix({k: f"{v:.3g}" for k, v in last.items()}, refresh=False)  # shown by the update
+        bar.set_postfix({k: f"{v:.3g}" for k, v in {**last, **evaluated}.items()}, refresh=False)  # shown by update
         bar.update(1)
         if step % args.eval_every == 0 or step == total:
-            run.log({"event": "eval", "step": step, **last, **eval_fn()})
+            evaluated = eval_fn()
+            run.log({"event": "eval", "step": step, **last, **evaluated})
         if step % args.save_every == 0 or step == total:
             run.save(step, objects)
     bar.close()
@@ -275,7 +279,8 @@ def _single_model_stage(source, out, args: TrainArgs, force: bool, stage: str, w
     rt = _runtime(args, log)
     seed_everything(args.seed)
     model = _start_model(source, args, rt.device).train()
-    _, batches, dev = load_task_data(args, model.tokenizer_dir, args.instances, with_eval=with_eval, cfg=model.config)
+    _, batches, dev = load_task_data(args, model.tokenizer_dir, args.instances, with_eval=with_eval, cfg=model.config,
+                                     warn=log if rt.is_main else None)
     total = _total_steps(args, batches)
     optimizer = torch.optim.AdamW(param_groups(model, args.lr), lr=args.lr, weight_decay=0.01)
     schedule = _linear_schedule(optimizer, total)
@@ -744,7 +749,8 @@ def prune(teacher_dir, out, args: TrainArgs, prune_args: PruneArgs, resume: bool
         p.requires_grad_(True)
     student.tokenizer_dir = teacher.tokenizer_dir
     cfg = student.config
-    _, batches, dev = load_task_data(args, student.tokenizer_dir, args.instances, cfg=cfg)
+    _, batches, dev = load_task_data(args, student.tokenizer_dir, args.instances, cfg=cfg,
+                                     warn=log if rt.is_main else None)
     total = _total_steps(args, batches)
     final_total = int(math.ceil(prune_args.final_epochs * batches.steps_per_epoch))
     ramp = max(1, int(total * prune_args.warmup_frac))

@@ -3,6 +3,7 @@ command line."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import click
@@ -15,9 +16,16 @@ from ..options import (COUNT, DATA_FORMS, FRACTION, FRACTION_BELOW_1, NON_NEGATI
 from ._group import CommandGroup
 
 
-def common_options(fn, only: tuple[str, ...] | None = None):
+EVALUATION_OPTIONS = ("max_eval_samples", "eval_split")  # what a stage without a held-out evaluation lacks
+
+
+def common_options(fn, only: tuple[str, ...] | None = None, evaluates: bool = True):
     """Flags every stage takes (CPU budgets, data, logging and checkpointing); `only`: just these of them, by
-    parameter name, without the data options (train pretrain reads a corpus, not a task's data)."""
+    parameter name, without the data options (train pretrain reads a corpus, not a task's data). A stage that
+    does not `evaluate` on held-out rows (warm-up, pre-training) lacks EVALUATION_OPTIONS, and its --eval-every
+    only logs the training losses."""
+    eval_every_help = ("Evaluate on --eval-split and log every K steps." if evaluates else
+                       "Log the training losses every K steps (this stage has no held-out evaluation).")
     options = [
         click.option("--task", default="sst2", show_default=True,
                      help="GLUE task, or custom (your own columns and labels: --text-column, --label-column, ...)."),
@@ -42,7 +50,7 @@ def common_options(fn, only: tuple[str, ...] | None = None):
         click.option("--max-train-samples", type=COUNT, default=None, help="Use only the first K train rows."),
         click.option("--max-eval-samples", type=COUNT, default=None, help="Evaluate on the first K dev rows."),
         click.option("--max-seq-length", type=COUNT, default=64, show_default=True, help="Truncate inputs to this many tokens."),
-        click.option("--eval-every", type=COUNT, default=200, show_default=True, help="Evaluate and log every K steps."),
+        click.option("--eval-every", type=COUNT, default=200, show_default=True, help=eval_every_help),
         click.option("--save-every", type=COUNT, default=100, show_default=True,
                      help="Save resumable state every K steps (an interruption loses at most K)."),
         click.option("--seed", type=SEED, default=0, show_default=True,
@@ -50,11 +58,15 @@ def common_options(fn, only: tuple[str, ...] | None = None):
         click.option("--train-split", default="train", show_default=True, help="The split trained on."),
         click.option("--eval-split", default="dev", show_default=True,
                      help="The split evaluated every --eval-every steps and at the end."),
+        click.option("--skip-bad-rows", is_flag=True,
+                     help="Skip (and count) unusable rows of the data (malformed, an empty text, an unknown label) "
+                          "instead of refusing the data."),
         click.option("--resume", is_flag=True, help="Continue from OUT.run/ where an interrupted run stopped."),
         force_option(),
     ]
     for option in reversed(options):
-        if only is None or _option_name(option) in only:
+        name = _option_name(option)
+        if (only is None or name in only) and (evaluates or name not in EVALUATION_OPTIONS):
             fn = option(fn)
     return data_options(fn) if only is None else fn
 
@@ -70,8 +82,8 @@ def _args(kw):
     fields = ("task", "data", "instances", "epochs", "batch_size", "lr", "dropout", "max_train_samples",
               "max_eval_samples", "max_seq_length", "eval_every", "save_every", "seed", "train_split", "eval_split",
               "device", "precision", "grad_accum", "data_config", "text_column", "text_pair_column",
-              "label_column", "labels")
-    return _checked(TrainArgs(**{k: kw.pop(k) for k in fields}, demux=kw.pop("demux", None),
+              "label_column", "labels", "skip_bad_rows")
+    return _checked(TrainArgs(**{k: kw.pop(k) for k in fields if k in kw}, demux=kw.pop("demux", None),
                               mux=kw.pop("mux", None), learn_mux=kw.pop("learn_mux", False),
                               second_embedding_pass=kw.pop("second_embedding_pass", False),
                               demux_key_std=kw.pop("demux_key_std", None),
@@ -94,9 +106,9 @@ def _checked(args):
 
 def prune_options(fn):
     options = [
-        click.option("--sparsity", "-s", type=FRACTION_BELOW_1, default=0.0, show_default=True,
-                     help="Target fraction of prunable encoder parameters removed: in (0, 1) for `train prune` "
-                          "(required there); for `train all`, 0 skips pruning."),
+        click.option("--sparsity", "-s", type=FRACTION_BELOW_1, default=0.0,
+                     help="Target fraction of prunable encoder parameters removed: in (0, 1), required for `train "
+                          "prune`; for `train all`, 0 (the default there) skips pruning."),
         click.option("--reg-lr", type=POSITIVE, default=0.01, show_default=True, help="Learning rate of gates and multipliers."),
         click.option("--ramp", type=FRACTION, default=0.5, show_default=True,
                      help="Fraction of pruning steps over which the target rises linearly from 0."),
@@ -158,10 +170,17 @@ def train():
               help="Also match this unmultiplexed encoder's per-token states for every instance (contextual "
                    "warm-up): 'minilm', a BERT directory, or an N=1 checkpoint.")
 @demux_option
-@common_options
+@functools.partial(common_options, evaluates=False)
 def warmup_cmd(out, base, teacher, resume, force, **kw):
     """Token-retrieval warm-up of the multiplexer and demultiplexer (plus contextual distillation with
-    --teacher)."""
+    --teacher).
+
+    At every position of the multiplexed sequence the demultiplexer, given one instance's key (drawn at
+    random per position), predicts that instance's token through a decoder tied to the word embeddings
+    (DataMUX's retrieval task). It teaches the model to keep the N sentences apart before `train finetune
+    --init OUT` learns the task. With --teacher, the loss adds (at weight 1) the relative squared error between
+    each instance's demux features and the teacher's final states for that sentence alone. Labels are not
+    used, so there is no evaluation: --eval-every logs the training losses."""
     from ..train.stages import warmup
 
     warmup(resolve_base(base), out, _args(kw), resume=resume, force=force, log=_echo,
@@ -171,7 +190,7 @@ def warmup_cmd(out, base, teacher, resume, force, **kw):
 def _runtime_options(fn):
     """The batch, device and checkpointing flags pretrain shares with the other stages."""
     return common_options(fn, only=("batch_size", "grad_accum", "device", "precision", "dropout", "eval_every",
-                                    "save_every", "seed", "resume", "force"))
+                                    "save_every", "seed", "resume", "force"), evaluates=False)
 
 
 @train.command("pretrain")
