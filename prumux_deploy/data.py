@@ -298,6 +298,19 @@ def has_splits(data) -> bool:
     return not (path.is_file() or single_dataset)
 
 
+def unused_split_warning(data, split: str | None) -> str | None:
+    """The warning for a `split` given with data that has none to choose from (has_splits), else None."""
+    if split is None or has_splits(data):
+        return None
+    return f"warning: --split {split} does not apply to a single data file or dataset; all of {data} is read"
+
+
+def warn_skipped(examples: Examples, warn) -> None:
+    """Tell `warn` how many bad rows load_examples(skip_bad_rows=True) dropped, if any."""
+    if examples.skipped:
+        warn(f"warning: skipped {examples.skipped} bad rows of {examples.source}")
+
+
 def _saved_split(path: Path, split: str):
     """The `split` of a `datasets` save_to_disk directory (a Dataset, or a DatasetDict's split), or None when
     `path` is not one."""

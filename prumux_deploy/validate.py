@@ -22,7 +22,7 @@ from .progress import progress_bar
 
 from .atomic import write_file
 from .checkpoint import load_checkpoint
-from .data import check_lengths, has_splits, load_examples, load_tokenizer, resolve_task, tokenize
+from .data import check_lengths, has_splits, load_examples, load_tokenizer, resolve_task, tokenize, warn_skipped
 from .devices import check_tf32, device_info, resolve_device, synchronize, tf32_scope, torch_arithmetic
 from .compare import TOLERANCES, compare_logits, tolerance_for
 from .documents import dumps
@@ -139,8 +139,7 @@ def run_validation(engine_dir, checkpoint, task_name: str | None, data_dir, opti
         raise PruMuxError(f"checkpoint was made for task {cfg.task!r}, not {task.name!r}; pass `task` {cfg.task}")
     tokenizer = load_tokenizer(engine.dir)
     examples = load_examples(task, data_dir, split, limit, skip_bad_rows=skip_bad_rows, data_config=data_config)
-    if examples.skipped:
-        warn(f"warning: skipped {examples.skipped} bad rows of {examples.source}")
+    warn_skipped(examples, warn)
     N = cfg.num_instances
     if batch_size is not None and batch_size < 1:
         raise PruMuxError(f"`batch_size` must be at least 1, got {batch_size}")

@@ -205,6 +205,24 @@ def test_pair_data_to_a_single_sentence_engine_is_scored_on_its_text_column_with
     assert result.exit_code == 0 and "warning" not in result.output, result.output
 
 
+def test_the_input_is_never_the_output_and_a_split_of_one_file_is_named(tmp_path, engine_dir):
+    """--force replaces an earlier output, never the data being scored; --split on one file reads all of it, said."""
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"sentence": "a good film"}\n{"sentence": "awful"}\n')
+    for given in (path, tmp_path / "." / "rows.jsonl"):
+        refused(run("predict", engine_dir, "--input", path, "--output", given, "--force"), 2,
+                f"{given}: the output is the input file, which writing the scores would destroy; write them to "
+                "another file")
+    assert path.read_text() == '{"sentence": "a good film"}\n{"sentence": "awful"}\n'
+    result = run("predict", engine_dir, "--input", path, "--output", tmp_path / "o.jsonl", "--split", "train")
+    assert result.exit_code == 0, result.output
+    assert (f"warning: --split train does not apply to a single data file or dataset; all of {path} is read"
+            in result.output)
+    assert len((tmp_path / "o.jsonl").read_text().splitlines()) == 2
+    result = run("predict", engine_dir, "--input", path, "--output", tmp_path / "p.jsonl")
+    assert result.exit_code == 0 and "warning" not in result.output, result.output
+
+
 @pytest.mark.parametrize("form, content, message", [
     ("tsv", "sentence\tlabel\ngood\t1\nbad\t0\n \t1\nfun\t1\n", "row 3: empty 'sentence'"),
     ("jsonl", '{"sentence": "good"}\n{"sentence": 7}\n', "row 2: 'sentence' is not text (int 7)"),

@@ -52,7 +52,8 @@ from ..partners import DEFAULT_DRAWS
               help="Rows per batch (default 32*N; throughput on cuda defaults to 128*N).")
 @click.option("--no-truncate", is_flag=True, help="Refuse inputs longer than the engine's maximum length "
                                                    "instead of truncating them with a warning.")
-@click.option("--skip-bad-rows", is_flag=True, help="Skip (and count) malformed TSV rows instead of failing.")
+@click.option("--skip-bad-rows", is_flag=True, help="Skip (and count) unusable rows (malformed, an empty "
+                                                     "text, an unknown label) instead of failing.")
 @click.option("--partners", type=COUNT_OR_ZERO, default=0, show_default=True, metavar="K",
               help="Also run every row with K random partner draws (seeded) and alone, and report partner "
                    "sensitivity: the fraction of rows whose label changes with the partner, accuracy over the "
@@ -71,7 +72,7 @@ def validate(engine_dir, checkpoint, task, data, data_config, text_column, text_
     (F1 for QQP and MRPC, Matthews correlation for CoLA, macro-F1 for custom tasks). With --partners, also
     how much a row's answer depends on the rows it shares a mux group with (gate it with --max-flip-rate)."""
     from ..atomic import check_file_target
-    from ..data import has_splits
+    from ..data import unused_split_warning
     from ..validate import Thresholds, ValidateOptions, format_report, run_validation, write_report
 
     if labels is not None:
@@ -80,10 +81,9 @@ def validate(engine_dir, checkpoint, task, data, data_config, text_column, text_
             "partners") is not click.core.ParameterSource.DEFAULT:
         raise PruMuxError("--max-flip-rate gates partner draws, and --partners 0 asks for none; give --partners K "
                           f"(K >= 1) or leave it out for {DEFAULT_DRAWS}")
-    if not has_splits(data) and click.get_current_context().get_parameter_source(
-            "split") is not click.core.ParameterSource.DEFAULT:
-        click.echo(f"warning: --split {split} does not apply to a single data file or dataset; all of {data} is read",
-                   err=True)
+    split_given = click.get_current_context().get_parameter_source("split") is not click.core.ParameterSource.DEFAULT
+    if unused_split_warning(data, split if split_given else None):
+        click.echo(unused_split_warning(data, split), err=True)
     if report:
         check_file_target(report, force)  # refuse before minutes of validation
     thresholds = Thresholds.for_engine(engine_dir, tf32=tf32, min_accuracy=min_accuracy, max_accuracy_drop=max_accuracy_drop,

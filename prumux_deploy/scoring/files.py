@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..data import unused_split_warning
 from ..errors import DataError, PruMuxError
 from .inputs import open_input
 from .outputs import (FORMATS, OUTPUT_FORMATS, PROGRESS_FORMAT, PROGRESS_VERSION, _differs, _engine_record,
@@ -55,6 +56,11 @@ def score_file(engine, input, output, *, text_column: str | None = None, second_
         raise DataError(f"{output}: unknown output format {output.suffix or '(no suffix)'!r}; name the output "
                         f"{', '.join(OUTPUT_FORMATS)}")
     check_file_target(output, force)
+    if Path(input).exists() and output.exists() and output.samefile(input):
+        raise DataError(f"{output}: the output is the input file, which writing the scores would destroy; write "
+                        "them to another file")
+    if unused_split_warning(input, split):
+        warn(unused_split_warning(input, split))
     source = open_input(input, engine, text_column, second_column, id_column, split)
     if source.unread_pair_column:
         warn(f"warning: {source.source} has a second-text column `{source.unread_pair_column}`, and this engine "
