@@ -237,7 +237,8 @@ def read_config(path) -> PruMuxConfig:
     path = Path(path)
     cfg_file = path / "config.json"
     if not path.is_dir():
-        raise CheckpointError(f"{path}: not a directory; a checkpoint is a directory with config.json "
+        problem = "not a directory" if path.exists() else "no such directory"
+        raise CheckpointError(f"{path}: {problem}; a checkpoint is a directory with config.json "
                               "and model.safetensors")
     if not cfg_file.is_file():
         _refuse_an_engine(path)

@@ -59,10 +59,14 @@ def tolerance_for(precision: str, tf32: bool = False) -> Tolerance:
 
 
 def describe_defaults(field: str) -> str:
-    """'1e-4 fp32, 5e-2 fp16, 1.0 int8' for a Tolerance field: what --help texts show."""
+    """'1e-4 fp32, 5e-2 fp16, 1.0 int8' for a Tolerance field: what --help texts show ('0.01 at every
+    precision' when they are all the same)."""
     def fmt(v):
         return f"{v:g}" if field != "max_logit_error" or v >= 1 else f"{v:.0e}".replace("e-0", "e-")
-    return ", ".join(f"{fmt(getattr(t, field))} {p}" for p, t in TOLERANCES.items())
+    values = {p: fmt(getattr(t, field)) for p, t in TOLERANCES.items()}
+    if len(set(values.values())) == 1:
+        return f"{next(iter(values.values()))} at every precision"
+    return ", ".join(f"{value} {p}" for p, value in values.items())
 
 
 @dataclass

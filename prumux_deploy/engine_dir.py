@@ -47,7 +47,11 @@ def read_manifest(engine_dir) -> dict:
     engine_dir = Path(engine_dir)
     file = engine_dir / MANIFEST
     if not engine_dir.is_dir():
-        raise EngineError(f"{engine_dir}: not a directory; pass the directory `prumux-deploy export` wrote")
+        problem = "not a directory" if engine_dir.exists() else "no such directory"
+        raise EngineError(f"{engine_dir}: {problem}; pass the directory `prumux-deploy export` wrote")
+    if not file.is_file() and (engine_dir / "config.json").is_file() and (engine_dir / "model.safetensors").is_file():
+        raise EngineError(f"{engine_dir} is a checkpoint, not an engine; export it first (`prumux-deploy export "
+                          f"{engine_dir} ENGINE_DIR`) and pass ENGINE_DIR")
     if not file.is_file():
         raise EngineError(f"{file}: missing; is {engine_dir} an engine directory from `prumux-deploy export`?")
     manifest = read_versioned_json(file, None, EngineError, what="a prumux engine manifest", kind=MANIFEST_FORMAT,

@@ -110,8 +110,11 @@ def test_bad_config_is_refused_with_its_reason(saved, change, message):
 
 
 def test_missing_files_are_named(saved, tmp_path):
-    with pytest.raises(CheckpointError, match="not a directory"):
+    with pytest.raises(CheckpointError, match="nowhere: no such directory; a checkpoint is a directory with "):
         load_checkpoint(tmp_path / "nowhere")
+    (tmp_path / "a-file").write_text("weights?")
+    with pytest.raises(CheckpointError, match="a-file: not a directory; a checkpoint is a directory with "):
+        load_checkpoint(tmp_path / "a-file")
     (saved / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match="model.safetensors: missing"):
         load_checkpoint(saved)

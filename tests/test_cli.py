@@ -12,6 +12,17 @@ def test_every_command_has_help():
         assert result.exit_code == 0 and "Usage:" in result.output, cmd
 
 
+def test_help_shows_each_precisions_tolerance_once(monkeypatch):
+    from prumux_deploy import compare
+    from prumux_deploy.compare import Tolerance, describe_defaults
+
+    assert describe_defaults("max_logit_error") == "1e-4 fp32, 5e-2 fp16, 1 int8, 1e-1 bf16"
+    assert describe_defaults("max_accuracy_drop") == "0.01 at every precision"  # not "0.01 fp32, 0.01 fp16, ..."
+    monkeypatch.setitem(compare.TOLERANCES, "int8", Tolerance(max_logit_error=1.0, max_accuracy_drop=0.02,
+                                                              min_agreement=0.97))
+    assert describe_defaults("max_accuracy_drop") == "0.01 fp32, 0.01 fp16, 0.02 int8, 0.01 bf16"
+
+
 def test_init_then_inspect(tmp_path, bert_dir):
     result = run("init", tmp_path / "m", "--base", bert_dir, "--instances", 5, "--task", "sst2")
     assert result.exit_code == 0, result.output
@@ -48,7 +59,7 @@ def test_export_command_and_its_main_error(tmp_path, masked_checkpoint):
     result = run("export", masked_checkpoint, tmp_path / "e")
     assert result.exit_code == 0, result.output
     assert "engine ready" in result.output and (tmp_path / "e" / "model.onnx").is_file()
-    refused(run("export", tmp_path / "missing", tmp_path / "e2"), 2, "not a directory")
+    refused(run("export", tmp_path / "missing", tmp_path / "e2"), 2, "missing: no such directory")
     assert not (tmp_path / "e2").exists()
 
 
@@ -62,6 +73,12 @@ def test_predict(engine_dir):
         assert abs(sum(r["scores"].values()) - 1) < 1e-5 and r["score"] == max(r["scores"].values())
     table = run("predict", engine_dir, "great")
     assert table.output.split()[0] in ("negative", "positive")
+
+
+def test_a_checkpoint_given_for_an_engine_is_named_with_the_export_it_needs(masked_checkpoint):
+    refused(run("predict", masked_checkpoint, "great"), 2,
+            f"{masked_checkpoint} is a checkpoint, not an engine; export it first (`prumux-deploy export "
+            f"{masked_checkpoint} ENGINE_DIR`) and pass ENGINE_DIR")
 
 
 def test_predict_errors(tmp_path, engine_dir):

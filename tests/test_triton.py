@@ -241,7 +241,7 @@ def test_tampered_engine_is_refused(engine_dir, tmp_path):
     (engine / "model.onnx").unlink()
     with pytest.raises(EngineError, match="missing"):
         write_shared(engine, tmp_path / "repo", "m")
-    with pytest.raises(EngineError, match="not a directory"):
+    with pytest.raises(EngineError, match="nowhere: no such directory; pass the directory `prumux-deploy export`"):
         write_shared(tmp_path / "nowhere", tmp_path / "repo", "m")
     assert not (tmp_path / "repo").exists()
 
