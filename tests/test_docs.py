@@ -23,6 +23,17 @@ def python_blocks():
             yield pytest.param(match.group(1), id=f"{doc.relative_to(ROOT)}:{line}")
 
 
+@pytest.mark.parametrize("doc", DOCS, ids=lambda doc: str(doc.relative_to(ROOT)))
+def test_every_code_block_is_closed_and_names_its_language(doc):
+    """A stray fence turns the rest of a page into code (it once hid the README's Layout section): fences pair
+    up, and each opening one names its language, so an extra closing fence shows as an unnamed opening one."""
+    lines = doc.read_text().splitlines()
+    fences = [(number, line) for number, line in enumerate(lines, 1) if line.startswith("```")]
+    assert len(fences) % 2 == 0, f"{doc.name}: an unclosed code block"
+    unnamed = [number for number, line in fences[::2] if line.strip() == "```"]
+    assert unnamed == [], f"{doc.name}: code blocks opened without a language at lines {unnamed}"
+
+
 def test_the_docs_have_python_blocks():
     assert len(list(python_blocks())) >= 1
 
