@@ -184,7 +184,7 @@ def load_task_data(args: TrainArgs, tokenizer_dir, num_instances: int, with_eval
     warn_skipped(train, warn)
     pair = train.text_b is not None
     if len(train) < args.batch_size:  # every step is one whole batch: its mux groups and micro-batches are full
-        raise PruMuxError(f"the training data has {len(train)} rows, fewer than one batch (`batch_size` "
+        raise PruMuxError(f"the training data has {len(train)} row{'' if len(train) == 1 else 's'}, fewer than one batch (`batch_size` "
                           f"{args.batch_size}); give a `batch_size` of at most {len(train)}, or more rows")
     train_b = Batches(tokenizer, train, args.batch_size, num_instances, args.max_seq_length, args.seed, pair)
     eval_b = None

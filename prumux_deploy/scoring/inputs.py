@@ -178,9 +178,9 @@ def _pick(columns: list[str], given: str | None, candidates: list[str], flag: st
 
 def _jsonl_columns(file: Path) -> list[str]:
     """The keys of the first JSON object in a JSON Lines file (what the columns are checked against)."""
-    undecodable = False
+    undecodable, first_broken = False, None  # first_broken: (line number, why) of the first line that is not JSON
     with open(file, "rb") as f:
-        for line in f:
+        for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
             if line.lstrip().startswith(b"["):
@@ -189,6 +189,7 @@ def _jsonl_columns(file: Path) -> list[str]:
                 row = json.loads(line)
             except ValueError as e:
                 undecodable = undecodable or isinstance(e, UnicodeDecodeError)
+                first_broken = first_broken or (number, getattr(e, "msg", str(e)))
                 continue
             if isinstance(row, dict):
                 return list(row)
@@ -196,6 +197,9 @@ def _jsonl_columns(file: Path) -> list[str]:
         from ..data import first_undecodable_line
 
         raise DataError(first_undecodable_line(file) or f"{file}: not valid UTF-8; re-save the file as UTF-8")
+    if first_broken:
+        raise DataError(f"{file}:{first_broken[0]}: not valid JSON ({first_broken[1]}), and no line before it holds "
+                        "an object; JSON Lines hold one object per line")
     raise DataError(f"{file}: no JSON object in it; JSON Lines hold one object per line")
 
 
