@@ -609,6 +609,16 @@ def test_contextual_warmup_logs_both_losses_and_refuses_a_multiplexed_teacher(tm
                     "--data", glue_dir, "--max-seq-length", 12), 2,
             "--warmup-teacher " + str(tmp_path / "warm") + " is multiplexed (N=2)")
     assert not (tmp_path / "all").exists()
+    tiny = ["--data", glue_dir, "--max-seq-length", 12, "--batch-size", 8, "--max-train-samples", 16]
+    weighted = run_cli("train", "warmup", tmp_path / "half", "--base", bert_dir, "--teacher", bert_dir,
+                       "--context-weight", 0.5, *tiny)
+    assert weighted.exit_code == 0, weighted.output
+    records = [json.loads(l) for l in (tmp_path / "half" / "train_log.jsonl").read_text().splitlines()]
+    assert records[0]["options"]["context_weight"] == 0.5
+    assert all(r["loss"] == pytest.approx(r["retrieval"] + 0.5 * r["context"]) for r in records if "context" in r)
+    refused(run_cli("train", "warmup", tmp_path / "lone", "--base", bert_dir, "--context-weight", 0.5, *tiny), 2,
+            "--context-weight weighs the contextual loss, which needs --teacher; give a --teacher or leave "
+            "--context-weight out")
 
 
 class _Planted:

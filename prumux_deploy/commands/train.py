@@ -169,22 +169,27 @@ def train():
 @click.option("--teacher", default=None,
               help="Also match this unmultiplexed encoder's per-token states for every instance (contextual "
                    "warm-up): 'minilm', a BERT directory, or an N=1 checkpoint.")
+@click.option("--context-weight", type=NON_NEGATIVE, default=1.0, show_default=True,
+              help="With --teacher: the weight of the contextual loss beside the retrieval loss (weight 1).")
 @demux_option
 @functools.partial(common_options, evaluates=False)
-def warmup_cmd(out, base, teacher, resume, force, **kw):
+def warmup_cmd(out, base, teacher, context_weight, resume, force, **kw):
     """Token-retrieval warm-up of the multiplexer and demultiplexer (plus contextual distillation with
     --teacher).
 
     At every position of the multiplexed sequence the demultiplexer, given one instance's key (drawn at
     random per position), predicts that instance's token through a decoder tied to the word embeddings
     (DataMUX's retrieval task). It teaches the model to keep the N sentences apart before `train finetune
-    --init OUT` learns the task. With --teacher, the loss adds (at weight 1) the relative squared error between
+    --init OUT` learns the task. With --teacher, the loss adds (times --context-weight) the relative squared error between
     each instance's demux features and the teacher's final states for that sentence alone. Labels are not
     used, so there is no evaluation: --eval-every logs the training losses."""
     from ..train.stages import warmup
 
+    if teacher is None and _given("context_weight"):
+        raise PruMuxError("--context-weight weighs the contextual loss, which needs --teacher; give a --teacher or "
+                          "leave --context-weight out")
     warmup(resolve_base(base), out, _args(kw), resume=resume, force=force, log=_echo,
-           teacher_dir=None if teacher is None else resolve_base(teacher))
+           teacher_dir=None if teacher is None else resolve_base(teacher), context_weight=context_weight)
 
 
 def _runtime_options(fn):
