@@ -441,6 +441,9 @@ def _mib(value) -> str:
     return "-" if value is None else f"{value:.0f}"  # None: not measured (ONNX Runtime on a GPU)
 
 
+IMPLAUSIBLE_OF_BOUND = 10.0  # a row 10x past its FLOP bound: the baseline was slowed (measured: at most 2.4x here)
+
+
 def format_table(result: dict) -> str:
     base = result["baseline"]
     proto = result["protocol"]
@@ -460,6 +463,13 @@ def format_table(result: dict) -> str:
         if "e2e_longest_samples_per_s" in r:
             lines.append(f"{'':<{w}} {'  text -> labels':<17} {r['e2e_longest_samples_per_s']:>10.1f} (padded to each "
                          f"batch's longest row), {r['e2e_fixed_samples_per_s']:.1f} (padded to {proto['seq']})")
+    implausible = [r["name"] + " " + r["backend"] for r in result["rows"]
+                   if r["samples_per_s"] / base["samples_per_s"] > IMPLAUSIBLE_OF_BOUND * base["flops_per_sample"]
+                   / r["flops_per_sample"]]
+    if implausible:
+        lines += ["", f"warning: {', '.join(implausible)} ran over {IMPLAUSIBLE_OF_BOUND:.0f}x faster than the "
+                      "FLOP bound allows, so the baseline was probably slowed by other work on this machine; rerun "
+                      "the comparison on a quiet one"]
     m = result["machine"]
     lines += ["", f"machine: {m['cpu']} ({m['cores']} cores), torch {m['torch']}, onnxruntime {m['onnxruntime']}; "
                   "median of timed repeats after warm-up; GFLOP/s achieved, and its share of ONNX Runtime's own "

@@ -328,6 +328,10 @@ def test_the_table_shows_unmeasured_gpu_memory_as_such():
     table = format_table(result)
     assert table.splitlines()[4].split()[-1] == "-"  # the ONNX Runtime row on the GPU: not measured
     assert "fp32 matmuls with TF32 off on every row" in table and "ONNX Runtime rows: not measured" in table
+    assert "warning" not in table  # 10x on a 20x bound: plausible
+    slowed = {**result, "baseline": {**base, "samples_per_s": 0.5}}  # the same row, 2000x on a 20x bound
+    assert ("warning: N=2 s=0.9 onnxruntime-opt ran over 10x faster than the FLOP bound allows, so the baseline was "
+            "probably slowed by other work on this machine; rerun the comparison on a quiet one") in format_table(slowed)
 
 
 # --- Triton: a plan's batch range, version compatibility, ORT's TensorRT provider -------------------------------
