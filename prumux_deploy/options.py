@@ -68,18 +68,22 @@ DATA_FORMS = ("A GLUE TSV directory (e.g. ../shared/data/glue/SST-2), a save_to_
               "(see --data-config).")
 
 
-def column_options(fn):
-    """--task custom: which columns hold the examples, and the labels."""
+def column_options(fn, new_model: bool = False):
+    """--task custom: which columns hold the examples, and the labels. new_model: for `init`, which has neither
+    a checkpoint nor data to take them from (so the text column and the labels are needed)."""
+    text_default = "required" if new_model else "default: the checkpoint's"
+    label_default = "default: 'label'" if new_model else "default: the checkpoint's, else 'label'"
+    labels_default = ("required" if new_model else "default: the checkpoint's, or read from the training split, "
+                      "sorted: numerically when all are numbers")
     options = [
         click.option("--text-column", default=None,
-                     help="--task custom: the column holding each example's text [default: the checkpoint's]."),
+                     help=f"--task custom: the column holding each example's text [{text_default}]."),
         click.option("--text-pair-column", default=None,
                      help="--task custom: the column holding the second text of sentence-pair tasks."),
         click.option("--label-column", default=None,
-                     help="--task custom: the column holding the label [default: the checkpoint's, else 'label']."),
+                     help=f"--task custom: the column holding the label [{label_default}]."),
         click.option("--labels", callback=label_list, default=None, metavar="A,B,...",
-                     help="--task custom: the labels in id order [default: the checkpoint's, or read from the "
-                          "training split, sorted: numerically when all are numbers]."),
+                     help=f"--task custom: the labels in id order [{labels_default}]."),
     ]
     for option in reversed(options):
         fn = option(fn)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import click
@@ -20,8 +21,9 @@ from ..options import COUNT, FRACTION_BELOW_1, MUX_HELP, SEED, column_options, f
 @click.option("--instances", "-n", type=COUNT, default=2, show_default=True, help="N: sentences multiplexed per forward pass.")
 @click.option("--task", default=None,
               help="GLUE task (sets labels and whether token_type_ids are used), or custom with --labels and "
-                   "--text-column (and --text-pair-column for sentence pairs).")
-@column_options
+                   "--text-column (and --text-pair-column for sentence pairs) [default: none: labels LABEL_0, "
+                   "LABEL_1, ... (see --num-labels), which `train --task` replaces].")
+@functools.partial(column_options, new_model=True)
 @click.option("--num-labels", type=COUNT, default=None, help="Number of classes (default: the task's, else 2).")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for the mux vectors and the new demux weights.")
 @click.option("--max-seq-length", type=COUNT, default=None,
