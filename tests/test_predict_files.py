@@ -396,6 +396,10 @@ def test_file_form_refusals(tmp_path, engine_dir):
     refused(run("predict", engine_dir, "--input", tmp_path / "noheader.tsv", "--output", tmp_path / "o.jsonl"), 2,
             "no column 'sentence' (columns: a gorgeous film); name the right one with --text-column; the first line "
             "is read as the header: add a header line, or give one text per line in a .txt file")
+    (tmp_path / "open.csv").write_text('sentence\n"a film\ngood\n')  # was: one row, "a film\ngood\n"
+    refused(run("predict", engine_dir, "--input", tmp_path / "open.csv", "--output", tmp_path / "o.jsonl"), 2,
+            f"{tmp_path / 'open.csv'}: the file ends inside a quoted field (a \" is opened and never closed); close "
+            'the quote, or double a quote that is part of the text ("")')
     (tmp_path / "broken.jsonl").write_text('\n{"sentence": "ok"\n')  # no closing brace
     refused(run("predict", engine_dir, "--input", tmp_path / "broken.jsonl", "--output", tmp_path / "o.jsonl"), 2,
             f"{tmp_path / 'broken.jsonl'}:2: not valid JSON (Expecting ',' delimiter), and no line before it holds an "

@@ -88,7 +88,7 @@ class InputFile:
 
     def _rows_csv(self, start):
         with open(self.file, encoding="utf-8", errors="surrogateescape", newline="") as f:
-            reader = csv.reader(f, **self.delimiter_options)
+            reader = csv.reader(f, strict=True, **self.delimiter_options)  # strict: a quote never closed is an error
             header = next(reader, None) or []
             where = [None if c is None else header.index(c)
                      for c in (self.id_column, self.text_column, self.second_column)]
@@ -100,6 +100,10 @@ class InputFile:
                         continue
                     yield tuple(MISSING if k is None else record[k] for k in where)
             except csv.Error as e:
+                if "unexpected end of data" in str(e):  # not one field swallowing every line after its quote
+                    raise DataError(f"{self.source}: the file ends inside a quoted field (a \" is opened and never "
+                                    "closed); close the quote, or double a quote that is part of the text "
+                                    "(\"\")") from None
                 raise DataError(f"{self.source}: line {reader.line_num}: {e}; fix the file") from None
 
     def _rows_parquet(self, start):
