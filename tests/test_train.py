@@ -236,7 +236,8 @@ def test_training_refuses_bad_rows_unless_told_to_skip_them_and_names_a_single_f
                    "--batch-size", 8, "--max-seq-length", 12, "--epochs", 0.2)
     assert warm.exit_code == 0 and "no splits" not in warm.output, warm.output  # warm-up evaluates nothing
     refused(run_cli("train", "warmup", tmp_path / "w2", "--eval-split", "dev", "--data", glue_dir), 2,
-            "No such option '--eval-split'")
+            "--eval-split: this stage evaluates nothing (it has no held-out split to read); leave the option out")
+    assert "--max-eval-samples" not in run_cli("train", "warmup", "--help").output
 
 
 def test_the_progress_bar_shows_the_last_evaluation_beside_the_loss(tmp_path, bert_dir, glue_dir):

@@ -68,7 +68,17 @@ def common_options(fn, only: tuple[str, ...] | None = None, evaluates: bool = Tr
         name = _option_name(option)
         if (only is None or name in only) and (evaluates or name not in EVALUATION_OPTIONS):
             fn = option(fn)
+    if not evaluates:  # said in one line, not "No such option ... Did you mean --train-split?"
+        for name in EVALUATION_OPTIONS:
+            fn = click.option("--" + name.replace("_", "-"), hidden=True, expose_value=False,
+                              callback=_no_evaluation)(fn)
     return data_options(fn) if only is None else fn
+
+
+def _no_evaluation(ctx, param, value):
+    if value is not None:
+        raise click.UsageError(f"--{param.name.replace('_', '-')}: this stage evaluates nothing (it has no held-out "
+                               "split to read); leave the option out", ctx)
 
 
 def _option_name(decorator) -> str:
