@@ -366,7 +366,19 @@ def format_report(report: dict) -> str:
                   f"{p['accuracy_lone'] * 100:.2f}%), |margin shift| mean {p['margin_shift_mean']:.3f} max "
                   f"{p['margin_shift_max']:.3f} logits, partner-label leakage AUC {auc}"]
     lines += ["", "PASSED" if report["passed"] else "FAILED"]
+    if _another_model(report):
+        lines.append("  (logits this far apart usually mean --checkpoint is not the model the engine was exported "
+                     "from: validate an engine against its own checkpoint)")
     return "\n".join(lines)
+
+
+OTHER_MODEL_FACTOR = 100  # logits 100x past the tolerance: not arithmetic (fp16 is 5e-2 of 1e-4's 500x)
+
+
+def _another_model(report: dict) -> bool:
+    """Whether the logit error is so far past its tolerance that engine and checkpoint are likely two models."""
+    check = next((c for c in report["checks"] if c["name"] == "max |logit error|"), None)
+    return check is not None and not check["passed"] and check["value"] > OTHER_MODEL_FACTOR * check["threshold"]
 
 
 def write_report(report: dict, path, force: bool = False) -> None:

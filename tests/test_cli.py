@@ -130,6 +130,20 @@ def test_validate_fails_a_threshold_with_exit_1(tmp_path, engine_dir, masked_che
     data = json.loads(report.read_text())
     assert data["passed"] is False
     assert [c["name"] for c in data["checks"] if not c["passed"]] == ["engine accuracy"]
+    assert "is not the model the engine was exported from" not in result.output  # a threshold, not another model
+
+
+def test_validate_against_another_checkpoint_says_so(tmp_path, engine_dir, bert_dir, sst2_dir):
+    from prumux_deploy import create_model, save_checkpoint
+
+    other = create_model(bert_dir, num_instances=2, num_labels=2, seed=11, task="sst2",
+                         id2label={0: "negative", 1: "positive"}, max_seq_length=16)
+    save_checkpoint(other, tmp_path / "other")
+    result = run("validate", engine_dir, "--checkpoint", tmp_path / "other", "--data", sst2_dir)
+    assert result.exit_code == 1, result.output
+    assert result.output.rstrip().endswith(
+        "FAILED\n  (logits this far apart usually mean --checkpoint is not the model the engine was exported from: "
+        "validate an engine against its own checkpoint)")
 
 
 def test_validate_input_errors(tmp_path, engine_dir, masked_checkpoint, sst2_dir):
