@@ -35,10 +35,10 @@ from ..options import COUNT, NON_NEGATIVE, OPSET, force_option
                    "provider; its parity is still checked here, on the CPU. Running an engine on the other device "
                    "works, with a one-line warning.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "bf16"]), default=None,
-              help="[default: fp16 with --device cuda, else fp32] fp16 for GPUs (with --device cpu every "
-                   "normalisation stays fp32); int8 for CPUs: dynamic quantization, or with "
-                   "--data the fastest int8 candidate within 1 point of fp32 (see --data); bf16 for CPUs with "
-                   "avx512_bf16 or AMX: the fp32 graph run by OpenVINO in bf16.")
+              help="fp16 for GPUs (with --device cpu every normalisation stays fp32); int8 for CPUs: dynamic "
+                   "quantization, or with --data the fastest int8 candidate within 1 point of fp32 (see --data); "
+                   "bf16 for CPUs with avx512_bf16 or AMX: the fp32 graph run by OpenVINO in bf16.  [default: fp16 "
+                   "with --device cuda, else fp32]")
 @click.option("--runtime", type=click.Choice(["auto", "onnxruntime", "openvino"]), default="auto", show_default=True,
               help="What runs the ONNX engine: auto checks the parity of each installed runtime (ONNX Runtime, "
                    "OpenVINO with the openvino extra), times it on this machine at batch 32*N and keeps the "

@@ -141,7 +141,7 @@ def demux_option(fn):
                       help="A new model adds the position and token-type rows to the mixed sequence and runs the "
                            "embedding LayerNorm again after multiplexing (upstream's MUX-PLMs forward).")(fn)
     fn = click.option("--demux-key-std", type=POSITIVE, default=None,
-                      help="A new model draws its demux keys from N(0, STD) (upstream: 1). Default: 0.02.")(fn)
+                      help="A new model draws its demux keys from N(0, STD) (upstream: 1).  [default: 0.02]")(fn)
     fn = click.option("--learn-mux", is_flag=True,
                       help="A new model trains its instance vectors with the encoder (DataMUX keeps them fixed); "
                            "the engine holds the trained values.")(fn)
