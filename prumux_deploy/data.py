@@ -174,8 +174,7 @@ def _read_rows(file: Path, task: Task, skip_bad_rows: bool) -> tuple[dict[str, l
     text_cols = [task.text_a] + ([task.text_b] if task.text_b else [])
     for col in text_cols + [task.label_column]:
         if col not in header:
-            raise DataError(f"{file}: no column {col!r} (columns: {', '.join(header)}); "
-                            f"is this the {task.name} task directory?")
+            raise DataError(f"{file}: no column {col!r} (columns: {', '.join(header)}); {_glue_columns_fix(task)}")
     value_to_id = {v: i for i, v in enumerate(task.label_values)}
     columns: dict[str, list[str]] = {c: [] for c in text_cols}
     labels: list[int] = []
@@ -510,12 +509,19 @@ def _columns(task: Task, columns) -> tuple[str, str | None, str]:
     return (*(task.hub_columns or (task.text_a, task.text_b)), "label")
 
 
+def _glue_columns_fix(task: Task) -> str:
+    """What to do when a GLUE task's data lacks one of its columns."""
+    wanted = ", ".join(c for c in (task.text_a, task.text_b, task.label_column) if c)
+    return (f"{task.name} reads the columns {wanted}; rename the data's columns to those (for a task of your own, "
+            "train with `task` custom and `text_column`)")
+
+
 def _examples_from_dataset(ds, task: Task, source: str, skip_bad_rows: bool) -> Examples:
     text_a, text_b, label_column = _columns(task, ds.column_names)
     for col in [text_a] + ([text_b] if text_b else []) + [label_column]:
         if col not in ds.column_names:
             flag = {text_a: "`text_column`", text_b: "`text_pair_column`", label_column: "`label_column`"}[col]
-            fix = f"name the right one with {flag}" if task.custom else f"is this the {task.name} data?"
+            fix = f"name the right one with {flag}" if task.custom else _glue_columns_fix(task)
             raise DataError(f"{source}: no column {col!r} (columns: {', '.join(ds.column_names)}); {fix}")
     lookup = _label_lookup(task, ds.features.get(label_column))
     a, b, labels, bad, unknown = [], [] if text_b else None, [], [], []

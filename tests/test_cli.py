@@ -153,7 +153,12 @@ def test_validate_input_errors(tmp_path, engine_dir, masked_checkpoint, sst2_dir
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "dev.tsv").write_text("text\tlabel\nfine\t1\n")
-    refused(run(*args, "--task", "sst2", "--data", bad), 2, "no column 'sentence'")
+    refused(run(*args, "--task", "sst2", "--data", bad), 2, "no column 'sentence' (columns: text, label); sst2 reads "
+            "the columns sentence, label; rename the data's columns to those (for a task of your own, train with "
+            "--task custom and --text-column)")
+    (bad / "dev.csv").write_text("text,label\nfine,1\n")  # a datasets form: the same words
+    refused(run(*args, "--task", "sst2", "--data", bad / "dev.csv"), 2, "no column 'sentence' (columns: text, label); "
+            "sst2 reads the columns sentence, label; rename the data's columns to those")
     (bad / "dev.tsv").write_text("sentence\tlabel\nfine\t7\n")
     refused(run(*args, "--task", "sst2", "--data", bad), 2, "dev.tsv:2: label '7' is not one of 0, 1")
 
