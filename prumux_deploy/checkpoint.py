@@ -233,6 +233,22 @@ def _refuse_an_engine(path: Path) -> None:
                               "it was exported from (the directory with model.safetensors)")
 
 
+def _refuse_an_upstream_checkpoint(path: Path) -> None:
+    """A checkpoint the research code (or transformers) wrote, given where ours goes: point to `import`, not
+    to `init`, which would leave the user's weights behind."""
+    import json
+
+    try:
+        raw = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return  # read_versioned_json names what is wrong with it
+    foreign = isinstance(raw, dict) and "format" not in raw and (
+        "architectures" in raw or "model_type" in raw or (path / "pytorch_model.bin").is_file())
+    if foreign:
+        raise CheckpointError(f"{path} is an upstream or Hugging Face checkpoint, not a prumux-deploy one; convert "
+                              f"it with `prumux-deploy import {path} OUT` and use OUT")
+
+
 def read_config(path) -> PruMuxConfig:
     path = Path(path)
     cfg_file = path / "config.json"
@@ -243,6 +259,7 @@ def read_config(path) -> PruMuxConfig:
     if not cfg_file.is_file():
         _refuse_an_engine(path)
         raise CheckpointError(f"{cfg_file}: missing; is {path} a prumux checkpoint?")
+    _refuse_an_upstream_checkpoint(path)
     raw = read_versioned_json(cfg_file, None, CheckpointError, what="a prumux checkpoint config", kind=FORMAT,
                               version=FORMAT_VERSION, version_key="format_version",
                               fix_kind="create checkpoints with `prumux-deploy init` or the training stages",

@@ -113,6 +113,9 @@ def _read_config(path: Path) -> dict:
         raise CheckpointError(f"{file}: not valid JSON ({e}); re-download it") from None
     if not isinstance(cfg, dict):
         raise CheckpointError(f"{file}: expected a JSON object")
+    if (path / "manifest.json").is_file():
+        raise CheckpointError(f"{path} is an engine directory (manifest.json), not an upstream checkpoint; `import` "
+                              "reads what the research code wrote (config.json + pytorch_model.bin)")
     if cfg.get("format") == "prumux-checkpoint":
         raise CheckpointError(f"{path} is already a prumux-deploy checkpoint; use it directly (export, validate, ...)")
     if cfg.get("model_type", "bert") != "bert":

@@ -312,6 +312,17 @@ def test_pickled_objects_are_never_unpickled(tmp_path, capfd):
     assert run("import", src, tmp_path / "out").exit_code == 0
 
 
+def test_an_upstream_checkpoint_where_ours_goes_and_an_engine_given_to_import_are_named(tmp_path, engine_dir):
+    src, _, _, _ = build_stage1(tmp_path, "n5-binary")
+    for command in (["inspect", src], ["export", src, tmp_path / "engine"], ["compact", src, tmp_path / "small"]):
+        refused(run(*command), 2, f"{src} is an upstream or Hugging Face checkpoint, not a prumux-deploy one; "
+                                  f"convert it with `prumux-deploy import {src} OUT` and use OUT")
+    refused(run("import", engine_dir, tmp_path / "out"), 2,
+            f"{engine_dir} is an engine directory (manifest.json), not an upstream checkpoint; import reads what the "
+            "research code wrote (config.json + pytorch_model.bin)")
+    assert not any((tmp_path / name).exists() for name in ("engine", "small", "out"))
+
+
 def test_missing_tokenizer_and_other_bad_sources(tmp_path):
     src, weights, cfg, _ = build_stage1(tmp_path, "n5-binary")
     bare = ul.write_dir(tmp_path / "bare", weights, cfg, tokenizer=False)
