@@ -398,6 +398,10 @@ def write_triton_repository(engine_dir, repo, name: str, max_batch_size: int | N
                                             ort_tensorrt, with_tokenizer)
     if repo.exists() and not repo.is_dir():
         raise PruMuxError(f"{repo} exists and is not a directory; REPO must be a model repository directory")
+    for marker, kind in (("manifest.json", "an engine directory"), ("model.safetensors", "a checkpoint")):
+        if (repo / marker).is_file():  # a model repository holds one folder per model, not a model's own files
+            raise PruMuxError(f"{repo} is {kind} ({marker}), not a model repository; give a new or existing "
+                              "repository directory for REPO")
     if isolation not in ISOLATION_MODES:
         raise PruMuxError(f"`isolation` must be one of {', '.join(ISOLATION_MODES)}, got {isolation!r}")
     isolation = effective_isolation(manifest, isolation)

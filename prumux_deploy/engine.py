@@ -92,7 +92,8 @@ def _check_utf8(text: str, number: int, what: str) -> None:
 
 @dataclass
 class Predictions:
-    """What `classify` returns for B texts."""
+    """What `classify` returns for B texts: the engine's inputs, the class probabilities [B, C] and the C
+    label names; best() gives each text's most likely label and its probability."""
 
     feeds: dict[str, np.ndarray]   # the engine's inputs: input_ids, attention_mask (, token_type_ids), [B, S] int64
     probabilities: np.ndarray      # [B, C] softmax of the engine's logits

@@ -373,6 +373,9 @@ class Engine:
                               "re-export the engine") from None
 
     def run_feeds(self, feeds: dict) -> np.ndarray:
+        """Logits [B, C] (float32) for token ids already made: feeds holds input_ids and attention_mask (and
+        token_type_ids for pair engines), [B, S] int64, S at most the engine's max_seq_length; other keys (what
+        data.tokenize adds) are ignored. Raises EngineError for inputs the engine cannot take."""
         return self(**{k: v for k, v in feeds.items() if k in ("input_ids", "attention_mask", "token_type_ids")})
 
     def timed_runner(self, feeds: dict):

@@ -193,6 +193,13 @@ def _check_dimensions(cfg) -> None:
 
 @dataclass
 class PruMuxConfig:
+    """Everything a checkpoint's config.json holds: the base BERT's dimensions (what the masks index into), the
+    pruned widths of a compact model, the multiplexer (num_instances N, mux_kind and its seed, mux_init), the
+    demultiplexer (demux_kind: one of DEMUX_KINDS) and the task (num_labels, id2label, columns). The upstream
+    plumbing that imports carry (attend_to_padding, mask_convention, second_embedding_pass, ...) is explained
+    in this module's docstring. from_dict / to_dict read and write it; bad values are refused in one line
+    (ModelError)."""
+
     # base BERT dimensions (what the masks index into)
     vocab_size: int = 30522
     hidden_size: int = 768
@@ -624,6 +631,16 @@ DEMUX_MODULES = {"key_cls": KeyDemux, "key_pool": KeyDemux, "index_pos": IndexPo
 
 
 class PruMuxModel(nn.Module):
+    """A multiplexed BERT classifier (DataMUX / MUX-PLMs) with CoFi's structured masks: embeddings -> mux
+    (N sentences mixed into one sequence) -> encoder -> demux -> classifier, in one module.
+
+    model(input_ids, attention_mask, token_type_ids) -> logits [B, C] for B rows [B, S]. Consecutive rows form the
+    mux groups; a batch that is not a multiple of N has its last group filled by repeating the last row (those
+    outputs are dropped). The model is masked (masks attached: the training form) or compact (the masked
+    structure removed by compact.compact); both give the same logits. create_model makes one from a BERT,
+    load_checkpoint reads one. Raises ModelError for inputs it cannot take (a sequence past the position
+    table)."""
+
     def __init__(self, cfg: PruMuxConfig):
         super().__init__()
         self.config = cfg
@@ -678,6 +695,9 @@ class PruMuxModel(nn.Module):
         if cfg.attend_to_padding:
             input_ids, attention_mask, token_type_ids = pad_to_length(
                 input_ids, attention_mask, token_type_ids, cfg.max_seq_length, cfg.pad_token_id)
+        elif input_ids.shape[1] > cfg.max_position_embeddings:  # else an IndexError from the position table
+            raise ModelError(f"sequence length {input_ids.shape[1]} exceeds {cfg.max_position_embeddings}, this "
+                             f"model's position table; truncate inputs to {cfg.max_seq_length} tokens")
         if cfg.num_instances > 1:  # fill the last group by repeating the last row; its outputs are dropped
             input_ids, attention_mask, token_type_ids = (
                 fill_last_group(t, cfg.num_instances) for t in (input_ids, attention_mask, token_type_ids))
@@ -724,7 +744,10 @@ class PruMuxModel(nn.Module):
         return x, group_mask, masks
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, masks=None, hidden_states=None):
-        """input_ids, attention_mask, token_type_ids: [B, S] integer tensors -> logits [B, C]."""
+        """input_ids, attention_mask, token_type_ids: [B, S] integer tensors -> logits [B, C] (any B: the last
+        mux group is filled, see the class). masks: structured masks for this call instead of the attached ones
+        (training passes sampled gates). hidden_states: a list, appended the multiplexed embeddings and every
+        layer's output [G, S, H]."""
         ids, mask, types = self.prepare_inputs(input_ids, attention_mask, token_type_ids)
         x, _, masks = self._encode(ids, mask, types, masks, hidden_states)
         logits = self.demux(x, mask, self.demux_keys(masks))  # [G*N, C]

@@ -60,6 +60,18 @@ def test_padding_longer_does_not_change_logits(N, demux):
     assert (short - compact_long).abs().max().item() <= 1e-4
 
 
+def test_a_sequence_past_the_position_table_is_a_model_error_masked_and_compact():
+    from prumux_deploy.errors import ModelError
+
+    model = masked_model(2)
+    ids, mask = random_batch(4, MAX_POS + 1, seed=2)
+    for m in (model, compact(model)):
+        with pytest.raises(ModelError, match=f"sequence length {MAX_POS + 1} exceeds {MAX_POS}, this model's position "
+                                             "table; truncate inputs to 16 tokens"):
+            m(ids, mask)
+    assert m(ids[:, :MAX_POS], mask[:, :MAX_POS]).shape == (4, 3)  # the whole table is fine
+
+
 def test_batch_not_divisible_by_n_pads_with_the_last_row_and_drops_it():
     model = masked_model(5)
     ids, mask = random_batch(7, 8, seed=2, pad=False)

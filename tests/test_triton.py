@@ -446,6 +446,12 @@ def test_cli_errors_are_one_line(engine_dir, tmp_path):
         lines = [line for line in result.output.splitlines() if line.startswith("error:")]
         assert len(lines) == 1 and text in lines[0], result.output
     assert not (tmp_path / "repo").exists()
+    before = sorted(p.name for p in engine_dir.iterdir())
+    result = cli("triton", engine_dir, engine_dir, "--name", "m")  # REPO an engine: was written into
+    assert result.exit_code == 2 and (f"error: {engine_dir} is an engine directory (manifest.json), not a model "
+                                      "repository; give a new or existing repository directory for REPO"
+                                      in result.output), result.output
+    assert sorted(p.name for p in engine_dir.iterdir()) == before
 
 
 def test_an_n1_engine_is_served_directly_there_being_nothing_to_isolate(tmp_path, bert_dir):
