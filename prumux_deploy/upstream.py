@@ -202,6 +202,10 @@ def find_tokenizer(src: Path, tokenizer=None) -> Path:
     """--tokenizer, else SRC, else the parent of a best/ directory (upstream's evaluation does the same)."""
     if tokenizer is not None:
         tokenizer = Path(tokenizer)
+        if not tokenizer.is_dir():
+            problem = "a file" if tokenizer.exists() else "no such directory"
+            raise CheckpointError(f"`tokenizer` {tokenizer}: {problem}; give the directory that holds the "
+                                  f"tokenizer files ({', '.join(TOKENIZER_FILES[:2])})")
         if not has_tokenizer(tokenizer):
             raise CheckpointError(f"`tokenizer` {tokenizer}: no tokenizer files ({', '.join(TOKENIZER_FILES[:2])})")
         return tokenizer
@@ -413,6 +417,9 @@ def build_config(up: Upstream, w: dict, compact: bool, max_seq_length: int | Non
     if not 1 <= max_len <= max_pos:
         raise CheckpointError(f"`max_seq_length` {max_len} must be between 1 and the position table ({max_pos})")
     mux = up.is_mux
+    if mask_padding and not mux:
+        raise CheckpointError(f"{up.path}: `mask_padding` applies to multiplexed upstream models, which attend to "
+                              "padding; this N=1 model masks it already, so leave the option out")
     kw = dict(
         vocab_size=c["vocab_size"], hidden_size=Hb, num_hidden_layers=L, num_attention_heads=nh,
         intermediate_size=c["intermediate_size"], max_position_embeddings=max_pos,

@@ -323,12 +323,37 @@ def test_an_upstream_checkpoint_where_ours_goes_and_an_engine_given_to_import_ar
     assert not any((tmp_path / name).exists() for name in ("engine", "small", "out"))
 
 
+def test_mask_padding_on_an_n1_cofi_model_is_refused(tmp_path):
+    from prumux_deploy.upstream import Upstream
+
+    weights = ul.full_weights(1, 2, pooler=True, seed=5)
+    release = fold_and_cut(Upstream(tmp_path, "prumux_stage1", ul.cofi_config("sst2", 2), weights,
+                                    ul.soft_masks([2, 0, 4, 1], [30, 64, 0, 9], 20, seed=5)))
+    src = ul.write_dir(tmp_path / "cofi", release, ul.cofi_config("sst2", 2))
+    refused(run("import", src, tmp_path / "out", "--mask-padding"), 2,
+            f"{src}: --mask-padding applies to multiplexed upstream models, which attend to padding; this N=1 model "
+            "masks it already, so leave the option out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_compact_into_its_own_checkpoint_is_refused(tmp_path, masked_checkpoint):
+    import shutil
+
+    shutil.copytree(masked_checkpoint, tmp_path / "ckpt")
+    before = (tmp_path / "ckpt" / "model.safetensors").read_bytes()
+    refused(run("compact", tmp_path / "ckpt", tmp_path / "ckpt", "--force"), 2,
+            f"{tmp_path / 'ckpt'} is CHECKPOINT itself; write the compact model to another directory")
+    assert (tmp_path / "ckpt" / "model.safetensors").read_bytes() == before
+
+
 def test_missing_tokenizer_and_other_bad_sources(tmp_path):
     src, weights, cfg, _ = build_stage1(tmp_path, "n5-binary")
     bare = ul.write_dir(tmp_path / "bare", weights, cfg, tokenizer=False)
     refused(run("import", bare, tmp_path / "out"), 2, "no tokenizer files (vocab.txt / tokenizer.json) here; "
                                                        "pass --tokenizer DIR")
     refused(run("import", bare, tmp_path / "out", "--tokenizer", tmp_path), 2, "--tokenizer")
+    refused(run("import", bare, tmp_path / "out", "--tokenizer", src / "vocab.txt"), 2,
+            f"--tokenizer {src / 'vocab.txt'}: a file; give the directory that holds the tokenizer files")
     refused(run("import", bare, tmp_path / "out", "--reference", "masked", "--tokenizer", src), 2,
             "--reference masked applies to PruMUX stage-1 runs")
     refused(run("import", tmp_path / "nope", tmp_path / "out"), 2, "not a directory")

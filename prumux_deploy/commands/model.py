@@ -120,6 +120,9 @@ def compact(checkpoint, out, fp16, force):
     from ..structure import describe
 
     check_target(out, force)
+    if Path(out).exists() and Path(out).resolve() == Path(checkpoint).resolve():
+        raise PruMuxError(f"{out} is CHECKPOINT itself; write the compact model to another directory (the masked "
+                          "one is what training and validation read, and --fp16 is lossy)")
     masked = load_checkpoint(checkpoint)
     model = fold(masked)
     save_checkpoint(model, out, force=force, dtype=torch.float16 if fp16 else None)
