@@ -50,7 +50,7 @@ from pathlib import Path
 from prumux_deploy.capabilities import why_not
 from prumux_deploy.atomic import atomic_dirs, os_error_fix
 from prumux_deploy.data import copy_tokenizer, has_tokenizer
-from prumux_deploy.documents import sha256_file
+from prumux_deploy.documents import directory_kind, sha256_file
 from prumux_deploy.engine import MANIFEST, read_manifest, runtime_of, verify_engine_file
 from prumux_deploy.errors import EngineError, PruMuxError
 
@@ -398,10 +398,11 @@ def write_triton_repository(engine_dir, repo, name: str, max_batch_size: int | N
                                             ort_tensorrt, with_tokenizer)
     if repo.exists() and not repo.is_dir():
         raise PruMuxError(f"{repo} exists and is not a directory; REPO must be a model repository directory")
-    for marker, kind in (("manifest.json", "an engine directory"), ("model.safetensors", "a checkpoint")):
-        if (repo / marker).is_file():  # a model repository holds one folder per model, not a model's own files
-            raise PruMuxError(f"{repo} is {kind} ({marker}), not a model repository; give a new or existing "
-                              "repository directory for REPO")
+    kind = directory_kind(repo)  # a model repository holds one folder per model, not a model's own files
+    if kind is not None:
+        named = {"engine": "an engine directory (manifest.json)", "checkpoint": "a checkpoint (model.safetensors)"}
+        raise PruMuxError(f"{repo} is {named[kind]}, not a model repository; give a new or existing repository "
+                          "directory for REPO")
     if isolation not in ISOLATION_MODES:
         raise PruMuxError(f"`isolation` must be one of {', '.join(ISOLATION_MODES)}, got {isolation!r}")
     isolation = effective_isolation(manifest, isolation)

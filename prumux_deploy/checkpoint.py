@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from .atomic import atomic_dir
 from .data import TOKENIZER_FILES, copy_tokenizer, has_tokenizer
-from .documents import dumps, json_kind, listed_file, read_versioned_json, sha256_file
+from .documents import directory_kind, dumps, json_kind, listed_file, read_versioned_json, sha256_file
 from .errors import CheckpointError, ModelError, first_line
 from .model import MASK_NAMES, NEW_MODEL_DEMUX_KINDS, PruMuxConfig, PruMuxModel, check_config_values
 from .resources import refuse_full_disk, tensor_bytes
@@ -228,7 +228,7 @@ def check_vocab(tokenizer, cfg: PruMuxConfig, where) -> None:
 def _refuse_an_engine(path: Path) -> None:
     """An engine directory given where a checkpoint goes (it has a config.json too, but no weights): say so,
     rather than call it a checkpoint that lost its weights."""
-    if (path / "manifest.json").is_file():
+    if directory_kind(path) == "engine":
         raise CheckpointError(f"{path} is an engine directory (manifest.json), not a checkpoint; give the checkpoint "
                               "it was exported from (the directory with model.safetensors)")
 

@@ -58,6 +58,18 @@ def read_versioned_json(source: Path | str, text: str | None, error: type[Except
     return data
 
 
+def directory_kind(folder) -> str | None:
+    """'engine' for a directory `export` wrote (manifest.json), 'checkpoint' for one `init`, `train`, `import` or
+    `compact` wrote (config.json beside model.safetensors), else None: what the refusals of a directory given
+    in the wrong place name."""
+    folder = Path(folder)
+    if (folder / "manifest.json").is_file():
+        return "engine"
+    if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
+        return "checkpoint"
+    return None
+
+
 def json_kind(value) -> str:
     """What a JSON value is, for one-line messages about a field of the wrong type: "a list", "text ('768')"."""
     if value is None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .documents import json_kind, listed_file, read_versioned_json, sha256_file
+from .documents import directory_kind, json_kind, listed_file, read_versioned_json, sha256_file
 from .errors import EngineError
 from .limits import CONFIG_LIMITS
 
@@ -49,7 +49,7 @@ def read_manifest(engine_dir) -> dict:
     if not engine_dir.is_dir():
         problem = "not a directory" if engine_dir.exists() else "no such directory"
         raise EngineError(f"{engine_dir}: {problem}; pass the directory `prumux-deploy export` wrote")
-    if not file.is_file() and (engine_dir / "config.json").is_file() and (engine_dir / "model.safetensors").is_file():
+    if directory_kind(engine_dir) == "checkpoint":
         raise EngineError(f"{engine_dir} is a checkpoint, not an engine; export it first (`prumux-deploy export "
                           f"{engine_dir} ENGINE_DIR`) and pass ENGINE_DIR")
     if not file.is_file():

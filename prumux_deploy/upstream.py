@@ -31,6 +31,7 @@ import torch
 
 from .checkpoint import bert_to_prumux_name, check_vocab, save_checkpoint
 from .data import TOKENIZER_FILES, has_tokenizer
+from .documents import directory_kind
 from .errors import CheckpointError, first_line
 from .model import PruMuxConfig, PruMuxModel
 
@@ -113,7 +114,7 @@ def _read_config(path: Path) -> dict:
         raise CheckpointError(f"{file}: not valid JSON ({e}); re-download it") from None
     if not isinstance(cfg, dict):
         raise CheckpointError(f"{file}: expected a JSON object")
-    if (path / "manifest.json").is_file():
+    if directory_kind(path) == "engine":
         raise CheckpointError(f"{path} is an engine directory (manifest.json), not an upstream checkpoint; `import` "
                               "reads what the research code wrote (config.json + pytorch_model.bin)")
     if cfg.get("format") == "prumux-checkpoint":

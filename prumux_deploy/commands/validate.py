@@ -82,8 +82,9 @@ def validate(engine_dir, checkpoint, task, data, data_config, text_column, text_
         raise PruMuxError("--max-flip-rate gates partner draws, and --partners 0 asks for none; give --partners K "
                           f"(K >= 1) or leave it out for {DEFAULT_DRAWS}")
     split_given = click.get_current_context().get_parameter_source("split") is not click.core.ParameterSource.DEFAULT
-    if unused_split_warning(data, split if split_given else None):
-        click.echo(unused_split_warning(data, split), err=True)
+    split_warning = unused_split_warning(data, split if split_given else None)
+    if split_warning:
+        click.echo(split_warning, err=True)
     if report:
         check_file_target(report, force)  # refuse before minutes of validation
     thresholds = Thresholds.for_engine(engine_dir, tf32=tf32, min_accuracy=min_accuracy, max_accuracy_drop=max_accuracy_drop,

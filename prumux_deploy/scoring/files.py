@@ -59,8 +59,9 @@ def score_file(engine, input, output, *, text_column: str | None = None, second_
     if Path(input).exists() and output.exists() and output.samefile(input):
         raise DataError(f"{output}: the output is the input file, which writing the scores would destroy; write "
                         "them to another file")
-    if unused_split_warning(input, split):
-        warn(unused_split_warning(input, split))
+    split_warning = unused_split_warning(input, split)
+    if split_warning:
+        warn(split_warning)
     source = open_input(input, engine, text_column, second_column, id_column, split)
     if source.unread_pair_column:
         warn(f"warning: {source.source} has a second-text column `{source.unread_pair_column}`, and this engine "
